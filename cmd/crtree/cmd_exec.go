@@ -1,0 +1,76 @@
+package main
+
+import (
+	"errors"
+	"os"
+	"os/exec"
+
+	"github.com/spf13/cobra"
+)
+
+type execOptions struct {
+	TTY bool
+	Env []string
+	Cwd string
+}
+
+func newExecCmd(g *globalOptions) *cobra.Command {
+	o := &execOptions{}
+	cmd := &cobra.Command{
+		Use:   "exec PATH [flags] -- CMD [ARGS...]",
+		Short: "Run a command inside a running node",
+		Long: `Run CMD inside the running node PATH: in all its namespaces, its root and
+its cgroup, with the node's environment, and stdin, stdout and stderr
+attached. crtree exec exits with CMD's exit status (126 when CMD cannot be
+run, 127 when it is not found).`,
+		Example: "  crtree exec /vserver1 -- hostname\n  crtree exec -t /vserver1 -- sh",
+		Args: func(cmd *cobra.Command, args []string) error {
+			if cmd.ArgsLenAtDash() != 1 || len(args) < 2 {
+				return usageError{errors.New("usage: crtree exec PATH [flags] -- CMD [ARGS...]")}
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			p, _, err := parseNodePath(args[0])
+			if err != nil {
+				return err
+			}
+			h, err := g.host()
+			if err != nil {
+				return err
+			}
+			c, done, err := h.ExecCommand(p, args[1:], o.Env, o.Cwd)
+			if err != nil {
+				return err
+			}
+			defer done()
+			if o.TTY {
+				n, _, err := h.Get(p)
+				if err != nil {
+					return err
+				}
+				return runWithPTY(c, n.Pid)
+			}
+			c.Stdin, c.Stdout, c.Stderr = os.Stdin, os.Stdout, os.Stderr
+			return exitFromRun(c.Run())
+		},
+	}
+	f := cmd.Flags()
+	f.BoolVarP(&o.TTY, "tty", "t", false, "allocate a terminal for CMD")
+	f.StringArrayVarP(&o.Env, "env", "e", nil, "set an environment variable K=V (repeatable)")
+	f.StringVarP(&o.Cwd, "cwd", "w", "", "working directory inside the node")
+	return cmd
+}
+
+// exitFromRun turns the error of a finished command into its exit status.
+func exitFromRun(err error) error {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code := ee.ExitCode()
+		if code < 0 {
+			code = 128 + 9
+		}
+		return exitStatus{code}
+	}
+	return err
+}

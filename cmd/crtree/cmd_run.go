@@ -1,0 +1,109 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/crtree/crtree/internal/hier"
+)
+
+type runOptions struct {
+	Env      []string
+	Cwd      string
+	Hostname string
+	Binds    []string
+	Rootfs   string
+	Net      string
+}
+
+func newRunCmd(g *globalOptions) *cobra.Command {
+	o := &runOptions{}
+	cmd := &cobra.Command{
+		Use:   "run PATH [flags] -- CMD [ARGS...]",
+		Short: "Create a node and start a command as its PID 1",
+		Long: `Create the node PATH and start CMD as PID 1 of new PID, mount, UTS and IPC
+namespaces, with the node's name as hostname. The parent of PATH must exist.
+A PATH ending in / creates a child named unnamedN (the smallest free N).
+
+The node sees its own writable root, the host's /usr and /etc read-only, a
+minimal /dev, a fresh /proc and a writable /tmp. Its output goes to its log
+(crtree logs). The new node's path is printed on stdout.`,
+		Example: `  crtree run /vserver1 -- sleep infinity
+  crtree run /vserver1/ -- sh -c 'echo hello'      # prints /vserver1/unnamed1
+  crtree run --net none --env N=4 /calc -- python3 -c 'print(1)'`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if cmd.ArgsLenAtDash() != 1 || len(args) < 2 {
+				return usageError{errors.New("usage: crtree run PATH [flags] -- CMD [ARGS...]")}
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runRun(cmd, g, o, args)
+		},
+	}
+	f := cmd.Flags()
+	f.StringArrayVarP(&o.Env, "env", "e", nil, "set an environment variable K=V (repeatable)")
+	f.StringVarP(&o.Cwd, "cwd", "w", "", "working directory inside the node (default /)")
+	f.StringVar(&o.Hostname, "hostname", "", "hostname of the node (default: its name)")
+	f.StringArrayVar(&o.Binds, "bind", nil, "bind a host path into the node, SRC:DST[:ro] (repeatable; never archived)")
+	f.StringVar(&o.Rootfs, "rootfs", "", "use DIR as the read-only base of the node's root (overlay)")
+	f.StringVar(&o.Net, "net", "host", "network: host (share the host's) or none (own namespace, loopback only)")
+	return cmd
+}
+
+func (o *runOptions) spec(argv []string) (hier.Spec, error) {
+	s := hier.Spec{Cmd: argv, Env: o.Env, Cwd: o.Cwd, Hostname: o.Hostname, Rootfs: o.Rootfs, Net: o.Net}
+	for _, kv := range o.Env {
+		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
+			return s, fmt.Errorf("--env %q: want K=V", kv)
+		}
+	}
+	if o.Cwd != "" && !strings.HasPrefix(o.Cwd, "/") {
+		return s, fmt.Errorf("--cwd %q: must be an absolute path", o.Cwd)
+	}
+	if o.Hostname != "" {
+		if err := hier.ValidateName(o.Hostname); err != nil {
+			return s, fmt.Errorf("--hostname: %w", err)
+		}
+	}
+	switch o.Net {
+	case "host":
+		s.Net = ""
+	case hier.NetNone:
+	default:
+		return s, fmt.Errorf("--net %q: want host or none", o.Net)
+	}
+	for _, b := range o.Binds {
+		parts := strings.Split(b, ":")
+		if len(parts) < 2 || len(parts) > 3 || (len(parts) == 3 && parts[2] != "ro") ||
+			!strings.HasPrefix(parts[0], "/") || !strings.HasPrefix(parts[1], "/") {
+			return s, fmt.Errorf("--bind %q: want /SRC:/DST or /SRC:/DST:ro", b)
+		}
+		s.Binds = append(s.Binds, hier.Bind{Source: parts[0], Target: parts[1], ReadOnly: len(parts) == 3})
+	}
+	return s, nil
+}
+
+func runRun(cmd *cobra.Command, g *globalOptions, o *runOptions, args []string) error {
+	p, dir, err := parseNodePath(args[0])
+	if err != nil {
+		return err
+	}
+	spec, err := o.spec(args[1:])
+	if err != nil {
+		return usageError{err}
+	}
+	h, err := g.host()
+	if err != nil {
+		return err
+	}
+	path, err := h.Run(p, dir, spec)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(cmd.OutOrStdout(), path)
+	return nil
+}

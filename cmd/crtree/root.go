@@ -1,0 +1,86 @@
+package main
+
+import (
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/crtree/crtree/internal/hier"
+	"github.com/crtree/crtree/internal/node"
+)
+
+// globalOptions are the flags every command shares.
+type globalOptions struct {
+	Root string
+	Criu string
+	JSON bool
+}
+
+func (o *globalOptions) host() (*node.Host, error) { return node.NewHost(o.Root) }
+
+func newRootCmd() *cobra.Command {
+	g := &globalOptions{}
+	cmd := &cobra.Command{
+		Use:   "crtree",
+		Short: "A named tree of containers, checkpointed and restored with CRIU",
+		Long: `crtree keeps a named hierarchy of containers, like a file system:
+/vserver1, /vserver1/calculate_pi, /vserver2/calculate_pi. A node is a set of
+Linux namespaces (PID, mount, UTS, IPC; network optional) and its processes.
+
+Exit status: 0 on success, 1 when the command failed, 2 when it was called
+wrongly; crtree exec exits with the status of the command it ran.`,
+		Example: `  crtree run /vserver1 -- sleep infinity
+  crtree run /vserver1/calculate_pi -- sh -c 'while :; do sleep 1; done'
+  crtree tree
+  crtree kill -r -s KILL /vserver1`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	cmd.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
+	def := os.Getenv("CRTREE_ROOT")
+	if def == "" {
+		def = hier.DefaultRoot
+	}
+	criu := os.Getenv("CRTREE_CRIU")
+	cmd.PersistentFlags().StringVar(&g.Root, "root", def, "state root directory (env CRTREE_ROOT)")
+	cmd.PersistentFlags().StringVar(&g.Criu, "criu", criu, "path of the criu binary (env CRTREE_CRIU; default: criu on PATH)")
+	cmd.AddCommand(
+		newRunCmd(g), newLsCmd(g), newTreeCmd(g), newPsCmd(g), newExecCmd(g),
+		newLogsCmd(g), newKillCmd(g), newRmCmd(g), newMvCmd(g), newCheckCmd(g),
+		newSuperviseCmd(g),
+	)
+	return cmd
+}
+
+// addJSONFlag adds --json to a command whose output is a table.
+func addJSONFlag(cmd *cobra.Command, g *globalOptions) {
+	cmd.Flags().BoolVar(&g.JSON, "json", false, "print JSON instead of a table")
+}
+
+// parseNodePath parses a path argument; a bad one is a usage error.
+func parseNodePath(s string) (hier.Path, bool, error) {
+	p, dir, err := hier.ParsePath(s)
+	if err != nil {
+		return nil, false, usageError{err}
+	}
+	return p, dir, nil
+}
+
+// exactArgs is cobra.ExactArgs with usage errors.
+func exactArgs(n int) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if err := cobra.ExactArgs(n)(cmd, args); err != nil {
+			return usageError{err}
+		}
+		return nil
+	}
+}
+
+func rangeArgs(min, max int) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if err := cobra.RangeArgs(min, max)(cmd, args); err != nil {
+			return usageError{err}
+		}
+		return nil
+	}
+}

@@ -1,0 +1,118 @@
+package criu
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"syscall"
+
+	"github.com/checkpoint-restore/go-criu/v7/rpc"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
+)
+
+// swrk is one `criu swrk` process and the socket to talk to it.
+type swrk struct {
+	cmd  *exec.Cmd
+	sock *os.File
+}
+
+// swrkOptions says where the CRIU process runs.
+type swrkOptions struct {
+	// CgroupFD, if >= 0, starts CRIU in that cgroup (so that the processes
+	// it restores are born there).
+	CgroupFD int
+	// ExtraFiles are passed to CRIU as fds 4, 5, ... (fd 3 is the socket).
+	ExtraFiles []*os.File
+}
+
+func startSwrk(bin string, o swrkOptions) (*swrk, error) {
+	fds, err := unix.Socketpair(unix.AF_LOCAL, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("criu socketpair: %w", err)
+	}
+	cln := os.NewFile(uintptr(fds[0]), "criu-client")
+	srv := os.NewFile(uintptr(fds[1]), "criu-server")
+	defer srv.Close()
+	cmd := exec.Command(bin, "swrk", "3")
+	cmd.ExtraFiles = append([]*os.File{srv}, o.ExtraFiles...)
+	cmd.Stderr = os.Stderr
+	if o.CgroupFD >= 0 {
+		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: o.CgroupFD}
+	}
+	if err := cmd.Start(); err != nil {
+		cln.Close()
+		return nil, fmt.Errorf("start criu: %w", err)
+	}
+	return &swrk{cmd: cmd, sock: cln}, nil
+}
+
+// call sends req and returns CRIU's final answer, answering every notify
+// message on the way with onNotify (which may be nil).
+func (s *swrk) call(req *rpc.CriuReq, onNotify func(script string, pid int32) error) (*rpc.CriuResp, error) {
+	buf := make([]byte, 64*1024)
+	for {
+		data, err := proto.Marshal(req)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := s.sock.Write(data); err != nil {
+			return nil, fmt.Errorf("send to criu: %w", err)
+		}
+		n, err := s.sock.Read(buf)
+		if err != nil {
+			return nil, fmt.Errorf("read from criu: %w", err)
+		}
+		resp := &rpc.CriuResp{}
+		if err := proto.Unmarshal(buf[:n], resp); err != nil {
+			return nil, fmt.Errorf("decode criu answer: %w", err)
+		}
+		if resp.GetType() != rpc.CriuReqType_NOTIFY {
+			if !resp.GetSuccess() {
+				msg := resp.GetCrErrmsg()
+				if msg == "" && resp.GetCrErrno() != 0 {
+					msg = syscall.Errno(resp.GetCrErrno()).Error()
+				}
+				if msg == "" {
+					msg = "failed"
+				}
+				return resp, errors.New(msg)
+			}
+			return resp, nil
+		}
+		ok := true
+		if onNotify != nil {
+			ok = onNotify(resp.GetNotify().GetScript(), resp.GetNotify().GetPid()) == nil
+		}
+		t := rpc.CriuReqType_NOTIFY
+		req = &rpc.CriuReq{Type: &t, NotifySuccess: proto.Bool(ok)}
+	}
+}
+
+// close ends the swrk process and waits for it.
+func (s *swrk) close() error {
+	s.sock.Close()
+	err := s.cmd.Wait()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return fmt.Errorf("criu swrk exited: %s", strconv.Itoa(ee.ExitCode()))
+	}
+	return err
+}
+
+// Check runs CRIU's own check of the kernel (`criu check`).
+func Check(bin string) error {
+	s, err := startSwrk(bin, swrkOptions{CgroupFD: -1})
+	if err != nil {
+		return err
+	}
+	t := rpc.CriuReqType_CHECK
+	_, err = s.call(&rpc.CriuReq{Type: &t}, nil)
+	s.close()
+	if err != nil {
+		return fmt.Errorf("criu check: %w", err)
+	}
+	return nil
+}

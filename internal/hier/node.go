@@ -1,0 +1,62 @@
+package hier
+
+import "time"
+
+// State is the life-cycle state of a node as recorded in the tree.
+type State string
+
+// The states a node goes through. A node is Creating while crtree sets up
+// its namespaces or restores it; Running once its init runs under a
+// supervisor; Exited when its init has ended (ExitCode says how).
+const (
+	Creating State = "creating"
+	Running  State = "running"
+	Exited   State = "exited"
+)
+
+// Node is one entry of the tree. Its identity is ID, which never changes;
+// Name and Parent change with mv.
+type Node struct {
+	ID       string    `json:"id"`
+	Name     string    `json:"name"`
+	Parent   string    `json:"parent,omitempty"` // parent's ID; empty for a top-level node
+	Created  time.Time `json:"created"`
+	Spec     Spec      `json:"spec"`
+	State    State     `json:"state"`
+	ExitCode int       `json:"exitCode,omitempty"`
+
+	// Pid is the host PID of the node's init while it runs, and PidStart
+	// its start time in clock ticks since boot, which tells a live init
+	// from an unrelated process that reused the PID.
+	Pid      int    `json:"pid,omitempty"`
+	PidStart uint64 `json:"pidStart,omitempty"`
+	// SupervisorPid is the host PID of the crtree supervisor of this node.
+	SupervisorPid   int    `json:"supervisorPid,omitempty"`
+	SupervisorStart uint64 `json:"supervisorStart,omitempty"`
+}
+
+// Spec is how a node was asked to run: what `crtree run` was given.
+type Spec struct {
+	Cmd      []string `json:"cmd"`
+	Env      []string `json:"env,omitempty"`
+	Cwd      string   `json:"cwd,omitempty"`
+	Hostname string   `json:"hostname,omitempty"`
+	Binds    []Bind   `json:"binds,omitempty"`
+	// Rootfs is a host directory used as the read-only base of the node's
+	// root; the node's own storage is an overlay upper layer above it.
+	Rootfs string `json:"rootfs,omitempty"`
+	// Net is "host" (share the host's network) or "none" (a new network
+	// namespace with only the loopback interface).
+	Net string `json:"net,omitempty"`
+}
+
+// Bind is a host path bound into a node. Bound paths are not the node's
+// own storage and are never packed into an archive.
+type Bind struct {
+	Source   string `json:"source"`
+	Target   string `json:"target"`
+	ReadOnly bool   `json:"readOnly,omitempty"`
+}
+
+// NetNone is Spec.Net for a node with its own, empty network namespace.
+const NetNone = "none"

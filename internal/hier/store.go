@@ -1,0 +1,156 @@
+package hier
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+)
+
+// DefaultRoot is the state root used when none is given.
+const DefaultRoot = "/var/lib/crtree"
+
+// Store is the state of one state root: the tree file, the lock, and the
+// nodes' storage directories.
+type Store struct {
+	// Root is the absolute path of the state root.
+	Root string
+}
+
+// Open returns the store at root, creating the directory if needed.
+func Open(root string) (*Store, error) {
+	abs, err := filepath.Abs(root)
+	if err != nil {
+		return nil, fmt.Errorf("state root %s: %w", root, err)
+	}
+	if err := os.MkdirAll(filepath.Join(abs, "nodes"), 0o700); err != nil {
+		return nil, fmt.Errorf("state root: %w", err)
+	}
+	return &Store{Root: abs}, nil
+}
+
+func (s *Store) treeFile() string { return filepath.Join(s.Root, "tree.json") }
+
+// NodeDir returns the storage directory of the node with the given ID.
+func (s *Store) NodeDir(id string) string { return filepath.Join(s.Root, "nodes", id) }
+
+// lock takes the state root's flock, shared or exclusive, and returns the
+// function that releases it.
+func (s *Store) lock(how int) (func(), error) {
+	f, err := os.OpenFile(filepath.Join(s.Root, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("lock state root: %w", err)
+	}
+	for {
+		err = unix.Flock(int(f.Fd()), how)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock state root: %w", err)
+	}
+	return func() { f.Close() }, nil
+}
+
+func (s *Store) load() (*Tree, error) {
+	data, err := os.ReadFile(s.treeFile())
+	if errors.Is(err, fs.ErrNotExist) {
+		return newTree(), nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read tree: %w", err)
+	}
+	t := newTree()
+	if err := json.Unmarshal(data, t); err != nil {
+		return nil, fmt.Errorf("read tree %s: %w", s.treeFile(), err)
+	}
+	if t.Nodes == nil {
+		t.Nodes = map[string]*Node{}
+	}
+	return t, nil
+}
+
+func (s *Store) save(t *Tree) error {
+	data, err := json.MarshalIndent(t, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := WriteFileAtomic(s.treeFile(), data, 0o600); err != nil {
+		return fmt.Errorf("save tree: %w", err)
+	}
+	return nil
+}
+
+// View calls fn with a consistent snapshot of the tree, under a shared
+// lock. fn must not keep the tree.
+func (s *Store) View(fn func(t *Tree) error) error {
+	unlock, err := s.lock(unix.LOCK_SH)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	t, err := s.load()
+	if err != nil {
+		return err
+	}
+	return fn(t)
+}
+
+// Update calls fn with the tree under the exclusive lock and saves what
+// fn left if it returns nil. Nothing is saved when fn fails.
+func (s *Store) Update(fn func(t *Tree) error) error {
+	unlock, err := s.lock(unix.LOCK_EX)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	t, err := s.load()
+	if err != nil {
+		return err
+	}
+	if err := fn(t); err != nil {
+		return err
+	}
+	return s.save(t)
+}
+
+// WriteFileAtomic writes data to a temporary file beside name, syncs it,
+// and renames it over name, so that readers see the old or the new
+// content, never a mix.
+func WriteFileAtomic(name string, data []byte, perm os.FileMode) error {
+	f, err := os.CreateTemp(filepath.Dir(name), "."+filepath.Base(name)+".tmp*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	ok := false
+	defer func() {
+		if !ok {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	if _, err := f.Write(data); err != nil {
+		return err
+	}
+	if err := f.Chmod(perm); err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, name); err != nil {
+		return err
+	}
+	ok = true
+	return nil
+}

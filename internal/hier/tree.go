@@ -1,0 +1,158 @@
+package hier
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+)
+
+// ErrNotFound is returned when a path names no node.
+var ErrNotFound = errors.New("no such node")
+
+// ErrExists is returned when a path is already taken.
+var ErrExists = errors.New("node already exists")
+
+// Tree is the whole named hierarchy of one state root.
+type Tree struct {
+	// Version is the format version of tree.json.
+	Version int `json:"version"`
+	// NextID numbers new nodes; IDs are never reused within a state root.
+	NextID int              `json:"nextID"`
+	Nodes  map[string]*Node `json:"nodes"`
+}
+
+func newTree() *Tree { return &Tree{Version: 1, NextID: 1, Nodes: map[string]*Node{}} }
+
+// Children returns the children of the node with the given ID ("" for the
+// root of the tree), sorted by name.
+func (t *Tree) Children(id string) []*Node {
+	var out []*Node
+	for _, n := range t.Nodes {
+		if n.Parent == id {
+			out = append(out, n)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Child returns the child of parent ID named name, or nil.
+func (t *Tree) Child(parent, name string) *Node {
+	for _, n := range t.Nodes {
+		if n.Parent == parent && n.Name == name {
+			return n
+		}
+	}
+	return nil
+}
+
+// Lookup returns the node at p; for the root path it returns nil and no
+// error.
+func (t *Tree) Lookup(p Path) (*Node, error) {
+	var cur *Node
+	id := ""
+	for i, name := range p {
+		cur = t.Child(id, name)
+		if cur == nil {
+			return nil, fmt.Errorf("%s: %w", p[:i+1], ErrNotFound)
+		}
+		id = cur.ID
+	}
+	return cur, nil
+}
+
+// PathOf returns the full path of n.
+func (t *Tree) PathOf(n *Node) Path {
+	var rev []string
+	for n != nil {
+		rev = append(rev, n.Name)
+		n = t.Nodes[n.Parent]
+	}
+	p := make(Path, len(rev))
+	for i, name := range rev {
+		p[len(rev)-1-i] = name
+	}
+	return p
+}
+
+// Subtree returns n and all its descendants, parents before children
+// (depth first, children by name). For a nil n it returns every node.
+func (t *Tree) Subtree(n *Node) []*Node {
+	var out []*Node
+	var walk func(id string)
+	walk = func(id string) {
+		for _, c := range t.Children(id) {
+			out = append(out, c)
+			walk(c.ID)
+		}
+	}
+	if n == nil {
+		walk("")
+		return out
+	}
+	out = append(out, n)
+	walk(n.ID)
+	return out
+}
+
+// Ancestors returns the IDs from the top-level node down to n, n included.
+func (t *Tree) Ancestors(n *Node) []string {
+	var rev []string
+	for n != nil {
+		rev = append(rev, n.ID)
+		n = t.Nodes[n.Parent]
+	}
+	for i, j := 0, len(rev)-1; i < j; i, j = i+1, j-1 {
+		rev[i], rev[j] = rev[j], rev[i]
+	}
+	return rev
+}
+
+// FreeUnnamed returns the name unnamedN with the smallest N >= 1 that no
+// child of parent ID uses.
+func (t *Tree) FreeUnnamed(parent string) string {
+	used := map[string]bool{}
+	for _, c := range t.Children(parent) {
+		used[c.Name] = true
+	}
+	for i := 1; ; i++ {
+		name := "unnamed" + strconv.Itoa(i)
+		if !used[name] {
+			return name
+		}
+	}
+}
+
+// Add creates a node named name under parent ID and returns it; the caller
+// fills in the rest. It fails with ErrExists if the name is taken.
+func (t *Tree) Add(parent, name string) (*Node, error) {
+	if err := ValidateName(name); err != nil {
+		return nil, err
+	}
+	if parent != "" && t.Nodes[parent] == nil {
+		return nil, fmt.Errorf("parent %s: %w", parent, ErrNotFound)
+	}
+	if t.Child(parent, name) != nil {
+		p := Path{}
+		if parent != "" {
+			p = t.PathOf(t.Nodes[parent])
+		}
+		return nil, fmt.Errorf("%s: %w", p.Join(name), ErrExists)
+	}
+	id := "n" + strconv.Itoa(t.NextID)
+	t.NextID++
+	n := &Node{ID: id, Name: name, Parent: parent, State: Creating}
+	t.Nodes[id] = n
+	return n, nil
+}
+
+// Remove deletes the node with the given ID from the tree. Its children,
+// if any, must have been removed first.
+func (t *Tree) Remove(id string) error {
+	if len(t.Children(id)) > 0 {
+		return fmt.Errorf("%s has children", t.PathOf(t.Nodes[id]))
+	}
+	delete(t.Nodes, id)
+	return nil
+}

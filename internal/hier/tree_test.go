@@ -1,0 +1,112 @@
+package hier
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+)
+
+func TestTreeAddLookup(t *testing.T) {
+	tr := newTree()
+	v1, err := tr.Add("", "vserver1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pi1, _ := tr.Add(v1.ID, "calculate_pi")
+	v2, _ := tr.Add("", "vserver2")
+	pi2, err := tr.Add(v2.ID, "calculate_pi")
+	if err != nil {
+		t.Fatalf("same name under another parent: %v", err)
+	}
+	if _, err := tr.Add(v1.ID, "calculate_pi"); !errors.Is(err, ErrExists) {
+		t.Fatalf("duplicate name: err = %v, want ErrExists", err)
+	}
+	if _, err := tr.Add("", "bad name"); !errors.Is(err, ErrInvalidName) {
+		t.Fatalf("bad name: err = %v", err)
+	}
+	for path, want := range map[string]*Node{"/vserver1/calculate_pi": pi1, "/vserver2/calculate_pi": pi2, "/vserver1": v1} {
+		got, err := tr.Lookup(MustParse(path))
+		if err != nil || got != want {
+			t.Errorf("Lookup(%s) = %v, %v", path, got, err)
+		}
+		if tr.PathOf(got).String() != path {
+			t.Errorf("PathOf = %s, want %s", tr.PathOf(got), path)
+		}
+	}
+	if _, err := tr.Lookup(MustParse("/vserver3/x")); !errors.Is(err, ErrNotFound) {
+		t.Errorf("missing: err = %v", err)
+	}
+	if got := len(tr.Subtree(v1)); got != 2 {
+		t.Errorf("Subtree(v1) has %d nodes", got)
+	}
+	if got := len(tr.Subtree(nil)); got != 4 {
+		t.Errorf("Subtree(root) has %d nodes", got)
+	}
+	if err := tr.Remove(v1.ID); err == nil {
+		t.Errorf("Remove of a node with children succeeded")
+	}
+}
+
+func TestFreeUnnamed(t *testing.T) {
+	tr := newTree()
+	p, _ := tr.Add("", "p")
+	for i, want := range []string{"unnamed1", "unnamed2", "unnamed3"} {
+		name := tr.FreeUnnamed(p.ID)
+		if name != want {
+			t.Fatalf("step %d: FreeUnnamed = %s, want %s", i, name, want)
+		}
+		tr.Add(p.ID, name)
+	}
+	u2 := tr.Child(p.ID, "unnamed2")
+	tr.Remove(u2.ID)
+	if got := tr.FreeUnnamed(p.ID); got != "unnamed2" {
+		t.Errorf("after removing unnamed2: FreeUnnamed = %s", got)
+	}
+	if got := tr.FreeUnnamed(""); got != "unnamed1" {
+		t.Errorf("top level: %s", got)
+	}
+}
+
+func TestStoreConcurrentUpdates(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for i := 0; i < 20; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := s.Update(func(tr *Tree) error {
+				_, err := tr.Add("", tr.FreeUnnamed(""))
+				return err
+			})
+			if err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	s.View(func(tr *Tree) error {
+		if len(tr.Nodes) != 20 {
+			t.Errorf("%d nodes after 20 concurrent adds", len(tr.Nodes))
+		}
+		seen := map[string]bool{}
+		for _, n := range tr.Nodes {
+			if seen[n.Name] {
+				t.Errorf("name %s given twice", n.Name)
+			}
+			seen[n.Name] = true
+		}
+		return nil
+	})
+	// A failing update saves nothing.
+	s.Update(func(tr *Tree) error { tr.Add("", "ghost"); return fmt.Errorf("fail") })
+	s.View(func(tr *Tree) error {
+		if tr.Child("", "ghost") != nil {
+			t.Errorf("failed update was saved")
+		}
+		return nil
+	})
+}

@@ -1,0 +1,132 @@
+package node
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/crtree/crtree/internal/cgroup"
+	"github.com/crtree/crtree/internal/hier"
+)
+
+// Host is one state root seen from the host: the tree, the nodes' storage
+// and their cgroups.
+type Host struct {
+	Store *hier.Store
+	// CgroupBase is the cgroup2 group holding this state root's nodes.
+	CgroupBase cgroup.Group
+}
+
+// NewHost opens the state root at root.
+func NewHost(root string) (*Host, error) {
+	st, err := hier.Open(root)
+	if err != nil {
+		return nil, err
+	}
+	mnt, err := cgroup.Mountpoint()
+	if err != nil {
+		return nil, err
+	}
+	return &Host{Store: st, CgroupBase: cgroup.Group(cgroup.BaseFor(mnt, st.Root))}, nil
+}
+
+// Group returns the cgroup of n; its processes are in Group(..).Leaf().
+func (h *Host) Group(t *hier.Tree, n *hier.Node) cgroup.Group {
+	return cgroup.Group(filepath.Join(append([]string{h.CgroupBase.Path()}, t.Ancestors(n)...)...))
+}
+
+// RootDir returns the host directory that is n's / while it runs.
+func (h *Host) RootDir(id string) string { return filepath.Join(h.Store.NodeDir(id), "rootfs") }
+
+// UpperDir returns the directory that holds the files n wrote itself: its
+// root, or the overlay upper layer when it runs on a --rootfs base.
+func (h *Host) UpperDir(n *hier.Node) string {
+	if n.Spec.Rootfs != "" {
+		return filepath.Join(h.Store.NodeDir(n.ID), "upper")
+	}
+	return h.RootDir(n.ID)
+}
+
+// LogFile returns the host path of n's output log.
+func (h *Host) LogFile(n *hier.Node) string {
+	return filepath.Join(h.UpperDir(n), LogPath)
+}
+
+// Status is what a node's state really is now, as opposed to what was
+// last recorded: a node recorded as running whose init is gone is
+// reported exited with an unknown code.
+type Status struct {
+	State hier.State
+	// ExitCode is the recorded exit code, or -1 when unknown.
+	ExitCode int
+	// Supervised is false when the node's supervisor is gone.
+	Supervised bool
+}
+
+// StatusOf checks n against /proc.
+func StatusOf(n *hier.Node) Status {
+	st := Status{State: n.State, ExitCode: n.ExitCode, Supervised: Alive(n.SupervisorPid, n.SupervisorStart)}
+	if n.State == hier.Running && !Alive(n.Pid, n.PidStart) {
+		st.State = hier.Exited
+		st.ExitCode = -1
+	}
+	return st
+}
+
+// String formats s for tables: running, exited(N), exited(?), creating.
+func (s Status) String() string {
+	switch s.State {
+	case hier.Exited:
+		if s.ExitCode < 0 {
+			return "exited(?)"
+		}
+		return fmt.Sprintf("exited(%d)", s.ExitCode)
+	case hier.Running:
+		if !s.Supervised {
+			return "running(unsupervised)"
+		}
+	}
+	return string(s.State)
+}
+
+// Destroy kills whatever runs in the node with the given ID and its
+// descendants, and removes their cgroups, storage and tree entries.
+func (h *Host) Destroy(id string) error {
+	return h.Store.Update(func(t *hier.Tree) error {
+		n := t.Nodes[id]
+		if n == nil {
+			return nil
+		}
+		return h.destroyLocked(t, n)
+	})
+}
+
+// destroyLocked is Destroy for a caller that holds the tree.
+func (h *Host) destroyLocked(t *hier.Tree, n *hier.Node) error {
+	g := h.Group(t, n)
+	if err := g.Kill(); err != nil {
+		return err
+	}
+	if err := g.WaitEmpty(10 * time.Second); err != nil {
+		return err
+	}
+	sub := t.Subtree(n)
+	var errs []error
+	for i := len(sub) - 1; i >= 0; i-- {
+		m := sub[i]
+		if m.Spec.Rootfs != "" {
+			// The overlay root is mounted in the node's own mount namespace
+			// only; nothing to unmount on the host.
+		}
+		if err := os.RemoveAll(h.Store.NodeDir(m.ID)); err != nil {
+			errs = append(errs, fmt.Errorf("remove storage of %s: %w", t.PathOf(m), err))
+		}
+		t.Remove(m.ID)
+	}
+	if err := g.Remove(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}

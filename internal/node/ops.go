@@ -1,0 +1,294 @@
+package node
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/crtree/crtree/internal/hier"
+)
+
+// ErrRunning is returned when an operation needs a node that is not
+// running and it is.
+var ErrRunning = errors.New("node is running")
+
+// ErrNotRunning is returned when an operation needs a running node.
+var ErrNotRunning = errors.New("node is not running")
+
+// Run creates the node at p (or, when unnamed is true, a new unnamedN child
+// of p), starts spec.Cmd in it and returns the new node's path. If the
+// node cannot be started, nothing of it is left behind.
+func (h *Host) Run(p hier.Path, unnamed bool, spec hier.Spec) (hier.Path, error) {
+	if len(spec.Cmd) == 0 {
+		return nil, errors.New("no command given")
+	}
+	if spec.Rootfs != "" {
+		if fi, err := os.Stat(spec.Rootfs); err != nil || !fi.IsDir() {
+			return nil, fmt.Errorf("--rootfs %s: not a directory", spec.Rootfs)
+		}
+	}
+	for _, b := range spec.Binds {
+		if _, err := os.Stat(b.Source); err != nil {
+			return nil, fmt.Errorf("--bind %s: %w", b.Source, err)
+		}
+	}
+	var n *hier.Node
+	var path hier.Path
+	err := h.Store.Update(func(t *hier.Tree) error {
+		parentPath, name := p.Parent(), p.Base()
+		if unnamed {
+			parentPath = p
+		}
+		parent, err := t.Lookup(parentPath)
+		if err != nil {
+			return fmt.Errorf("parent %s: %w", parentPath, hier.ErrNotFound)
+		}
+		parentID := ""
+		if parent != nil {
+			parentID = parent.ID
+		}
+		if unnamed {
+			name = t.FreeUnnamed(parentID)
+		} else if len(p) == 0 {
+			return fmt.Errorf("%w: / is the root of the tree, not a node name", hier.ErrInvalidName)
+		}
+		n, err = t.Add(parentID, name)
+		if err != nil {
+			return err
+		}
+		n.Created = time.Now().UTC()
+		n.Spec = spec
+		path = t.PathOf(n)
+		if err := h.prepareStorage(n); err != nil {
+			return err
+		}
+		return h.Group(t, n).Create()
+	})
+	if err != nil {
+		if n != nil {
+			os.RemoveAll(h.Store.NodeDir(n.ID))
+		}
+		return nil, err
+	}
+	if _, err := h.Start(n.ID); err != nil {
+		if derr := h.Destroy(n.ID); derr != nil {
+			err = errors.Join(err, derr)
+		}
+		return nil, fmt.Errorf("run %s: %w", path, err)
+	}
+	return path, nil
+}
+
+// prepareStorage creates the node's storage directory and root.
+func (h *Host) prepareStorage(n *hier.Node) error {
+	dir := h.Store.NodeDir(n.ID)
+	if err := os.MkdirAll(h.RootDir(n.ID), 0o755); err != nil {
+		return fmt.Errorf("create node storage: %w", err)
+	}
+	if n.Spec.Rootfs != "" {
+		for _, d := range []string{"upper", "work"} {
+			if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+				return fmt.Errorf("create node storage: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
+// Signal sends sig to the processes of the node at p, and with recursive
+// to those of its whole subtree. SIGKILL goes through cgroup.kill, which
+// reaches every process however it forked, and waits until they are gone.
+func (h *Host) Signal(p hier.Path, sig unix.Signal, recursive bool) error {
+	return h.Store.View(func(t *hier.Tree) error {
+		n, err := lookupNode(t, p)
+		if err != nil {
+			return err
+		}
+		nodes := []*hier.Node{n}
+		if recursive {
+			nodes = t.Subtree(n)
+		}
+		if sig == unix.SIGKILL {
+			g := h.Group(t, n)
+			if !recursive {
+				g = g.Leaf()
+			}
+			if err := g.Kill(); err != nil {
+				return err
+			}
+			return g.WaitEmpty(10 * time.Second)
+		}
+		for _, m := range nodes {
+			pids, err := h.Group(t, m).Leaf().Procs()
+			if err != nil {
+				return fmt.Errorf("signal %s: %w", t.PathOf(m), err)
+			}
+			for _, pid := range pids {
+				unix.Kill(pid, sig)
+			}
+		}
+		return nil
+	})
+}
+
+// lookupNode resolves p and refuses the root of the tree.
+func lookupNode(t *hier.Tree, p hier.Path) (*hier.Node, error) {
+	if len(p) == 0 {
+		return nil, fmt.Errorf("/ is the root of the tree, not a node")
+	}
+	return t.Lookup(p)
+}
+
+// Remove removes the node at p: refused while it runs unless force (which
+// kills it first), and refused while it has children unless recursive.
+func (h *Host) Remove(p hier.Path, recursive, force bool) error {
+	return h.Store.Update(func(t *hier.Tree) error {
+		n, err := lookupNode(t, p)
+		if err != nil {
+			return err
+		}
+		if !recursive && len(t.Children(n.ID)) > 0 {
+			return fmt.Errorf("rm %s: node has children (use -r)", p)
+		}
+		if !force {
+			for _, m := range t.Subtree(n) {
+				if StatusOf(m).State == hier.Running {
+					return fmt.Errorf("rm %s: %w (stop it first or use -f)", t.PathOf(m), ErrRunning)
+				}
+			}
+		}
+		return h.destroyLocked(t, n)
+	})
+}
+
+// Rename renames the node at from to to, which must be in the same parent.
+// It is one change of the tree, safe while the node runs.
+func (h *Host) Rename(from, to hier.Path) error {
+	return h.Store.Update(func(t *hier.Tree) error {
+		n, err := lookupNode(t, from)
+		if err != nil {
+			return err
+		}
+		if len(to) == 0 {
+			return fmt.Errorf("mv: / cannot be a node's new name")
+		}
+		if to.Parent().String() != from.Parent().String() {
+			return fmt.Errorf("mv %s %s: moving to another parent is not supported yet (rename within %s)", from, to, from.Parent())
+		}
+		if t.Child(n.Parent, to.Base()) != nil {
+			return fmt.Errorf("mv: %s: %w", to, hier.ErrExists)
+		}
+		n.Name = to.Base()
+		return nil
+	})
+}
+
+// Entry is one node as listed by ls.
+type Entry struct {
+	Path     string    `json:"path"`
+	Name     string    `json:"name"`
+	State    string    `json:"state"`
+	ExitCode *int      `json:"exitCode,omitempty"`
+	Pid      int       `json:"pid"`
+	Procs    int       `json:"procs"`
+	Memory   int64     `json:"memory"`
+	Created  time.Time `json:"created"`
+	Display  string    `json:"-"`
+	Depth    int       `json:"-"`
+}
+
+// List returns the children of p, or with recursive all its descendants,
+// with their real state.
+func (h *Host) List(p hier.Path, recursive bool) ([]Entry, error) {
+	var out []Entry
+	err := h.Store.View(func(t *hier.Tree) error {
+		top, err := t.Lookup(p)
+		if err != nil {
+			return err
+		}
+		topID := ""
+		if top != nil {
+			topID = top.ID
+		}
+		var nodes []*hier.Node
+		if recursive {
+			nodes = t.Subtree(top)
+			if top != nil {
+				nodes = nodes[1:]
+			}
+		} else {
+			nodes = t.Children(topID)
+		}
+		for _, n := range nodes {
+			out = append(out, h.entry(t, n, len(t.Ancestors(n))-len(p)-1))
+		}
+		return nil
+	})
+	return out, err
+}
+
+func (h *Host) entry(t *hier.Tree, n *hier.Node, depth int) Entry {
+	st := StatusOf(n)
+	e := Entry{Path: t.PathOf(n).String(), Name: n.Name, State: string(st.State), Display: st.String(), Created: n.Created, Depth: depth}
+	if st.State == hier.Exited {
+		code := st.ExitCode
+		e.ExitCode = &code
+	}
+	if st.State == hier.Running {
+		e.Pid = n.Pid
+		pids, _ := h.Group(t, n).Leaf().Procs()
+		e.Procs = len(pids)
+		if mem, ok := h.Group(t, n).Leaf().MemoryCurrent(); ok {
+			e.Memory = mem
+		} else {
+			for _, pid := range pids {
+				if info, err := ReadProc(pid); err == nil {
+					e.Memory += info.RSS
+				}
+			}
+		}
+	}
+	return e
+}
+
+// Procs returns the processes of the node at p.
+func (h *Host) Procs(p hier.Path) ([]ProcInfo, error) {
+	var pids []int
+	err := h.Store.View(func(t *hier.Tree) error {
+		n, err := lookupNode(t, p)
+		if err != nil {
+			return err
+		}
+		pids, err = h.Group(t, n).Leaf().Procs()
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	var out []ProcInfo
+	for _, pid := range pids {
+		if info, err := ReadProc(pid); err == nil {
+			out = append(out, info)
+		}
+	}
+	return out, nil
+}
+
+// Get returns a copy of the node at p with its path and status.
+func (h *Host) Get(p hier.Path) (hier.Node, Status, error) {
+	var n hier.Node
+	var st Status
+	err := h.Store.View(func(t *hier.Tree) error {
+		m, err := lookupNode(t, p)
+		if err != nil {
+			return err
+		}
+		n, st = *m, StatusOf(m)
+		return nil
+	})
+	return n, st, err
+}

@@ -1,0 +1,99 @@
+package node
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+)
+
+// StartTime returns the start time of a process in clock ticks after boot
+// (field 22 of /proc/PID/stat), which tells a process from a later one that
+// reused its PID.
+func StartTime(pid int) (uint64, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name, field 2, is in parentheses and may hold spaces.
+	i := bytes.LastIndexByte(data, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("parse /proc/%d/stat", pid)
+	}
+	fields := strings.Fields(string(data[i+1:]))
+	// fields[0] is field 3 (state); the start time is field 22.
+	if len(fields) < 20 {
+		return 0, fmt.Errorf("parse /proc/%d/stat", pid)
+	}
+	return strconv.ParseUint(fields[19], 10, 64)
+}
+
+// Alive reports whether the process pid that started at start still
+// exists (and is not a zombie).
+func Alive(pid int, start uint64) bool {
+	if pid <= 0 {
+		return false
+	}
+	st, err := StartTime(pid)
+	if err != nil || st != start {
+		return false
+	}
+	return procState(pid) != 'Z'
+}
+
+func procState(pid int) byte {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	i := bytes.LastIndexByte(data, ')')
+	if i < 0 || i+2 >= len(data) {
+		return 0
+	}
+	return data[i+2]
+}
+
+// ProcInfo describes one process of a node as seen from the host.
+type ProcInfo struct {
+	// PID is the host PID; NSPid the PID inside the node's PID namespace.
+	PID   int    `json:"pid"`
+	NSPid int    `json:"nspid"`
+	Cmd   string `json:"cmd"`
+	// RSS is the resident memory in bytes.
+	RSS int64 `json:"rss"`
+}
+
+// ReadProc returns what /proc says of pid.
+func ReadProc(pid int) (ProcInfo, error) {
+	info := ProcInfo{PID: pid}
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return info, err
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		f := strings.Fields(v)
+		switch k {
+		case "NSpid":
+			if len(f) > 0 {
+				info.NSPid, _ = strconv.Atoi(f[len(f)-1])
+			}
+		case "VmRSS":
+			if len(f) > 0 {
+				kb, _ := strconv.ParseInt(f[0], 10, 64)
+				info.RSS = kb * 1024
+			}
+		}
+	}
+	cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	info.Cmd = strings.TrimSpace(strings.ReplaceAll(string(cmdline), "\x00", " "))
+	if info.Cmd == "" {
+		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+		info.Cmd = "[" + strings.TrimSpace(string(comm)) + "]"
+	}
+	return info, nil
+}

@@ -1,0 +1,237 @@
+package node
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/crtree/crtree/internal/hier"
+)
+
+// SelfExe is the crtree binary, re-executed for the supervisor and the
+// init stage.
+const SelfExe = "/proc/self/exe"
+
+// readyMsg is what a supervisor tells the command that started it.
+type readyMsg struct {
+	Pid   int    `json:"pid,omitempty"`
+	Error string `json:"error,omitempty"`
+}
+
+// Start starts a supervisor for the node with the given ID, which must be
+// recorded in the tree as Creating, and waits until the node's command
+// runs. It returns the host PID of the node's init.
+func (h *Host) Start(id string) (int, error) {
+	readyR, readyW, err := os.Pipe()
+	if err != nil {
+		return 0, err
+	}
+	defer readyR.Close()
+	logf, err := os.OpenFile(filepath.Join(h.Store.NodeDir(id), "supervisor.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		readyW.Close()
+		return 0, err
+	}
+	defer logf.Close()
+	cmd := exec.Command(SelfExe, "--root", h.Store.Root, "__supervise", id)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.ExtraFiles = []*os.File{readyW}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	cmd.Env = append(os.Environ(), "CRTREE_SUPERVISOR=1")
+	err = cmd.Start()
+	readyW.Close()
+	if err != nil {
+		return 0, fmt.Errorf("start supervisor: %w", err)
+	}
+	var msg readyMsg
+	if err := json.NewDecoder(readyR).Decode(&msg); err != nil {
+		cmd.Wait()
+		return 0, fmt.Errorf("supervisor failed: %s", lastLine(logf.Name()))
+	}
+	// The supervisor lives on; it is not waited for here.
+	cmd.Process.Release()
+	if msg.Error != "" {
+		return 0, errors.New(msg.Error)
+	}
+	return msg.Pid, nil
+}
+
+func lastLine(file string) string {
+	data, _ := os.ReadFile(file)
+	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	if l := lines[len(lines)-1]; l != "" {
+		return l
+	}
+	return "no message (see " + file + ")"
+}
+
+// Supervise is the supervisor: it starts the node's init, reports to the
+// command that started it on fd 3, then stays the init's parent until it
+// ends and records its exit status.
+func Supervise(h *Host, id string) error {
+	ready := os.NewFile(3, "ready")
+	report := func(m readyMsg) {
+		json.NewEncoder(ready).Encode(m)
+		ready.Close()
+	}
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		report(readyMsg{Error: fmt.Sprintf("set child subreaper: %v", err)})
+		return err
+	}
+	pid, err := h.startInit(id)
+	if err != nil {
+		report(readyMsg{Error: err.Error()})
+		return err
+	}
+	if err := h.recordRunning(id, pid); err != nil {
+		unix.Kill(pid, unix.SIGKILL)
+		report(readyMsg{Error: err.Error()})
+		return err
+	}
+	report(readyMsg{Pid: pid})
+	return h.reap(id, pid)
+}
+
+// startInit starts the init stage in new namespaces, inside the node's
+// cgroup, and waits until it has exec'd the node's command.
+func (h *Host) startInit(id string) (int, error) {
+	var cfg InitConfig
+	var leaf string
+	err := h.Store.View(func(t *hier.Tree) error {
+		n := t.Nodes[id]
+		if n == nil {
+			return fmt.Errorf("node %s: %w", id, hier.ErrNotFound)
+		}
+		cfg = h.initConfig(n)
+		leaf = h.Group(t, n).Leaf().Path()
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	cg, err := os.OpenFile(leaf, unix.O_DIRECTORY|unix.O_PATH, 0)
+	if err != nil {
+		return 0, fmt.Errorf("open cgroup: %w", err)
+	}
+	defer cg.Close()
+	cfgR, cfgW, err := os.Pipe()
+	if err != nil {
+		return 0, err
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		return 0, err
+	}
+	flags := unix.CLONE_NEWPID | unix.CLONE_NEWNS | unix.CLONE_NEWUTS | unix.CLONE_NEWIPC
+	if cfg.OwnNet {
+		flags |= unix.CLONE_NEWNET
+	}
+	cmd := exec.Command(SelfExe, "__init")
+	cmd.ExtraFiles = []*os.File{cfgR, errW}
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Cloneflags:  uintptr(flags),
+		UseCgroupFD: true,
+		CgroupFD:    int(cg.Fd()),
+	}
+	cmd.Env = []string{}
+	err = cmd.Start()
+	cfgR.Close()
+	errW.Close()
+	if err != nil {
+		cfgW.Close()
+		errR.Close()
+		return 0, fmt.Errorf("start node init: %w", err)
+	}
+	json.NewEncoder(cfgW).Encode(cfg)
+	cfgW.Close()
+	msg, _ := io.ReadAll(bufio.NewReader(errR))
+	errR.Close()
+	if len(msg) > 0 {
+		cmd.Wait()
+		return 0, fmt.Errorf("start node: %s", msg)
+	}
+	return cmd.Process.Pid, nil
+}
+
+// initConfig turns a node's spec into what the init stage needs.
+func (h *Host) initConfig(n *hier.Node) InitConfig {
+	cfg := InitConfig{
+		RootDir:  h.RootDir(n.ID),
+		Hostname: n.Spec.Hostname,
+		Cmd:      n.Spec.Cmd,
+		Env:      MergeEnv(DefaultEnv, n.Spec.Env),
+		Cwd:      n.Spec.Cwd,
+		Binds:    n.Spec.Binds,
+		OwnNet:   n.Spec.Net == hier.NetNone,
+	}
+	if cfg.Hostname == "" {
+		cfg.Hostname = n.Name
+	}
+	if n.Spec.Rootfs != "" {
+		cfg.Lower = n.Spec.Rootfs
+		cfg.Upper = h.UpperDir(n)
+		cfg.Work = filepath.Join(h.Store.NodeDir(n.ID), "work")
+	}
+	return cfg
+}
+
+func (h *Host) recordRunning(id string, pid int) error {
+	start, err := StartTime(pid)
+	if err != nil {
+		return fmt.Errorf("node init %d: %w", pid, err)
+	}
+	self := os.Getpid()
+	selfStart, _ := StartTime(self)
+	return h.Store.Update(func(t *hier.Tree) error {
+		n := t.Nodes[id]
+		if n == nil {
+			return fmt.Errorf("node %s was removed while starting", id)
+		}
+		n.State = hier.Running
+		n.Pid, n.PidStart = pid, start
+		n.SupervisorPid, n.SupervisorStart = self, selfStart
+		return nil
+	})
+}
+
+// reap waits for the init (reaping any other child on the way) and
+// records how it ended.
+func (h *Host) reap(id string, initPid int) error {
+	for {
+		var ws unix.WaitStatus
+		pid, err := unix.Wait4(-1, &ws, 0, nil)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("wait for node init: %w", err)
+		}
+		if pid != initPid {
+			continue
+		}
+		code := ws.ExitStatus()
+		if ws.Signaled() {
+			code = 128 + int(ws.Signal())
+		}
+		return h.Store.Update(func(t *hier.Tree) error {
+			n := t.Nodes[id]
+			if n == nil || n.Pid != initPid {
+				return nil
+			}
+			n.State = hier.Exited
+			n.ExitCode = code
+			n.Pid, n.PidStart = 0, 0
+			n.SupervisorPid, n.SupervisorStart = 0, 0
+			return nil
+		})
+	}
+}
