@@ -189,16 +189,18 @@ func (h *Host) Rename(from, to hier.Path) error {
 
 // Entry is one node as listed by ls.
 type Entry struct {
-	Path     string    `json:"path"`
-	Name     string    `json:"name"`
-	State    string    `json:"state"`
-	ExitCode *int      `json:"exitCode,omitempty"`
-	Pid      int       `json:"pid"`
-	Procs    int       `json:"procs"`
-	Memory   int64     `json:"memory"`
-	Created  time.Time `json:"created"`
-	Display  string    `json:"-"`
-	Depth    int       `json:"-"`
+	Path     string `json:"path"`
+	Name     string `json:"name"`
+	State    string `json:"state"`
+	ExitCode *int   `json:"exitCode,omitempty"`
+	Pid      int    `json:"pid"`
+	// SupervisorPid is the host PID of the node's supervisor, 0 if none.
+	SupervisorPid int       `json:"supervisorPid"`
+	Procs         int       `json:"procs"`
+	Memory        int64     `json:"memory"`
+	Created       time.Time `json:"created"`
+	Display       string    `json:"-"`
+	Depth         int       `json:"-"`
 }
 
 // List returns the children of p, or with recursive all its descendants,
@@ -240,6 +242,9 @@ func (h *Host) entry(t *hier.Tree, n *hier.Node, depth int) Entry {
 	}
 	if st.State == hier.Running {
 		e.Pid = n.Pid
+		if st.Supervised {
+			e.SupervisorPid = n.SupervisorPid
+		}
 		pids, _ := h.Group(t, n).Leaf().Procs()
 		e.Procs = len(pids)
 		if mem, ok := h.Group(t, n).Leaf().MemoryCurrent(); ok {

@@ -1,0 +1,42 @@
+# crtree: build, test, demo and benchmarks. Every target installs what it
+# needs (CRIU via hack/install-criu.sh); run as root.
+
+GO      ?= go
+BIN     := bin/crtree
+export PATH := $(PATH):/usr/local/go/bin:/usr/local/sbin
+
+.PHONY: all deps build test unit e2e demo bench fuzz vet clean
+
+all: build
+
+## deps: make a working CRIU >= 4.2 available (idempotent)
+deps:
+	@hack/install-criu.sh
+
+## build: build bin/crtree
+build:
+	$(GO) build -o $(BIN) ./cmd/crtree
+
+## vet: gofmt, go vet
+vet:
+	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt needed"; exit 1; }
+	$(GO) vet ./...
+
+## test: everything, as root, with the real CRIU
+test: deps vet
+	CRTREE_E2E=1 $(GO) test -count=1 -timeout 20m ./...
+
+## unit: the tests that need neither root nor CRIU
+unit:
+	$(GO) test ./internal/...
+
+## demo: build a small tree, dump it, restore it elsewhere, show it still runs
+demo: deps build
+	hack/demo.sh
+
+## bench: checkpoint/restore speed against raw CRIU (see docs/PERFORMANCE.md)
+bench: deps build
+	hack/bench.sh
+
+clean:
+	rm -rf bin

@@ -1,0 +1,175 @@
+// Package e2e drives the real crtree binary through scripts in testdata/
+// (rogpeppe/go-internal testscript): real namespaces, real cgroups and the
+// real CRIU, as root. Each script gets its own state root, and every node
+// it started is killed and removed when it ends, pass or fail.
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rogpeppe/go-internal/testscript"
+
+	"github.com/crtree/crtree/internal/node"
+	"github.com/crtree/crtree/internal/testutil"
+)
+
+// binDir holds the crtree binary built for this run.
+var binDir string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "crtree-e2e-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	build := exec.Command("go", "build", "-o", filepath.Join(dir, "crtree"), "../cmd/crtree")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build crtree:", err)
+		os.Exit(1)
+	}
+	binDir = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func TestScripts(t *testing.T) {
+	testutil.RequireE2E(t)
+	testscript.Run(t, testscript.Params{
+		Dir:                 "testdata",
+		RequireExplicitExec: true,
+		Setup:               setup,
+		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
+			"waitlog":  cmdWaitlog,
+			"nodepid":  cmdNodepid,
+			"pidalive": cmdPidalive,
+			"sleep":    cmdSleep,
+		},
+	})
+}
+
+// setup gives each script its own state root and tears down every node
+// it leaves, even when the script fails.
+func setup(env *testscript.Env) error {
+	root := filepath.Join(env.WorkDir, ".state")
+	env.Setenv("CRTREE_ROOT", root)
+	env.Setenv("PATH", binDir+string(os.PathListSeparator)+os.Getenv("PATH"))
+	for _, k := range []string{"CRTREE_CRIU", "HOME"} {
+		if v := os.Getenv(k); v != "" {
+			env.Setenv(k, v)
+		}
+	}
+	env.Defer(func() { teardown(env.T(), root) })
+	return nil
+}
+
+func teardown(t testscript.T, root string) {
+	if _, err := os.Stat(root); err != nil {
+		return
+	}
+	h, err := node.NewHost(root)
+	if err != nil {
+		t.Log("teardown:", err)
+		return
+	}
+	if err := h.CgroupBase.Kill(); err != nil {
+		t.Log("teardown:", err)
+	}
+	if err := h.CgroupBase.WaitEmpty(10 * time.Second); err != nil {
+		t.Fatal("teardown: ", err)
+	}
+	if err := h.CgroupBase.Remove(); err != nil {
+		t.Log("teardown:", err)
+	}
+}
+
+// waitlog PATH REGEXP [SECONDS]: wait until the node's log matches.
+func cmdWaitlog(ts *testscript.TestScript, neg bool, args []string) {
+	if len(args) < 2 || len(args) > 3 {
+		ts.Fatalf("usage: waitlog PATH REGEXP [SECONDS]")
+	}
+	re := regexp.MustCompile(args[1])
+	limit := 15 * time.Second
+	if len(args) == 3 {
+		s, _ := strconv.Atoi(args[2])
+		limit = time.Duration(s) * time.Second
+	}
+	deadline := time.Now().Add(limit)
+	var out []byte
+	for time.Now().Before(deadline) {
+		out, _ = crtree(ts, "logs", args[0])
+		if re.Match(out) {
+			if neg {
+				ts.Fatalf("log of %s matches %s:\n%s", args[0], re, out)
+			}
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if !neg {
+		ts.Fatalf("log of %s does not match %s after %v:\n%s", args[0], re, limit, out)
+	}
+}
+
+// nodepid [-s] VAR PATH: set VAR to the host PID of the node's init (with
+// -s, of its supervisor).
+func cmdNodepid(ts *testscript.TestScript, neg bool, args []string) {
+	sup := len(args) > 0 && args[0] == "-s"
+	if sup {
+		args = args[1:]
+	}
+	if len(args) != 2 {
+		ts.Fatalf("usage: nodepid [-s] VAR PATH")
+	}
+	out, err := crtree(ts, "ls", "-r", "--json", "/")
+	ts.Check(err)
+	var entries []node.Entry
+	ts.Check(json.Unmarshal(out, &entries))
+	for _, e := range entries {
+		if e.Path == args[1] {
+			pid := e.Pid
+			if sup {
+				pid = e.SupervisorPid
+			}
+			ts.Setenv(args[0], strconv.Itoa(pid))
+			return
+		}
+	}
+	ts.Fatalf("no node %s", args[1])
+}
+
+// pidalive PID...: every PID is a live process (with !, none is).
+func cmdPidalive(ts *testscript.TestScript, neg bool, args []string) {
+	for _, a := range args {
+		pid, err := strconv.Atoi(a)
+		ts.Check(err)
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		alive := err == nil && !strings.Contains(string(data), ") Z ")
+		if alive == neg {
+			ts.Fatalf("process %d alive=%v", pid, alive)
+		}
+	}
+}
+
+// sleep SECONDS (fractions allowed).
+func cmdSleep(ts *testscript.TestScript, neg bool, args []string) {
+	d, err := time.ParseDuration(args[0] + "s")
+	ts.Check(err)
+	time.Sleep(d)
+}
+
+func crtree(ts *testscript.TestScript, args ...string) ([]byte, error) {
+	cmd := exec.Command(filepath.Join(binDir, "crtree"), args...)
+	cmd.Env = append(os.Environ(), "CRTREE_ROOT="+ts.Getenv("CRTREE_ROOT"))
+	return cmd.Output()
+}
