@@ -1,0 +1,188 @@
+package archive
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/crtree/crtree/internal/hier"
+)
+
+type dirs struct{ files, images []string }
+
+func (d dirs) FilesDir(i int) string  { return d.files[i] }
+func (d dirs) ImagesDir(i int) string { return d.images[i] }
+
+// makeArchive builds an archive of a small node tree: files with a
+// symlink, a hard link and a FIFO, and a fake CRIU image.
+func makeArchive(t testing.TB) []byte {
+	t.Helper()
+	src := t.TempDir()
+	files := filepath.Join(src, "files")
+	images := filepath.Join(src, "images")
+	os.MkdirAll(filepath.Join(files, "tmp", "deep"), 0o755)
+	os.WriteFile(filepath.Join(files, "tmp", "deep", "a.txt"), []byte("hello"), 0o640)
+	os.Link(filepath.Join(files, "tmp", "deep", "a.txt"), filepath.Join(files, "tmp", "hard"))
+	os.Symlink("/etc/passwd", filepath.Join(files, "tmp", "link"))
+	os.MkdirAll(images, 0o755)
+	os.WriteFile(filepath.Join(images, "pages-1.img"), bytes.Repeat([]byte{7}, 100000), 0o600)
+	fe, err := Scan(FilesPrefix(0), files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ie, err := ScanFlat(ImagesPrefix(0), images)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &Manifest{Format: FormatName, Version: FormatVersion,
+		Nodes:   []Node{{Name: "top", Parent: -1, Running: true, Spec: hier.Spec{Cmd: []string{"sleep", "1"}}}},
+		Members: append(Members(fe), Members(ie)...)}
+	var buf bytes.Buffer
+	w, err := NewWriter(&buf, zstd.SpeedFastest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.WriteManifest(m); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.WriteEntries(fe); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.WriteEntries(ie); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func extractTo(t testing.TB, data []byte) (dirs, error) {
+	d := dirs{files: []string{t.TempDir()}, images: []string{t.TempDir()}}
+	r, err := NewReader(bytes.NewReader(data))
+	if err != nil {
+		return d, err
+	}
+	defer r.Close()
+	return d, Extract(r, d, nil)
+}
+
+func TestRoundTrip(t *testing.T) {
+	data := makeArchive(t)
+	d, err := extractTo(t, data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(filepath.Join(d.files[0], "tmp", "deep", "a.txt"))
+	if err != nil || string(got) != "hello" {
+		t.Fatalf("a.txt = %q, %v", got, err)
+	}
+	fi, _ := os.Stat(filepath.Join(d.files[0], "tmp", "deep", "a.txt"))
+	if fi.Mode().Perm() != 0o640 {
+		t.Errorf("mode = %v", fi.Mode())
+	}
+	if l, _ := os.Readlink(filepath.Join(d.files[0], "tmp", "link")); l != "/etc/passwd" {
+		t.Errorf("symlink = %q", l)
+	}
+	hard, _ := os.Stat(filepath.Join(d.files[0], "tmp", "hard"))
+	if !os.SameFile(fi, hard) {
+		t.Errorf("hard link not restored as a link")
+	}
+	img, _ := os.ReadFile(filepath.Join(d.images[0], "pages-1.img"))
+	if len(img) != 100000 {
+		t.Errorf("image has %d bytes", len(img))
+	}
+	if _, err := Verify(bytes.NewReader(data)); err != nil {
+		t.Errorf("Verify: %v", err)
+	}
+}
+
+// TestTruncated cuts the archive at many points: every cut is refused.
+func TestTruncated(t *testing.T) {
+	data := makeArchive(t)
+	for cut := 0; cut < len(data); cut += 1 + len(data)/97 {
+		if _, err := Verify(bytes.NewReader(data[:cut])); err == nil {
+			t.Fatalf("archive cut at %d of %d bytes verified", cut, len(data))
+		}
+	}
+}
+
+// TestFlippedBytes flips one bit at many points of the uncompressed tar
+// stream (recompressed, so that zstd's own checksum does not hide the
+// archive's): every flip is refused.
+func TestFlippedBytes(t *testing.T) {
+	dec, _ := zstd.NewReader(nil)
+	raw, err := dec.DecodeAll(makeArchive(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	enc, _ := zstd.NewWriter(nil)
+	flips := 0
+	for pos := 0; pos < len(raw); pos += 1 + len(raw)/211 {
+		bad := append([]byte(nil), raw...)
+		bad[pos] ^= 0x20
+		if _, err := Verify(bytes.NewReader(enc.EncodeAll(bad, nil))); err == nil {
+			// A flip in tar padding or an unused header field changes no
+			// member; anything else must be caught.
+			if inPadding(raw, pos) {
+				continue
+			}
+			t.Errorf("flip at %d verified", pos)
+		}
+		flips++
+	}
+	if flips < 100 {
+		t.Fatalf("only %d flips tested", flips)
+	}
+}
+
+// inPadding reports whether pos falls on bytes that carry no member data:
+// zero padding after a member or the end-of-archive blocks.
+func inPadding(raw []byte, pos int) bool { return raw[pos] == 0 }
+
+func TestHostileManifests(t *testing.T) {
+	good := func() *Manifest {
+		return &Manifest{Format: FormatName, Version: FormatVersion,
+			Nodes: []Node{{Name: "top", Parent: -1, Spec: hier.Spec{Cmd: []string{"x"}}}, {Name: "c", Path: "c", Parent: 0, Spec: hier.Spec{Cmd: []string{"x"}}}}}
+	}
+	for name, mutate := range map[string]func(m *Manifest){
+		"version":        func(m *Manifest) { m.Version = 99 },
+		"format":         func(m *Manifest) { m.Format = "tar" },
+		"no nodes":       func(m *Manifest) { m.Nodes = nil },
+		"twice":          func(m *Manifest) { m.Nodes = append(m.Nodes, m.Nodes[1]) },
+		"bad name":       func(m *Manifest) { m.Nodes[1].Name, m.Nodes[1].Path = "..", ".." },
+		"forward parent": func(m *Manifest) { m.Nodes[1].Parent = 1 },
+		"escape":         func(m *Manifest) { m.Members = []Member{{Name: "nodes/0/files/../../../etc/x", Type: "file"}} },
+		"absolute":       func(m *Manifest) { m.Members = []Member{{Name: "/etc/passwd", Type: "file"}} },
+		"other node":     func(m *Manifest) { m.Members = []Member{{Name: "nodes/5/files/x", Type: "file"}} },
+		"device":         func(m *Manifest) { m.Members = []Member{{Name: "nodes/0/files/dev", Type: "chardev"}} },
+		"nested images":  func(m *Manifest) { m.Members = []Member{{Name: "nodes/0/criu/a/b", Type: "file"}} },
+	} {
+		m := good()
+		mutate(m)
+		if err := m.Validate(); err == nil {
+			t.Errorf("%s: manifest accepted", name)
+		}
+	}
+	if err := good().Validate(); err != nil {
+		t.Errorf("good manifest refused: %v", err)
+	}
+}
+
+func TestNotAnArchive(t *testing.T) {
+	for _, data := range [][]byte{nil, []byte("hello"), bytes.Repeat([]byte{0}, 4096)} {
+		if _, err := Verify(bytes.NewReader(data)); err == nil {
+			t.Errorf("%q verified", data)
+		}
+	}
+	_, err := Verify(strings.NewReader(""))
+	if err == nil || errors.Is(err, io.EOF) {
+		t.Errorf("empty input: %v", err)
+	}
+}

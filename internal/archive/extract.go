@@ -1,0 +1,197 @@
+package archive
+
+import (
+	"archive/tar"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Destination says where node i's members go: its files into FilesDir(i)
+// and its CRIU images into ImagesDir(i). Both directories must exist.
+type Destination interface {
+	FilesDir(node int) string
+	ImagesDir(node int) string
+}
+
+// Extract reads the rest of the archive into dst, verifying it. Every path
+// is resolved inside its destination directory (os.Root): members cannot
+// climb out with "..", absolute paths or symlinks, and hard links may only
+// point at files of the same node. Files are created exclusively. It
+// returns only once the trailer's checksums matched; on error, what was
+// written is left for the caller to remove with the destination.
+func Extract(r *Reader, dst Destination, progress func(n int64)) error {
+	x := &extractor{dst: dst, roots: map[string]*os.Root{}, progress: progress}
+	defer x.close()
+	for {
+		hdr, body, err := r.Next()
+		if err == io.EOF {
+			return x.finish()
+		}
+		if err != nil {
+			return err
+		}
+		if err := x.member(hdr, body); err != nil {
+			return fmt.Errorf("extract %s: %w", hdr.Name, err)
+		}
+	}
+}
+
+type dirTimes struct {
+	root  *os.Root
+	name  string
+	mtime time.Time
+}
+
+type extractor struct {
+	dst      Destination
+	roots    map[string]*os.Root
+	dirs     []dirTimes
+	progress func(n int64)
+	total    int64
+	buf      []byte
+}
+
+func (x *extractor) close() {
+	for _, r := range x.roots {
+		r.Close()
+	}
+}
+
+func (x *extractor) root(dir string) (*os.Root, error) {
+	if r, ok := x.roots[dir]; ok {
+		return r, nil
+	}
+	r, err := os.OpenRoot(dir)
+	if err != nil {
+		return nil, err
+	}
+	x.roots[dir] = r
+	return r, nil
+}
+
+// split turns "nodes/N/section/rel" into N, section, rel ("." for the
+// section's own directory). The manifest check already vetted the form.
+func split(name string) (int, string, string) {
+	parts := strings.SplitN(name, "/", 4)
+	i, _ := strconv.Atoi(parts[1])
+	rel := "."
+	if len(parts) == 4 {
+		rel = parts[3]
+	}
+	return i, parts[2], rel
+}
+
+func (x *extractor) member(hdr *tar.Header, body io.Reader) error {
+	node, section, rel := split(hdr.Name)
+	dir := x.dst.FilesDir(node)
+	if section == "criu" {
+		dir = x.dst.ImagesDir(node)
+	}
+	root, err := x.root(dir)
+	if err != nil {
+		return err
+	}
+	mode := os.FileMode(hdr.Mode).Perm()
+	if hdr.Mode&unix.S_ISUID != 0 {
+		mode |= os.ModeSetuid
+	}
+	if hdr.Mode&unix.S_ISGID != 0 {
+		mode |= os.ModeSetgid
+	}
+	if hdr.Mode&unix.S_ISVTX != 0 {
+		mode |= os.ModeSticky
+	}
+	switch hdr.Typeflag {
+	case tar.TypeDir:
+		if rel != "." {
+			if err := root.Mkdir(rel, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+				return err
+			}
+		}
+		if fi, err := root.Lstat(rel); err != nil || !fi.IsDir() {
+			return fmt.Errorf("not a directory")
+		}
+		x.dirs = append(x.dirs, dirTimes{root, rel, hdr.ModTime})
+	case tar.TypeReg:
+		f, err := root.OpenFile(rel, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			return err
+		}
+		if x.buf == nil {
+			x.buf = make([]byte, 1<<20)
+		}
+		n, err := io.CopyBuffer(f, body, x.buf)
+		x.total += n
+		if x.progress != nil {
+			x.progress(x.total)
+		}
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return err
+		}
+	case tar.TypeSymlink:
+		if err := root.Symlink(hdr.Linkname, rel); err != nil {
+			return err
+		}
+	case tar.TypeLink:
+		lnode, lsection, lrel := split(path.Clean(hdr.Linkname))
+		if !strings.HasPrefix(hdr.Linkname, "nodes/") || lnode != node || lsection != section || lrel == "." {
+			return fmt.Errorf("hard link to %q leaves the node's files", hdr.Linkname)
+		}
+		fi, err := root.Lstat(lrel)
+		if err != nil || !fi.Mode().IsRegular() {
+			return fmt.Errorf("hard link target %q is not a file extracted before", hdr.Linkname)
+		}
+		if err := root.Link(lrel, rel); err != nil {
+			return err
+		}
+		return nil // the target's metadata stands
+	case tar.TypeFifo:
+		parent, err := root.Open(path.Dir(rel))
+		if err != nil {
+			return err
+		}
+		err = unix.Mkfifoat(int(parent.Fd()), path.Base(rel), 0o600)
+		parent.Close()
+		if err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("member type %q is not allowed", hdr.Typeflag)
+	}
+	if err := root.Lchown(rel, hdr.Uid, hdr.Gid); err != nil {
+		return err
+	}
+	if hdr.Typeflag == tar.TypeSymlink {
+		return nil
+	}
+	if err := root.Chmod(rel, mode); err != nil {
+		return err
+	}
+	if hdr.Typeflag != tar.TypeDir {
+		return root.Chtimes(rel, hdr.ModTime, hdr.ModTime)
+	}
+	return nil
+}
+
+// finish sets directory times last, children first, since creating
+// entries in a directory changes its modification time.
+func (x *extractor) finish() error {
+	for i := len(x.dirs) - 1; i >= 0; i-- {
+		d := x.dirs[i]
+		if err := d.root.Chtimes(d.name, d.mtime, d.mtime); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,199 @@
+package archive
+
+import (
+	"encoding/json"
+	"fmt"
+	"path"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/crtree/crtree/internal/hier"
+)
+
+// FormatVersion is the version of the archive format this package writes
+// and the only one it reads.
+const FormatVersion = 1
+
+// FormatName identifies a crtree archive in its manifest.
+const FormatName = "crtree-archive"
+
+// Member names with a fixed meaning.
+const (
+	ManifestName = "manifest.json"
+	SumsName     = "SHA256SUMS"
+)
+
+// MaxManifestSize bounds the manifest a reader accepts.
+const MaxManifestSize = 16 << 20
+
+// Manifest describes an archive: where it came from, the subtree it holds
+// and every member that follows it.
+type Manifest struct {
+	Format        string    `json:"format"`
+	Version       int       `json:"version"`
+	CrtreeVersion string    `json:"crtreeVersion"`
+	CriuVersion   string    `json:"criuVersion"`
+	Kernel        string    `json:"kernel"`
+	Arch          string    `json:"arch"`
+	Created       time.Time `json:"created"`
+	// Nodes lists the subtree, parents before children; Nodes[0] is the
+	// node that was dumped.
+	Nodes   []Node   `json:"nodes"`
+	Members []Member `json:"members"`
+}
+
+// Node is one node of the archived subtree.
+type Node struct {
+	// Path is the node's path relative to the dumped node: "" for the
+	// dumped node itself, "calculate_pi" or "a/b" for its descendants.
+	Path string `json:"path"`
+	Name string `json:"name"`
+	// Parent is the index in Manifest.Nodes of the node's parent, -1 for
+	// the dumped node.
+	Parent int `json:"parent"`
+	// Running is true when the node's processes are in the archive; a
+	// node that was not running is carried as configuration and files.
+	Running  bool       `json:"running"`
+	ExitCode int        `json:"exitCode,omitempty"`
+	Spec     hier.Spec  `json:"spec"`
+	Hostname string     `json:"hostname"`
+	Created  time.Time  `json:"created"`
+	Procs    []Proc     `json:"procs,omitempty"`
+	Memory   int64      `json:"memory"`
+	Files    int64      `json:"files"`
+	Images   int64      `json:"images"`
+	Mounts   []External `json:"externals,omitempty"`
+}
+
+// Proc is a process of a node at the time of the dump.
+type Proc struct {
+	PID int    `json:"pid"`
+	Cmd string `json:"cmd"`
+}
+
+// External is a mount inside a node that comes from the host: CRIU
+// recorded it under Key, and the restoring host must provide HostPath.
+type External struct {
+	Mountpoint string `json:"mountpoint"`
+	Key        string `json:"key"`
+	HostPath   string `json:"hostPath"`
+	ReadOnly   bool   `json:"readOnly,omitempty"`
+}
+
+// Member is one tar member listed in the manifest.
+type Member struct {
+	Name string `json:"name"`
+	// Type is "file", "dir", "symlink", "hardlink" or "fifo".
+	Type string `json:"type"`
+	Size int64  `json:"size,omitempty"`
+}
+
+// FilesPrefix and ImagesPrefix return where node i's files and CRIU
+// images live in the archive.
+func FilesPrefix(i int) string  { return "nodes/" + strconv.Itoa(i) + "/files" }
+func ImagesPrefix(i int) string { return "nodes/" + strconv.Itoa(i) + "/criu" }
+
+// Validate checks what a reader must be able to rely on: the format and
+// version, a well-formed subtree, and member names that stay inside the
+// archive's own layout.
+func (m *Manifest) Validate() error {
+	if m.Format != FormatName {
+		return fmt.Errorf("not a crtree archive (format %q)", m.Format)
+	}
+	if m.Version != FormatVersion {
+		return fmt.Errorf("archive format version %d is not supported (this crtree reads version %d)", m.Version, FormatVersion)
+	}
+	if len(m.Nodes) == 0 {
+		return fmt.Errorf("manifest lists no node")
+	}
+	paths := map[string]bool{}
+	for i, n := range m.Nodes {
+		if err := hier.ValidateName(n.Name); err != nil {
+			return fmt.Errorf("manifest node %d: %w", i, err)
+		}
+		if i == 0 {
+			if n.Parent != -1 || n.Path != "" {
+				return fmt.Errorf("manifest node 0 must be the dumped node")
+			}
+		} else {
+			if n.Parent < 0 || n.Parent >= i {
+				return fmt.Errorf("manifest node %d: parent %d does not come before it", i, n.Parent)
+			}
+			want := path.Join(m.Nodes[n.Parent].Path, n.Name)
+			if n.Path != want {
+				return fmt.Errorf("manifest node %d: path %q does not match its parent and name", i, n.Path)
+			}
+		}
+		if paths[n.Path] {
+			return fmt.Errorf("manifest names node %q twice", n.Path)
+		}
+		paths[n.Path] = true
+		if len(n.Spec.Cmd) == 0 {
+			return fmt.Errorf("manifest node %q has no command", n.Path)
+		}
+	}
+	seen := map[string]bool{}
+	for _, mem := range m.Members {
+		if err := checkMemberName(mem.Name, len(m.Nodes)); err != nil {
+			return err
+		}
+		if seen[mem.Name] {
+			return fmt.Errorf("manifest lists member %q twice", mem.Name)
+		}
+		seen[mem.Name] = true
+		switch mem.Type {
+		case "file", "dir", "symlink", "hardlink", "fifo":
+		default:
+			return fmt.Errorf("member %q: type %q is not allowed", mem.Name, mem.Type)
+		}
+		if mem.Size < 0 {
+			return fmt.Errorf("member %q: negative size", mem.Name)
+		}
+	}
+	return nil
+}
+
+// checkMemberName accepts only nodes/N/files[/rel] and nodes/N/criu/NAME
+// with N < nodes and a clean relative rel.
+func checkMemberName(name string, nodes int) error {
+	bad := func(why string) error { return fmt.Errorf("member %q: %s", name, why) }
+	if name != path.Clean(name) || strings.HasPrefix(name, "/") || strings.Contains(name, "\x00") {
+		return bad("not a clean relative path")
+	}
+	parts := strings.Split(name, "/")
+	if len(parts) < 3 || parts[0] != "nodes" {
+		return bad("outside nodes/")
+	}
+	i, err := strconv.Atoi(parts[1])
+	if err != nil || i < 0 || i >= nodes || strconv.Itoa(i) != parts[1] {
+		return bad("names no node of the manifest")
+	}
+	for _, p := range parts {
+		if p == ".." || p == "." || p == "" {
+			return bad("has a '..' or empty element")
+		}
+	}
+	switch parts[2] {
+	case "files":
+	case "criu":
+		if len(parts) != 4 {
+			return bad("CRIU images are flat")
+		}
+	default:
+		return bad("unknown section " + parts[2])
+	}
+	return nil
+}
+
+// decodeManifest parses and validates a manifest.
+func decodeManifest(data []byte) (*Manifest, error) {
+	var m Manifest
+	if err := json.Unmarshal(data, &m); err != nil {
+		return nil, fmt.Errorf("malformed manifest: %w", err)
+	}
+	if err := m.Validate(); err != nil {
+		return nil, err
+	}
+	return &m, nil
+}

@@ -1,0 +1,245 @@
+package archive
+
+import (
+	"archive/tar"
+	"bufio"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"strings"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// ErrCorrupt wraps every way an archive can be damaged or hostile.
+var ErrCorrupt = errors.New("corrupt archive")
+
+// maxDecoderMemory bounds the zstd window a reader accepts.
+const maxDecoderMemory = 256 << 20
+
+// Reader reads an archive front to back, verifying it as it goes: each
+// member must be listed in the manifest, appear once, have the listed
+// type and size, and, when the SHA256SUMS trailer arrives, the checksum
+// recorded there. Only when Next returns io.EOF has the whole archive been
+// verified.
+type Reader struct {
+	zr       *zstd.Decoder
+	tr       *tar.Reader
+	manifest *Manifest
+	members  map[string]Member
+	seen     map[string][]byte
+	cur      *hashingReader
+	curName  string
+	done     bool
+}
+
+// NewReader starts reading the archive on r and reads its manifest.
+func NewReader(r io.Reader) (*Reader, error) {
+	zr, err := zstd.NewReader(bufio.NewReaderSize(r, 1<<20), zstd.WithDecoderMaxMemory(maxDecoderMemory), zstd.WithDecoderMaxWindow(maxDecoderMemory))
+	if err != nil {
+		return nil, err
+	}
+	ar := &Reader{zr: zr, tr: tar.NewReader(zr), seen: map[string][]byte{}}
+	hdr, err := ar.tr.Next()
+	if err != nil {
+		zr.Close()
+		return nil, corrupt("no manifest: %v", readErr(err))
+	}
+	if hdr.Name != ManifestName || hdr.Typeflag != tar.TypeReg {
+		zr.Close()
+		return nil, corrupt("first member is %q, not %s", hdr.Name, ManifestName)
+	}
+	if hdr.Size > MaxManifestSize {
+		zr.Close()
+		return nil, corrupt("manifest of %d bytes is larger than the %d allowed", hdr.Size, MaxManifestSize)
+	}
+	data, err := io.ReadAll(io.LimitReader(ar.tr, hdr.Size))
+	if err == nil && int64(len(data)) != hdr.Size {
+		err = io.ErrUnexpectedEOF
+	}
+	if err != nil {
+		zr.Close()
+		return nil, corrupt("read manifest: %v", readErr(err))
+	}
+	m, err := decodeManifest(data)
+	if err != nil {
+		zr.Close()
+		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
+	}
+	sum := sha256.Sum256(data)
+	ar.seen[ManifestName] = sum[:]
+	ar.manifest = m
+	ar.members = map[string]Member{}
+	for _, mem := range m.Members {
+		ar.members[mem.Name] = mem
+	}
+	return ar, nil
+}
+
+func corrupt(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrCorrupt, fmt.Sprintf(format, args...))
+}
+
+func readErr(err error) error {
+	if err == io.EOF || errors.Is(err, io.ErrUnexpectedEOF) {
+		return errors.New("archive is truncated")
+	}
+	return err
+}
+
+// Manifest returns the archive's manifest (validated, not yet checked
+// against the trailer's checksum).
+func (r *Reader) Manifest() *Manifest { return r.manifest }
+
+// Close releases the decoder.
+func (r *Reader) Close() { r.zr.Close() }
+
+// Next returns the next member and a reader of its content. It returns
+// io.EOF once the trailer has been read and every checksum matched.
+func (r *Reader) Next() (*tar.Header, io.Reader, error) {
+	if r.done {
+		return nil, nil, io.EOF
+	}
+	if err := r.finishCurrent(); err != nil {
+		return nil, nil, err
+	}
+	hdr, err := r.tr.Next()
+	if err != nil {
+		return nil, nil, corrupt("%v (no %s trailer)", readErr(err), SumsName)
+	}
+	if hdr.Name == SumsName {
+		return nil, nil, r.verifyTrailer(hdr)
+	}
+	mem, ok := r.members[hdr.Name]
+	if !ok {
+		return nil, nil, corrupt("member %q is not listed in the manifest", hdr.Name)
+	}
+	if _, dup := r.seen[hdr.Name]; dup {
+		return nil, nil, corrupt("member %q appears twice", hdr.Name)
+	}
+	if typeOf(hdr.Typeflag) != mem.Type {
+		return nil, nil, corrupt("member %q is a %s, the manifest says %s", hdr.Name, typeOf(hdr.Typeflag), mem.Type)
+	}
+	if hdr.Typeflag == tar.TypeReg && hdr.Size != mem.Size {
+		return nil, nil, corrupt("member %q has %d bytes, the manifest says %d", hdr.Name, hdr.Size, mem.Size)
+	}
+	if hdr.Typeflag != tar.TypeReg && hdr.Size != 0 {
+		return nil, nil, corrupt("member %q of type %s has content", hdr.Name, mem.Type)
+	}
+	r.cur = &hashingReader{r: r.tr, h: sha256.New(), left: hdr.Size}
+	r.curName = hdr.Name
+	return hdr, r.cur, nil
+}
+
+func typeOf(flag byte) string {
+	switch flag {
+	case tar.TypeReg:
+		return "file"
+	case tar.TypeDir:
+		return "dir"
+	case tar.TypeSymlink:
+		return "symlink"
+	case tar.TypeLink:
+		return "hardlink"
+	case tar.TypeFifo:
+		return "fifo"
+	}
+	return fmt.Sprintf("type %q", flag)
+}
+
+// finishCurrent reads what the caller left of the current member and
+// records its checksum.
+func (r *Reader) finishCurrent() error {
+	if r.cur == nil {
+		return nil
+	}
+	if _, err := io.Copy(io.Discard, r.cur); err != nil {
+		return corrupt("member %q: %v", r.curName, readErr(err))
+	}
+	if r.cur.left != 0 {
+		return corrupt("member %q: archive is truncated", r.curName)
+	}
+	r.seen[r.curName] = r.cur.h.Sum(nil)
+	r.cur = nil
+	return nil
+}
+
+func (r *Reader) verifyTrailer(hdr *tar.Header) error {
+	if hdr.Size > int64(len(r.members)+1)*(64+2+4096+1) {
+		return corrupt("%s is too large", SumsName)
+	}
+	data, err := io.ReadAll(io.LimitReader(r.tr, hdr.Size))
+	if err != nil || int64(len(data)) != hdr.Size {
+		return corrupt("read %s: archive is truncated", SumsName)
+	}
+	want := map[string]string{}
+	for _, line := range strings.Split(strings.TrimSuffix(string(data), "\n"), "\n") {
+		sum, name, ok := strings.Cut(line, "  ")
+		if !ok {
+			return corrupt("malformed %s line %q", SumsName, line)
+		}
+		want[name] = sum
+	}
+	for name, got := range r.seen {
+		if want[name] != hex.EncodeToString(got) {
+			return corrupt("checksum mismatch for %q", name)
+		}
+	}
+	for name := range r.members {
+		if _, ok := r.seen[name]; !ok {
+			return corrupt("member %q listed in the manifest is missing", name)
+		}
+	}
+	if len(want) != len(r.seen) {
+		return corrupt("%s lists members that are not in the archive", SumsName)
+	}
+	if _, err := r.tr.Next(); err != io.EOF {
+		return corrupt("data after %s", SumsName)
+	}
+	// The zstd stream must end too: trailing garbage is damage.
+	var one [1]byte
+	if n, _ := r.zr.Read(one[:]); n != 0 {
+		return corrupt("data after the end of the archive")
+	}
+	r.done = true
+	return io.EOF
+}
+
+// hashingReader hashes what is read through it and counts what is left.
+type hashingReader struct {
+	r    io.Reader
+	h    hash.Hash
+	left int64
+}
+
+func (h *hashingReader) Read(p []byte) (int, error) {
+	n, err := h.r.Read(p)
+	h.h.Write(p[:n])
+	h.left -= int64(n)
+	if err == io.EOF && h.left > 0 {
+		err = io.ErrUnexpectedEOF
+	}
+	return n, err
+}
+
+// Verify reads the whole archive on r and checks every member.
+func Verify(r io.Reader) (*Manifest, error) {
+	ar, err := NewReader(r)
+	if err != nil {
+		return nil, err
+	}
+	defer ar.Close()
+	for {
+		_, _, err := ar.Next()
+		if err == io.EOF {
+			return ar.Manifest(), nil
+		}
+		if err != nil {
+			return ar.Manifest(), err
+		}
+	}
+}
+
