@@ -242,4 +242,3 @@ func Verify(r io.Reader) (*Manifest, error) {
 		}
 	}
 }
-
