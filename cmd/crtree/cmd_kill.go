@@ -110,17 +110,4 @@ children move with it. NEWPATH must have the same parent.`,
 	}
 }
 
-func newSuperviseCmd(g *globalOptions) *cobra.Command {
-	return &cobra.Command{
-		Use:    "__supervise ID",
-		Hidden: true,
-		Args:   exactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			h, err := g.host()
-			if err != nil {
-				return err
-			}
-			return supervise(h, args[0])
-		},
-	}
-}
+

@@ -47,6 +47,7 @@ wrongly; crtree exec exits with the status of the command it ran.`,
 	cmd.AddCommand(
 		newRunCmd(g), newLsCmd(g), newTreeCmd(g), newPsCmd(g), newExecCmd(g),
 		newLogsCmd(g), newKillCmd(g), newRmCmd(g), newMvCmd(g), newCheckCmd(g),
+		newDumpCmd(g), newRestoreCmd(g), newInspectCmd(g),
 		newSuperviseCmd(g),
 	)
 	return cmd

@@ -1,5 +1,30 @@
 package main
 
-import "github.com/crtree/crtree/internal/node"
+import (
+	"github.com/spf13/cobra"
 
-func supervise(h *node.Host, id string) error { return node.Supervise(h, id) }
+	"github.com/crtree/crtree/internal/node"
+)
+
+// newSuperviseCmd is the hidden command a node's supervisor runs as.
+func newSuperviseCmd(g *globalOptions) *cobra.Command {
+	var fromImages string
+	cmd := &cobra.Command{
+		Use:    "__supervise ID",
+		Hidden: true,
+		Args:   exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			h, err := g.host()
+			if err != nil {
+				return err
+			}
+			var from *node.FromImages
+			if fromImages != "" {
+				from = &node.FromImages{Dir: fromImages, CriuBin: g.Criu}
+			}
+			return node.Supervise(h, args[0], from)
+		},
+	}
+	cmd.Flags().StringVar(&fromImages, "from-images", "", "restore the node from the CRIU images in this directory")
+	return cmd
+}

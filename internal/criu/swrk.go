@@ -38,7 +38,6 @@ func startSwrk(bin string, o swrkOptions) (*swrk, error) {
 	defer srv.Close()
 	cmd := exec.Command(bin, "swrk", "3")
 	cmd.ExtraFiles = append([]*os.File{srv}, o.ExtraFiles...)
-	cmd.Stderr = os.Stderr
 	if o.CgroupFD >= 0 {
 		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: o.CgroupFD}
 	}

@@ -130,3 +130,12 @@ func (h *Host) destroyLocked(t *hier.Tree, n *hier.Node) error {
 	}
 	return errors.Join(errs...)
 }
+
+// TmpDir returns the state root's directory for staging dumps and
+// restores, creating it if needed. It is on the same file system as the
+// nodes' storage.
+func (h *Host) TmpDir() string {
+	dir := filepath.Join(h.Store.Root, "tmp")
+	os.MkdirAll(dir, 0o700)
+	return dir
+}

@@ -34,7 +34,12 @@ var devices = []struct {
 // ExternalMounts returns the mount points inside a node that come from
 // the host (and so are external for CRIU), each with the host path that
 // provides it: the read-only host directories and the node's binds.
-func ExternalMounts(cfg *InitConfig) []hier.Bind {
+func ExternalMounts(cfg *InitConfig) []hier.Bind { return externalMounts(cfg.Binds) }
+
+// Externals returns the external mounts of a node with the given spec.
+func Externals(spec hier.Spec) []hier.Bind { return externalMounts(spec.Binds) }
+
+func externalMounts(binds []hier.Bind) []hier.Bind {
 	var out []hier.Bind
 	for _, d := range HostReadOnly {
 		out = append(out, hier.Bind{Source: d, Target: d, ReadOnly: true})
@@ -44,7 +49,7 @@ func ExternalMounts(cfg *InitConfig) []hier.Bind {
 			out = append(out, hier.Bind{Source: l, Target: l, ReadOnly: true})
 		}
 	}
-	return append(out, cfg.Binds...)
+	return append(out, binds...)
 }
 
 // buildRoot lays out the node's mounts under root, in the new mount

@@ -63,7 +63,7 @@ func (h *Host) Run(p hier.Path, unnamed bool, spec hier.Spec) (hier.Path, error)
 		n.Created = time.Now().UTC()
 		n.Spec = spec
 		path = t.PathOf(n)
-		if err := h.prepareStorage(n); err != nil {
+		if err := h.PrepareStorage(n); err != nil {
 			return err
 		}
 		return h.Group(t, n).Create()
@@ -83,8 +83,8 @@ func (h *Host) Run(p hier.Path, unnamed bool, spec hier.Spec) (hier.Path, error)
 	return path, nil
 }
 
-// prepareStorage creates the node's storage directory and root.
-func (h *Host) prepareStorage(n *hier.Node) error {
+// PrepareStorage creates the node's storage directory and root.
+func (h *Host) PrepareStorage(n *hier.Node) error {
 	dir := h.Store.NodeDir(n.ID)
 	if err := os.MkdirAll(h.RootDir(n.ID), 0o755); err != nil {
 		return fmt.Errorf("create node storage: %w", err)
@@ -296,4 +296,17 @@ func (h *Host) Get(p hier.Path) (hier.Node, Status, error) {
 		return nil
 	})
 	return n, st, err
+}
+
+// MarkExited records a node that was created without being started (a
+// restored node that was not running when it was dumped) as exited.
+func (h *Host) MarkExited(id string, code int) error {
+	return h.Store.Update(func(t *hier.Tree) error {
+		n := t.Nodes[id]
+		if n == nil {
+			return fmt.Errorf("node %s: %w", id, hier.ErrNotFound)
+		}
+		n.State, n.ExitCode = hier.Exited, code
+		return nil
+	})
 }

@@ -30,7 +30,23 @@ type readyMsg struct {
 // Start starts a supervisor for the node with the given ID, which must be
 // recorded in the tree as Creating, and waits until the node's command
 // runs. It returns the host PID of the node's init.
-func (h *Host) Start(id string) (int, error) {
+func (h *Host) Start(id string) (int, error) { return h.startSupervisor(id, nil) }
+
+// FromImages says where a supervisor restores its node from instead of
+// starting the node's command: a directory with the CRIU images in criu/
+// and room for CRIU's log in work/, and the criu binary.
+type FromImages struct {
+	Dir     string
+	CriuBin string
+}
+
+// StartRestore starts a supervisor that restores the node with the given
+// ID from CRIU images, and waits until the restored processes run.
+func (h *Host) StartRestore(id string, from FromImages) (int, error) {
+	return h.startSupervisor(id, &from)
+}
+
+func (h *Host) startSupervisor(id string, from *FromImages) (int, error) {
 	readyR, readyW, err := os.Pipe()
 	if err != nil {
 		return 0, err
@@ -42,7 +58,11 @@ func (h *Host) Start(id string) (int, error) {
 		return 0, err
 	}
 	defer logf.Close()
-	cmd := exec.Command(SelfExe, "--root", h.Store.Root, "__supervise", id)
+	args := []string{"--root", h.Store.Root, "__supervise", id}
+	if from != nil {
+		args = append(args, "--criu", from.CriuBin, "--from-images", from.Dir)
+	}
+	cmd := exec.Command(SelfExe, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.ExtraFiles = []*os.File{readyW}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -74,10 +94,10 @@ func lastLine(file string) string {
 	return "no message (see " + file + ")"
 }
 
-// Supervise is the supervisor: it starts the node's init, reports to the
-// command that started it on fd 3, then stays the init's parent until it
-// ends and records its exit status.
-func Supervise(h *Host, id string) error {
+// Supervise is the supervisor: it starts the node's init (or restores it,
+// when from is set), reports to the command that started it on fd 3, then
+// stays the init's parent until it ends and records its exit status.
+func Supervise(h *Host, id string, from *FromImages) error {
 	ready := os.NewFile(3, "ready")
 	report := func(m readyMsg) {
 		json.NewEncoder(ready).Encode(m)
@@ -87,7 +107,13 @@ func Supervise(h *Host, id string) error {
 		report(readyMsg{Error: fmt.Sprintf("set child subreaper: %v", err)})
 		return err
 	}
-	pid, err := h.startInit(id)
+	var pid int
+	var err error
+	if from != nil {
+		pid, err = h.restoreInit(id, from)
+	} else {
+		pid, err = h.startInit(id)
+	}
 	if err != nil {
 		report(readyMsg{Error: err.Error()})
 		return err

@@ -1,0 +1,200 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/crtree/crtree/internal/checkpoint"
+	"github.com/crtree/crtree/internal/criu"
+)
+
+type cpOptions struct {
+	Output         string
+	LeaveRunning   bool
+	TCPEstablished bool
+	Quiet          bool
+	Parent         string
+	Name           string
+}
+
+// options builds the checkpoint options, with a progress line on stderr
+// when it is a terminal (and not --quiet).
+func (o *cpOptions) options(g *globalOptions) (checkpoint.Options, *progressPrinter, error) {
+	bin, err := criu.Find(g.Criu)
+	if err != nil {
+		return checkpoint.Options{}, nil, err
+	}
+	co := checkpoint.Options{CriuBin: bin, LeaveRunning: o.LeaveRunning, TCPEstablished: o.TCPEstablished}
+	var pp *progressPrinter
+	if !o.Quiet && term.IsTerminal(int(os.Stderr.Fd())) {
+		pp = newProgressPrinter(os.Stderr)
+		co.Progress = pp.Update
+	}
+	return co, pp, nil
+}
+
+func newDumpCmd(g *globalOptions) *cobra.Command {
+	o := &cpOptions{}
+	cmd := &cobra.Command{
+		Use:   "dump PATH -o FILE|-",
+		Short: "Checkpoint a node and all its descendants into one archive",
+		Long: `Checkpoint the node PATH and every node below it into one zstd-compressed
+archive: the subtree is frozen at one instant, each running node is dumped by
+CRIU (in parallel), each node's own files are packed while still frozen, and
+the archive is written to FILE (through a temporary name, renamed when
+complete) or to stdout with -o -.
+
+Only once the archive is complete are the subtree's processes killed and its
+nodes removed; with --leave-running the subtree is thawed and goes on. If
+anything fails, the subtree is thawed and keeps running and no archive is
+left under FILE.`,
+		Example: `  crtree dump /vserver1 -o v1.crtree
+  crtree dump --leave-running /vserver1/calculate_pi -o pi.crtree
+  crtree dump /a -o - | ssh hostB crtree restore - --parent /b`,
+		Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			p, _, err := parseNodePath(args[0])
+			if err != nil {
+				return err
+			}
+			if o.Output == "" {
+				return usageError{fmt.Errorf("dump needs -o FILE (or -o - for stdout)")}
+			}
+			co, pp, err := o.options(g)
+			if err != nil {
+				return err
+			}
+			h, err := g.host()
+			if err != nil {
+				return err
+			}
+			var out checkpoint.Output
+			if o.Output == "-" {
+				if term.IsTerminal(int(os.Stdout.Fd())) {
+					return usageError{fmt.Errorf("refusing to write an archive to a terminal; redirect stdout or use -o FILE")}
+				}
+				out = checkpoint.StreamOutput{W: os.Stdout}
+			} else {
+				fo, err := checkpoint.CreateFile(o.Output)
+				if err != nil {
+					return err
+				}
+				out = fo
+			}
+			rep, err := checkpoint.Dump(h, p, out, co)
+			pp.Done()
+			if err != nil {
+				return err
+			}
+			return printReport(reportWriter(o.Output), g, o.Quiet, "dumped", rep)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVarP(&o.Output, "output", "o", "", "archive file, or - for stdout")
+	f.BoolVar(&o.LeaveRunning, "leave-running", false, "keep the subtree running after the dump")
+	f.BoolVar(&o.TCPEstablished, "tcp-established", false, "checkpoint established TCP connections too")
+	f.BoolVarP(&o.Quiet, "quiet", "q", false, "print no progress and no summary")
+	addJSONFlag(cmd, g)
+	return cmd
+}
+
+// reportWriter is where a summary goes: stderr when stdout carries the
+// archive.
+func reportWriter(output string) io.Writer {
+	if output == "-" {
+		return os.Stderr
+	}
+	return os.Stdout
+}
+
+func printReport(w io.Writer, g *globalOptions, quiet bool, verb string, rep *checkpoint.Report) error {
+	if g.JSON {
+		return writeJSON(w, rep)
+	}
+	if quiet {
+		return nil
+	}
+	fmt.Fprintf(w, "%s %s: %d node(s), %s of images and %s of files", verb, rep.Path, len(rep.Nodes), humanBytes(rep.ImageBytes), humanBytes(rep.FileBytes))
+	if rep.ArchiveBytes > 0 {
+		fmt.Fprintf(w, " in a %s archive", humanBytes(rep.ArchiveBytes))
+	}
+	fmt.Fprintf(w, " (%.2fs", rep.Total.Seconds())
+	if rep.Frozen > 0 {
+		fmt.Fprintf(w, ", frozen %.2fs", rep.Frozen.Seconds())
+	}
+	fmt.Fprintln(w, ")")
+	return nil
+}
+
+func newRestoreCmd(g *globalOptions) *cobra.Command {
+	o := &cpOptions{}
+	cmd := &cobra.Command{
+		Use:   "restore FILE|- [--parent PATH] [--name NAME]",
+		Short: "Restore an archived subtree under a parent, names preserved",
+		Long: `Recreate the subtree archived in FILE (or read from stdin with -) under
+PATH (default /), with its top node named NAME if given and every other name
+as it was. Parents are restored before children, and the processes continue
+from where they were checkpointed. The same archive can be restored any
+number of times (--name for clones side by side), here or on another host
+with the same /usr and /etc.
+
+A name that is already taken is refused before anything is created; if the
+restore fails at any point, every node it created is removed.`,
+		Example: `  crtree restore v1.crtree --parent /pool
+  crtree restore v1.crtree --name v1clone
+  ssh hostA crtree dump /a -o - | crtree restore - --parent /b`,
+		Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			parent, _, err := parseNodePath(o.Parent)
+			if err != nil {
+				return err
+			}
+			co, pp, err := o.options(g)
+			if err != nil {
+				return err
+			}
+			h, err := g.host()
+			if err != nil {
+				return err
+			}
+			in, closeIn, err := openInput(args[0])
+			if err != nil {
+				return err
+			}
+			defer closeIn()
+			rep, err := checkpoint.Restore(h, in, checkpoint.RestoreTarget{Parent: parent, Name: o.Name}, co)
+			pp.Done()
+			if err != nil {
+				return err
+			}
+			if !g.JSON && !o.Quiet {
+				fmt.Fprintln(cmd.OutOrStdout(), rep.Path)
+				return nil
+			}
+			return printReport(cmd.OutOrStdout(), g, o.Quiet, "restored", rep)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.Parent, "parent", "/", "parent to restore under")
+	f.StringVar(&o.Name, "name", "", "name of the restored top node (default: its archived name)")
+	f.BoolVar(&o.TCPEstablished, "tcp-established", false, "restore established TCP connections")
+	f.BoolVarP(&o.Quiet, "quiet", "q", false, "print no progress")
+	addJSONFlag(cmd, g)
+	return cmd
+}
+
+// openInput opens FILE, or stdin for "-".
+func openInput(name string) (io.Reader, func(), error) {
+	if name == "-" {
+		return os.Stdin, func() {}, nil
+	}
+	f, err := os.Open(name)
+	if err != nil {
+		return nil, nil, err
+	}
+	return f, func() { f.Close() }, nil
+}

@@ -1,0 +1,85 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/crtree/crtree/internal/archive"
+)
+
+func newInspectCmd(g *globalOptions) *cobra.Command {
+	var verify bool
+	cmd := &cobra.Command{
+		Use:   "inspect FILE|- [--json] [--verify]",
+		Short: "Show what an archive holds, without restoring it",
+		Long: `Show the subtree an archive holds: each node with its processes, memory and
+sizes, and the versions and time of the checkpoint. --verify reads the whole
+archive and checks every checksum. Needs no root and restores nothing.`,
+		Example: "  crtree inspect v1.crtree\n  crtree inspect --verify --json v1.crtree",
+		Args:    exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			in, closeIn, err := openInput(args[0])
+			if err != nil {
+				return err
+			}
+			defer closeIn()
+			var m *archive.Manifest
+			if verify {
+				m, err = archive.Verify(in)
+			} else {
+				var r *archive.Reader
+				if r, err = archive.NewReader(in); err == nil {
+					m = r.Manifest()
+					r.Close()
+				}
+			}
+			if err != nil {
+				return fmt.Errorf("inspect %s: %w", args[0], err)
+			}
+			if g.JSON {
+				return writeJSON(cmd.OutOrStdout(), struct {
+					*archive.Manifest
+					Verified bool `json:"verified"`
+				}{m, verify})
+			}
+			printManifest(cmd.OutOrStdout(), m, verify)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&verify, "verify", false, "read the whole archive and check every checksum")
+	addJSONFlag(cmd, g)
+	return cmd
+}
+
+func printManifest(w io.Writer, m *archive.Manifest, verified bool) {
+	fmt.Fprintf(w, "crtree archive, format %d, created %s\n", m.Version, m.Created.Format("2006-01-02 15:04:05 MST"))
+	fmt.Fprintf(w, "crtree %s, CRIU %s, kernel %s, %s\n", m.CrtreeVersion, m.CriuVersion, m.Kernel, m.Arch)
+	for i, n := range m.Nodes {
+		depth := 0
+		for p := n.Parent; p >= 0; p = m.Nodes[p].Parent {
+			depth++
+		}
+		state := "running"
+		if !n.Running {
+			state = fmt.Sprintf("exited(%d)", n.ExitCode)
+		}
+		indent := strings.Repeat("    ", depth)
+		fmt.Fprintf(w, "%s%s  [%s] hostname %s, memory %s, images %s, files %s\n", indent, nodeLabel(m, i), state, n.Hostname, humanBytes(n.Memory), humanBytes(n.Images), humanBytes(n.Files))
+		for _, p := range n.Procs {
+			fmt.Fprintf(w, "%s    pid %d: %s\n", indent, p.PID, p.Cmd)
+		}
+	}
+	if verified {
+		fmt.Fprintf(w, "verified: %d members, every checksum matches\n", len(m.Members))
+	}
+}
+
+func nodeLabel(m *archive.Manifest, i int) string {
+	if i == 0 {
+		return "/" + m.Nodes[0].Name
+	}
+	return m.Nodes[i].Name
+}

@@ -1,0 +1,346 @@
+package checkpoint
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"golang.org/x/sys/unix"
+
+	"github.com/crtree/crtree/internal/archive"
+	"github.com/crtree/crtree/internal/cgroup"
+	"github.com/crtree/crtree/internal/criu"
+	"github.com/crtree/crtree/internal/hier"
+	"github.com/crtree/crtree/internal/node"
+)
+
+// Version is crtree's version, recorded in archives.
+var Version = "0.1.0-dev"
+
+// Options are the choices of a dump or restore.
+type Options struct {
+	// CriuBin is the criu binary.
+	CriuBin string
+	// LeaveRunning keeps the subtree running after a dump instead of
+	// killing and removing it.
+	LeaveRunning bool
+	// TCPEstablished lets CRIU dump and restore established TCP
+	// connections.
+	TCPEstablished bool
+	// Progress, if set, is called as the operation advances.
+	Progress func(Progress)
+}
+
+func (o *Options) progress(p Progress) {
+	if o.Progress != nil {
+		o.Progress(p)
+	}
+}
+
+// freezeTimeout bounds how long a subtree may take to freeze.
+const freezeTimeout = 10 * time.Second
+
+// member is one node of the subtree being dumped.
+type member struct {
+	n      hier.Node
+	path   hier.Path
+	rel    string
+	parent int
+	status node.Status
+	group  cgroup.Group
+	dir    string // staging directory of this node
+	report NodeReport
+}
+
+// Dump checkpoints the node at p and all its descendants into out.
+func Dump(h *node.Host, p hier.Path, out Output, o Options) (rep *Report, err error) {
+	start := time.Now()
+	if len(p) == 0 {
+		return nil, errors.New("dump: / is the root of the tree, not a node")
+	}
+	criuVersion, err := criu.Version(o.CriuBin)
+	if err != nil {
+		return nil, err
+	}
+	members, top, err := collect(h, p)
+	if err != nil {
+		return nil, err
+	}
+	stage, err := os.MkdirTemp(h.TmpDir(), "dump-")
+	if err != nil {
+		return nil, fmt.Errorf("dump %s: %w", p, err)
+	}
+	defer os.RemoveAll(stage)
+	for i, m := range members {
+		m.dir = filepath.Join(stage, strconv.Itoa(i))
+		for _, d := range []string{"criu", "work"} {
+			if err := os.MkdirAll(filepath.Join(m.dir, d), 0o700); err != nil {
+				return nil, err
+			}
+		}
+	}
+
+	// Freeze the subtree at one instant, then hand the freeze over to each
+	// node's own process group, which CRIU needs to seize it.
+	o.progress(Progress{Phase: "freeze", NodesTotal: len(members)})
+	thawAll := func() {
+		for _, m := range members {
+			m.group.Leaf().Thaw()
+		}
+		top.Thaw()
+	}
+	if err := top.Freeze(freezeTimeout); err != nil {
+		top.Thaw()
+		return nil, fmt.Errorf("dump %s: %w", p, err)
+	}
+	frozenAt := time.Now()
+	thawed := false
+	defer func() {
+		if err != nil && !thawed {
+			thawAll()
+		}
+		if err != nil {
+			out.Abort()
+		}
+	}()
+	for _, m := range members {
+		if err := m.group.Leaf().Freeze(freezeTimeout); err != nil {
+			return nil, fmt.Errorf("dump %s: %w", m.path, err)
+		}
+	}
+	if err := top.Thaw(); err != nil {
+		return nil, fmt.Errorf("dump %s: %w", p, err)
+	}
+
+	rep = &Report{Path: p.String()}
+	criuStart := time.Now()
+	if err := dumpAll(members, o); err != nil {
+		return nil, err
+	}
+	rep.Criu = Duration(time.Since(criuStart))
+
+	// Plan the archive: every node's files (read now, still frozen) and
+	// its images.
+	packStart := time.Now()
+	manifest := &archive.Manifest{
+		Format: archive.FormatName, Version: archive.FormatVersion,
+		CrtreeVersion: Version, CriuVersion: criu.FormatVersion(criuVersion),
+		Kernel: kernelRelease(), Arch: runtime.GOARCH, Created: time.Now().UTC(),
+	}
+	var files, images [][]archive.Entry
+	for i, m := range members {
+		fe, err := archive.Scan(archive.FilesPrefix(i), h.UpperDir(&m.n))
+		if err != nil {
+			return nil, fmt.Errorf("dump %s: %w", m.path, err)
+		}
+		var ie []archive.Entry
+		if m.status.State == hier.Running {
+			if ie, err = archive.ScanFlat(archive.ImagesPrefix(i), filepath.Join(m.dir, "criu")); err != nil {
+				return nil, fmt.Errorf("dump %s: %w", m.path, err)
+			}
+		}
+		files, images = append(files, fe), append(images, ie)
+		manifest.Members = append(manifest.Members, archive.Members(fe)...)
+		manifest.Members = append(manifest.Members, archive.Members(ie)...)
+		m.report.Files, m.report.Images = sumSizes(fe), sumSizes(ie)
+		rep.FileBytes += m.report.Files
+		rep.ImageBytes += m.report.Images
+		manifest.Nodes = append(manifest.Nodes, manifestNode(m))
+	}
+
+	counter := &countingWriter{w: out}
+	w, err := archive.NewWriter(counter, zstd.SpeedFastest)
+	if err != nil {
+		return nil, err
+	}
+	w.Progress = func(n int64) { o.progress(Progress{Phase: "pack", NodesDone: len(members), NodesTotal: len(members), Bytes: n}) }
+	if err := w.WriteManifest(manifest); err != nil {
+		return nil, fmt.Errorf("dump %s: write archive: %w", p, err)
+	}
+	for _, fe := range files {
+		if err := w.WriteEntries(fe); err != nil {
+			return nil, fmt.Errorf("dump %s: write archive: %w", p, err)
+		}
+	}
+	// Memory and files are captured: a workload that goes on may run now.
+	if o.LeaveRunning {
+		thawAll()
+		thawed = true
+		rep.Frozen = Duration(time.Since(frozenAt))
+	}
+	for _, ie := range images {
+		if err := w.WriteEntries(ie); err != nil {
+			return nil, fmt.Errorf("dump %s: write archive: %w", p, err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		return nil, fmt.Errorf("dump %s: write archive: %w", p, err)
+	}
+	if err := out.Commit(); err != nil {
+		return nil, fmt.Errorf("dump %s: %w", p, err)
+	}
+	rep.Pack = Duration(time.Since(packStart))
+	rep.ArchiveBytes = counter.n
+	for _, m := range members {
+		rep.Nodes = append(rep.Nodes, m.report)
+	}
+
+	// The archive is safe: only now may the workload go.
+	if !o.LeaveRunning {
+		if err := h.Destroy(members[0].n.ID); err != nil {
+			return rep, fmt.Errorf("dump %s: archive written, but removing the dumped nodes failed: %w", p, err)
+		}
+		rep.Frozen = Duration(time.Since(frozenAt))
+	}
+	rep.Total = Duration(time.Since(start))
+	return rep, nil
+}
+
+// collect snapshots the subtree at p.
+func collect(h *node.Host, p hier.Path) ([]*member, cgroup.Group, error) {
+	var members []*member
+	var top cgroup.Group
+	err := h.Store.View(func(t *hier.Tree) error {
+		n, err := t.Lookup(p)
+		if err != nil {
+			return err
+		}
+		top = h.Group(t, n)
+		index := map[string]int{}
+		for i, m := range t.Subtree(n) {
+			st := node.StatusOf(m)
+			if st.State == hier.Creating {
+				return fmt.Errorf("dump %s: node %s is still being created", p, t.PathOf(m))
+			}
+			mp := t.PathOf(m)
+			rel := path.Join(mp[len(p):]...)
+			parent := -1
+			if i > 0 {
+				parent = index[m.Parent]
+			}
+			index[m.ID] = i
+			members = append(members, &member{
+				n: *m, path: mp, rel: rel, parent: parent, status: st, group: h.Group(t, m),
+				report: NodeReport{Path: mp.String(), Running: st.State == hier.Running},
+			})
+		}
+		return nil
+	})
+	return members, top, err
+}
+
+// dumpAll runs one CRIU dump per running node, in parallel.
+func dumpAll(members []*member, o Options) error {
+	var wg sync.WaitGroup
+	errs := make([]error, len(members))
+	sem := make(chan struct{}, max(2, runtime.NumCPU()))
+	done := 0
+	var mu sync.Mutex
+	for i, m := range members {
+		if m.status.State != hier.Running {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			t0 := time.Now()
+			err := criu.Dump(o.CriuBin, criu.DumpOptions{
+				Pid:            m.n.Pid,
+				ImagesDir:      filepath.Join(m.dir, "criu"),
+				WorkDir:        filepath.Join(m.dir, "work"),
+				FreezeCgroup:   m.group.Leaf().Path(),
+				Externals:      node.CriuMounts(m.n.Spec),
+				TCPEstablished: o.TCPEstablished,
+			})
+			m.report.Criu = Duration(time.Since(t0))
+			if err != nil {
+				errs[i] = fmt.Errorf("dump %s: %w", m.path, keepLog(err))
+			}
+			mu.Lock()
+			done++
+			o.progress(Progress{Phase: "criu", NodesDone: done, NodesTotal: len(members)})
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// keepLog moves the log of a failed CRIU run out of the staging directory,
+// which is removed, to where the user can read it.
+func keepLog(err error) error {
+	var ce *criu.Error
+	if !errors.As(err, &ce) || ce.Log == "" {
+		return err
+	}
+	dst := filepath.Join(os.TempDir(), fmt.Sprintf("crtree-%s-%d-%s", ce.Op, os.Getpid(), time.Now().Format("20060102-150405.000")+".log"))
+	if data, rerr := os.ReadFile(ce.Log); rerr == nil && os.WriteFile(dst, data, 0o600) == nil {
+		ce.Log = dst
+	} else {
+		ce.Log = ""
+	}
+	return err
+}
+
+func manifestNode(m *member) archive.Node {
+	n := archive.Node{
+		Path: m.rel, Name: m.n.Name, Parent: m.parent, Running: m.status.State == hier.Running,
+		Spec: m.n.Spec, Hostname: m.n.Spec.Hostname, Created: m.n.Created,
+		Files: m.report.Files, Images: m.report.Images,
+	}
+	if n.Hostname == "" {
+		n.Hostname = m.n.Name
+	}
+	if !n.Running {
+		n.ExitCode = m.status.ExitCode
+	}
+	for _, c := range node.CriuMounts(m.n.Spec) {
+		n.Mounts = append(n.Mounts, archive.External{Mountpoint: c.Mountpoint, Key: c.Key, HostPath: c.HostPath})
+	}
+	if n.Running {
+		pids, _ := m.group.Leaf().Procs()
+		for _, pid := range pids {
+			if info, err := node.ReadProc(pid); err == nil {
+				n.Procs = append(n.Procs, archive.Proc{PID: info.NSPid, Cmd: info.Cmd})
+				n.Memory += info.RSS
+			}
+		}
+	}
+	return n
+}
+
+func sumSizes(es []archive.Entry) int64 {
+	var n int64
+	for _, e := range es {
+		n += e.Size
+	}
+	return n
+}
+
+func kernelRelease() string {
+	var u unix.Utsname
+	if unix.Uname(&u) != nil {
+		return ""
+	}
+	return unix.ByteSliceToString(u.Release[:])
+}
+
+type countingWriter struct {
+	w interface{ Write([]byte) (int, error) }
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}

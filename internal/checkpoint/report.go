@@ -1,0 +1,58 @@
+package checkpoint
+
+import (
+	"strconv"
+	"time"
+)
+
+// Report is what a dump or restore did and how long each phase took; the
+// text output and --json print the same struct.
+type Report struct {
+	// Path is the dumped node, or the top of the restored subtree.
+	Path  string       `json:"path"`
+	Nodes []NodeReport `json:"nodes"`
+	// Frozen is how long the workload was stopped (dump only).
+	Frozen Duration `json:"frozen,omitempty"`
+	// Criu is the wall time of the CRIU phase (all nodes in parallel).
+	Criu Duration `json:"criu"`
+	// Pack is the time spent writing files and images into the archive
+	// (dump) or extracting and verifying them (restore).
+	Pack         Duration `json:"pack"`
+	Total        Duration `json:"total"`
+	ArchiveBytes int64    `json:"archiveBytes"`
+	// ImageBytes and FileBytes are the uncompressed sizes.
+	ImageBytes int64 `json:"imageBytes"`
+	FileBytes  int64 `json:"fileBytes"`
+}
+
+// NodeReport is one node's part of a Report.
+type NodeReport struct {
+	Path    string   `json:"path"`
+	Running bool     `json:"running"`
+	Pid     int      `json:"pid,omitempty"`
+	Criu    Duration `json:"criu"`
+	Images  int64    `json:"imageBytes"`
+	Files   int64    `json:"fileBytes"`
+}
+
+// Duration is a time.Duration shown in JSON as seconds.
+type Duration time.Duration
+
+// MarshalJSON writes d as fractional seconds.
+func (d Duration) MarshalJSON() ([]byte, error) {
+	return []byte(fmtSeconds(time.Duration(d))), nil
+}
+
+func fmtSeconds(d time.Duration) string {
+	return strconv.FormatFloat(d.Seconds(), 'f', 3, 64)
+}
+
+// Seconds returns d in seconds.
+func (d Duration) Seconds() float64 { return time.Duration(d).Seconds() }
+// Progress is reported while a dump or restore runs.
+type Progress struct {
+	Phase      string // "freeze", "criu", "pack", "extract", "restore"
+	NodesDone  int
+	NodesTotal int
+	Bytes      int64
+}

@@ -1,0 +1,216 @@
+package checkpoint
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/crtree/crtree/internal/archive"
+	"github.com/crtree/crtree/internal/hier"
+	"github.com/crtree/crtree/internal/node"
+)
+
+// RestoreTarget says where a restore puts the subtree: under Parent,
+// with the top node called Name (its archived name if empty).
+type RestoreTarget struct {
+	Parent hier.Path
+	Name   string
+}
+
+// Restore recreates the archived subtree read from in under target. On
+// failure every node it created is killed and removed.
+func Restore(h *node.Host, in io.Reader, target RestoreTarget, o Options) (rep *Report, err error) {
+	start := time.Now()
+	ar, err := archive.NewReader(in)
+	if err != nil {
+		return nil, fmt.Errorf("restore: %w", err)
+	}
+	defer ar.Close()
+	m := ar.Manifest()
+	if target.Name == "" {
+		target.Name = m.Nodes[0].Name
+	}
+	if err := hier.ValidateName(target.Name); err != nil {
+		return nil, fmt.Errorf("restore: --name: %w", err)
+	}
+	for i, n := range m.Nodes {
+		if n.Spec.Rootfs != "" && n.Running {
+			return nil, fmt.Errorf("restore: node %q runs on a --rootfs base, which restore does not support yet", m.Nodes[i].Path)
+		}
+	}
+
+	ids, paths, err := reserve(h, m, target)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			if derr := h.Destroy(ids[0]); derr != nil {
+				err = errors.Join(err, fmt.Errorf("clean up: %w", derr))
+			}
+		}
+	}()
+	rep = &Report{Path: paths[0].String()}
+
+	stage, err := os.MkdirTemp(h.TmpDir(), "restore-")
+	if err != nil {
+		return nil, fmt.Errorf("restore: %w", err)
+	}
+	defer os.RemoveAll(stage)
+	dst := &destination{h: h, ids: ids, stage: stage}
+	for i := range m.Nodes {
+		for _, d := range []string{"criu", "work"} {
+			if err := os.MkdirAll(filepath.Join(stage, strconv.Itoa(i), d), 0o700); err != nil {
+				return nil, err
+			}
+		}
+	}
+	packStart := time.Now()
+	o.progress(Progress{Phase: "extract", NodesTotal: len(m.Nodes)})
+	if err := archive.Extract(ar, dst, func(n int64) {
+		o.progress(Progress{Phase: "extract", NodesTotal: len(m.Nodes), Bytes: n})
+	}); err != nil {
+		return nil, fmt.Errorf("restore: %w", err)
+	}
+	rep.Pack = Duration(time.Since(packStart))
+
+	criuStart := time.Now()
+	reports, err := restoreNodes(h, m, ids, paths, stage, o)
+	rep.Criu = Duration(time.Since(criuStart))
+	rep.Nodes = reports
+	if err != nil {
+		return nil, err
+	}
+	for _, n := range m.Nodes {
+		rep.FileBytes += n.Files
+		rep.ImageBytes += n.Images
+	}
+	rep.Total = Duration(time.Since(start))
+	return rep, nil
+}
+
+// reserve creates every node of the archive in the tree, in one change,
+// as Creating, with its storage and cgroup. A name already taken refuses
+// the whole restore before anything is created.
+func reserve(h *node.Host, m *archive.Manifest, target RestoreTarget) ([]string, []hier.Path, error) {
+	ids := make([]string, len(m.Nodes))
+	paths := make([]hier.Path, len(m.Nodes))
+	err := h.Store.Update(func(t *hier.Tree) error {
+		parent, err := t.Lookup(target.Parent)
+		if err != nil {
+			return fmt.Errorf("restore: parent %s: %w", target.Parent, hier.ErrNotFound)
+		}
+		parentID := ""
+		if parent != nil {
+			parentID = parent.ID
+		}
+		var created []*hier.Node
+		for i, an := range m.Nodes {
+			pid, name := parentID, an.Name
+			if i == 0 {
+				name = target.Name
+			} else {
+				pid = ids[an.Parent]
+			}
+			n, err := t.Add(pid, name)
+			if err != nil {
+				return fmt.Errorf("restore: %w", err)
+			}
+			n.Spec, n.Created = an.Spec, an.Created
+			if i == 0 && an.Spec.Hostname == "" {
+				// The node keeps the hostname it had, even under a new name.
+				n.Spec.Hostname = an.Hostname
+			}
+			ids[i], paths[i] = n.ID, t.PathOf(n)
+			created = append(created, n)
+		}
+		for _, n := range created {
+			if err := h.PrepareStorage(n); err != nil {
+				return err
+			}
+			if err := h.Group(t, n).Create(); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		for _, id := range ids {
+			if id != "" {
+				os.RemoveAll(h.Store.NodeDir(id))
+			}
+		}
+		return nil, nil, err
+	}
+	return ids, paths, nil
+}
+
+type destination struct {
+	h     *node.Host
+	ids   []string
+	stage string
+}
+
+func (d *destination) FilesDir(i int) string {
+	return d.h.RootDir(d.ids[i])
+}
+
+func (d *destination) ImagesDir(i int) string {
+	return filepath.Join(d.stage, strconv.Itoa(i), "criu")
+}
+
+// restoreNodes restores the running nodes, parents before children (all
+// nodes of one depth in parallel), and records the others as exited.
+func restoreNodes(h *node.Host, m *archive.Manifest, ids []string, paths []hier.Path, stage string, o Options) ([]NodeReport, error) {
+	reports := make([]NodeReport, len(m.Nodes))
+	depth := make([]int, len(m.Nodes))
+	maxDepth := 0
+	for i, n := range m.Nodes {
+		if i > 0 {
+			depth[i] = depth[n.Parent] + 1
+		}
+		maxDepth = max(maxDepth, depth[i])
+		reports[i] = NodeReport{Path: paths[i].String(), Running: n.Running, Images: n.Images, Files: n.Files}
+	}
+	done := 0
+	for d := 0; d <= maxDepth; d++ {
+		var wg sync.WaitGroup
+		errs := make([]error, len(m.Nodes))
+		for i, n := range m.Nodes {
+			if depth[i] != d {
+				continue
+			}
+			if !n.Running {
+				errs[i] = h.MarkExited(ids[i], n.ExitCode)
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				t0 := time.Now()
+				pid, err := h.StartRestore(ids[i], node.FromImages{Dir: filepath.Join(stage, strconv.Itoa(i)), CriuBin: o.CriuBin})
+				reports[i].Criu = Duration(time.Since(t0))
+				reports[i].Pid = pid
+				if err != nil {
+					errs[i] = fmt.Errorf("restore %s: %w", paths[i], err)
+				}
+			}()
+		}
+		wg.Wait()
+		if err := errors.Join(errs...); err != nil {
+			return reports, err
+		}
+		for i := range m.Nodes {
+			if depth[i] == d {
+				done++
+			}
+		}
+		o.progress(Progress{Phase: "restore", NodesDone: done, NodesTotal: len(m.Nodes)})
+	}
+	return reports, nil
+}

@@ -1,0 +1,203 @@
+package criu
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/checkpoint-restore/go-criu/v7/rpc"
+	"google.golang.org/protobuf/proto"
+)
+
+// Mount is an external mount of a node: Mountpoint inside the node,
+// recorded in the images under Key; on restore HostPath provides it.
+type Mount struct {
+	Mountpoint string
+	Key        string
+	HostPath   string
+}
+
+// DumpOptions are what crtree asks of one CRIU dump.
+type DumpOptions struct {
+	// Pid is the host PID of the root of the process tree (a node's init).
+	Pid int
+	// ImagesDir receives the images; WorkDir the log (dump.log).
+	ImagesDir, WorkDir string
+	// FreezeCgroup is the cgroup CRIU freezes to seize the tree. If it is
+	// frozen before the dump, CRIU leaves it frozen afterwards.
+	FreezeCgroup string
+	// Externals are the node's mounts that come from the host.
+	Externals []Mount
+	// TCPEstablished lets CRIU dump established TCP connections.
+	TCPEstablished bool
+}
+
+// RestoreOptions are what crtree asks of one CRIU restore.
+type RestoreOptions struct {
+	ImagesDir, WorkDir string
+	// Root is the host directory that becomes the restored tree's /.
+	Root      string
+	Externals []Mount
+	// CgroupFD, if >= 0, is the cgroup the restored processes are born in.
+	CgroupFD       int
+	TCPEstablished bool
+}
+
+// Error is a failed CRIU operation, with the lines of CRIU's log that say
+// why and where the whole log was kept.
+type Error struct {
+	Op     string
+	Err    error
+	Log    string
+	Quoted []string
+}
+
+func (e *Error) Error() string {
+	msg := fmt.Sprintf("criu %s: %v", e.Op, e.Err)
+	if len(e.Quoted) > 0 {
+		msg += "\n  " + strings.Join(e.Quoted, "\n  ")
+	}
+	if e.Log != "" {
+		msg += "\n  (full log: " + e.Log + ")"
+	}
+	return msg
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// harmless are CRIU errors printed on every run on some hosts.
+var harmless = []string{"Can't setup RLIMIT_NOFILE"}
+
+// logErrors returns the Error lines of a CRIU log (and the line before
+// each), without the ones known to be harmless.
+func logErrors(file string) []string {
+	f, err := os.Open(file)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var out []string
+	prev := ""
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64*1024), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.Contains(line, "Error (") {
+			skip := false
+			for _, h := range harmless {
+				skip = skip || strings.Contains(line, h)
+			}
+			if !skip {
+				if prev != "" && !strings.Contains(prev, "Error (") {
+					out = append(out, prev)
+				}
+				out = append(out, line)
+			}
+		}
+		prev = line
+	}
+	if len(out) > 12 {
+		out = out[len(out)-12:]
+	}
+	return out
+}
+
+func openDirs(images, work string) (*os.File, *os.File, error) {
+	img, err := os.Open(images)
+	if err != nil {
+		return nil, nil, err
+	}
+	wd, err := os.Open(work)
+	if err != nil {
+		img.Close()
+		return nil, nil, err
+	}
+	return img, wd, nil
+}
+
+// CRIU's swrk mode opens the directory descriptors of a request through
+// /proc/<client>/fd/N: they are numbers in this process, not passed ones.
+
+// Dump checkpoints the process tree at o.Pid, leaving it running (or
+// frozen, if its cgroup was frozen before): crtree decides later whether
+// to kill it, once the archive is safe.
+func Dump(bin string, o DumpOptions) error {
+	img, wd, err := openDirs(o.ImagesDir, o.WorkDir)
+	if err != nil {
+		return fmt.Errorf("criu dump: %w", err)
+	}
+	defer img.Close()
+	defer wd.Close()
+	opts := &rpc.CriuOpts{
+		Pid:               proto.Int32(int32(o.Pid)),
+		ImagesDirFd:       proto.Int32(int32(img.Fd())),
+		WorkDirFd:         proto.Int32(int32(wd.Fd())),
+		LogFile:           proto.String("dump.log"),
+		LogLevel:          proto.Int32(4),
+		LeaveRunning:      proto.Bool(true),
+		FileLocks:         proto.Bool(true),
+		TcpEstablished:    proto.Bool(o.TCPEstablished),
+		ManageCgroups:     proto.Bool(false),
+		ManageCgroupsMode: rpc.CriuCgMode_IGNORE.Enum(),
+	}
+	if o.FreezeCgroup != "" {
+		opts.FreezeCgroup = proto.String(o.FreezeCgroup)
+	}
+	for _, m := range o.Externals {
+		opts.ExtMnt = append(opts.ExtMnt, &rpc.ExtMountMap{Key: proto.String(m.Mountpoint), Val: proto.String(m.Key)})
+	}
+	return run(bin, "dump", rpc.CriuReqType_DUMP, opts, swrkOptions{CgroupFD: -1}, o.WorkDir, nil)
+}
+
+// Restore restores a process tree from o.ImagesDir as a sibling of CRIU,
+// that is a child of the calling process, and returns its root's host PID.
+func Restore(bin string, o RestoreOptions) (int, error) {
+	img, wd, err := openDirs(o.ImagesDir, o.WorkDir)
+	if err != nil {
+		return 0, fmt.Errorf("criu restore: %w", err)
+	}
+	defer img.Close()
+	defer wd.Close()
+	opts := &rpc.CriuOpts{
+		ImagesDirFd:       proto.Int32(int32(img.Fd())),
+		WorkDirFd:         proto.Int32(int32(wd.Fd())),
+		LogFile:           proto.String("restore.log"),
+		LogLevel:          proto.Int32(4),
+		Root:              proto.String(o.Root),
+		RstSibling:        proto.Bool(true),
+		FileLocks:         proto.Bool(true),
+		TcpEstablished:    proto.Bool(o.TCPEstablished),
+		ManageCgroups:     proto.Bool(false),
+		ManageCgroupsMode: rpc.CriuCgMode_IGNORE.Enum(),
+	}
+	for _, m := range o.Externals {
+		opts.ExtMnt = append(opts.ExtMnt, &rpc.ExtMountMap{Key: proto.String(m.Key), Val: proto.String(m.HostPath)})
+	}
+	var pid int
+	err = run(bin, "restore", rpc.CriuReqType_RESTORE, opts, swrkOptions{CgroupFD: o.CgroupFD}, o.WorkDir, func(resp *rpc.CriuResp) {
+		pid = int(resp.GetRestore().GetPid())
+	})
+	return pid, err
+}
+
+func run(bin, op string, typ rpc.CriuReqType, opts *rpc.CriuOpts, so swrkOptions, workDir string, onResp func(*rpc.CriuResp)) error {
+	s, err := startSwrk(bin, so)
+	if err != nil {
+		return fmt.Errorf("criu %s: %w", op, err)
+	}
+	resp, err := s.call(&rpc.CriuReq{Type: &typ, Opts: opts}, nil)
+	cerr := s.close()
+	if err == nil && onResp != nil {
+		onResp(resp)
+	}
+	if err == nil && cerr != nil {
+		err = cerr
+	}
+	if err != nil {
+		log := filepath.Join(workDir, op+".log")
+		return &Error{Op: op, Err: err, Log: log, Quoted: logErrors(log)}
+	}
+	return nil
+}

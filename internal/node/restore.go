@@ -1,0 +1,63 @@
+package node
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/crtree/crtree/internal/criu"
+	"github.com/crtree/crtree/internal/hier"
+)
+
+// CriuMounts turns a node's external mounts into CRIU's: each is recorded
+// under its mount point as key, and provided on restore by the same host
+// path it had (the host's /usr and /etc, a bind's source).
+func CriuMounts(spec hier.Spec) []criu.Mount {
+	var out []criu.Mount
+	for _, b := range Externals(spec) {
+		out = append(out, criu.Mount{Mountpoint: b.Target, Key: b.Target, HostPath: b.Source})
+	}
+	return out
+}
+
+// restoreInit restores the node's process tree from images, as a child
+// of this process and inside the node's cgroup, and returns its init's
+// host PID.
+func (h *Host) restoreInit(id string, from *FromImages) (int, error) {
+	var n hier.Node
+	var leaf string
+	err := h.Store.View(func(t *hier.Tree) error {
+		m := t.Nodes[id]
+		if m == nil {
+			return fmt.Errorf("node %s: %w", id, hier.ErrNotFound)
+		}
+		n = *m
+		leaf = h.Group(t, m).Leaf().Path()
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	if n.Spec.Rootfs != "" {
+		return 0, fmt.Errorf("restoring a node with --rootfs is not supported yet")
+	}
+	for _, m := range CriuMounts(n.Spec) {
+		if _, err := os.Stat(m.HostPath); err != nil {
+			return 0, fmt.Errorf("this host lacks %s, which the node has bound at %s", m.HostPath, m.Mountpoint)
+		}
+	}
+	cg, err := os.OpenFile(leaf, unix.O_DIRECTORY|unix.O_PATH, 0)
+	if err != nil {
+		return 0, fmt.Errorf("open cgroup: %w", err)
+	}
+	defer cg.Close()
+	return criu.Restore(from.CriuBin, criu.RestoreOptions{
+		ImagesDir: filepath.Join(from.Dir, "criu"),
+		WorkDir:   filepath.Join(from.Dir, "work"),
+		Root:      h.RootDir(id),
+		Externals: CriuMounts(n.Spec),
+		CgroupFD:  int(cg.Fd()),
+	})
+}
