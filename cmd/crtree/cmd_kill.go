@@ -109,5 +109,3 @@ children move with it. NEWPATH must have the same parent.`,
 		},
 	}
 }
-
-

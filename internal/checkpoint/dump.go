@@ -160,7 +160,9 @@ func Dump(h *node.Host, p hier.Path, out Output, o Options) (rep *Report, err er
 	if err != nil {
 		return nil, err
 	}
-	w.Progress = func(n int64) { o.progress(Progress{Phase: "pack", NodesDone: len(members), NodesTotal: len(members), Bytes: n}) }
+	w.Progress = func(n int64) {
+		o.progress(Progress{Phase: "pack", NodesDone: len(members), NodesTotal: len(members), Bytes: n})
+	}
 	if err := w.WriteManifest(manifest); err != nil {
 		return nil, fmt.Errorf("dump %s: write archive: %w", p, err)
 	}

@@ -49,6 +49,7 @@ func fmtSeconds(d time.Duration) string {
 
 // Seconds returns d in seconds.
 func (d Duration) Seconds() float64 { return time.Duration(d).Seconds() }
+
 // Progress is reported while a dump or restore runs.
 type Progress struct {
 	Phase      string // "freeze", "criu", "pack", "extract", "restore"
