@@ -7,6 +7,8 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -54,6 +56,7 @@ func TestScripts(t *testing.T) {
 			"nodepid":  cmdNodepid,
 			"pidalive": cmdPidalive,
 			"sleep":    cmdSleep,
+			"httpget":  cmdHttpget,
 		},
 	})
 }
@@ -63,13 +66,16 @@ func TestScripts(t *testing.T) {
 func setup(env *testscript.Env) error {
 	root := filepath.Join(env.WorkDir, ".state")
 	env.Setenv("CRTREE_ROOT", root)
+	// A second state root plays another host.
+	root2 := filepath.Join(env.WorkDir, ".state2")
+	env.Setenv("CRTREE_ROOT2", root2)
 	env.Setenv("PATH", binDir+string(os.PathListSeparator)+os.Getenv("PATH"))
 	for _, k := range []string{"CRTREE_CRIU", "HOME"} {
 		if v := os.Getenv(k); v != "" {
 			env.Setenv(k, v)
 		}
 	}
-	env.Defer(func() { teardown(env.T(), root) })
+	env.Defer(func() { teardown(env.T(), root); teardown(env.T(), root2) })
 	return nil
 }
 
@@ -159,6 +165,28 @@ func cmdPidalive(ts *testscript.TestScript, neg bool, args []string) {
 			ts.Fatalf("process %d alive=%v", pid, alive)
 		}
 	}
+}
+
+// httpget URL: GET URL (retrying for a few seconds) and print the body.
+func cmdHttpget(ts *testscript.TestScript, neg bool, args []string) {
+	var err error
+	for i := 0; i < 50; i++ {
+		var resp *http.Response
+		if resp, err = http.Get(args[0]); err == nil {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if neg {
+				ts.Fatalf("GET %s answered", args[0])
+			}
+			ts.Stdout().Write(body)
+			return
+		}
+		if neg {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	ts.Fatalf("GET %s: %v", args[0], err)
 }
 
 // sleep SECONDS (fractions allowed).

@@ -129,7 +129,7 @@ func (r *Reader) Next() (*tar.Header, io.Reader, error) {
 	if hdr.Typeflag != tar.TypeReg && hdr.Size != 0 {
 		return nil, nil, corrupt("member %q of type %s has content", hdr.Name, mem.Type)
 	}
-	r.cur = &hashingReader{r: r.tr, h: sha256.New(), left: hdr.Size}
+	r.cur = &hashingReader{name: hdr.Name, r: r.tr, h: sha256.New(), left: hdr.Size}
 	r.curName = hdr.Name
 	return hdr, r.cur, nil
 }
@@ -157,7 +157,7 @@ func (r *Reader) finishCurrent() error {
 		return nil
 	}
 	if _, err := io.Copy(io.Discard, r.cur); err != nil {
-		return corrupt("member %q: %v", r.curName, readErr(err))
+		return err
 	}
 	if r.cur.left != 0 {
 		return corrupt("member %q: archive is truncated", r.curName)
@@ -210,6 +210,7 @@ func (r *Reader) verifyTrailer(hdr *tar.Header) error {
 
 // hashingReader hashes what is read through it and counts what is left.
 type hashingReader struct {
+	name string
 	r    io.Reader
 	h    hash.Hash
 	left int64
@@ -221,6 +222,9 @@ func (h *hashingReader) Read(p []byte) (int, error) {
 	h.left -= int64(n)
 	if err == io.EOF && h.left > 0 {
 		err = io.ErrUnexpectedEOF
+	}
+	if err != nil && err != io.EOF {
+		err = corrupt("member %q: %v", h.name, readErr(err))
 	}
 	return n, err
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/crtree/crtree/internal/hier"
 
@@ -106,12 +107,16 @@ func buildRoot(cfg *InitConfig) error {
 // node's root is its own storage, so a path in it must not be followed
 // through a symlink out of it; os.Root keeps it inside.
 func mkdirIn(root, dir string, perm os.FileMode) error {
+	rel := strings.Trim(filepath.Clean(dir), "/")
+	if rel == "" {
+		return nil
+	}
 	r, err := os.OpenRoot(root)
 	if err != nil {
 		return err
 	}
 	defer r.Close()
-	if err := r.MkdirAll(dir[1:], perm); err != nil {
+	if err := r.MkdirAll(rel, perm); err != nil {
 		return fmt.Errorf("create %s in node root: %w", dir, err)
 	}
 	return nil
