@@ -70,7 +70,7 @@ func runChecks(w io.Writer, g *globalOptions) bool {
 		feat := "freeze, kill"
 		if herr != nil {
 			feat = herr.Error()
-		} else if err := h.CgroupBase.Create(); err != nil {
+		} else if err := h.CgroupBase.Mkdir(); err != nil {
 			feat = err.Error()
 		} else {
 			for _, f := range []string{"cgroup.freeze", "cgroup.kill"} {

@@ -81,6 +81,14 @@ func (g Group) Create() error {
 	return nil
 }
 
+// Mkdir makes g and its parents, without a process leaf.
+func (g Group) Mkdir() error {
+	if err := os.MkdirAll(string(g), 0o755); err != nil {
+		return fmt.Errorf("create cgroup: %w", err)
+	}
+	return nil
+}
+
 // Exists reports whether the group's directory exists.
 func (g Group) Exists() bool {
 	_, err := os.Stat(string(g))

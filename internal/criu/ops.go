@@ -55,7 +55,7 @@ type Error struct {
 }
 
 func (e *Error) Error() string {
-	msg := fmt.Sprintf("criu %s: %v", e.Op, e.Err)
+	msg := fmt.Sprintf("criu %s: %s", e.Op, e.summary())
 	if len(e.Quoted) > 0 {
 		msg += "\n  " + strings.Join(e.Quoted, "\n  ")
 	}
@@ -66,6 +66,26 @@ func (e *Error) Error() string {
 }
 
 func (e *Error) Unwrap() error { return e.Err }
+
+// summary is the most telling line: the last error CRIU logged before
+// giving up, without its time stamp and source location.
+func (e *Error) summary() string {
+	for i := len(e.Quoted) - 1; i >= 0; i-- {
+		line := e.Quoted[i]
+		_, msg, ok := strings.Cut(line, "): ")
+		if !ok || !strings.Contains(line, "Error (") || strings.Contains(msg, "FAILED") {
+			continue
+		}
+		return msg
+	}
+	msg := e.Err.Error()
+	for _, h := range harmless {
+		if strings.Contains(msg, h) {
+			return "failed"
+		}
+	}
+	return msg
+}
 
 // harmless are CRIU errors printed on every run on some hosts.
 var harmless = []string{"Can't setup RLIMIT_NOFILE"}
