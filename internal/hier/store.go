@@ -102,6 +102,10 @@ func (s *Store) View(fn func(t *Tree) error) error {
 	return fn(t)
 }
 
+// ErrUnchanged may be returned by an Update function that changed
+// nothing: Update then saves nothing and returns nil.
+var ErrUnchanged = errors.New("tree unchanged")
+
 // Update calls fn with the tree under the exclusive lock and saves what
 // fn left if it returns nil. Nothing is saved when fn fails.
 func (s *Store) Update(fn func(t *Tree) error) error {
@@ -115,6 +119,9 @@ func (s *Store) Update(fn func(t *Tree) error) error {
 		return err
 	}
 	if err := fn(t); err != nil {
+		if errors.Is(err, ErrUnchanged) {
+			return nil
+		}
 		return err
 	}
 	return s.save(t)

@@ -251,7 +251,7 @@ func (h *Host) reap(id string, initPid int) error {
 		return h.Store.Update(func(t *hier.Tree) error {
 			n := t.Nodes[id]
 			if n == nil || n.Pid != initPid {
-				return nil
+				return hier.ErrUnchanged
 			}
 			n.State = hier.Exited
 			n.ExitCode = code
