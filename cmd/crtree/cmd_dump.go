@@ -57,7 +57,7 @@ left under FILE.`,
   crtree dump /a -o - | ssh hostB crtree restore - --parent /b`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			p, _, err := parseNodePath(args[0])
+			p, _, err := g.nodePath(args[0])
 			if err != nil {
 				return err
 			}
@@ -79,7 +79,7 @@ left under FILE.`,
 				}
 				out = checkpoint.StreamOutput{W: os.Stdout}
 			} else {
-				fo, err := checkpoint.CreateFile(o.Output)
+				fo, err := g.createOutput(o.Output)
 				if err != nil {
 					return err
 				}
@@ -88,6 +88,7 @@ left under FILE.`,
 			rep, err := checkpoint.Dump(h, p, out, co)
 			pp.Done()
 			if err != nil {
+				out.Abort()
 				return err
 			}
 			return printReport(reportWriter(o.Output), g, o.Quiet, "dumped", rep)
@@ -112,6 +113,10 @@ func reportWriter(output string) io.Writer {
 }
 
 func printReport(w io.Writer, g *globalOptions, quiet bool, verb string, rep *checkpoint.Report) error {
+	rep.Path = g.display(rep.Path)
+	for i := range rep.Nodes {
+		rep.Nodes[i].Path = g.display(rep.Nodes[i].Path)
+	}
 	if g.JSON {
 		return writeJSON(w, rep)
 	}
@@ -149,7 +154,7 @@ restore fails at any point, every node it created is removed.`,
   ssh hostA crtree dump /a -o - | crtree restore - --parent /b`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			parent, _, err := parseNodePath(o.Parent)
+			parent, _, err := g.nodePath(o.Parent)
 			if err != nil {
 				return err
 			}
@@ -161,7 +166,7 @@ restore fails at any point, every node it created is removed.`,
 			if err != nil {
 				return err
 			}
-			in, closeIn, err := openInput(args[0])
+			in, closeIn, err := g.openInput(args[0])
 			if err != nil {
 				return err
 			}
@@ -172,7 +177,7 @@ restore fails at any point, every node it created is removed.`,
 				return err
 			}
 			if !g.JSON && !o.Quiet {
-				fmt.Fprintln(cmd.OutOrStdout(), rep.Path)
+				fmt.Fprintln(cmd.OutOrStdout(), g.display(rep.Path))
 				return nil
 			}
 			return printReport(cmd.OutOrStdout(), g, o.Quiet, "restored", rep)
@@ -185,16 +190,4 @@ restore fails at any point, every node it created is removed.`,
 	f.BoolVarP(&o.Quiet, "quiet", "q", false, "print no progress")
 	addJSONFlag(cmd, g)
 	return cmd
-}
-
-// openInput opens FILE, or stdin for "-".
-func openInput(name string) (io.Reader, func(), error) {
-	if name == "-" {
-		return os.Stdin, func() {}, nil
-	}
-	f, err := os.Open(name)
-	if err != nil {
-		return nil, nil, err
-	}
-	return f, func() { f.Close() }, nil
 }

@@ -21,7 +21,7 @@ archive and checks every checksum. Needs no root and restores nothing.`,
 		Example: "  crtree inspect v1.crtree\n  crtree inspect --verify --json v1.crtree",
 		Args:    exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			in, closeIn, err := openInput(args[0])
+			in, closeIn, err := g.openInput(args[0])
 			if err != nil {
 				return err
 			}

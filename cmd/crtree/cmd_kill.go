@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -22,13 +23,16 @@ crtree kill -s KILL returns once they are gone.`,
 		Example: "  crtree kill /vserver1/calculate_pi\n  crtree kill -r -s KILL /vserver1",
 		Args:    exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			p, _, err := parseNodePath(args[0])
+			p, _, err := g.nodePath(args[0])
 			if err != nil {
 				return err
 			}
 			s, err := parseSignal(sig)
 			if err != nil {
 				return usageError{err}
+			}
+			if g.isSelf(p) && !recursive {
+				return errors.New("kill /: a node stops itself only with its whole subtree (kill -r /)")
 			}
 			h, err := g.host()
 			if err != nil {
@@ -68,9 +72,12 @@ which removes its whole subtree.`,
 		Example: "  crtree rm /vserver1/unnamed1\n  crtree rm -r -f /vserver1",
 		Args:    exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			p, _, err := parseNodePath(args[0])
+			p, _, err := g.nodePath(args[0])
 			if err != nil {
 				return err
+			}
+			if g.isSelf(p) {
+				return errors.New("rm /: a node cannot remove itself")
 			}
 			h, err := g.host()
 			if err != nil {
@@ -93,13 +100,16 @@ children move with it. NEWPATH must have the same parent.`,
 		Example: "  crtree mv /vserver1/unnamed1 /vserver1/sergeprivhome",
 		Args:    exactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			from, _, err := parseNodePath(args[0])
+			from, _, err := g.nodePath(args[0])
 			if err != nil {
 				return err
 			}
-			to, _, err := parseNodePath(args[1])
+			to, _, err := g.nodePath(args[1])
 			if err != nil {
 				return err
+			}
+			if g.isSelf(from) || g.isSelf(to) {
+				return errors.New("mv: a node cannot rename itself")
 			}
 			h, err := g.host()
 			if err != nil {

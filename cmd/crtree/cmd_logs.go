@@ -4,7 +4,6 @@ import (
 	"errors"
 	"io"
 	"io/fs"
-	"os"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -21,7 +20,7 @@ func newLogsCmd(g *globalOptions) *cobra.Command {
 		Example: "  crtree logs /vserver1/calculate_pi\n  crtree logs -f /vserver1",
 		Args:    exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			p, _, err := parseNodePath(args[0])
+			p, _, err := g.nodePath(args[0])
 			if err != nil {
 				return err
 			}
@@ -33,7 +32,7 @@ func newLogsCmd(g *globalOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			f, err := os.Open(h.LogFile(&n))
+			f, err := h.OpenLog(&n)
 			if errors.Is(err, fs.ErrNotExist) {
 				return nil
 			}

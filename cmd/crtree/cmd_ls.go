@@ -30,7 +30,7 @@ lost), host PID of the node's init, number of processes, memory, age.`,
 			if len(args) == 1 {
 				arg = args[0]
 			}
-			p, _, err := parseNodePath(arg)
+			p, _, err := g.nodePath(arg)
 			if err != nil {
 				return err
 			}
@@ -41,6 +41,9 @@ lost), host PID of the node's init, number of processes, memory, age.`,
 			entries, err := h.List(p, recursive)
 			if err != nil {
 				return err
+			}
+			for i := range entries {
+				entries[i].Path = g.display(entries[i].Path)
 			}
 			if g.JSON {
 				return writeJSON(cmd.OutOrStdout(), entries)
@@ -108,7 +111,7 @@ func newTreeCmd(g *globalOptions) *cobra.Command {
 			if len(args) == 1 {
 				arg = args[0]
 			}
-			p, _, err := parseNodePath(arg)
+			p, _, err := g.nodePath(arg)
 			if err != nil {
 				return err
 			}
@@ -121,7 +124,7 @@ func newTreeCmd(g *globalOptions) *cobra.Command {
 				return err
 			}
 			w := cmd.OutOrStdout()
-			fmt.Fprintln(w, p)
+			fmt.Fprintln(w, g.display(p.String()))
 			drawTree(w, entries)
 			return nil
 		},

@@ -88,13 +88,16 @@ func (o *runOptions) spec(argv []string) (hier.Spec, error) {
 }
 
 func runRun(cmd *cobra.Command, g *globalOptions, o *runOptions, args []string) error {
-	p, dir, err := parseNodePath(args[0])
+	p, dir, err := g.nodePath(args[0])
 	if err != nil {
 		return err
 	}
 	spec, err := o.spec(args[1:])
 	if err != nil {
 		return usageError{err}
+	}
+	if g.scope != nil && (len(spec.Binds) > 0 || spec.Rootfs != "") {
+		return usageError{fmt.Errorf("--bind and --rootfs name host paths and cannot be used inside a node")}
 	}
 	h, err := g.host()
 	if err != nil {
@@ -104,6 +107,6 @@ func runRun(cmd *cobra.Command, g *globalOptions, o *runOptions, args []string) 
 	if err != nil {
 		return err
 	}
-	fmt.Fprintln(cmd.OutOrStdout(), path)
+	fmt.Fprintln(cmd.OutOrStdout(), g.display(path.String()))
 	return nil
 }

@@ -6,6 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
+
+	"github.com/crtree/crtree/internal/api"
 
 	"github.com/crtree/crtree/internal/node"
 )
@@ -35,6 +38,15 @@ func main() {
 		node.InitMain()
 		return
 	}
+	// Inside a node, crtree asks the node's supervisor to do the work.
+	if inNodeClient() {
+		code, err := api.Call(os.Args[1:])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "crtree:", err)
+			os.Exit(exitError)
+		}
+		os.Exit(code)
+	}
 	cmd := newRootCmd()
 	err := cmd.Execute()
 	os.Exit(exitCode(err))
@@ -48,10 +60,32 @@ func exitCode(err error) int {
 	if errors.As(err, &st) {
 		return st.code
 	}
-	fmt.Fprintln(os.Stderr, "crtree:", err)
+	fmt.Fprintln(os.Stderr, "crtree:", errorScrubber(err.Error()))
 	var ue usageError
 	if errors.As(err, &ue) {
 		return exitUsage
 	}
 	return exitError
+}
+
+// errorScrubber rewrites error messages before they are printed (inside a
+// node: the node's own full path becomes /).
+var errorScrubber = func(msg string) string { return msg }
+
+// inNodeClient reports whether this crtree runs in a node and should talk
+// to the node's supervisor: the node's socket is there and no state root
+// was asked for.
+func inNodeClient() bool {
+	if os.Getenv("CRTREE_ROOT") != "" || os.Getenv(node.EnvScope) != "" {
+		return false
+	}
+	for _, a := range os.Args[1:] {
+		if a == "--" {
+			break
+		}
+		if a == "--root" || strings.HasPrefix(a, "--root=") {
+			return false
+		}
+	}
+	return api.InNode()
 }

@@ -14,6 +14,8 @@ type globalOptions struct {
 	Root string
 	Criu string
 	JSON bool
+	// scope is set inside a node (see scope.go).
+	scope *scope
 }
 
 func (o *globalOptions) host() (*node.Host, error) { return node.NewHost(o.Root) }
@@ -35,7 +37,11 @@ wrongly; crtree exec exits with the status of the command it ran.`,
   crtree kill -r -s KILL /vserver1`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			return g.loadScope(cmd)
+		},
 	}
+	errorScrubber = g.scrub
 	cmd.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
 	def := os.Getenv("CRTREE_ROOT")
 	if def == "" {

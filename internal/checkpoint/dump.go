@@ -121,7 +121,7 @@ func Dump(h *node.Host, p hier.Path, out Output, o Options) (rep *Report, err er
 
 	rep = &Report{Path: p.String()}
 	criuStart := time.Now()
-	if err := dumpAll(members, o); err != nil {
+	if err := dumpAll(h, members, o); err != nil {
 		return nil, err
 	}
 	rep.Criu = Duration(time.Since(criuStart))
@@ -152,7 +152,7 @@ func Dump(h *node.Host, p hier.Path, out Output, o Options) (rep *Report, err er
 		m.report.Files, m.report.Images = sumSizes(fe), sumSizes(ie)
 		rep.FileBytes += m.report.Files
 		rep.ImageBytes += m.report.Images
-		manifest.Nodes = append(manifest.Nodes, manifestNode(m))
+		manifest.Nodes = append(manifest.Nodes, manifestNode(h, m))
 	}
 
 	counter := &countingWriter{w: out}
@@ -239,7 +239,7 @@ func collect(h *node.Host, p hier.Path) ([]*member, cgroup.Group, error) {
 }
 
 // dumpAll runs one CRIU dump per running node, in parallel.
-func dumpAll(members []*member, o Options) error {
+func dumpAll(h *node.Host, members []*member, o Options) error {
 	var wg sync.WaitGroup
 	errs := make([]error, len(members))
 	sem := make(chan struct{}, max(2, runtime.NumCPU()))
@@ -260,12 +260,13 @@ func dumpAll(members []*member, o Options) error {
 				ImagesDir:      filepath.Join(m.dir, "criu"),
 				WorkDir:        filepath.Join(m.dir, "work"),
 				FreezeCgroup:   m.group.Leaf().Path(),
-				Externals:      node.CriuMounts(m.n.Spec),
+				Externals:      h.CriuMountsFor(&m.n),
 				TCPEstablished: o.TCPEstablished,
+				KeepLogs:       h.LogDir(),
 			})
 			m.report.Criu = Duration(time.Since(t0))
 			if err != nil {
-				errs[i] = fmt.Errorf("dump %s: %w", m.path, keepLog(err))
+				errs[i] = fmt.Errorf("dump %s: %w", m.path, err)
 			}
 			mu.Lock()
 			done++
@@ -277,23 +278,7 @@ func dumpAll(members []*member, o Options) error {
 	return errors.Join(errs...)
 }
 
-// keepLog moves the log of a failed CRIU run out of the staging directory,
-// which is removed, to where the user can read it.
-func keepLog(err error) error {
-	var ce *criu.Error
-	if !errors.As(err, &ce) || ce.Log == "" {
-		return err
-	}
-	dst := filepath.Join(os.TempDir(), fmt.Sprintf("crtree-%s-%d-%s", ce.Op, os.Getpid(), time.Now().Format("20060102-150405.000")+".log"))
-	if data, rerr := os.ReadFile(ce.Log); rerr == nil && os.WriteFile(dst, data, 0o600) == nil {
-		ce.Log = dst
-	} else {
-		ce.Log = ""
-	}
-	return err
-}
-
-func manifestNode(m *member) archive.Node {
+func manifestNode(h *node.Host, m *member) archive.Node {
 	n := archive.Node{
 		Path: m.rel, Name: m.n.Name, Parent: m.parent, Running: m.status.State == hier.Running,
 		Spec: m.n.Spec, Hostname: m.n.Spec.Hostname, Created: m.n.Created,
@@ -305,7 +290,7 @@ func manifestNode(m *member) archive.Node {
 	if !n.Running {
 		n.ExitCode = m.status.ExitCode
 	}
-	for _, c := range node.CriuMounts(m.n.Spec) {
+	for _, c := range h.CriuMountsFor(&m.n) {
 		n.Mounts = append(n.Mounts, archive.External{Mountpoint: c.Mountpoint, Key: c.Key, HostPath: c.HostPath})
 	}
 	if n.Running {

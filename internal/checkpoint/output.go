@@ -1,6 +1,7 @@
 package checkpoint
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -20,24 +21,47 @@ type Output interface {
 // renames it to name on Commit, after an fsync: no partial archive ever
 // stands under the final name.
 type FileOutput struct {
+	root *os.Root
 	name string
+	tmp  string
 	f    *os.File
+	done bool
 }
 
 // CreateFile starts an archive that will be called name.
 func CreateFile(name string) (*FileOutput, error) {
-	dir := filepath.Dir(name)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(name)+".partial-*")
+	r, err := os.OpenRoot(filepath.Dir(name))
 	if err != nil {
 		return nil, fmt.Errorf("create archive: %w", err)
 	}
-	return &FileOutput{name: name, f: f}, nil
+	return CreateFileIn(r, filepath.Base(name))
+}
+
+// CreateFileIn starts an archive that will be called name inside root
+// (which it closes when done); name cannot leave root.
+func CreateFileIn(root *os.Root, name string) (*FileOutput, error) {
+	dir, base := filepath.Split(name)
+	for i := 0; ; i++ {
+		tmp := filepath.Join(dir, fmt.Sprintf(".%s.partial-%d-%d", base, os.Getpid(), i))
+		f, err := root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if errors.Is(err, os.ErrExist) && i < 100 {
+			continue
+		}
+		if err != nil {
+			root.Close()
+			return nil, fmt.Errorf("create archive: %w", err)
+		}
+		return &FileOutput{root: root, name: name, tmp: tmp, f: f}, nil
+	}
 }
 
 func (o *FileOutput) Write(p []byte) (int, error) { return o.f.Write(p) }
 
 // Commit syncs the file and renames it to its final name.
 func (o *FileOutput) Commit() error {
+	if o.done {
+		return fmt.Errorf("write archive: already finished")
+	}
 	if err := o.f.Sync(); err != nil {
 		o.Abort()
 		return fmt.Errorf("write archive: %w", err)
@@ -46,21 +70,29 @@ func (o *FileOutput) Commit() error {
 		o.Abort()
 		return fmt.Errorf("write archive: %w", err)
 	}
-	if err := os.Rename(o.f.Name(), o.name); err != nil {
-		os.Remove(o.f.Name())
+	o.done = true
+	defer o.root.Close()
+	if err := o.root.Rename(o.tmp, o.name); err != nil {
+		o.root.Remove(o.tmp)
 		return fmt.Errorf("write archive: %w", err)
 	}
-	if d, err := os.Open(filepath.Dir(o.name)); err == nil {
+	if d, err := o.root.Open(filepath.Dir(o.name)); err == nil {
 		d.Sync()
 		d.Close()
 	}
 	return nil
 }
 
-// Abort removes the temporary file.
+// Abort removes the temporary file. It may be called more than once, and
+// after a failed Commit.
 func (o *FileOutput) Abort() {
+	if o.done {
+		return
+	}
+	o.done = true
 	o.f.Close()
-	os.Remove(o.f.Name())
+	o.root.Remove(o.tmp)
+	o.root.Close()
 }
 
 // StreamOutput writes an archive to a stream such as stdout. A reader of

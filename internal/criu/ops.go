@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/checkpoint-restore/go-criu/v7/rpc"
 	"google.golang.org/protobuf/proto"
@@ -32,6 +33,9 @@ type DumpOptions struct {
 	Externals []Mount
 	// TCPEstablished lets CRIU dump established TCP connections.
 	TCPEstablished bool
+	// KeepLogs is where the log of a failed run is copied, to outlive
+	// WorkDir.
+	KeepLogs string
 }
 
 // RestoreOptions are what crtree asks of one CRIU restore.
@@ -43,6 +47,8 @@ type RestoreOptions struct {
 	// CgroupFD, if >= 0, is the cgroup the restored processes are born in.
 	CgroupFD       int
 	TCPEstablished bool
+	// KeepLogs is where the log of a failed run is copied.
+	KeepLogs string
 }
 
 // Error is a failed CRIU operation, with the lines of CRIU's log that say
@@ -168,7 +174,7 @@ func Dump(bin string, o DumpOptions) error {
 	for _, m := range o.Externals {
 		opts.ExtMnt = append(opts.ExtMnt, &rpc.ExtMountMap{Key: proto.String(m.Mountpoint), Val: proto.String(m.Key)})
 	}
-	return run(bin, "dump", rpc.CriuReqType_DUMP, opts, swrkOptions{CgroupFD: -1}, o.WorkDir, nil)
+	return run(bin, "dump", rpc.CriuReqType_DUMP, opts, swrkOptions{CgroupFD: -1}, o.WorkDir, o.KeepLogs, nil)
 }
 
 // Restore restores a process tree from o.ImagesDir as a sibling of CRIU,
@@ -196,13 +202,13 @@ func Restore(bin string, o RestoreOptions) (int, error) {
 		opts.ExtMnt = append(opts.ExtMnt, &rpc.ExtMountMap{Key: proto.String(m.Key), Val: proto.String(m.HostPath)})
 	}
 	var pid int
-	err = run(bin, "restore", rpc.CriuReqType_RESTORE, opts, swrkOptions{CgroupFD: o.CgroupFD}, o.WorkDir, func(resp *rpc.CriuResp) {
+	err = run(bin, "restore", rpc.CriuReqType_RESTORE, opts, swrkOptions{CgroupFD: o.CgroupFD}, o.WorkDir, o.KeepLogs, func(resp *rpc.CriuResp) {
 		pid = int(resp.GetRestore().GetPid())
 	})
 	return pid, err
 }
 
-func run(bin, op string, typ rpc.CriuReqType, opts *rpc.CriuOpts, so swrkOptions, workDir string, onResp func(*rpc.CriuResp)) error {
+func run(bin, op string, typ rpc.CriuReqType, opts *rpc.CriuOpts, so swrkOptions, workDir, keepLogs string, onResp func(*rpc.CriuResp)) error {
 	s, err := startSwrk(bin, so)
 	if err != nil {
 		return fmt.Errorf("criu %s: %w", op, err)
@@ -217,7 +223,27 @@ func run(bin, op string, typ rpc.CriuReqType, opts *rpc.CriuOpts, so swrkOptions
 	}
 	if err != nil {
 		log := filepath.Join(workDir, op+".log")
-		return &Error{Op: op, Err: err, Log: log, Quoted: logErrors(log)}
+		e := &Error{Op: op, Err: err, Log: log, Quoted: logErrors(log)}
+		e.Log = keepLog(log, keepLogs, op)
+		return e
 	}
 	return nil
+}
+
+// keepLog copies a failed run's log into dir and returns where it is now
+// ("" if there was no log to keep).
+func keepLog(log, dir, op string) string {
+	data, err := os.ReadFile(log)
+	if err != nil {
+		return ""
+	}
+	if dir == "" {
+		return log
+	}
+	os.MkdirAll(dir, 0o700)
+	dst := filepath.Join(dir, fmt.Sprintf("%s-%s-%d.log", op, time.Now().UTC().Format("20060102T150405.000"), os.Getpid()))
+	if os.WriteFile(dst, data, 0o600) != nil {
+		return log
+	}
+	return dst
 }

@@ -49,9 +49,16 @@ func (h *Host) UpperDir(n *hier.Node) string {
 	return h.RootDir(n.ID)
 }
 
-// LogFile returns the host path of n's output log.
-func (h *Host) LogFile(n *hier.Node) string {
-	return filepath.Join(h.UpperDir(n), LogPath)
+// OpenLog opens n's output log. The log lives in storage the node
+// controls, so it is opened inside that storage (os.Root): a node that
+// replaced it with a symlink cannot make crtree read a host file.
+func (h *Host) OpenLog(n *hier.Node) (*os.File, error) {
+	r, err := os.OpenRoot(h.UpperDir(n))
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	return r.Open(LogPath[1:])
 }
 
 // Status is what a node's state really is now, as opposed to what was
@@ -139,3 +146,6 @@ func (h *Host) TmpDir() string {
 	os.MkdirAll(dir, 0o700)
 	return dir
 }
+
+// LogDir returns where the CRIU logs of failed dumps and restores are kept.
+func (h *Host) LogDir() string { return filepath.Join(h.Store.Root, "logs") }

@@ -30,12 +30,15 @@ type InitConfig struct {
 	Cwd      string      `json:"cwd"`
 	Binds    []hier.Bind `json:"binds,omitempty"`
 	OwnNet   bool        `json:"ownNet,omitempty"`
+	// APIDir is the host directory bound at /run/crtree: the node's
+	// socket to its supervisor; the crtree binary is bound in it too.
+	APIDir string `json:"apiDir"`
 }
 
 // DefaultEnv is the environment every node starts with; --env adds to it
 // and overrides it.
 var DefaultEnv = []string{
-	"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+	"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/run/crtree",
 	"HOME=/root",
 	"TERM=xterm",
 }

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/crtree/crtree/internal/api"
 	"github.com/crtree/crtree/internal/hier"
 
 	"golang.org/x/sys/unix"
@@ -82,6 +83,14 @@ func buildRoot(cfg *InitConfig) error {
 	}
 	for _, m := range ExternalMounts(cfg) {
 		if err := bindInto(root, m); err != nil {
+			return err
+		}
+	}
+	if cfg.APIDir != "" {
+		if err := bindInto(root, hier.Bind{Source: cfg.APIDir, Target: api.MountPoint}); err != nil {
+			return err
+		}
+		if err := bindInto(root, hier.Bind{Source: selfBinary(), Target: api.MountPoint + "/" + api.BinaryName, ReadOnly: true}); err != nil {
 			return err
 		}
 	}

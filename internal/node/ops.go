@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/crtree/crtree/internal/api"
 	"github.com/crtree/crtree/internal/hier"
 )
 
@@ -62,6 +63,10 @@ func (h *Host) Run(p hier.Path, unnamed bool, spec hier.Spec) (hier.Path, error)
 		}
 		n.Created = time.Now().UTC()
 		n.Spec = spec
+		if n.Spec.Hostname == "" {
+			// The hostname is fixed at start: a later mv does not change it.
+			n.Spec.Hostname = name
+		}
 		path = t.PathOf(n)
 		if err := h.PrepareStorage(n); err != nil {
 			return err
@@ -86,7 +91,13 @@ func (h *Host) Run(p hier.Path, unnamed bool, spec hier.Spec) (hier.Path, error)
 // PrepareStorage creates the node's storage directory and root.
 func (h *Host) PrepareStorage(n *hier.Node) error {
 	dir := h.Store.NodeDir(n.ID)
-	if err := os.MkdirAll(h.RootDir(n.ID), 0o755); err != nil {
+	for _, d := range []string{h.RootDir(n.ID), h.APIDir(n.ID)} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return fmt.Errorf("create node storage: %w", err)
+		}
+	}
+	// The mount point of the crtree binary inside /run/crtree.
+	if err := os.WriteFile(filepath.Join(h.APIDir(n.ID), api.BinaryName), nil, 0o755); err != nil {
 		return fmt.Errorf("create node storage: %w", err)
 	}
 	if n.Spec.Rootfs != "" {

@@ -11,13 +11,15 @@ import (
 	"github.com/crtree/crtree/internal/hier"
 )
 
+type criuMount = criu.Mount
+
 // CriuMounts turns a node's external mounts into CRIU's: each is recorded
 // under its mount point as key, and provided on restore by the same host
 // path it had (the host's /usr and /etc, a bind's source).
-func CriuMounts(spec hier.Spec) []criu.Mount {
-	var out []criu.Mount
+func CriuMounts(spec hier.Spec) []criuMount {
+	var out []criuMount
 	for _, b := range Externals(spec) {
-		out = append(out, criu.Mount{Mountpoint: b.Target, Key: b.Target, HostPath: b.Source})
+		out = append(out, criuMount{Mountpoint: b.Target, Key: b.Target, HostPath: b.Source})
 	}
 	return out
 }
@@ -43,7 +45,8 @@ func (h *Host) restoreInit(id string, from *FromImages) (int, error) {
 	if n.Spec.Rootfs != "" {
 		return 0, fmt.Errorf("restoring a node with --rootfs is not supported yet")
 	}
-	for _, m := range CriuMounts(n.Spec) {
+	mounts := h.CriuMountsFor(&n)
+	for _, m := range mounts {
 		if _, err := os.Stat(m.HostPath); err != nil {
 			return 0, fmt.Errorf("this host lacks %s, which the node has bound at %s", m.HostPath, m.Mountpoint)
 		}
@@ -57,7 +60,8 @@ func (h *Host) restoreInit(id string, from *FromImages) (int, error) {
 		ImagesDir: filepath.Join(from.Dir, "criu"),
 		WorkDir:   filepath.Join(from.Dir, "work"),
 		Root:      h.RootDir(id),
-		Externals: CriuMounts(n.Spec),
+		Externals: mounts,
 		CgroupFD:  int(cg.Fd()),
+		KeepLogs:  h.LogDir(),
 	})
 }

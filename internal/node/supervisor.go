@@ -66,7 +66,7 @@ func (h *Host) startSupervisor(id string, from *FromImages) (int, error) {
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.ExtraFiles = []*os.File{readyW}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	cmd.Env = append(os.Environ(), "CRTREE_SUPERVISOR=1")
+	cmd.Env = hostEnv()
 	err = cmd.Start()
 	readyW.Close()
 	if err != nil {
@@ -103,10 +103,6 @@ func Supervise(h *Host, id string, from *FromImages) error {
 		json.NewEncoder(ready).Encode(m)
 		ready.Close()
 	}
-	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
-		report(readyMsg{Error: fmt.Sprintf("set child subreaper: %v", err)})
-		return err
-	}
 	var pid int
 	var err error
 	if from != nil {
@@ -123,6 +119,13 @@ func Supervise(h *Host, id string, from *FromImages) error {
 		report(readyMsg{Error: err.Error()})
 		return err
 	}
+	stop, err := h.serveAPI(id)
+	if err != nil {
+		// The node runs; only crtree inside it will not work.
+		fmt.Fprintln(os.Stderr, "crtree supervisor:", err)
+		stop = func() {}
+	}
+	defer stop()
 	report(readyMsg{Pid: pid})
 	return h.reap(id, pid)
 }
@@ -198,6 +201,7 @@ func (h *Host) initConfig(n *hier.Node) InitConfig {
 		Cwd:      n.Spec.Cwd,
 		Binds:    n.Spec.Binds,
 		OwnNet:   n.Spec.Net == hier.NetNone,
+		APIDir:   h.APIDir(n.ID),
 	}
 	if cfg.Hostname == "" {
 		cfg.Hostname = n.Name
@@ -229,12 +233,13 @@ func (h *Host) recordRunning(id string, pid int) error {
 	})
 }
 
-// reap waits for the init (reaping any other child on the way) and
-// records how it ended.
+// reap waits for the init and records how it ended. Only the init is
+// waited for: the commands run for the node's API are waited for by
+// their own handlers.
 func (h *Host) reap(id string, initPid int) error {
 	for {
 		var ws unix.WaitStatus
-		pid, err := unix.Wait4(-1, &ws, 0, nil)
+		pid, err := unix.Wait4(initPid, &ws, 0, nil)
 		if err == unix.EINTR {
 			continue
 		}
@@ -260,4 +265,17 @@ func (h *Host) reap(id string, initPid int) error {
 			return nil
 		})
 	}
+}
+
+// hostEnv is the environment for crtree processes that work on the host
+// side (supervisors): this process's, without the scope of a node.
+func hostEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, EnvScope+"=") || strings.HasPrefix(kv, EnvScopeCwd+"=") {
+			continue
+		}
+		env = append(env, kv)
+	}
+	return env
 }

@@ -1,0 +1,152 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/crtree/crtree/internal/checkpoint"
+	"github.com/crtree/crtree/internal/hier"
+	"github.com/crtree/crtree/internal/node"
+)
+
+// scope is set when crtree runs on behalf of a process inside a node (its
+// supervisor started it for a request on the node's socket): every path is
+// relative to the node, and every file is the node's.
+type scope struct {
+	id      string
+	path    hier.Path
+	cwd     string
+	initPid int
+}
+
+// loadScope reads the scope from the environment the supervisor set, and
+// refuses flags that would step outside it.
+func (g *globalOptions) loadScope(cmd *cobra.Command) error {
+	id := os.Getenv(node.EnvScope)
+	if id == "" {
+		return nil
+	}
+	for _, f := range []string{"root", "criu"} {
+		if cmd.Flags().Changed(f) {
+			return fmt.Errorf("--%s cannot be used inside a node", f)
+		}
+	}
+	h, err := g.host()
+	if err != nil {
+		return err
+	}
+	s := &scope{id: id, cwd: os.Getenv(node.EnvScopeCwd)}
+	err = h.Store.View(func(t *hier.Tree) error {
+		n := t.Nodes[id]
+		if n == nil {
+			return errors.New("this node no longer exists")
+		}
+		s.path, s.initPid = t.PathOf(n), n.Pid
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if s.cwd == "" || !path.IsAbs(s.cwd) {
+		s.cwd = "/"
+	}
+	g.scope = s
+	return nil
+}
+
+// nodePath parses a path argument; inside a node it is taken below the
+// node, which is its "/".
+func (g *globalOptions) nodePath(arg string) (hier.Path, bool, error) {
+	p, dir, err := parseNodePath(arg)
+	if err != nil || g.scope == nil {
+		return p, dir, err
+	}
+	return g.scope.path.Join(p...), dir, nil
+}
+
+// isSelf reports whether p is the calling node itself.
+func (g *globalOptions) isSelf(p hier.Path) bool {
+	return g.scope != nil && len(p) == len(g.scope.path)
+}
+
+// display turns a full path into what the caller sees.
+func (g *globalOptions) display(full string) string {
+	if g.scope == nil {
+		return full
+	}
+	prefix := g.scope.path.String()
+	if full == prefix {
+		return "/"
+	}
+	return strings.TrimPrefix(full, prefix)
+}
+
+// scrub rewrites the node's own full path out of an error message.
+func (g *globalOptions) scrub(msg string) string {
+	if g.scope == nil {
+		return msg
+	}
+	re := regexp.MustCompile(regexp.QuoteMeta(g.scope.path.String()) + `(/|\b)`)
+	return re.ReplaceAllString(msg, "/")
+}
+
+// fileRoot returns the directory that file arguments are resolved in and
+// the path of name inside it: on the host, name's own directory; inside a
+// node, the node's root as its processes see it (through its init's
+// /proc/PID/root), so that nothing outside the node can be read or written.
+func (g *globalOptions) fileRoot(name string) (*os.Root, string, error) {
+	if g.scope == nil {
+		dir, base := path.Split(name)
+		if dir == "" {
+			dir = "."
+		}
+		r, err := os.OpenRoot(dir)
+		return r, base, err
+	}
+	if !path.IsAbs(name) {
+		name = path.Join(g.scope.cwd, name)
+	}
+	r, err := os.OpenRoot("/proc/" + strconv.Itoa(g.scope.initPid) + "/root")
+	if err != nil {
+		return nil, "", fmt.Errorf("open the node's files: %w", err)
+	}
+	rel := strings.TrimPrefix(path.Clean(name), "/")
+	if rel == "" {
+		rel = "."
+	}
+	return r, rel, nil
+}
+
+// openInput opens FILE (stdin for "-") for reading.
+func (g *globalOptions) openInput(name string) (io.Reader, func(), error) {
+	if name == "-" {
+		return os.Stdin, func() {}, nil
+	}
+	r, rel, err := g.fileRoot(name)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer r.Close()
+	f, err := r.Open(rel)
+	if err != nil {
+		return nil, nil, fmt.Errorf("open %s: %w", name, errors.Unwrap(err))
+	}
+	return f, func() { f.Close() }, nil
+}
+
+// createOutput starts an archive file called name.
+func (g *globalOptions) createOutput(name string) (checkpoint.Output, error) {
+	r, rel, err := g.fileRoot(name)
+	if err != nil {
+		return nil, err
+	}
+	return checkpoint.CreateFileIn(r, rel)
+}

@@ -1,0 +1,97 @@
+package node
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/crtree/crtree/internal/api"
+	"github.com/crtree/crtree/internal/hier"
+)
+
+// Scope environment of a crtree run on behalf of a node: the node's ID,
+// which is the root of everything the command may name, and the caller's
+// working directory inside the node.
+const (
+	EnvScope    = "CRTREE_SCOPE"
+	EnvScopeCwd = "CRTREE_SCOPE_CWD"
+)
+
+// APIDir returns the host directory bound at /run/crtree in node id: it
+// holds the node's socket and a mount point for the crtree binary.
+func (h *Host) APIDir(id string) string { return filepath.Join(h.Store.NodeDir(id), "api") }
+
+// selfBinary is the host path of the running crtree binary.
+func selfBinary() string {
+	p, err := os.Executable()
+	if err != nil {
+		return SelfExe
+	}
+	return p
+}
+
+// CriuMountsFor returns every external mount of node n for CRIU: its
+// spec's (host /usr, /etc, binds) and the crtree API directory and binary.
+func (h *Host) CriuMountsFor(n *hier.Node) []criuMount {
+	out := CriuMounts(n.Spec)
+	return append(out,
+		criuMount{Mountpoint: api.MountPoint, Key: api.MountPoint, HostPath: h.APIDir(n.ID)},
+		criuMount{Mountpoint: api.MountPoint + "/" + api.BinaryName, Key: api.MountPoint + "/" + api.BinaryName, HostPath: selfBinary()},
+	)
+}
+
+// serveAPI serves node id's socket until stop is closed: each request runs
+// `crtree ARGS` on the host, scoped to the node, with the caller's stdio.
+func (h *Host) serveAPI(id string) (stop func(), err error) {
+	sock := filepath.Join(h.APIDir(id), api.SocketName)
+	srv, err := api.Listen(sock, func(req *api.Request, stdio [3]*os.File, done <-chan struct{}) int {
+		return h.runScoped(id, req, stdio, done)
+	})
+	if err != nil {
+		return nil, err
+	}
+	go srv.Serve()
+	return func() { srv.Close(); os.Remove(sock) }, nil
+}
+
+func (h *Host) runScoped(id string, req *api.Request, stdio [3]*os.File, done <-chan struct{}) int {
+	cmd := exec.Command(SelfExe, req.Args...)
+	cmd.Args[0] = "crtree"
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdio[0], stdio[1], stdio[2]
+	cmd.Env = []string{
+		"PATH=" + os.Getenv("PATH"),
+		"CRTREE_ROOT=" + h.Store.Root,
+		EnvScope + "=" + id,
+		EnvScopeCwd + "=" + req.Cwd,
+	}
+	if v := os.Getenv("CRTREE_CRIU"); v != "" {
+		cmd.Env = append(cmd.Env, "CRTREE_CRIU="+v)
+	}
+	if req.Term != "" {
+		cmd.Env = append(cmd.Env, "TERM="+req.Term)
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return 125
+	}
+	finished := make(chan struct{})
+	go func() {
+		select {
+		case <-done:
+			unix.Kill(-cmd.Process.Pid, unix.SIGTERM)
+		case <-finished:
+		}
+	}()
+	err := cmd.Wait()
+	close(finished)
+	if err != nil {
+		if ee, ok := err.(*exec.ExitError); ok && ee.ExitCode() >= 0 {
+			return ee.ExitCode()
+		}
+		return 1
+	}
+	return 0
+}
