@@ -22,9 +22,19 @@ vet:
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt needed"; exit 1; }
 	$(GO) vet ./...
 
-## test: everything, as root, with the real CRIU
+FUZZTIME ?= 10s
+
+## test: everything, as root, with the real CRIU, then each fuzz target briefly
 test: deps vet
 	CRTREE_E2E=1 $(GO) test -count=1 -timeout 20m ./...
+	$(MAKE) fuzz
+
+## fuzz: run each fuzz target for FUZZTIME (default 10s)
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeRequest$$' -fuzztime $(FUZZTIME) ./internal/api
+	$(GO) test -run '^$$' -fuzz '^FuzzScopedPath$$' -fuzztime $(FUZZTIME) ./internal/hier
+	$(GO) test -run '^$$' -fuzz '^FuzzManifest$$' -fuzztime $(FUZZTIME) ./internal/archive
+	$(GO) test -run '^$$' -fuzz '^FuzzExtract$$' -fuzztime $(FUZZTIME) ./internal/archive
 
 ## unit: the tests that need neither root nor CRIU
 unit:

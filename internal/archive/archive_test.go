@@ -186,3 +186,12 @@ func TestNotAnArchive(t *testing.T) {
 		t.Errorf("empty input: %v", err)
 	}
 }
+
+func readDir(dir string) ([]string, error) {
+	des, err := os.ReadDir(dir)
+	var names []string
+	for _, d := range des {
+		names = append(names, d.Name())
+	}
+	return names, err
+}

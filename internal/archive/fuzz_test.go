@@ -1,0 +1,57 @@
+package archive
+
+import (
+	"bytes"
+	"encoding/json"
+	"testing"
+
+	"github.com/crtree/crtree/internal/hier"
+)
+
+// FuzzManifest feeds the manifest decoder arbitrary JSON: it must never
+// panic, and what it accepts must satisfy Validate's promises.
+func FuzzManifest(f *testing.F) {
+	good, _ := json.Marshal(&Manifest{Format: FormatName, Version: FormatVersion,
+		Nodes:   []Node{{Name: "a", Parent: -1, Spec: hier.Spec{Cmd: []string{"x"}}}, {Name: "b", Path: "b", Parent: 0, Spec: hier.Spec{Cmd: []string{"x"}}}},
+		Members: []Member{{Name: "nodes/0/files", Type: "dir"}, {Name: "nodes/1/criu/pages-1.img", Type: "file", Size: 3}}})
+	f.Add(good)
+	f.Add([]byte(`{"format":"crtree-archive","version":1,"nodes":[{"name":"a","parent":-1,"spec":{"cmd":["x"]}}],"members":[{"name":"nodes/0/files/../../x","type":"file"}]}`))
+	f.Add([]byte(`{"format":"crtree-archive","version":2}`))
+	f.Add([]byte(`[]`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		m, err := decodeManifest(data)
+		if err != nil {
+			return
+		}
+		for _, mem := range m.Members {
+			if checkMemberName(mem.Name, len(m.Nodes)) != nil {
+				t.Fatalf("accepted member %q", mem.Name)
+			}
+		}
+		for i, n := range m.Nodes {
+			if i > 0 && (n.Parent < 0 || n.Parent >= i) {
+				t.Fatalf("accepted parent %d for node %d", n.Parent, i)
+			}
+		}
+	})
+}
+
+// FuzzExtract feeds arbitrary bytes to the reader and extractor: they
+// must never panic, and never write outside the destination.
+func FuzzExtract(f *testing.F) {
+	f.Add(makeArchive(f))
+	f.Add([]byte("not an archive"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		outside := t.TempDir()
+		d := dirs{files: []string{t.TempDir(), t.TempDir()}, images: []string{t.TempDir(), t.TempDir()}}
+		r, err := NewReader(bytes.NewReader(data))
+		if err != nil {
+			return
+		}
+		defer r.Close()
+		Extract(r, d, nil)
+		if entries, _ := readDir(outside); len(entries) != 0 {
+			t.Fatalf("wrote outside the destination: %v", entries)
+		}
+	})
+}
