@@ -18,7 +18,10 @@ import (
 var ErrCorrupt = errors.New("corrupt archive")
 
 // maxDecoderMemory bounds the zstd window a reader accepts.
-const maxDecoderMemory = 256 << 20
+const maxDecoderMemory = 64 << 20
+
+// maxWindow bounds the zstd window a reader accepts; crtree writes 4 MiB.
+const maxWindow = 16 << 20
 
 // Reader reads an archive front to back, verifying it as it goes: each
 // member must be listed in the manifest, appear once, have the listed
@@ -38,7 +41,7 @@ type Reader struct {
 
 // NewReader starts reading the archive on r and reads its manifest.
 func NewReader(r io.Reader) (*Reader, error) {
-	zr, err := zstd.NewReader(bufio.NewReaderSize(r, 1<<20), zstd.WithDecoderMaxMemory(maxDecoderMemory), zstd.WithDecoderMaxWindow(maxDecoderMemory))
+	zr, err := zstd.NewReader(bufio.NewReaderSize(r, 1<<20), zstd.WithDecoderMaxMemory(maxDecoderMemory), zstd.WithDecoderMaxWindow(maxWindow))
 	if err != nil {
 		return nil, err
 	}

@@ -131,7 +131,7 @@ type Writer struct {
 // NewWriter starts an archive on w. level is a zstd level
 // (zstd.SpeedFastest is what crtree uses: CRIU's pages are often random).
 func NewWriter(w io.Writer, level zstd.EncoderLevel) (*Writer, error) {
-	zw, err := zstd.NewWriter(w, zstd.WithEncoderLevel(level), zstd.WithEncoderConcurrency(runtime.NumCPU()))
+	zw, err := zstd.NewWriter(w, zstd.WithEncoderLevel(level), zstd.WithWindowSize(4<<20), zstd.WithEncoderConcurrency(runtime.NumCPU()))
 	if err != nil {
 		return nil, err
 	}
