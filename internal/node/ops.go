@@ -200,6 +200,8 @@ func (h *Host) Rename(from, to hier.Path) error {
 
 // Entry is one node as listed by ls.
 type Entry struct {
+	// ID is the node's storage name under the state root (nodes/ID).
+	ID       string `json:"id"`
 	Path     string `json:"path"`
 	Name     string `json:"name"`
 	State    string `json:"state"`
@@ -246,7 +248,7 @@ func (h *Host) List(p hier.Path, recursive bool) ([]Entry, error) {
 
 func (h *Host) entry(t *hier.Tree, n *hier.Node, depth int) Entry {
 	st := StatusOf(n)
-	e := Entry{Path: t.PathOf(n).String(), Name: n.Name, State: string(st.State), Display: st.String(), Created: n.Created, Depth: depth}
+	e := Entry{ID: n.ID, Path: t.PathOf(n).String(), Name: n.Name, State: string(st.State), Display: st.String(), Created: n.Created, Depth: depth}
 	if st.State == hier.Exited {
 		code := st.ExitCode
 		e.ExitCode = &code

@@ -1,0 +1,55 @@
+// Command memhog is the benchmark workload: it holds N MiB of memory,
+// random (incompressible) or zero-filled but touched, reports "ready" and
+// sleeps until killed. Built static (CGO_ENABLED=0), it runs in any node.
+//
+//	memhog -mib 1024 -kind random
+//	memhog -mib 2048 -touch-and-exit   # fault in and free memory, then exit
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"runtime/debug"
+	"time"
+)
+
+func main() {
+	mib := flag.Int("mib", 64, "MiB of memory to hold")
+	kind := flag.String("kind", "random", "random or zero")
+	touchExit := flag.Bool("touch-and-exit", false, "touch the memory once and exit (warms the host's free memory)")
+	flag.Parse()
+	debug.SetGCPercent(-1)
+	buf := make([]byte, *mib<<20)
+	switch {
+	case *touchExit:
+		for i := 0; i < len(buf); i += 4096 {
+			buf[i] = 1
+		}
+		return
+	case *kind == "random":
+		// xorshift64*: fast, incompressible to zstd.
+		x := uint64(time.Now().UnixNano()) | 1
+		for i := 0; i+8 <= len(buf); i += 8 {
+			x ^= x >> 12
+			x ^= x << 25
+			x ^= x >> 27
+			v := x * 2685821657736338717
+			buf[i], buf[i+1], buf[i+2], buf[i+3] = byte(v), byte(v>>8), byte(v>>16), byte(v>>24)
+			buf[i+4], buf[i+5], buf[i+6], buf[i+7] = byte(v>>32), byte(v>>40), byte(v>>48), byte(v>>56)
+		}
+	case *kind == "zero":
+		// Touch every page with a zero write, so the pages exist.
+		for i := 0; i < len(buf); i += 4096 {
+			buf[i] = 0
+		}
+	default:
+		fmt.Fprintln(os.Stderr, "memhog: -kind must be random or zero")
+		os.Exit(2)
+	}
+	fmt.Println("ready")
+	for {
+		time.Sleep(time.Hour)
+		_ = buf[len(buf)-1]
+	}
+}
