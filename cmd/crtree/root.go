@@ -18,7 +18,16 @@ type globalOptions struct {
 	scope *scope
 }
 
-func (o *globalOptions) host() (*node.Host, error) { return node.NewHost(o.Root) }
+// host opens the state root, first undoing what crtree commands killed
+// mid-way left behind (frozen nodes, staging, partial archives).
+func (o *globalOptions) host() (*node.Host, error) {
+	h, err := node.NewHost(o.Root)
+	if err != nil {
+		return nil, err
+	}
+	h.Recover()
+	return h, nil
+}
 
 func newRootCmd() *cobra.Command {
 	g := &globalOptions{}
@@ -53,7 +62,7 @@ wrongly; crtree exec exits with the status of the command it ran.`,
 	cmd.AddCommand(
 		newRunCmd(g), newLsCmd(g), newTreeCmd(g), newPsCmd(g), newExecCmd(g),
 		newLogsCmd(g), newKillCmd(g), newRmCmd(g), newMvCmd(g), newCheckCmd(g),
-		newDumpCmd(g), newRestoreCmd(g), newInspectCmd(g),
+		newDumpCmd(g), newRestoreCmd(g), newInspectCmd(g), newGCCmd(g),
 		newSuperviseCmd(g),
 	)
 	return cmd

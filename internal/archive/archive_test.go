@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"math/rand"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -19,6 +21,9 @@ type dirs struct{ files, images []string }
 func (d dirs) FilesDir(i int) string  { return d.files[i] }
 func (d dirs) ImagesDir(i int) string { return d.images[i] }
 
+// randomImage, if set, adds an image of that many mostly random bytes.
+var randomImage int
+
 // makeArchive builds an archive of a small node tree: files with a
 // symlink, a hard link and a FIFO, and a fake CRIU image.
 func makeArchive(t testing.TB) []byte {
@@ -32,6 +37,13 @@ func makeArchive(t testing.TB) []byte {
 	os.Symlink("/etc/passwd", filepath.Join(files, "tmp", "link"))
 	os.MkdirAll(images, 0o755)
 	os.WriteFile(filepath.Join(images, "pages-1.img"), bytes.Repeat([]byte{7}, 100000), 0o600)
+	if randomImage > 0 {
+		rnd := make([]byte, randomImage)
+		rand.New(rand.NewSource(1)).Read(rnd)
+		// Random, then compressible, then random again: raw and zstd frames mix.
+		copy(rnd[randomImage/3:], bytes.Repeat([]byte{0}, randomImage/3))
+		os.WriteFile(filepath.Join(images, "pages-2.img"), rnd, 0o600)
+	}
 	fe, err := Scan(FilesPrefix(0), files)
 	if err != nil {
 		t.Fatal(err)
@@ -194,4 +206,32 @@ func readDir(dir string) ([]string, error) {
 		names = append(names, d.Name())
 	}
 	return names, err
+}
+
+// TestRawFrames checks that incompressible content stored as raw zstd
+// frames round-trips, and that the zstd command line tool reads the
+// archive too (it is plain zstd).
+func TestRawFrames(t *testing.T) {
+	randomImage = 5 << 20
+	defer func() { randomImage = 0 }()
+	data := makeArchive(t)
+	if len(data) < 3<<20 {
+		t.Fatalf("archive of %d bytes: random content was compressed away?", len(data))
+	}
+	d, err := extractTo(t, data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := os.ReadFile(filepath.Join(d.images[0], "pages-2.img"))
+	if len(got) != randomImage {
+		t.Fatalf("pages-2.img has %d bytes", len(got))
+	}
+	if _, err := exec.LookPath("zstd"); err == nil {
+		cmd := exec.Command("sh", "-c", "zstd -d -c | tar -t")
+		cmd.Stdin = bytes.NewReader(data)
+		out, err := cmd.CombinedOutput()
+		if err != nil || !bytes.Contains(out, []byte("pages-2.img")) {
+			t.Fatalf("zstd | tar: %v\n%s", err, out)
+		}
+	}
 }

@@ -36,6 +36,7 @@ type Reader struct {
 	seen     map[string][]byte
 	cur      *hashingReader
 	curName  string
+	skip     []byte
 	done     bool
 }
 
@@ -159,9 +160,22 @@ func (r *Reader) finishCurrent() error {
 	if r.cur == nil {
 		return nil
 	}
-	if _, err := io.Copy(io.Discard, r.cur); err != nil {
-		return err
+	// Read the rest with a buffer of our own: the chunk being hashed must
+	// not be handed to anyone else before the hash is done.
+	if r.skip == nil {
+		r.skip = make([]byte, 1<<20)
 	}
+	for {
+		_, err := r.cur.Read(r.skip)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			r.cur.wait()
+			return err
+		}
+	}
+	r.cur.wait()
 	if r.cur.left != 0 {
 		return corrupt("member %q: archive is truncated", r.curName)
 	}
@@ -212,16 +226,40 @@ func (r *Reader) verifyTrailer(hdr *tar.Header) error {
 }
 
 // hashingReader hashes what is read through it and counts what is left.
+// A large chunk is hashed in a goroutine while the caller writes it out;
+// the next Read (or finish) waits for it, so the caller must leave p
+// untouched until then (io.CopyBuffer does).
 type hashingReader struct {
-	name string
-	r    io.Reader
-	h    hash.Hash
-	left int64
+	name    string
+	r       io.Reader
+	h       hash.Hash
+	left    int64
+	pending chan struct{}
+}
+
+// asyncHashMin is the smallest chunk worth hashing in a goroutine.
+const asyncHashMin = 64 << 10
+
+func (h *hashingReader) wait() {
+	if h.pending != nil {
+		<-h.pending
+		h.pending = nil
+	}
 }
 
 func (h *hashingReader) Read(p []byte) (int, error) {
+	h.wait()
 	n, err := h.r.Read(p)
-	h.h.Write(p[:n])
+	if n >= asyncHashMin {
+		chunk, done := p[:n], make(chan struct{})
+		h.pending = done
+		go func() {
+			h.h.Write(chunk)
+			close(done)
+		}()
+	} else {
+		h.h.Write(p[:n])
+	}
 	h.left -= int64(n)
 	if err == io.EOF && h.left > 0 {
 		err = io.ErrUnexpectedEOF

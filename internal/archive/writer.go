@@ -118,24 +118,34 @@ func ScanFlat(prefix, dir string) ([]Entry, error) {
 
 // Writer writes an archive stream.
 type Writer struct {
-	zw   *zstd.Encoder
+	sw   *switchWriter
 	tw   *tar.Writer
 	sums strings.Builder
 	// Progress, if set, is called with the number of uncompressed bytes
 	// written so far.
 	Progress func(n int64)
 	written  int64
-	buf      []byte
+	bufs     chan []byte
 }
 
+// chunkSize is the unit in which file content is read, hashed, sampled
+// and written.
+const chunkSize = 1 << 20
+
 // NewWriter starts an archive on w. level is a zstd level
-// (zstd.SpeedFastest is what crtree uses: CRIU's pages are often random).
+// (zstd.SpeedFastest is what crtree uses); incompressible content is
+// stored raw whatever the level.
 func NewWriter(w io.Writer, level zstd.EncoderLevel) (*Writer, error) {
-	zw, err := zstd.NewWriter(w, zstd.WithEncoderLevel(level), zstd.WithWindowSize(4<<20), zstd.WithEncoderConcurrency(runtime.NumCPU()))
+	zw, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(level), zstd.WithWindowSize(4<<20), zstd.WithEncoderConcurrency(runtime.NumCPU()))
 	if err != nil {
 		return nil, err
 	}
-	return &Writer{zw: zw, tw: tar.NewWriter(zw), buf: make([]byte, 1<<20)}, nil
+	sw := &switchWriter{out: w, zw: zw, sampler: newSampler()}
+	bufs := make(chan []byte, 4)
+	for i := 0; i < cap(bufs); i++ {
+		bufs <- make([]byte, chunkSize)
+	}
+	return &Writer{sw: sw, tw: tar.NewWriter(sw), bufs: bufs}, nil
 }
 
 // WriteManifest writes m as the first member.
@@ -152,11 +162,11 @@ func (w *Writer) writeBytes(name string, data []byte) error {
 	if err := w.tw.WriteHeader(hdr); err != nil {
 		return err
 	}
-	h := sha256.New()
-	if _, err := io.MultiWriter(w.tw, h).Write(data); err != nil {
+	if _, err := w.tw.Write(data); err != nil {
 		return err
 	}
-	w.addSum(name, h.Sum(nil))
+	sum := sha256.Sum256(data)
+	w.addSum(name, sum[:])
 	return nil
 }
 
@@ -171,6 +181,7 @@ func (w *Writer) WriteEntries(entries []Entry) error {
 	for _, e := range entries {
 		hdr := *e.header
 		hdr.Format = tar.FormatPAX
+		w.sw.raw = false
 		if err := w.tw.WriteHeader(&hdr); err != nil {
 			return fmt.Errorf("write %s: %w", e.Name, err)
 		}
@@ -178,32 +189,68 @@ func (w *Writer) WriteEntries(entries []Entry) error {
 			w.addSum(e.Name, sha256.New().Sum(nil))
 			continue
 		}
-		f, err := os.Open(e.Path)
+		sum, err := w.copyFile(e.Path, hdr.Size)
 		if err != nil {
 			return fmt.Errorf("write %s: %w", e.Name, err)
 		}
-		h := sha256.New()
-		n, err := io.CopyBuffer(io.MultiWriter(w.tw, h, progressWriter{w}), io.LimitReader(f, hdr.Size), w.buf)
-		f.Close()
-		if err == nil && n != hdr.Size {
-			err = fmt.Errorf("file shrank while archiving")
-		}
-		if err != nil {
-			return fmt.Errorf("write %s: %w", e.Name, err)
-		}
-		w.addSum(e.Name, h.Sum(nil))
+		w.addSum(e.Name, sum)
 	}
+	w.sw.raw = false
 	return nil
 }
 
-type progressWriter struct{ w *Writer }
-
-func (p progressWriter) Write(b []byte) (int, error) {
-	p.w.written += int64(len(b))
-	if p.w.Progress != nil {
-		p.w.Progress(p.w.written)
+// copyFile streams size bytes of the file at path into the archive in
+// chunks; a second goroutine hashes each chunk while the next is read and
+// written, so that SHA-256 costs little on top of the copy.
+func (w *Writer) copyFile(path string, size int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
 	}
-	return len(b), nil
+	defer f.Close()
+	h := sha256.New()
+	toHash := make(chan []byte, cap(w.bufs))
+	hashed := make(chan struct{})
+	go func() {
+		for b := range toHash {
+			h.Write(b)
+			w.bufs <- b[:cap(b)]
+		}
+		close(hashed)
+	}()
+	var copied int64
+	for copied < size {
+		buf := <-w.bufs
+		n, rerr := io.ReadFull(f, buf[:min(int64(len(buf)), size-copied)])
+		if n > 0 {
+			chunk := buf[:n]
+			w.sw.raw = w.sw.sampler.incompressible(chunk)
+			if _, err = w.tw.Write(chunk); err != nil {
+				w.bufs <- buf
+				break
+			}
+			copied += int64(n)
+			w.written += int64(n)
+			if w.Progress != nil {
+				w.Progress(w.written)
+			}
+			toHash <- chunk
+		} else {
+			w.bufs <- buf
+		}
+		if rerr != nil {
+			if copied < size {
+				err = fmt.Errorf("file shrank while archiving")
+			}
+			break
+		}
+	}
+	close(toHash)
+	<-hashed
+	if err != nil {
+		return nil, err
+	}
+	return h.Sum(nil), nil
 }
 
 // Close writes the checksums and ends the tar and zstd streams. It does
@@ -211,6 +258,7 @@ func (p progressWriter) Write(b []byte) (int, error) {
 func (w *Writer) Close() error {
 	sums := w.sums.String()
 	hdr := &tar.Header{Name: SumsName, Mode: 0o644, Size: int64(len(sums)), Typeflag: tar.TypeReg, Format: tar.FormatPAX}
+	w.sw.raw = false
 	if err := w.tw.WriteHeader(hdr); err != nil {
 		return err
 	}
@@ -220,7 +268,7 @@ func (w *Writer) Close() error {
 	if err := w.tw.Close(); err != nil {
 		return err
 	}
-	return w.zw.Close()
+	return w.sw.close()
 }
 
 // Members returns the manifest members for entries.

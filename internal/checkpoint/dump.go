@@ -56,6 +56,7 @@ type member struct {
 	status node.Status
 	group  cgroup.Group
 	dir    string // staging directory of this node
+	memory int64  // resident memory of its processes, what CRIU will write
 	report NodeReport
 }
 
@@ -73,11 +74,33 @@ func Dump(h *node.Host, p hier.Path, out Output, o Options) (rep *Report, err er
 	if err != nil {
 		return nil, err
 	}
-	stage, err := os.MkdirTemp(h.TmpDir(), "dump-")
+	var need int64
+	for _, m := range members {
+		need += m.memory
+	}
+	stage, err := h.StageDir("dump", need)
 	if err != nil {
 		return nil, fmt.Errorf("dump %s: %w", p, err)
 	}
 	defer os.RemoveAll(stage)
+	// If this process dies, whoever finds the marker thaws the subtree and
+	// removes the staging directory and the partial archive.
+	op, err := h.BeginOp("dump")
+	if err != nil {
+		return nil, err
+	}
+	defer h.EndOp(op)
+	op.Remove = append(op.Remove, stage)
+	if po, ok := out.(interface{ PartialPath() string }); ok {
+		op.Remove = append(op.Remove, po.PartialPath())
+	}
+	op.Frozen = append(op.Frozen, top.Path())
+	for _, m := range members {
+		op.Frozen = append(op.Frozen, m.group.Leaf().Path())
+	}
+	if err := h.SaveOp(op); err != nil {
+		return nil, err
+	}
 	for i, m := range members {
 		m.dir = filepath.Join(stage, strconv.Itoa(i))
 		for _, d := range []string{"criu", "work"} {
@@ -228,10 +251,19 @@ func collect(h *node.Host, p hier.Path) ([]*member, cgroup.Group, error) {
 				parent = index[m.Parent]
 			}
 			index[m.ID] = i
-			members = append(members, &member{
+			mem := &member{
 				n: *m, path: mp, rel: rel, parent: parent, status: st, group: h.Group(t, m),
 				report: NodeReport{Path: mp.String(), Running: st.State == hier.Running},
-			})
+			}
+			if st.State == hier.Running {
+				pids, _ := mem.group.Leaf().Procs()
+				for _, pid := range pids {
+					if info, err := node.ReadProc(pid); err == nil {
+						mem.memory += info.RSS
+					}
+				}
+			}
+			members = append(members, mem)
 		}
 		return nil
 	})

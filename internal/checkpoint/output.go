@@ -6,6 +6,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+
+	"golang.org/x/sys/unix"
 )
 
 // Output is where an archive is written: committed only when complete.
@@ -26,6 +28,8 @@ type FileOutput struct {
 	tmp  string
 	f    *os.File
 	done bool
+	// written and flushed count bytes written and handed to writeback.
+	written, flushed int64
 }
 
 // CreateFile starts an archive that will be called name.
@@ -55,7 +59,20 @@ func CreateFileIn(root *os.Root, name string) (*FileOutput, error) {
 	}
 }
 
-func (o *FileOutput) Write(p []byte) (int, error) { return o.f.Write(p) }
+// flushEvery is how often FileOutput starts writeback of what it wrote,
+// so that the final fsync has little left to wait for.
+const flushEvery = 16 << 20
+
+func (o *FileOutput) Write(p []byte) (int, error) {
+	n, err := o.f.Write(p)
+	o.written += int64(n)
+	if o.written-o.flushed >= flushEvery {
+		// Start writing this range to disk now, without waiting for it.
+		unix.SyncFileRange(int(o.f.Fd()), o.flushed, o.written-o.flushed, unix.SYNC_FILE_RANGE_WRITE)
+		o.flushed = o.written
+	}
+	return n, err
+}
 
 // Commit syncs the file and renames it to its final name.
 func (o *FileOutput) Commit() error {
@@ -82,6 +99,10 @@ func (o *FileOutput) Commit() error {
 	}
 	return nil
 }
+
+// PartialPath is where the unfinished archive lies, for recovery after a
+// crash.
+func (o *FileOutput) PartialPath() string { return filepath.Join(o.root.Name(), o.tmp) }
 
 // Abort removes the temporary file. It may be called more than once, and
 // after a failed Commit.

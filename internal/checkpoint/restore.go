@@ -57,11 +57,24 @@ func Restore(h *node.Host, in io.Reader, target RestoreTarget, o Options) (rep *
 	}()
 	rep = &Report{Path: paths[0].String()}
 
-	stage, err := os.MkdirTemp(h.TmpDir(), "restore-")
+	var need int64
+	for _, n := range m.Nodes {
+		need += n.Images
+	}
+	stage, err := h.StageDir("restore", need)
 	if err != nil {
 		return nil, fmt.Errorf("restore: %w", err)
 	}
 	defer os.RemoveAll(stage)
+	op, err := h.BeginOp("restore")
+	if err != nil {
+		return nil, err
+	}
+	defer h.EndOp(op)
+	op.Remove = []string{stage}
+	if err := h.SaveOp(op); err != nil {
+		return nil, err
+	}
 	dst := &destination{h: h, ids: ids, stage: stage}
 	for i := range m.Nodes {
 		for _, d := range []string{"criu", "work"} {
@@ -89,6 +102,17 @@ func Restore(h *node.Host, in io.Reader, target RestoreTarget, o Options) (rep *
 	for _, n := range m.Nodes {
 		rep.FileBytes += n.Files
 		rep.ImageBytes += n.Images
+	}
+	// The subtree is complete: it no longer depends on this command.
+	if err := h.Store.Update(func(t *hier.Tree) error {
+		for _, id := range ids {
+			if n := t.Nodes[id]; n != nil {
+				n.OwnerPid, n.OwnerStart = 0, 0
+			}
+		}
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("restore: %w", err)
 	}
 	rep.Total = Duration(time.Since(start))
 	return rep, nil
@@ -122,6 +146,7 @@ func reserve(h *node.Host, m *archive.Manifest, target RestoreTarget) ([]string,
 				return fmt.Errorf("restore: %w", err)
 			}
 			n.Spec, n.Created = an.Spec, an.Created
+			n.OwnerPid, n.OwnerStart = node.Self()
 			if i == 0 && an.Spec.Hostname == "" {
 				// The node keeps the hostname it had, even under a new name.
 				n.Spec.Hostname = an.Hostname

@@ -12,6 +12,9 @@ const (
 	Creating State = "creating"
 	Running  State = "running"
 	Exited   State = "exited"
+	// Incomplete is never recorded: it is how a node whose creation was
+	// interrupted (its crtree command died) is reported.
+	Incomplete State = "incomplete"
 )
 
 // Node is one entry of the tree. Its identity is ID, which never changes;
@@ -33,6 +36,11 @@ type Node struct {
 	// SupervisorPid is the host PID of the crtree supervisor of this node.
 	SupervisorPid   int    `json:"supervisorPid,omitempty"`
 	SupervisorStart uint64 `json:"supervisorStart,omitempty"`
+	// OwnerPid is the crtree command that is creating the node (run,
+	// restore) until it is complete; a node whose owner died before that
+	// is incomplete.
+	OwnerPid   int    `json:"ownerPid,omitempty"`
+	OwnerStart uint64 `json:"ownerStart,omitempty"`
 }
 
 // Spec is how a node was asked to run: what `crtree run` was given.

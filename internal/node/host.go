@@ -75,6 +75,10 @@ type Status struct {
 // StatusOf checks n against /proc.
 func StatusOf(n *hier.Node) Status {
 	st := Status{State: n.State, ExitCode: n.ExitCode, Supervised: Alive(n.SupervisorPid, n.SupervisorStart)}
+	if n.OwnerPid != 0 && !Alive(n.OwnerPid, n.OwnerStart) {
+		st.State = hier.Incomplete
+		return st
+	}
 	if n.State == hier.Running && !Alive(n.Pid, n.PidStart) {
 		st.State = hier.Exited
 		st.ExitCode = -1
@@ -94,6 +98,8 @@ func (s Status) String() string {
 		if !s.Supervised {
 			return "running(unsupervised)"
 		}
+	case hier.Incomplete:
+		return "incomplete(rm -r -f it)"
 	}
 	return string(s.State)
 }
@@ -149,3 +155,11 @@ func (h *Host) TmpDir() string {
 
 // LogDir returns where the CRIU logs of failed dumps and restores are kept.
 func (h *Host) LogDir() string { return filepath.Join(h.Store.Root, "logs") }
+
+// Self returns this process's PID and start time, to record as the owner
+// of what it creates.
+func Self() (int, uint64) {
+	pid := os.Getpid()
+	start, _ := StartTime(pid)
+	return pid, start
+}

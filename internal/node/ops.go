@@ -62,6 +62,7 @@ func (h *Host) Run(p hier.Path, unnamed bool, spec hier.Spec) (hier.Path, error)
 			return err
 		}
 		n.Created = time.Now().UTC()
+		n.OwnerPid, n.OwnerStart = Self()
 		n.Spec = spec
 		if n.Spec.Hostname == "" {
 			// The hostname is fixed at start: a later mv does not change it.

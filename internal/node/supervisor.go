@@ -114,7 +114,7 @@ func Supervise(h *Host, id string, from *FromImages) error {
 		report(readyMsg{Error: err.Error()})
 		return err
 	}
-	if err := h.recordRunning(id, pid); err != nil {
+	if err := h.recordRunning(id, pid, from == nil); err != nil {
 		unix.Kill(pid, unix.SIGKILL)
 		report(readyMsg{Error: err.Error()})
 		return err
@@ -126,6 +126,7 @@ func Supervise(h *Host, id string, from *FromImages) error {
 		stop = func() {}
 	}
 	defer stop()
+	go h.watchFreeze(id)
 	report(readyMsg{Pid: pid})
 	return h.reap(id, pid)
 }
@@ -214,7 +215,9 @@ func (h *Host) initConfig(n *hier.Node) InitConfig {
 	return cfg
 }
 
-func (h *Host) recordRunning(id string, pid int) error {
+// recordRunning records the node's init; done says the node is complete
+// with it (run), as opposed to one node of a restore still under way.
+func (h *Host) recordRunning(id string, pid int, done bool) error {
 	start, err := StartTime(pid)
 	if err != nil {
 		return fmt.Errorf("node init %d: %w", pid, err)
@@ -229,6 +232,9 @@ func (h *Host) recordRunning(id string, pid int) error {
 		n.State = hier.Running
 		n.Pid, n.PidStart = pid, start
 		n.SupervisorPid, n.SupervisorStart = self, selfStart
+		if done {
+			n.OwnerPid, n.OwnerStart = 0, 0
+		}
 		return nil
 	})
 }

@@ -1,0 +1,202 @@
+package node
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/crtree/crtree/internal/cgroup"
+	"github.com/crtree/crtree/internal/hier"
+)
+
+// An Op is a marker of a crtree command that freezes nodes or stages
+// files: if the command dies (SIGKILL, a crash), whoever finds the marker
+// with its owner gone undoes what it left: thaws the groups, removes the
+// staging directory and the partial archive.
+type Op struct {
+	Pid   int    `json:"pid"`
+	Start uint64 `json:"start"`
+	Kind  string `json:"kind"`
+	// Frozen are the cgroups the command may have frozen.
+	Frozen []string `json:"frozen,omitempty"`
+	// Remove are files and directories to delete if the command died.
+	Remove []string `json:"remove,omitempty"`
+}
+
+func (h *Host) opsDir() string { return filepath.Join(h.Store.Root, "ops") }
+
+func (h *Host) opFile(pid int) string {
+	return filepath.Join(h.opsDir(), strconv.Itoa(pid)+".json")
+}
+
+// BeginOp records a marker for this process; update it with SaveOp as the
+// operation learns more, and remove it with EndOp.
+func (h *Host) BeginOp(kind string) (*Op, error) {
+	pid, start := Self()
+	op := &Op{Pid: pid, Start: start, Kind: kind}
+	if err := os.MkdirAll(h.opsDir(), 0o700); err != nil {
+		return nil, fmt.Errorf("record %s: %w", kind, err)
+	}
+	return op, h.SaveOp(op)
+}
+
+// SaveOp rewrites op's marker.
+func (h *Host) SaveOp(op *Op) error {
+	data, _ := json.Marshal(op)
+	if err := hier.WriteFileAtomic(h.opFile(op.Pid), data, 0o600); err != nil {
+		return fmt.Errorf("record %s: %w", op.Kind, err)
+	}
+	return nil
+}
+
+// EndOp removes op's marker: the operation finished (well or not) and
+// cleaned up after itself.
+func (h *Host) EndOp(op *Op) { os.Remove(h.opFile(op.Pid)) }
+
+// liveOps returns the markers whose command still runs, and undoes and
+// removes the others.
+func (h *Host) liveOps() []*Op {
+	des, _ := os.ReadDir(h.opsDir())
+	var live []*Op
+	for _, d := range des {
+		if !strings.HasSuffix(d.Name(), ".json") {
+			continue
+		}
+		file := filepath.Join(h.opsDir(), d.Name())
+		data, err := os.ReadFile(file)
+		var op Op
+		if err != nil || json.Unmarshal(data, &op) != nil {
+			continue
+		}
+		if Alive(op.Pid, op.Start) {
+			live = append(live, &op)
+			continue
+		}
+		h.undo(&op)
+		os.Remove(file)
+	}
+	return live
+}
+
+// undo reverts what a dead command left behind.
+func (h *Host) undo(op *Op) {
+	for _, g := range op.Frozen {
+		if strings.HasPrefix(g, h.CgroupBase.Path()+"/") {
+			cgroup.Group(g).Thaw()
+		}
+	}
+	for _, p := range op.Remove {
+		os.RemoveAll(p)
+	}
+}
+
+// Recover undoes what crtree commands that died left behind (frozen
+// nodes, staging directories, partial archives). Every command calls it.
+func (h *Host) Recover() { h.liveOps() }
+
+// watchFreeze is the supervisor's guard: a node left frozen by a crtree
+// command that died is thawed within a second or two, even if no other
+// crtree command runs.
+func (h *Host) watchFreeze(id string) {
+	for {
+		time.Sleep(time.Second)
+		var groups []cgroup.Group
+		h.Store.View(func(t *hier.Tree) error {
+			if n := t.Nodes[id]; n != nil {
+				g := h.Group(t, n)
+				groups = []cgroup.Group{g, g.Leaf()}
+			}
+			return nil
+		})
+		frozen := false
+		for _, g := range groups {
+			frozen = frozen || g.Frozen()
+		}
+		if frozen && len(h.liveOps()) == 0 {
+			for _, g := range groups {
+				g.Thaw()
+			}
+		}
+	}
+}
+
+// GC removes what no node and no running command owns: markers and
+// staging of dead commands, storage and cgroups of nodes that are not in
+// the tree. It returns what it removed.
+func (h *Host) GC() ([]string, error) {
+	var removed []string
+	for _, op := range h.deadOps() {
+		removed = append(removed, fmt.Sprintf("leftovers of a killed crtree %s (pid %d)", op.Kind, op.Pid))
+	}
+	live := h.liveOps()
+	busy := map[string]bool{}
+	for _, op := range live {
+		for _, p := range op.Remove {
+			busy[p] = true
+		}
+	}
+	err := h.Store.Update(func(t *hier.Tree) error {
+		// Staging directories of no live command.
+		tmps, _ := os.ReadDir(h.TmpDir())
+		for _, d := range tmps {
+			p := filepath.Join(h.TmpDir(), d.Name())
+			if !busy[p] && len(live) == 0 {
+				os.RemoveAll(p)
+				removed = append(removed, p)
+			}
+		}
+		// Storage of nodes the tree does not know.
+		des, _ := os.ReadDir(filepath.Join(h.Store.Root, "nodes"))
+		for _, d := range des {
+			if t.Nodes[d.Name()] == nil {
+				p := h.Store.NodeDir(d.Name())
+				if err := os.RemoveAll(p); err == nil {
+					removed = append(removed, p)
+				}
+			}
+		}
+		// Cgroups of nodes the tree does not know.
+		removed = append(removed, h.gcGroups(t, h.CgroupBase)...)
+		return nil
+	})
+	return removed, err
+}
+
+// deadOps lists the markers whose command died, before liveOps undoes
+// them.
+func (h *Host) deadOps() []*Op {
+	des, _ := os.ReadDir(h.opsDir())
+	var dead []*Op
+	for _, d := range des {
+		data, err := os.ReadFile(filepath.Join(h.opsDir(), d.Name()))
+		var op Op
+		if err == nil && json.Unmarshal(data, &op) == nil && !Alive(op.Pid, op.Start) {
+			dead = append(dead, &op)
+		}
+	}
+	return dead
+}
+
+func (h *Host) gcGroups(t *hier.Tree, g cgroup.Group) []string {
+	var removed []string
+	des, _ := os.ReadDir(g.Path())
+	for _, d := range des {
+		if !d.IsDir() || d.Name() == cgroup.ProcsLeaf {
+			continue
+		}
+		sub := cgroup.Group(filepath.Join(g.Path(), d.Name()))
+		if t.Nodes[d.Name()] == nil {
+			sub.Kill()
+			if err := sub.WaitEmpty(5 * time.Second); err == nil && sub.Remove() == nil {
+				removed = append(removed, sub.Path())
+			}
+			continue
+		}
+		removed = append(removed, h.gcGroups(t, sub)...)
+	}
+	return removed
+}
