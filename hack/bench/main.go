@@ -129,7 +129,11 @@ func startNode(path string, mib int, kind string) (pid int, id string) {
 // externals are the node's host mounts, as crtree declares them to CRIU.
 func externals(id string, restore bool) []string {
 	root := os.Getenv("CRTREE_ROOT")
-	self, _ := filepath.Abs(*crtreeBin)
+	bins, _ := filepath.Glob(filepath.Join(root, "bin", "crtree-*"))
+	self := ""
+	if len(bins) > 0 {
+		self = bins[0]
+	}
 	m := map[string]string{
 		"/usr": "/usr", "/etc": "/etc", "/memhog": abs(*memhogBin),
 		"/run/crtree":        filepath.Join(root, "nodes", id, "api"),

@@ -1,6 +1,7 @@
 package checkpoint
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"os"
@@ -178,8 +179,11 @@ func Dump(h *node.Host, p hier.Path, out Output, o Options) (rep *Report, err er
 		manifest.Nodes = append(manifest.Nodes, manifestNode(h, m))
 	}
 
+	// Large writes: the archive writer emits many small pieces (frame and
+	// block headers), which would each be a system call.
 	counter := &countingWriter{w: out}
-	w, err := archive.NewWriter(counter, zstd.SpeedFastest)
+	buffered := bufio.NewWriterSize(counter, 1<<20)
+	w, err := archive.NewWriter(buffered, zstd.SpeedFastest)
 	if err != nil {
 		return nil, err
 	}
@@ -206,6 +210,9 @@ func Dump(h *node.Host, p hier.Path, out Output, o Options) (rep *Report, err er
 		}
 	}
 	if err := w.Close(); err != nil {
+		return nil, fmt.Errorf("dump %s: write archive: %w", p, err)
+	}
+	if err := buffered.Flush(); err != nil {
 		return nil, fmt.Errorf("dump %s: write archive: %w", p, err)
 	}
 	if err := out.Commit(); err != nil {
@@ -287,15 +294,18 @@ func dumpAll(h *node.Host, members []*member, o Options) error {
 			sem <- struct{}{}
 			defer func() { <-sem }()
 			t0 := time.Now()
-			err := criu.Dump(o.CriuBin, criu.DumpOptions{
-				Pid:            m.n.Pid,
-				ImagesDir:      filepath.Join(m.dir, "criu"),
-				WorkDir:        filepath.Join(m.dir, "work"),
-				FreezeCgroup:   m.group.Leaf().Path(),
-				Externals:      h.CriuMountsFor(&m.n),
-				TCPEstablished: o.TCPEstablished,
-				KeepLogs:       h.LogDir(),
-			})
+			mounts, err := h.CriuMountsFor(&m.n)
+			if err == nil {
+				err = criu.Dump(o.CriuBin, criu.DumpOptions{
+					Pid:            m.n.Pid,
+					ImagesDir:      filepath.Join(m.dir, "criu"),
+					WorkDir:        filepath.Join(m.dir, "work"),
+					FreezeCgroup:   m.group.Leaf().Path(),
+					Externals:      mounts,
+					TCPEstablished: o.TCPEstablished,
+					KeepLogs:       h.LogDir(),
+				})
+			}
 			m.report.Criu = Duration(time.Since(t0))
 			if err != nil {
 				errs[i] = fmt.Errorf("dump %s: %w", m.path, err)
@@ -322,7 +332,8 @@ func manifestNode(h *node.Host, m *member) archive.Node {
 	if !n.Running {
 		n.ExitCode = m.status.ExitCode
 	}
-	for _, c := range h.CriuMountsFor(&m.n) {
+	mounts, _ := h.CriuMountsFor(&m.n)
+	for _, c := range mounts {
 		n.Mounts = append(n.Mounts, archive.External{Mountpoint: c.Mountpoint, Key: c.Key, HostPath: c.HostPath})
 	}
 	if n.Running {

@@ -30,7 +30,16 @@ type FileOutput struct {
 	done bool
 	// written and flushed count bytes written and handed to writeback.
 	written, flushed int64
+	// direct is set when the file is open with O_DIRECT: writes go
+	// straight to disk from buf (aligned), bypassing the page cache, so
+	// the final sync has nothing left to do.
+	direct bool
+	buf    []byte
+	n      int
 }
+
+// directBuf is the size of O_DIRECT writes.
+const directBuf = 4 << 20
 
 // CreateFile starts an archive that will be called name.
 func CreateFile(name string) (*FileOutput, error) {
@@ -55,8 +64,77 @@ func CreateFileIn(root *os.Root, name string) (*FileOutput, error) {
 			root.Close()
 			return nil, fmt.Errorf("create archive: %w", err)
 		}
-		return &FileOutput{root: root, name: name, tmp: tmp, f: f}, nil
+		o := &FileOutput{root: root, name: name, tmp: tmp, f: f}
+		o.tryDirect()
+		return o, nil
 	}
+}
+
+// tryDirect switches the file to O_DIRECT where the file system allows.
+func (o *FileOutput) tryDirect() {
+	if os.Getenv("CRTREE_NO_DIRECT") != "" {
+		return
+	}
+	fd := int(o.f.Fd())
+	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+	if err != nil {
+		return
+	}
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl|unix.O_DIRECT); err != nil {
+		return
+	}
+	buf, err := unix.Mmap(-1, 0, directBuf, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl)
+		return
+	}
+	o.direct, o.buf = true, buf
+}
+
+func (o *FileOutput) writeDirect(p []byte) (int, error) {
+	total := len(p)
+	for len(p) > 0 {
+		c := copy(o.buf[o.n:], p)
+		o.n += c
+		p = p[c:]
+		if o.n == len(o.buf) {
+			if _, err := o.f.Write(o.buf); err != nil {
+				return total - len(p), err
+			}
+			o.n = 0
+		}
+	}
+	return total, nil
+}
+
+// finishDirect writes what is left in the buffer: whole blocks directly,
+// the unaligned tail through the page cache.
+func (o *FileOutput) finishDirect() error {
+	if !o.direct {
+		return nil
+	}
+	defer unix.Munmap(o.buf)
+	o.direct = false
+	whole := o.n &^ 4095
+	if whole > 0 {
+		if _, err := o.f.Write(o.buf[:whole]); err != nil {
+			return err
+		}
+	}
+	if tail := o.buf[whole:o.n]; len(tail) > 0 {
+		fd := uintptr(o.f.Fd())
+		fl, err := unix.FcntlInt(fd, unix.F_GETFL, 0)
+		if err != nil {
+			return err
+		}
+		if _, err := unix.FcntlInt(fd, unix.F_SETFL, fl&^unix.O_DIRECT); err != nil {
+			return err
+		}
+		if _, err := o.f.Write(tail); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // flushEvery is how often FileOutput starts writeback of what it wrote,
@@ -64,12 +142,16 @@ func CreateFileIn(root *os.Root, name string) (*FileOutput, error) {
 const flushEvery = 16 << 20
 
 func (o *FileOutput) Write(p []byte) (int, error) {
+	if o.direct {
+		return o.writeDirect(p)
+	}
 	n, err := o.f.Write(p)
 	o.written += int64(n)
-	if o.written-o.flushed >= flushEvery {
-		// Start writing this range to disk now, without waiting for it.
-		unix.SyncFileRange(int(o.f.Fd()), o.flushed, o.written-o.flushed, unix.SYNC_FILE_RANGE_WRITE)
-		o.flushed = o.written
+	// Start writing back whole pages well behind the write position, so
+	// that no later write touches a page under writeback (and waits).
+	if end := (o.written - flushEvery) &^ 4095; end-o.flushed >= flushEvery {
+		unix.SyncFileRange(int(o.f.Fd()), o.flushed, end-o.flushed, unix.SYNC_FILE_RANGE_WRITE)
+		o.flushed = end
 	}
 	return n, err
 }
@@ -78,6 +160,10 @@ func (o *FileOutput) Write(p []byte) (int, error) {
 func (o *FileOutput) Commit() error {
 	if o.done {
 		return fmt.Errorf("write archive: already finished")
+	}
+	if err := o.finishDirect(); err != nil {
+		o.Abort()
+		return fmt.Errorf("write archive: %w", err)
 	}
 	if err := o.f.Sync(); err != nil {
 		o.Abort()
@@ -111,6 +197,10 @@ func (o *FileOutput) Abort() {
 		return
 	}
 	o.done = true
+	if o.direct {
+		unix.Munmap(o.buf)
+		o.direct = false
+	}
 	o.f.Close()
 	o.root.Remove(o.tmp)
 	o.root.Close()

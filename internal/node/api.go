@@ -1,6 +1,10 @@
 package node
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,23 +28,62 @@ const (
 // holds the node's socket and a mount point for the crtree binary.
 func (h *Host) APIDir(id string) string { return filepath.Join(h.Store.NodeDir(id), "api") }
 
-// selfBinary is the host path of the running crtree binary.
-func selfBinary() string {
-	p, err := os.Executable()
+// StableBinary returns a copy of the running crtree binary that is never
+// replaced: bin/crtree-<hash> under the state root. Nodes bind this copy,
+// not the installed binary, so that upgrading crtree while nodes run does
+// not leave them holding a deleted file (which CRIU cannot restore).
+func (h *Host) StableBinary() (string, error) {
+	self, err := os.Open(SelfExe)
 	if err != nil {
-		return SelfExe
+		return "", err
 	}
-	return p
+	defer self.Close()
+	sum := sha256.New()
+	if _, err := io.Copy(sum, self); err != nil {
+		return "", err
+	}
+	dir := filepath.Join(h.Store.Root, "bin")
+	dst := filepath.Join(dir, "crtree-"+hex.EncodeToString(sum.Sum(nil))[:16])
+	if _, err := os.Stat(dst); err == nil {
+		return dst, nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	if _, err := self.Seek(0, io.SeekStart); err != nil {
+		return "", err
+	}
+	tmp, err := os.CreateTemp(dir, ".crtree-*")
+	if err != nil {
+		return "", err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := io.Copy(tmp, self); err != nil {
+		tmp.Close()
+		return "", err
+	}
+	if err := tmp.Chmod(0o755); err != nil {
+		tmp.Close()
+		return "", err
+	}
+	if err := tmp.Close(); err != nil {
+		return "", err
+	}
+	return dst, os.Rename(tmp.Name(), dst)
 }
 
 // CriuMountsFor returns every external mount of node n for CRIU: its
 // spec's (host /usr, /etc, binds) and the crtree API directory and binary.
-func (h *Host) CriuMountsFor(n *hier.Node) []criuMount {
+func (h *Host) CriuMountsFor(n *hier.Node) ([]criuMount, error) {
+	bin, err := h.StableBinary()
+	if err != nil {
+		return nil, fmt.Errorf("copy the crtree binary: %w", err)
+	}
 	out := CriuMounts(n.Spec)
 	return append(out,
 		criuMount{Mountpoint: api.MountPoint, Key: api.MountPoint, HostPath: h.APIDir(n.ID)},
-		criuMount{Mountpoint: api.MountPoint + "/" + api.BinaryName, Key: api.MountPoint + "/" + api.BinaryName, HostPath: selfBinary()},
-	)
+		criuMount{Mountpoint: api.MountPoint + "/" + api.BinaryName, Key: api.MountPoint + "/" + api.BinaryName, HostPath: bin},
+	), nil
 }
 
 // serveAPI serves node id's socket until stop is closed: each request runs

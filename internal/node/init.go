@@ -33,6 +33,8 @@ type InitConfig struct {
 	// APIDir is the host directory bound at /run/crtree: the node's
 	// socket to its supervisor; the crtree binary is bound in it too.
 	APIDir string `json:"apiDir"`
+	// Binary is the crtree binary bound at /run/crtree/crtree.
+	Binary string `json:"binary"`
 }
 
 // DefaultEnv is the environment every node starts with; --env adds to it

@@ -90,7 +90,7 @@ func buildRoot(cfg *InitConfig) error {
 		if err := bindInto(root, hier.Bind{Source: cfg.APIDir, Target: api.MountPoint}); err != nil {
 			return err
 		}
-		if err := bindInto(root, hier.Bind{Source: selfBinary(), Target: api.MountPoint + "/" + api.BinaryName, ReadOnly: true}); err != nil {
+		if err := bindInto(root, hier.Bind{Source: cfg.Binary, Target: api.MountPoint + "/" + api.BinaryName, ReadOnly: true}); err != nil {
 			return err
 		}
 	}

@@ -45,7 +45,10 @@ func (h *Host) restoreInit(id string, from *FromImages) (int, error) {
 	if n.Spec.Rootfs != "" {
 		return 0, fmt.Errorf("restoring a node with --rootfs is not supported yet")
 	}
-	mounts := h.CriuMountsFor(&n)
+	mounts, err := h.CriuMountsFor(&n)
+	if err != nil {
+		return 0, err
+	}
 	for _, m := range mounts {
 		if _, err := os.Stat(m.HostPath); err != nil {
 			return 0, fmt.Errorf("this host lacks %s, which the node has bound at %s", m.HostPath, m.Mountpoint)

@@ -148,6 +148,9 @@ func (h *Host) startInit(id string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	if cfg.Binary, err = h.StableBinary(); err != nil {
+		return 0, fmt.Errorf("copy the crtree binary: %w", err)
+	}
 	cg, err := os.OpenFile(leaf, unix.O_DIRECTORY|unix.O_PATH, 0)
 	if err != nil {
 		return 0, fmt.Errorf("open cgroup: %w", err)
