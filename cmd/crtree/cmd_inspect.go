@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/crtree/crtree/internal/archive"
+	"github.com/crtree/crtree/internal/checkpoint"
 )
 
 func newInspectCmd(g *globalOptions) *cobra.Command {
@@ -28,7 +29,9 @@ archive and checks every checksum. Needs no root and restores nothing.`,
 			defer closeIn()
 			var m *archive.Manifest
 			if verify {
-				m, err = archive.Verify(in)
+				pre := checkpoint.Prefetch(in)
+				m, err = archive.Verify(pre)
+				pre.Close()
 			} else {
 				var r *archive.Reader
 				if r, err = archive.NewReader(in); err == nil {

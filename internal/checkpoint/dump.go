@@ -182,7 +182,11 @@ func Dump(h *node.Host, p hier.Path, out Output, o Options) (rep *Report, err er
 	// Large writes: the archive writer emits many small pieces (frame and
 	// block headers), which would each be a system call.
 	counter := &countingWriter{w: out}
-	buffered := bufio.NewWriterSize(counter, 1<<20)
+	size := 1 << 20
+	if b, ok := out.(interface{ Buffered() bool }); ok && b.Buffered() {
+		size = 16 << 10
+	}
+	buffered := bufio.NewWriterSize(counter, size)
 	w, err := archive.NewWriter(buffered, zstd.SpeedFastest)
 	if err != nil {
 		return nil, err

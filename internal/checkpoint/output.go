@@ -36,6 +36,12 @@ type FileOutput struct {
 	direct bool
 	buf    []byte
 	n      int
+	// spare buffers and the writer goroutine of direct mode: a full buffer
+	// is written while the next one fills.
+	spare   chan []byte
+	pending chan []byte
+	werr    chan error
+	mapped  [][]byte
 }
 
 // directBuf is the size of O_DIRECT writes.
@@ -83,13 +89,43 @@ func (o *FileOutput) tryDirect() {
 	if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl|unix.O_DIRECT); err != nil {
 		return
 	}
-	buf, err := unix.Mmap(-1, 0, directBuf, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
-	if err != nil {
-		unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl)
-		return
+	o.spare = make(chan []byte, 3)
+	for i := 0; i < 3; i++ {
+		buf, err := unix.Mmap(-1, 0, directBuf, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+		if err != nil {
+			o.unmap()
+			unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl)
+			return
+		}
+		o.mapped = append(o.mapped, buf)
+		o.spare <- buf
 	}
-	o.direct, o.buf = true, buf
+	o.buf = <-o.spare
+	o.pending = make(chan []byte, 3)
+	o.werr = make(chan error, 1)
+	o.direct = true
+	go func() {
+		var err error
+		for b := range o.pending {
+			if err == nil {
+				_, err = o.f.Write(b)
+			}
+			o.spare <- b[:cap(b)]
+		}
+		o.werr <- err
+	}()
 }
+
+func (o *FileOutput) unmap() {
+	for _, m := range o.mapped {
+		unix.Munmap(m)
+	}
+	o.mapped = nil
+}
+
+// Buffered reports whether Write buffers by itself (in direct mode it
+// collects writes into large aligned blocks).
+func (o *FileOutput) Buffered() bool { return o.direct }
 
 func (o *FileOutput) writeDirect(p []byte) (int, error) {
 	total := len(p)
@@ -98,10 +134,14 @@ func (o *FileOutput) writeDirect(p []byte) (int, error) {
 		o.n += c
 		p = p[c:]
 		if o.n == len(o.buf) {
-			if _, err := o.f.Write(o.buf); err != nil {
+			select {
+			case err := <-o.werr:
+				o.werr <- err
 				return total - len(p), err
+			default:
 			}
-			o.n = 0
+			o.pending <- o.buf
+			o.buf, o.n = <-o.spare, 0
 		}
 	}
 	return total, nil
@@ -113,8 +153,13 @@ func (o *FileOutput) finishDirect() error {
 	if !o.direct {
 		return nil
 	}
-	defer unix.Munmap(o.buf)
 	o.direct = false
+	close(o.pending)
+	err := <-o.werr
+	defer o.unmap()
+	if err != nil {
+		return err
+	}
 	whole := o.n &^ 4095
 	if whole > 0 {
 		if _, err := o.f.Write(o.buf[:whole]); err != nil {
@@ -198,8 +243,10 @@ func (o *FileOutput) Abort() {
 	}
 	o.done = true
 	if o.direct {
-		unix.Munmap(o.buf)
 		o.direct = false
+		close(o.pending)
+		<-o.werr
+		o.unmap()
 	}
 	o.f.Close()
 	o.root.Remove(o.tmp)

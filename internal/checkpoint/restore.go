@@ -26,7 +26,9 @@ type RestoreTarget struct {
 // failure every node it created is killed and removed.
 func Restore(h *node.Host, in io.Reader, target RestoreTarget, o Options) (rep *Report, err error) {
 	start := time.Now()
-	ar, err := archive.NewReader(in)
+	pre := Prefetch(in)
+	defer pre.Close()
+	ar, err := archive.NewReader(pre)
 	if err != nil {
 		return nil, fmt.Errorf("restore: %w", err)
 	}
