@@ -20,6 +20,7 @@ import (
 
 	"github.com/rogpeppe/go-internal/testscript"
 
+	"github.com/crtree/crtree/internal/hier"
 	"github.com/crtree/crtree/internal/node"
 	"github.com/crtree/crtree/internal/testutil"
 )
@@ -37,6 +38,13 @@ func TestMain(m *testing.M) {
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build crtree:", err)
+		os.Exit(1)
+	}
+	hog := exec.Command("go", "build", "-o", filepath.Join(dir, "memhog"), "../testdata/memhog")
+	hog.Env = append(os.Environ(), "CGO_ENABLED=0")
+	hog.Stdout, hog.Stderr = os.Stderr, os.Stderr
+	if err := hog.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build memhog:", err)
 		os.Exit(1)
 	}
 	binDir = dir
@@ -79,7 +87,15 @@ func setup(env *testscript.Env) error {
 	return nil
 }
 
-func teardown(t testscript.T, root string) {
+// logger is what teardown needs of testing.T and testscript.T.
+type logger interface {
+	Log(args ...any)
+	Fatal(args ...any)
+}
+
+// teardown kills every node of a state root, waits until their
+// supervisors have recorded it and exited, and removes the cgroups.
+func teardown(t logger, root string) {
 	if _, err := os.Stat(root); err != nil {
 		return
 	}
@@ -88,15 +104,36 @@ func teardown(t testscript.T, root string) {
 		t.Log("teardown:", err)
 		return
 	}
+	var sups []int
+	h.Store.View(func(tr *hier.Tree) error {
+		for _, n := range tr.Nodes {
+			if n.SupervisorPid > 0 && node.Alive(n.SupervisorPid, n.SupervisorStart) {
+				sups = append(sups, n.SupervisorPid)
+			}
+		}
+		return nil
+	})
 	if err := h.CgroupBase.Kill(); err != nil {
 		t.Log("teardown:", err)
 	}
 	if err := h.CgroupBase.WaitEmpty(10 * time.Second); err != nil {
 		t.Fatal("teardown: ", err)
 	}
+	deadline := time.Now().Add(10 * time.Second)
+	for _, pid := range sups {
+		for running(pid) && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
 	if err := h.CgroupBase.Remove(); err != nil {
 		t.Log("teardown:", err)
 	}
+}
+
+// running reports whether pid exists and is not a zombie.
+func running(pid int) bool {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	return err == nil && !strings.Contains(string(data), ") Z ")
 }
 
 // waitlog PATH REGEXP [SECONDS]: wait until the node's log matches.

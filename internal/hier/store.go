@@ -42,6 +42,10 @@ func (s *Store) NodeDir(id string) string { return filepath.Join(s.Root, "nodes"
 // function that releases it.
 func (s *Store) lock(how int) (func(), error) {
 	f, err := os.OpenFile(filepath.Join(s.Root, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if errors.Is(err, unix.EROFS) {
+		// A read-only state root can still be read; changes will fail.
+		f, err = os.Open(filepath.Join(s.Root, "lock"))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("lock state root: %w", err)
 	}
