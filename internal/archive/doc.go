@@ -7,7 +7,7 @@
 //	manifest.json          the Manifest: versions, the subtree, every member
 //	nodes/N/files/...      node N's own files (its writable root)
 //	nodes/N/criu/...       node N's CRIU images
-//	SHA256SUMS             a SHA-256 of every member above, checked on read
+//	checksums.json         a SHA-256 of every 32 MiB piece of every member above
 //
 // The format is specified in docs/ARCHIVE.md; FormatVersion changes with
 // any change a reader of an older version could not handle.

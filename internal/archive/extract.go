@@ -28,7 +28,10 @@ type Destination interface {
 // returns only once the trailer's checksums matched; on error, what was
 // written is left for the caller to remove with the destination.
 func Extract(r *Reader, dst Destination, progress func(n int64)) error {
-	x := &extractor{dst: dst, roots: map[string]*os.Root{}, progress: progress}
+	x := &extractor{dst: dst, roots: map[string]*os.Root{}, progress: progress, hashes: newHashPool()}
+	// Files are hashed from disk as they are written, on every core; the
+	// trailer check waits for them.
+	r.external = x.hashes
 	defer x.close()
 	for {
 		hdr, body, err := r.Next()
@@ -57,9 +60,11 @@ type extractor struct {
 	progress func(n int64)
 	total    int64
 	buf      []byte
+	hashes   *hashPool
 }
 
 func (x *extractor) close() {
+	x.hashes.wg.Wait()
 	for _, r := range x.roots {
 		r.Close()
 	}
@@ -139,6 +144,7 @@ func (x *extractor) member(hdr *tar.Header, body io.Reader) error {
 		if err != nil {
 			return err
 		}
+		x.hashes.addFileIn(hdr.Name, root, rel, hdr.Size)
 	case tar.TypeSymlink:
 		if err := root.Symlink(hdr.Linkname, rel); err != nil {
 			return err

@@ -21,7 +21,7 @@ const FormatName = "crtree-archive"
 // Member names with a fixed meaning.
 const (
 	ManifestName = "manifest.json"
-	SumsName     = "SHA256SUMS"
+	SumsName     = "checksums.json"
 )
 
 // MaxManifestSize bounds the manifest a reader accepts.

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"hash"
 	"io"
-	"strings"
 
 	"github.com/klauspost/compress/zstd"
 )
@@ -33,7 +32,10 @@ type Reader struct {
 	tr       *tar.Reader
 	manifest *Manifest
 	members  map[string]Member
-	seen     map[string][]byte
+	// seen holds the piece digests of the members read so far; with an
+	// external pool (Extract) those of regular files are computed there.
+	seen     map[string][]string
+	external *hashPool
 	cur      *hashingReader
 	curName  string
 	skip     []byte
@@ -46,7 +48,7 @@ func NewReader(r io.Reader) (*Reader, error) {
 	if err != nil {
 		return nil, err
 	}
-	ar := &Reader{zr: zr, tr: tar.NewReader(zr), seen: map[string][]byte{}}
+	ar := &Reader{zr: zr, tr: tar.NewReader(zr), seen: map[string][]string{}}
 	hdr, err := ar.tr.Next()
 	if err != nil {
 		zr.Close()
@@ -73,8 +75,7 @@ func NewReader(r io.Reader) (*Reader, error) {
 		zr.Close()
 		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
 	}
-	sum := sha256.Sum256(data)
-	ar.seen[ManifestName] = sum[:]
+	ar.seen[ManifestName] = digestBytes(data)
 	ar.manifest = m
 	ar.members = map[string]Member{}
 	for _, mem := range m.Members {
@@ -133,7 +134,10 @@ func (r *Reader) Next() (*tar.Header, io.Reader, error) {
 	if hdr.Typeflag != tar.TypeReg && hdr.Size != 0 {
 		return nil, nil, corrupt("member %q of type %s has content", hdr.Name, mem.Type)
 	}
-	r.cur = &hashingReader{name: hdr.Name, r: r.tr, h: sha256.New(), left: hdr.Size}
+	if hdr.Typeflag != tar.TypeReg {
+		r.seen[hdr.Name] = digestBytes([]byte(hdr.Linkname))
+	}
+	r.cur = &hashingReader{name: hdr.Name, r: r.tr, left: hdr.Size, hash: r.external == nil && hdr.Typeflag == tar.TypeReg}
 	r.curName = hdr.Name
 	return hdr, r.cur, nil
 }
@@ -179,30 +183,50 @@ func (r *Reader) finishCurrent() error {
 	if r.cur.left != 0 {
 		return corrupt("member %q: archive is truncated", r.curName)
 	}
-	r.seen[r.curName] = r.cur.h.Sum(nil)
+	if r.cur.hash {
+		r.seen[r.curName] = r.cur.digests()
+	}
 	r.cur = nil
 	return nil
 }
 
 func (r *Reader) verifyTrailer(hdr *tar.Header) error {
-	if hdr.Size > int64(len(r.members)+1)*(64+2+4096+1) {
+	if hdr.Size > MaxManifestSize {
 		return corrupt("%s is too large", SumsName)
 	}
 	data, err := io.ReadAll(io.LimitReader(r.tr, hdr.Size))
 	if err != nil || int64(len(data)) != hdr.Size {
 		return corrupt("read %s: archive is truncated", SumsName)
 	}
-	want := map[string]string{}
-	for _, line := range strings.Split(strings.TrimSuffix(string(data), "\n"), "\n") {
-		sum, name, ok := strings.Cut(line, "  ")
-		if !ok {
-			return corrupt("malformed %s line %q", SumsName, line)
+	sums, err := decodeChecksums(data)
+	if err != nil {
+		return corrupt("%v", err)
+	}
+	if r.external != nil {
+		ext, err := r.external.wait()
+		if err != nil {
+			return err
 		}
-		want[name] = sum
+		for _, m := range ext.Members {
+			r.seen[m.Name] = m.SHA256
+		}
+	}
+	want := map[string][]string{}
+	for _, m := range sums.Members {
+		if _, dup := want[m.Name]; dup {
+			return corrupt("%s lists %q twice", SumsName, m.Name)
+		}
+		want[m.Name] = m.SHA256
 	}
 	for name, got := range r.seen {
-		if want[name] != hex.EncodeToString(got) {
+		w, ok := want[name]
+		if !ok || len(w) != len(got) {
 			return corrupt("checksum mismatch for %q", name)
+		}
+		for i := range got {
+			if w[i] != got[i] {
+				return corrupt("checksum mismatch for %q", name)
+			}
 		}
 	}
 	for name := range r.members {
@@ -225,15 +249,19 @@ func (r *Reader) verifyTrailer(hdr *tar.Header) error {
 	return io.EOF
 }
 
-// hashingReader hashes what is read through it and counts what is left.
-// A large chunk is hashed in a goroutine while the caller writes it out;
-// the next Read (or finish) waits for it, so the caller must leave p
-// untouched until then (io.CopyBuffer does).
+// hashingReader counts what is left of a member and, unless the member is
+// hashed elsewhere, hashes it piece by piece. A large chunk is hashed in a
+// goroutine while the caller writes it out; the next Read (or finish)
+// waits for it, so the caller must leave p untouched until then
+// (io.CopyBuffer does).
 type hashingReader struct {
 	name    string
 	r       io.Reader
-	h       hash.Hash
 	left    int64
+	hash    bool
+	h       hash.Hash
+	inPiece int64
+	done    []string
 	pending chan struct{}
 }
 
@@ -247,18 +275,49 @@ func (h *hashingReader) wait() {
 	}
 }
 
+// feed hashes b, closing a piece every PieceSize bytes.
+func (h *hashingReader) feed(b []byte) {
+	for len(b) > 0 {
+		if h.h == nil {
+			h.h, h.inPiece = sha256.New(), 0
+		}
+		n := min(int64(len(b)), PieceSize-h.inPiece)
+		h.h.Write(b[:n])
+		h.inPiece += n
+		b = b[n:]
+		if h.inPiece == PieceSize {
+			h.done = append(h.done, hex.EncodeToString(h.h.Sum(nil)))
+			h.h = nil
+		}
+	}
+}
+
+// digests returns the piece digests of everything read.
+func (h *hashingReader) digests() []string {
+	if h.h != nil || len(h.done) == 0 {
+		if h.h == nil {
+			h.h = sha256.New()
+		}
+		h.done = append(h.done, hex.EncodeToString(h.h.Sum(nil)))
+		h.h = nil
+	}
+	return h.done
+}
+
 func (h *hashingReader) Read(p []byte) (int, error) {
 	h.wait()
 	n, err := h.r.Read(p)
-	if n >= asyncHashMin {
-		chunk, done := p[:n], make(chan struct{})
-		h.pending = done
-		go func() {
-			h.h.Write(chunk)
-			close(done)
-		}()
-	} else {
-		h.h.Write(p[:n])
+	if h.hash {
+		if n >= asyncHashMin {
+			chunk, done := p[:n], make(chan struct{})
+			h.pending = done
+			go func() {
+				h.feed(chunk)
+				close(done)
+			}()
+		} else {
+			h.feed(p[:n])
+		}
 	}
 	h.left -= int64(n)
 	if err == io.EOF && h.left > 0 {

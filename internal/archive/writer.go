@@ -2,8 +2,6 @@ package archive
 
 import (
 	"archive/tar"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -12,7 +10,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
-	"strings"
 	"syscall"
 
 	"github.com/klauspost/compress/zstd"
@@ -118,18 +115,18 @@ func ScanFlat(prefix, dir string) ([]Entry, error) {
 
 // Writer writes an archive stream.
 type Writer struct {
-	sw   *switchWriter
-	tw   *tar.Writer
-	sums strings.Builder
+	sw *switchWriter
+	tw *tar.Writer
 	// Progress, if set, is called with the number of uncompressed bytes
 	// written so far.
 	Progress func(n int64)
 	written  int64
-	bufs     chan []byte
+	hashes   *hashPool
+	buf      []byte
 }
 
-// chunkSize is the unit in which file content is read, hashed, sampled
-// and written.
+// chunkSize is the unit in which file content is read, sampled and
+// written.
 const chunkSize = 1 << 20
 
 // NewWriter starts an archive on w. level is a zstd level
@@ -141,11 +138,7 @@ func NewWriter(w io.Writer, level zstd.EncoderLevel) (*Writer, error) {
 		return nil, err
 	}
 	sw := &switchWriter{out: w, zw: zw, sampler: newSampler()}
-	bufs := make(chan []byte, 4)
-	for i := 0; i < cap(bufs); i++ {
-		bufs <- make([]byte, chunkSize)
-	}
-	return &Writer{sw: sw, tw: tar.NewWriter(sw), bufs: bufs}, nil
+	return &Writer{sw: sw, tw: tar.NewWriter(sw), hashes: newHashPool(), buf: make([]byte, chunkSize)}, nil
 }
 
 // WriteManifest writes m as the first member.
@@ -165,18 +158,15 @@ func (w *Writer) writeBytes(name string, data []byte) error {
 	if _, err := w.tw.Write(data); err != nil {
 		return err
 	}
-	sum := sha256.Sum256(data)
-	w.addSum(name, sum[:])
+	w.hashes.addBytes(name, data)
 	return nil
 }
 
-func (w *Writer) addSum(name string, sum []byte) {
-	fmt.Fprintf(&w.sums, "%s  %s\n", hex.EncodeToString(sum), name)
-}
-
 // WriteEntries writes the planned entries, reading regular files from
-// disk. A file whose size changed since Scan is an error: the archive
-// would not match its manifest.
+// disk. Their checksums are computed from the same files, in parallel;
+// the files must not change until Close (a file that changes size is an
+// error, and any other change makes the archive fail verification, never
+// restore wrong data).
 func (w *Writer) WriteEntries(entries []Entry) error {
 	for _, e := range entries {
 		hdr := *e.header
@@ -186,83 +176,68 @@ func (w *Writer) WriteEntries(entries []Entry) error {
 			return fmt.Errorf("write %s: %w", e.Name, err)
 		}
 		if hdr.Typeflag != tar.TypeReg {
-			w.addSum(e.Name, sha256.New().Sum(nil))
+			w.hashes.addBytes(e.Name, []byte(hdr.Linkname))
 			continue
 		}
-		sum, err := w.copyFile(e.Path, hdr.Size)
-		if err != nil {
+		w.hashes.addFile(e.Name, e.Path, hdr.Size)
+		if err := w.copyFile(e.Path, hdr.Size); err != nil {
 			return fmt.Errorf("write %s: %w", e.Name, err)
 		}
-		w.addSum(e.Name, sum)
 	}
 	w.sw.raw = false
 	return nil
 }
 
 // copyFile streams size bytes of the file at path into the archive in
-// chunks; a second goroutine hashes each chunk while the next is read and
-// written, so that SHA-256 costs little on top of the copy.
-func (w *Writer) copyFile(path string, size int64) ([]byte, error) {
+// chunks, each stored raw or compressed as its sample says.
+func (w *Writer) copyFile(path string, size int64) error {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer f.Close()
-	h := sha256.New()
-	toHash := make(chan []byte, cap(w.bufs))
-	hashed := make(chan struct{})
-	go func() {
-		for b := range toHash {
-			h.Write(b)
-			w.bufs <- b[:cap(b)]
-		}
-		close(hashed)
-	}()
 	var copied int64
 	for copied < size {
-		buf := <-w.bufs
-		n, rerr := io.ReadFull(f, buf[:min(int64(len(buf)), size-copied)])
+		n, err := io.ReadFull(f, w.buf[:min(int64(len(w.buf)), size-copied)])
 		if n > 0 {
-			chunk := buf[:n]
+			chunk := w.buf[:n]
 			w.sw.raw = w.sw.sampler.incompressible(chunk)
-			if _, err = w.tw.Write(chunk); err != nil {
-				w.bufs <- buf
-				break
+			if _, werr := w.tw.Write(chunk); werr != nil {
+				return werr
 			}
 			copied += int64(n)
 			w.written += int64(n)
 			if w.Progress != nil {
 				w.Progress(w.written)
 			}
-			toHash <- chunk
-		} else {
-			w.bufs <- buf
 		}
-		if rerr != nil {
+		if err != nil {
 			if copied < size {
-				err = fmt.Errorf("file shrank while archiving")
+				return fmt.Errorf("file shrank while archiving")
 			}
 			break
 		}
 	}
-	close(toHash)
-	<-hashed
-	if err != nil {
-		return nil, err
-	}
-	return h.Sum(nil), nil
+	return nil
 }
 
 // Close writes the checksums and ends the tar and zstd streams. It does
 // not close the underlying writer.
 func (w *Writer) Close() error {
-	sums := w.sums.String()
-	hdr := &tar.Header{Name: SumsName, Mode: 0o644, Size: int64(len(sums)), Typeflag: tar.TypeReg, Format: tar.FormatPAX}
+	sums, err := w.hashes.wait()
+	if err != nil {
+		return err
+	}
+	data, err := json.Marshal(sums)
+	if err != nil {
+		return err
+	}
+	hdr := &tar.Header{Name: SumsName, Mode: 0o644, Size: int64(len(data)), Typeflag: tar.TypeReg, Format: tar.FormatPAX}
 	w.sw.raw = false
 	if err := w.tw.WriteHeader(hdr); err != nil {
 		return err
 	}
-	if _, err := io.WriteString(w.tw, sums); err != nil {
+	if _, err := w.tw.Write(data); err != nil {
 		return err
 	}
 	if err := w.tw.Close(); err != nil {
