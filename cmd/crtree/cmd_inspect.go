@@ -28,9 +28,10 @@ archive and checks every checksum. Needs no root and restores nothing.`,
 			}
 			defer closeIn()
 			var m *archive.Manifest
+			members := 0
 			if verify {
 				pre := checkpoint.Prefetch(in)
-				m, err = archive.Verify(pre)
+				m, members, err = archive.Verify(pre)
 				pre.Close()
 			} else {
 				var r *archive.Reader
@@ -46,9 +47,10 @@ archive and checks every checksum. Needs no root and restores nothing.`,
 				return writeJSON(cmd.OutOrStdout(), struct {
 					*archive.Manifest
 					Verified bool `json:"verified"`
-				}{m, verify})
+					Members  int  `json:"verifiedMembers,omitempty"`
+				}{m, verify, members})
 			}
-			printManifest(cmd.OutOrStdout(), m, verify)
+			printManifest(cmd.OutOrStdout(), m, verify, members)
 			return nil
 		},
 	}
@@ -57,7 +59,7 @@ archive and checks every checksum. Needs no root and restores nothing.`,
 	return cmd
 }
 
-func printManifest(w io.Writer, m *archive.Manifest, verified bool) {
+func printManifest(w io.Writer, m *archive.Manifest, verified bool, members int) {
 	fmt.Fprintf(w, "crtree archive, format %d, created %s\n", m.Version, m.Created.Format("2006-01-02 15:04:05 MST"))
 	fmt.Fprintf(w, "crtree %s, CRIU %s, kernel %s, %s\n", m.CrtreeVersion, m.CriuVersion, m.Kernel, m.Arch)
 	for i, n := range m.Nodes {
@@ -70,13 +72,13 @@ func printManifest(w io.Writer, m *archive.Manifest, verified bool) {
 			state = fmt.Sprintf("exited(%d)", n.ExitCode)
 		}
 		indent := strings.Repeat("    ", depth)
-		fmt.Fprintf(w, "%s%s  [%s] hostname %s, memory %s, images %s, files %s\n", indent, nodeLabel(m, i), state, n.Hostname, humanBytes(n.Memory), humanBytes(n.Images), humanBytes(n.Files))
+		fmt.Fprintf(w, "%s%s  [%s] hostname %s, memory %s, files %s\n", indent, nodeLabel(m, i), state, n.Hostname, humanBytes(n.Memory), humanBytes(n.Files))
 		for _, p := range n.Procs {
 			fmt.Fprintf(w, "%s    pid %d: %s\n", indent, p.PID, p.Cmd)
 		}
 	}
 	if verified {
-		fmt.Fprintf(w, "verified: %d members, every checksum matches\n", len(m.Members))
+		fmt.Fprintf(w, "verified: %d members, every checksum matches\n", members)
 	}
 }
 

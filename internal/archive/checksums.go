@@ -23,9 +23,14 @@ type Checksums struct {
 	Members   []MemberChecksum `json:"members"`
 }
 
-// MemberChecksum is one member's piece digests, in hex.
+// MemberChecksum is one member: its name, type ("file", "dir",
+// "symlink", "hardlink" or "fifo"), content size and piece digests in hex.
+// A CRIU image may be split into several members of the same name, whose
+// contents are concatenated in archive order.
 type MemberChecksum struct {
 	Name   string   `json:"name"`
+	Type   string   `json:"type"`
+	Size   int64    `json:"size"`
 	SHA256 []string `json:"sha256"`
 }
 
@@ -49,51 +54,52 @@ func digestBytes(data []byte) []string {
 }
 
 // hashPool computes piece digests of files on all cores, in the
-// background, and collects them in the order members were added.
+// background, and records every member in the order it was added.
 type hashPool struct {
-	sem   chan struct{}
-	wg    sync.WaitGroup
-	mu    sync.Mutex
-	names []string
-	sums  map[string][]string
-	err   error
+	sem     chan struct{}
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	members []*MemberChecksum
+	err     error
 }
 
 func newHashPool() *hashPool {
-	return &hashPool{sem: make(chan struct{}, runtime.NumCPU()), sums: map[string][]string{}}
+	return &hashPool{sem: make(chan struct{}, runtime.NumCPU())}
 }
 
-// addBytes records the digests of a member whose content is at hand.
-func (p *hashPool) addBytes(name string, data []byte) {
+func (p *hashPool) record(name, typ string, size int64, digests []string) {
 	p.mu.Lock()
-	p.names = append(p.names, name)
-	p.sums[name] = digestBytes(data)
+	p.members = append(p.members, &MemberChecksum{Name: name, Type: typ, Size: size, SHA256: digests})
 	p.mu.Unlock()
 }
 
-// addFile hashes size bytes of the file at path, piece by piece, in
-// parallel with whatever else runs. The file must not change meanwhile.
-func (p *hashPool) addFile(name, path string, size int64) {
-	p.addOpener(name, func() (*os.File, error) { return os.Open(path) }, size)
+// addBytes records a member whose hashed content is at hand.
+func (p *hashPool) addBytes(name, typ string, size int64, data []byte) {
+	p.record(name, typ, size, digestBytes(data))
+}
+
+// addFile hashes size bytes of the file at path from offset off, piece
+// by piece, in parallel with whatever else runs. The file must not change
+// meanwhile.
+func (p *hashPool) addFile(name, path string, off, size int64) {
+	p.addOpener(name, func() (*os.File, error) { return os.Open(path) }, off, size)
 }
 
 // addFileIn is addFile for a file inside root (extraction): the file is
 // opened through root, so no symlink can lead the hashing elsewhere.
 // root must stay open until wait returns.
-func (p *hashPool) addFileIn(name string, root *os.Root, rel string, size int64) {
-	p.addOpener(name, func() (*os.File, error) { return root.Open(rel) }, size)
+func (p *hashPool) addFileIn(name string, root *os.Root, rel string, off, size int64) {
+	p.addOpener(name, func() (*os.File, error) { return root.Open(rel) }, off, size)
 }
 
-func (p *hashPool) addOpener(name string, open func() (*os.File, error), size int64) {
+func (p *hashPool) addOpener(name string, open func() (*os.File, error), base, size int64) {
 	n := pieces(size)
 	digests := make([]string, n)
-	p.mu.Lock()
-	p.names = append(p.names, name)
-	p.sums[name] = digests
-	p.mu.Unlock()
+	p.record(name, "file", size, digests)
 	for i := 0; i < n; i++ {
 		off := int64(i) * PieceSize
 		length := min(PieceSize, size-off)
+		off += base
 		p.wg.Add(1)
 		go func() {
 			defer p.wg.Done()
@@ -127,15 +133,15 @@ func hashRange(open func() (*os.File, error), off, length int64) (string, error)
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
-// wait waits for every digest and returns them in order.
+// wait waits for every digest and returns the members in order.
 func (p *hashPool) wait() (*Checksums, error) {
 	p.wg.Wait()
 	if p.err != nil {
 		return nil, p.err
 	}
 	c := &Checksums{PieceSize: PieceSize}
-	for _, name := range p.names {
-		c.Members = append(c.Members, MemberChecksum{Name: name, SHA256: p.sums[name]})
+	for _, m := range p.members {
+		c.Members = append(c.Members, *m)
 	}
 	return c, nil
 }

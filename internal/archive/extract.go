@@ -28,10 +28,10 @@ type Destination interface {
 // returns only once the trailer's checksums matched; on error, what was
 // written is left for the caller to remove with the destination.
 func Extract(r *Reader, dst Destination, progress func(n int64)) error {
-	x := &extractor{dst: dst, roots: map[string]*os.Root{}, progress: progress, hashes: newHashPool()}
+	x := &extractor{dst: dst, roots: map[string]*os.Root{}, progress: progress, hashes: r.pool}
 	// Files are hashed from disk as they are written, on every core; the
 	// trailer check waits for them.
-	r.external = x.hashes
+	r.external = true
 	defer x.close()
 	for {
 		hdr, body, err := r.Next()
@@ -126,7 +126,16 @@ func (x *extractor) member(hdr *tar.Header, body io.Reader) error {
 		}
 		x.dirs = append(x.dirs, dirTimes{root, rel, hdr.ModTime})
 	case tar.TypeReg:
-		f, err := root.OpenFile(rel, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		var off int64
+		flags := os.O_WRONLY | os.O_CREATE | os.O_EXCL
+		if section == "criu" {
+			// A CRIU image may come in parts: later parts append (the
+			// reader allows repeats for images only).
+			if fi, err := root.Lstat(rel); err == nil && fi.Mode().IsRegular() {
+				flags, off = os.O_WRONLY|os.O_APPEND, fi.Size()
+			}
+		}
+		f, err := root.OpenFile(rel, flags, 0o600)
 		if err != nil {
 			return err
 		}
@@ -144,7 +153,7 @@ func (x *extractor) member(hdr *tar.Header, body io.Reader) error {
 		if err != nil {
 			return err
 		}
-		x.hashes.addFileIn(hdr.Name, root, rel, hdr.Size)
+		x.hashes.addFileIn(hdr.Name, root, rel, off, hdr.Size)
 	case tar.TypeSymlink:
 		if err := root.Symlink(hdr.Linkname, rel); err != nil {
 			return err

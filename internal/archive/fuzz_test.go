@@ -12,8 +12,7 @@ import (
 // panic, and what it accepts must satisfy Validate's promises.
 func FuzzManifest(f *testing.F) {
 	good, _ := json.Marshal(&Manifest{Format: FormatName, Version: FormatVersion,
-		Nodes:   []Node{{Name: "a", Parent: -1, Spec: hier.Spec{Cmd: []string{"x"}}}, {Name: "b", Path: "b", Parent: 0, Spec: hier.Spec{Cmd: []string{"x"}}}},
-		Members: []Member{{Name: "nodes/0/files", Type: "dir"}, {Name: "nodes/1/criu/pages-1.img", Type: "file", Size: 3}}})
+		Nodes: []Node{{Name: "a", Parent: -1, Spec: hier.Spec{Cmd: []string{"x"}}}, {Name: "b", Path: "b", Parent: 0, Spec: hier.Spec{Cmd: []string{"x"}}}}})
 	f.Add(good)
 	f.Add([]byte(`{"format":"crtree-archive","version":1,"nodes":[{"name":"a","parent":-1,"spec":{"cmd":["x"]}}],"members":[{"name":"nodes/0/files/../../x","type":"file"}]}`))
 	f.Add([]byte(`{"format":"crtree-archive","version":2}`))
@@ -22,11 +21,6 @@ func FuzzManifest(f *testing.F) {
 		m, err := decodeManifest(data)
 		if err != nil {
 			return
-		}
-		for _, mem := range m.Members {
-			if checkMemberName(mem.Name, len(m.Nodes)) != nil {
-				t.Fatalf("accepted member %q", mem.Name)
-			}
 		}
 		for i, n := range m.Nodes {
 			if i > 0 && (n.Parent < 0 || n.Parent >= i) {

@@ -38,9 +38,10 @@ type Manifest struct {
 	Arch          string    `json:"arch"`
 	Created       time.Time `json:"created"`
 	// Nodes lists the subtree, parents before children; Nodes[0] is the
-	// node that was dumped.
-	Nodes   []Node   `json:"nodes"`
-	Members []Member `json:"members"`
+	// node that was dumped. The members that follow are listed, with their
+	// types, sizes and checksums, in the trailer (checksums.json): CRIU
+	// images are streamed into the archive while CRIU still writes them.
+	Nodes []Node `json:"nodes"`
 }
 
 // Node is one node of the archived subtree.
@@ -62,7 +63,6 @@ type Node struct {
 	Procs    []Proc     `json:"procs,omitempty"`
 	Memory   int64      `json:"memory"`
 	Files    int64      `json:"files"`
-	Images   int64      `json:"images"`
 	Mounts   []External `json:"externals,omitempty"`
 }
 
@@ -79,14 +79,6 @@ type External struct {
 	Key        string `json:"key"`
 	HostPath   string `json:"hostPath"`
 	ReadOnly   bool   `json:"readOnly,omitempty"`
-}
-
-// Member is one tar member listed in the manifest.
-type Member struct {
-	Name string `json:"name"`
-	// Type is "file", "dir", "symlink", "hardlink" or "fifo".
-	Type string `json:"type"`
-	Size int64  `json:"size,omitempty"`
 }
 
 // FilesPrefix and ImagesPrefix return where node i's files and CRIU
@@ -133,26 +125,11 @@ func (m *Manifest) Validate() error {
 			return fmt.Errorf("manifest node %q has no command", n.Path)
 		}
 	}
-	seen := map[string]bool{}
-	for _, mem := range m.Members {
-		if err := checkMemberName(mem.Name, len(m.Nodes)); err != nil {
-			return err
-		}
-		if seen[mem.Name] {
-			return fmt.Errorf("manifest lists member %q twice", mem.Name)
-		}
-		seen[mem.Name] = true
-		switch mem.Type {
-		case "file", "dir", "symlink", "hardlink", "fifo":
-		default:
-			return fmt.Errorf("member %q: type %q is not allowed", mem.Name, mem.Type)
-		}
-		if mem.Size < 0 {
-			return fmt.Errorf("member %q: negative size", mem.Name)
-		}
-	}
 	return nil
 }
+
+// isImage reports whether a (valid) member name is a CRIU image.
+func isImage(name string) bool { return strings.Split(name, "/")[2] == "criu" }
 
 // checkMemberName accepts only nodes/N/files[/rel] and nodes/N/criu/NAME
 // with N < nodes and a clean relative rel.

@@ -23,23 +23,26 @@ const maxDecoderMemory = 64 << 20
 const maxWindow = 16 << 20
 
 // Reader reads an archive front to back, verifying it as it goes: each
-// member must be listed in the manifest, appear once, have the listed
-// type and size, and, when the SHA256SUMS trailer arrives, the checksum
-// recorded there. Only when Next returns io.EOF has the whole archive been
-// verified.
+// member must have an allowed name (inside its node's files or images)
+// and type, appear once (only CRIU images may come in several parts), and
+// when the trailer arrives, every member must be listed there, in order,
+// with its type, size and checksums. Only when Next returns io.EOF has the
+// whole archive been verified.
 type Reader struct {
 	zr       *zstd.Decoder
 	tr       *tar.Reader
 	manifest *Manifest
-	members  map[string]Member
-	// seen holds the piece digests of the members read so far; with an
-	// external pool (Extract) those of regular files are computed there.
-	seen     map[string][]string
-	external *hashPool
+	// pool records every member read, in order, with its digests; with
+	// external set (Extract), the content of regular files is hashed by
+	// the extractor from what it wrote.
+	pool     *hashPool
+	external bool
+	seen     map[string]string // name -> type, for the once-only rule
 	cur      *hashingReader
 	curName  string
 	skip     []byte
 	done     bool
+	count    int
 }
 
 // NewReader starts reading the archive on r and reads its manifest.
@@ -48,7 +51,7 @@ func NewReader(r io.Reader) (*Reader, error) {
 	if err != nil {
 		return nil, err
 	}
-	ar := &Reader{zr: zr, tr: tar.NewReader(zr), seen: map[string][]string{}}
+	ar := &Reader{zr: zr, tr: tar.NewReader(zr), pool: newHashPool(), seen: map[string]string{}}
 	hdr, err := ar.tr.Next()
 	if err != nil {
 		zr.Close()
@@ -75,12 +78,8 @@ func NewReader(r io.Reader) (*Reader, error) {
 		zr.Close()
 		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
 	}
-	ar.seen[ManifestName] = digestBytes(data)
+	ar.pool.addBytes(ManifestName, "file", int64(len(data)), data)
 	ar.manifest = m
-	ar.members = map[string]Member{}
-	for _, mem := range m.Members {
-		ar.members[mem.Name] = mem
-	}
 	return ar, nil
 }
 
@@ -118,26 +117,32 @@ func (r *Reader) Next() (*tar.Header, io.Reader, error) {
 	if hdr.Name == SumsName {
 		return nil, nil, r.verifyTrailer(hdr)
 	}
-	mem, ok := r.members[hdr.Name]
-	if !ok {
-		return nil, nil, corrupt("member %q is not listed in the manifest", hdr.Name)
+	if err := checkMemberName(hdr.Name, len(r.manifest.Nodes)); err != nil {
+		return nil, nil, corrupt("%v", err)
 	}
-	if _, dup := r.seen[hdr.Name]; dup {
-		return nil, nil, corrupt("member %q appears twice", hdr.Name)
+	typ := typeOf(hdr.Typeflag)
+	switch typ {
+	case "file", "dir", "symlink", "hardlink", "fifo":
+	default:
+		return nil, nil, corrupt("member %q: %s is not allowed", hdr.Name, typ)
 	}
-	if typeOf(hdr.Typeflag) != mem.Type {
-		return nil, nil, corrupt("member %q is a %s, the manifest says %s", hdr.Name, typeOf(hdr.Typeflag), mem.Type)
+	if prev, dup := r.seen[hdr.Name]; dup {
+		// Only a CRIU image may come in parts, which are concatenated.
+		if !isImage(hdr.Name) || prev != "file" || typ != "file" {
+			return nil, nil, corrupt("member %q appears twice", hdr.Name)
+		}
 	}
-	if hdr.Typeflag == tar.TypeReg && hdr.Size != mem.Size {
-		return nil, nil, corrupt("member %q has %d bytes, the manifest says %d", hdr.Name, hdr.Size, mem.Size)
-	}
+	r.seen[hdr.Name] = typ
 	if hdr.Typeflag != tar.TypeReg && hdr.Size != 0 {
-		return nil, nil, corrupt("member %q of type %s has content", hdr.Name, mem.Type)
+		return nil, nil, corrupt("member %q of type %s has content", hdr.Name, typ)
+	}
+	if hdr.Size < 0 {
+		return nil, nil, corrupt("member %q has a negative size", hdr.Name)
 	}
 	if hdr.Typeflag != tar.TypeReg {
-		r.seen[hdr.Name] = digestBytes([]byte(hdr.Linkname))
+		r.pool.addBytes(hdr.Name, typ, 0, []byte(hdr.Linkname))
 	}
-	r.cur = &hashingReader{name: hdr.Name, r: r.tr, left: hdr.Size, hash: r.external == nil && hdr.Typeflag == tar.TypeReg}
+	r.cur = &hashingReader{name: hdr.Name, r: r.tr, left: hdr.Size, size: hdr.Size, hash: !r.external && hdr.Typeflag == tar.TypeReg}
 	r.curName = hdr.Name
 	return hdr, r.cur, nil
 }
@@ -184,7 +189,7 @@ func (r *Reader) finishCurrent() error {
 		return corrupt("member %q: archive is truncated", r.curName)
 	}
 	if r.cur.hash {
-		r.seen[r.curName] = r.cur.digests()
+		r.pool.record(r.curName, "file", r.cur.size, r.cur.digests())
 	}
 	r.cur = nil
 	return nil
@@ -198,45 +203,32 @@ func (r *Reader) verifyTrailer(hdr *tar.Header) error {
 	if err != nil || int64(len(data)) != hdr.Size {
 		return corrupt("read %s: archive is truncated", SumsName)
 	}
-	sums, err := decodeChecksums(data)
+	want, err := decodeChecksums(data)
 	if err != nil {
 		return corrupt("%v", err)
 	}
-	if r.external != nil {
-		ext, err := r.external.wait()
-		if err != nil {
-			return err
-		}
-		for _, m := range ext.Members {
-			r.seen[m.Name] = m.SHA256
-		}
+	got, err := r.pool.wait()
+	if err != nil {
+		return err
 	}
-	want := map[string][]string{}
-	for _, m := range sums.Members {
-		if _, dup := want[m.Name]; dup {
-			return corrupt("%s lists %q twice", SumsName, m.Name)
-		}
-		want[m.Name] = m.SHA256
+	if len(want.Members) != len(got.Members) {
+		return corrupt("%s lists %d members, the archive has %d", SumsName, len(want.Members), len(got.Members))
 	}
-	for name, got := range r.seen {
-		w, ok := want[name]
-		if !ok || len(w) != len(got) {
-			return corrupt("checksum mismatch for %q", name)
+	for i, g := range got.Members {
+		w := want.Members[i]
+		if w.Name != g.Name || w.Type != g.Type || w.Size != g.Size {
+			return corrupt("member %d is %s %q of %d bytes, %s lists %s %q of %d bytes", i, g.Type, g.Name, g.Size, SumsName, w.Type, w.Name, w.Size)
 		}
-		for i := range got {
-			if w[i] != got[i] {
-				return corrupt("checksum mismatch for %q", name)
+		if len(w.SHA256) != len(g.SHA256) {
+			return corrupt("checksum mismatch for %q", g.Name)
+		}
+		for k := range g.SHA256 {
+			if w.SHA256[k] != g.SHA256[k] {
+				return corrupt("checksum mismatch for %q", g.Name)
 			}
 		}
 	}
-	for name := range r.members {
-		if _, ok := r.seen[name]; !ok {
-			return corrupt("member %q listed in the manifest is missing", name)
-		}
-	}
-	if len(want) != len(r.seen) {
-		return corrupt("%s lists members that are not in the archive", SumsName)
-	}
+	r.count = len(got.Members)
 	if _, err := r.tr.Next(); err != io.EOF {
 		return corrupt("data after %s", SumsName)
 	}
@@ -257,6 +249,7 @@ func (r *Reader) verifyTrailer(hdr *tar.Header) error {
 type hashingReader struct {
 	name    string
 	r       io.Reader
+	size    int64
 	left    int64
 	hash    bool
 	h       hash.Hash
@@ -329,20 +322,25 @@ func (h *hashingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// Verify reads the whole archive on r and checks every member.
-func Verify(r io.Reader) (*Manifest, error) {
+// Members returns how many members the archive had, once Next returned
+// io.EOF.
+func (r *Reader) Members() int { return r.count }
+
+// Verify reads the whole archive on r and checks every member. It
+// returns the manifest and the number of members.
+func Verify(r io.Reader) (*Manifest, int, error) {
 	ar, err := NewReader(r)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	defer ar.Close()
 	for {
 		_, _, err := ar.Next()
 		if err == io.EOF {
-			return ar.Manifest(), nil
+			return ar.Manifest(), ar.Members(), nil
 		}
 		if err != nil {
-			return ar.Manifest(), err
+			return ar.Manifest(), 0, err
 		}
 	}
 }

@@ -11,15 +11,18 @@ import (
 	"runtime"
 	"sort"
 	"syscall"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 )
 
 // Entry is a file on disk planned as an archive member.
 type Entry struct {
-	Member
-	// Path is the file on disk (empty for directories made up by the
-	// writer).
+	Name string
+	// Type is "file", "dir", "symlink", "hardlink" or "fifo".
+	Type string
+	Size int64
+	// Path is the file on disk.
 	Path   string
 	header *tar.Header
 }
@@ -56,7 +59,7 @@ func Scan(prefix, dir string) ([]Entry, error) {
 		}
 		hdr.Name = name
 		hdr.Uname, hdr.Gname = "", ""
-		e := Entry{Path: p, header: hdr, Member: Member{Name: name}}
+		e := Entry{Path: p, header: hdr, Name: name}
 		switch hdr.Typeflag {
 		case tar.TypeDir:
 			e.Type = "dir"
@@ -107,7 +110,7 @@ func ScanFlat(prefix, dir string) ([]Entry, error) {
 		hdr, _ := tar.FileInfoHeader(fi, "")
 		hdr.Name = prefix + "/" + d.Name()
 		hdr.Uname, hdr.Gname = "", ""
-		out = append(out, Entry{Path: filepath.Join(dir, d.Name()), header: hdr, Member: Member{Name: hdr.Name, Type: "file", Size: fi.Size()}})
+		out = append(out, Entry{Path: filepath.Join(dir, d.Name()), header: hdr, Name: hdr.Name, Type: "file", Size: fi.Size()})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, nil
@@ -158,7 +161,7 @@ func (w *Writer) writeBytes(name string, data []byte) error {
 	if _, err := w.tw.Write(data); err != nil {
 		return err
 	}
-	w.hashes.addBytes(name, data)
+	w.hashes.addBytes(name, "file", int64(len(data)), data)
 	return nil
 }
 
@@ -176,11 +179,11 @@ func (w *Writer) WriteEntries(entries []Entry) error {
 			return fmt.Errorf("write %s: %w", e.Name, err)
 		}
 		if hdr.Typeflag != tar.TypeReg {
-			w.hashes.addBytes(e.Name, []byte(hdr.Linkname))
+			w.hashes.addBytes(e.Name, e.Type, 0, []byte(hdr.Linkname))
 			continue
 		}
-		w.hashes.addFile(e.Name, e.Path, hdr.Size)
-		if err := w.copyFile(e.Path, hdr.Size); err != nil {
+		w.hashes.addFile(e.Name, e.Path, 0, hdr.Size)
+		if err := w.copyFile(e.Path, 0, hdr.Size); err != nil {
 			return fmt.Errorf("write %s: %w", e.Name, err)
 		}
 	}
@@ -188,17 +191,35 @@ func (w *Writer) WriteEntries(entries []Entry) error {
 	return nil
 }
 
-// copyFile streams size bytes of the file at path into the archive in
-// chunks, each stored raw or compressed as its sample says.
-func (w *Writer) copyFile(path string, size int64) error {
+// WritePart writes size bytes at offset off of the file at path as one
+// member called name: a CRIU image still being written is archived in
+// parts, which a reader concatenates. The range must not change.
+func (w *Writer) WritePart(name, path string, off, size int64) error {
+	hdr := &tar.Header{Name: name, Mode: 0o600, Size: size, Typeflag: tar.TypeReg, Format: tar.FormatPAX, ModTime: time.Now()}
+	w.sw.raw = false
+	if err := w.tw.WriteHeader(hdr); err != nil {
+		return fmt.Errorf("write %s: %w", name, err)
+	}
+	w.hashes.addFile(name, path, off, size)
+	if err := w.copyFile(path, off, size); err != nil {
+		return fmt.Errorf("write %s: %w", name, err)
+	}
+	w.sw.raw = false
+	return nil
+}
+
+// copyFile streams size bytes at offset off of the file at path into the
+// archive in chunks, each stored raw or compressed as its sample says.
+func (w *Writer) copyFile(path string, off, size int64) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
+	r := io.NewSectionReader(f, off, size)
 	var copied int64
 	for copied < size {
-		n, err := io.ReadFull(f, w.buf[:min(int64(len(w.buf)), size-copied)])
+		n, err := io.ReadFull(r, w.buf[:min(int64(len(w.buf)), size-copied)])
 		if n > 0 {
 			chunk := w.buf[:n]
 			w.sw.raw = w.sw.sampler.incompressible(chunk)
@@ -244,13 +265,4 @@ func (w *Writer) Close() error {
 		return err
 	}
 	return w.sw.close()
-}
-
-// Members returns the manifest members for entries.
-func Members(entries []Entry) []Member {
-	out := make([]Member, len(entries))
-	for i, e := range entries {
-		out[i] = e.Member
-	}
-	return out
 }

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -144,38 +145,25 @@ func Dump(h *node.Host, p hier.Path, out Output, o Options) (rep *Report, err er
 	}
 
 	rep = &Report{Path: p.String()}
-	criuStart := time.Now()
-	if err := dumpAll(h, members, o); err != nil {
-		return nil, err
-	}
-	rep.Criu = Duration(time.Since(criuStart))
 
-	// Plan the archive: every node's files (read now, still frozen) and
-	// its images.
+	// The archive starts at once: the manifest and every node's files
+	// (still frozen), while CRIU dumps the nodes; CRIU's page images are
+	// streamed into the archive as they grow, in parts.
 	packStart := time.Now()
 	manifest := &archive.Manifest{
 		Format: archive.FormatName, Version: archive.FormatVersion,
 		CrtreeVersion: Version, CriuVersion: criu.FormatVersion(criuVersion),
 		Kernel: kernelRelease(), Arch: runtime.GOARCH, Created: time.Now().UTC(),
 	}
-	var files, images [][]archive.Entry
+	var files [][]archive.Entry
 	for i, m := range members {
 		fe, err := archive.Scan(archive.FilesPrefix(i), h.UpperDir(&m.n))
 		if err != nil {
 			return nil, fmt.Errorf("dump %s: %w", m.path, err)
 		}
-		var ie []archive.Entry
-		if m.status.State == hier.Running {
-			if ie, err = archive.ScanFlat(archive.ImagesPrefix(i), filepath.Join(m.dir, "criu")); err != nil {
-				return nil, fmt.Errorf("dump %s: %w", m.path, err)
-			}
-		}
-		files, images = append(files, fe), append(images, ie)
-		manifest.Members = append(manifest.Members, archive.Members(fe)...)
-		manifest.Members = append(manifest.Members, archive.Members(ie)...)
-		m.report.Files, m.report.Images = sumSizes(fe), sumSizes(ie)
+		files = append(files, fe)
+		m.report.Files = sumSizes(fe)
 		rep.FileBytes += m.report.Files
-		rep.ImageBytes += m.report.Images
 		manifest.Nodes = append(manifest.Nodes, manifestNode(h, m))
 	}
 
@@ -192,8 +180,23 @@ func Dump(h *node.Host, p hier.Path, out Output, o Options) (rep *Report, err er
 		return nil, err
 	}
 	w.Progress = func(n int64) {
-		o.progress(Progress{Phase: "pack", NodesDone: len(members), NodesTotal: len(members), Bytes: n})
+		o.progress(Progress{Phase: "pack", NodesTotal: len(members), Bytes: n})
 	}
+
+	criuStart := time.Now()
+	criuDone := make(chan error, 1)
+	go func() { criuDone <- dumpAll(h, members, o) }()
+	// Whatever happens below, CRIU is waited for before returning.
+	criuErr, criuFinished := error(nil), false
+	waitCriu := func() error {
+		if !criuFinished {
+			criuErr, criuFinished = <-criuDone, true
+			rep.Criu = Duration(time.Since(criuStart))
+		}
+		return criuErr
+	}
+	defer waitCriu()
+
 	if err := w.WriteManifest(manifest); err != nil {
 		return nil, fmt.Errorf("dump %s: write archive: %w", p, err)
 	}
@@ -202,16 +205,42 @@ func Dump(h *node.Host, p hier.Path, out Output, o Options) (rep *Report, err er
 			return nil, fmt.Errorf("dump %s: write archive: %w", p, err)
 		}
 	}
+	st := &streamer{w: w, members: members, done: map[string]int64{}}
+	for !criuFinished {
+		select {
+		case criuErr = <-criuDone:
+			criuFinished = true
+			rep.Criu = Duration(time.Since(criuStart))
+			continue
+		default:
+		}
+		// With --leave-running the workload waits for CRIU only (it is
+		// thawed as soon as CRIU is done), so CRIU gets the CPU to itself;
+		// otherwise streaming alongside CRIU shortens the whole dump.
+		wrote := false
+		if !o.LeaveRunning {
+			if wrote, err = st.step(false); err != nil {
+				return nil, fmt.Errorf("dump %s: write archive: %w", p, err)
+			}
+		}
+		if !wrote {
+			time.Sleep(2 * time.Millisecond)
+		}
+	}
+	if criuErr != nil {
+		return nil, criuErr
+	}
 	// Memory and files are captured: a workload that goes on may run now.
 	if o.LeaveRunning {
 		thawAll()
 		thawed = true
 		rep.Frozen = Duration(time.Since(frozenAt))
 	}
-	for _, ie := range images {
-		if err := w.WriteEntries(ie); err != nil {
-			return nil, fmt.Errorf("dump %s: write archive: %w", p, err)
-		}
+	if _, err := st.step(true); err != nil {
+		return nil, fmt.Errorf("dump %s: write archive: %w", p, err)
+	}
+	for _, m := range members {
+		rep.ImageBytes += m.report.Images
 	}
 	if err := w.Close(); err != nil {
 		return nil, fmt.Errorf("dump %s: write archive: %w", p, err)
@@ -328,7 +357,7 @@ func manifestNode(h *node.Host, m *member) archive.Node {
 	n := archive.Node{
 		Path: m.rel, Name: m.n.Name, Parent: m.parent, Running: m.status.State == hier.Running,
 		Spec: m.n.Spec, Hostname: m.n.Spec.Hostname, Created: m.n.Created,
-		Files: m.report.Files, Images: m.report.Images,
+		Files: m.report.Files,
 	}
 	if n.Hostname == "" {
 		n.Hostname = m.n.Name
@@ -377,4 +406,73 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 	n, err := c.w.Write(p)
 	c.n += int64(n)
 	return n, err
+}
+
+// partSize is the size of the parts in which page images are streamed
+// while CRIU writes them (one checksum piece each).
+const partSize = archive.PieceSize
+
+// streamer moves CRIU's images from the staging directories into the
+// archive: while CRIU runs, whole parts of the page images that have been
+// written; at the end, the rest of every image.
+type streamer struct {
+	w       *archive.Writer
+	members []*member
+	done    map[string]int64 // image path -> bytes archived
+}
+
+// step archives what is ready. With final, CRIU has finished and every
+// image is complete.
+func (s *streamer) step(final bool) (bool, error) {
+	wrote := false
+	for i, m := range s.members {
+		if m.status.State != hier.Running {
+			continue
+		}
+		dir := filepath.Join(m.dir, "criu")
+		if !final {
+			des, _ := os.ReadDir(dir)
+			for _, d := range des {
+				name := d.Name()
+				if !strings.HasPrefix(name, "pages-") || !strings.HasSuffix(name, ".img") {
+					continue
+				}
+				path := filepath.Join(dir, name)
+				fi, err := os.Stat(path)
+				if err != nil {
+					continue
+				}
+				for s.done[path]+partSize <= fi.Size() {
+					if err := s.w.WritePart(archive.ImagesPrefix(i)+"/"+name, path, s.done[path], partSize); err != nil {
+						return wrote, err
+					}
+					s.done[path] += partSize
+					wrote = true
+				}
+			}
+			continue
+		}
+		ie, err := archive.ScanFlat(archive.ImagesPrefix(i), dir)
+		if err != nil {
+			return wrote, err
+		}
+		m.report.Images = sumSizes(ie)
+		for _, e := range ie {
+			off := s.done[e.Path]
+			switch {
+			case off == 0:
+				if err := s.w.WriteEntries([]archive.Entry{e}); err != nil {
+					return wrote, err
+				}
+			case e.Size > off:
+				if err := s.w.WritePart(e.Name, e.Path, off, e.Size-off); err != nil {
+					return wrote, err
+				}
+			case e.Size < off:
+				return wrote, fmt.Errorf("%s shrank while CRIU wrote it", e.Path)
+			}
+			wrote = true
+		}
+	}
+	return wrote, nil
 }

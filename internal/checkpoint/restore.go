@@ -61,7 +61,8 @@ func Restore(h *node.Host, in io.Reader, target RestoreTarget, o Options) (rep *
 
 	var need int64
 	for _, n := range m.Nodes {
-		need += n.Images
+		// CRIU's images are about the size of the memory it dumped.
+		need += n.Memory
 	}
 	stage, err := h.StageDir("restore", need)
 	if err != nil {
@@ -101,9 +102,9 @@ func Restore(h *node.Host, in io.Reader, target RestoreTarget, o Options) (rep *
 	if err != nil {
 		return nil, err
 	}
-	for _, n := range m.Nodes {
+	for i, n := range m.Nodes {
 		rep.FileBytes += n.Files
-		rep.ImageBytes += n.Images
+		rep.ImageBytes += dirSize(dst.ImagesDir(i))
 	}
 	// The subtree is complete: it no longer depends on this command.
 	if err := h.Store.Update(func(t *hier.Tree) error {
@@ -202,7 +203,7 @@ func restoreNodes(h *node.Host, m *archive.Manifest, ids []string, paths []hier.
 			depth[i] = depth[n.Parent] + 1
 		}
 		maxDepth = max(maxDepth, depth[i])
-		reports[i] = NodeReport{Path: paths[i].String(), Running: n.Running, Images: n.Images, Files: n.Files}
+		reports[i] = NodeReport{Path: paths[i].String(), Running: n.Running, Images: dirSize(filepath.Join(stage, strconv.Itoa(i), "criu")), Files: n.Files}
 	}
 	done := 0
 	for d := 0; d <= maxDepth; d++ {
@@ -240,4 +241,16 @@ func restoreNodes(h *node.Host, m *archive.Manifest, ids []string, paths []hier.
 		o.progress(Progress{Phase: "restore", NodesDone: done, NodesTotal: len(m.Nodes)})
 	}
 	return reports, nil
+}
+
+// dirSize adds up the sizes of the files directly in dir.
+func dirSize(dir string) int64 {
+	des, _ := os.ReadDir(dir)
+	var n int64
+	for _, d := range des {
+		if fi, err := d.Info(); err == nil && fi.Mode().IsRegular() {
+			n += fi.Size()
+		}
+	}
+	return n
 }
