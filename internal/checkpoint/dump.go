@@ -185,7 +185,7 @@ func Dump(h *node.Host, p hier.Path, out Output, o Options) (rep *Report, err er
 
 	criuStart := time.Now()
 	criuDone := make(chan error, 1)
-	go func() { criuDone <- dumpAll(h, members, o) }()
+	go func() { criuDone <- dumpAll(h, op, members, o) }()
 	// Whatever happens below, CRIU is waited for before returning.
 	criuErr, criuFinished := error(nil), false
 	waitCriu := func() error {
@@ -311,7 +311,7 @@ func collect(h *node.Host, p hier.Path) ([]*member, cgroup.Group, error) {
 }
 
 // dumpAll runs one CRIU dump per running node, in parallel.
-func dumpAll(h *node.Host, members []*member, o Options) error {
+func dumpAll(h *node.Host, op *node.Op, members []*member, o Options) error {
 	var wg sync.WaitGroup
 	errs := make([]error, len(members))
 	sem := make(chan struct{}, max(2, runtime.NumCPU()))

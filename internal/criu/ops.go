@@ -36,6 +36,8 @@ type DumpOptions struct {
 	// KeepLogs is where the log of a failed run is copied, to outlive
 	// WorkDir.
 	KeepLogs string
+	// OnStart, if set, is told the PID of the CRIU process once it runs.
+	OnStart func(pid int)
 }
 
 // RestoreOptions are what crtree asks of one CRIU restore.
@@ -174,7 +176,7 @@ func Dump(bin string, o DumpOptions) error {
 	for _, m := range o.Externals {
 		opts.ExtMnt = append(opts.ExtMnt, &rpc.ExtMountMap{Key: proto.String(m.Mountpoint), Val: proto.String(m.Key)})
 	}
-	return run(bin, "dump", rpc.CriuReqType_DUMP, opts, swrkOptions{CgroupFD: -1}, o.WorkDir, o.KeepLogs, nil)
+	return run(bin, "dump", rpc.CriuReqType_DUMP, opts, swrkOptions{CgroupFD: -1, OnStart: o.OnStart}, o.WorkDir, o.KeepLogs, nil)
 }
 
 // Restore restores a process tree from o.ImagesDir as a sibling of CRIU,

@@ -26,6 +26,8 @@ type swrkOptions struct {
 	CgroupFD int
 	// ExtraFiles are passed to CRIU as fds 4, 5, ... (fd 3 is the socket).
 	ExtraFiles []*os.File
+	// OnStart is told CRIU's PID once it runs.
+	OnStart func(pid int)
 }
 
 func startSwrk(bin string, o swrkOptions) (*swrk, error) {
@@ -44,6 +46,9 @@ func startSwrk(bin string, o swrkOptions) (*swrk, error) {
 	if err := cmd.Start(); err != nil {
 		cln.Close()
 		return nil, fmt.Errorf("start criu: %w", err)
+	}
+	if o.OnStart != nil {
+		o.OnStart(cmd.Process.Pid)
 	}
 	return &swrk{cmd: cmd, sock: cln}, nil
 }

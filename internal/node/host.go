@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/crtree/crtree/internal/cgroup"
@@ -14,6 +15,7 @@ import (
 // Host is one state root seen from the host: the tree, the nodes' storage
 // and their cgroups.
 type Host struct {
+	opMu  sync.Mutex
 	Store *hier.Store
 	// CgroupBase is the cgroup2 group holding this state root's nodes.
 	CgroupBase cgroup.Group

@@ -25,6 +25,38 @@ type Op struct {
 	Frozen []string `json:"frozen,omitempty"`
 	// Remove are files and directories to delete if the command died.
 	Remove []string `json:"remove,omitempty"`
+	// Helpers are processes the command started (CRIU) that may outlive
+	// it: the operation counts as running while any of them runs, so that
+	// nothing is thawed or removed under CRIU's feet.
+	Helpers []Proc `json:"helpers,omitempty"`
+}
+
+// Proc identifies a process across PID reuse.
+type Proc struct {
+	Pid   int    `json:"pid"`
+	Start uint64 `json:"start"`
+}
+
+// running reports whether the command or any of its helpers still runs.
+func (op *Op) running() bool {
+	if Alive(op.Pid, op.Start) {
+		return true
+	}
+	for _, p := range op.Helpers {
+		if Alive(p.Pid, p.Start) {
+			return true
+		}
+	}
+	return false
+}
+
+// AddHelper records a process the operation started.
+func (h *Host) AddHelper(op *Op, pid int) error {
+	start, _ := StartTime(pid)
+	h.opMu.Lock()
+	defer h.opMu.Unlock()
+	op.Helpers = append(op.Helpers, Proc{pid, start})
+	return h.saveOpLocked(op)
 }
 
 func (h *Host) opsDir() string { return filepath.Join(h.Store.Root, "ops") }
@@ -46,6 +78,12 @@ func (h *Host) BeginOp(kind string) (*Op, error) {
 
 // SaveOp rewrites op's marker.
 func (h *Host) SaveOp(op *Op) error {
+	h.opMu.Lock()
+	defer h.opMu.Unlock()
+	return h.saveOpLocked(op)
+}
+
+func (h *Host) saveOpLocked(op *Op) error {
 	data, _ := json.Marshal(op)
 	if err := hier.WriteFileAtomic(h.opFile(op.Pid), data, 0o600); err != nil {
 		return fmt.Errorf("record %s: %w", op.Kind, err)
@@ -72,7 +110,7 @@ func (h *Host) liveOps() []*Op {
 		if err != nil || json.Unmarshal(data, &op) != nil {
 			continue
 		}
-		if Alive(op.Pid, op.Start) {
+		if op.running() {
 			live = append(live, &op)
 			continue
 		}
@@ -174,7 +212,7 @@ func (h *Host) deadOps() []*Op {
 	for _, d := range des {
 		data, err := os.ReadFile(filepath.Join(h.opsDir(), d.Name()))
 		var op Op
-		if err == nil && json.Unmarshal(data, &op) == nil && !Alive(op.Pid, op.Start) {
+		if err == nil && json.Unmarshal(data, &op) == nil && !op.running() {
 			dead = append(dead, &op)
 		}
 	}
