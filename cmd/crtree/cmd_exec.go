@@ -31,11 +31,7 @@ run, 127 when it is not found).`,
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			p, _, err := g.nodePath(args[0])
-			if err != nil {
-				return err
-			}
-			h, err := g.host()
+			p, h, err := g.nodeAndHost(args[0])
 			if err != nil {
 				return err
 			}

@@ -20,11 +20,7 @@ func newLogsCmd(g *globalOptions) *cobra.Command {
 		Example: "  crtree logs /vserver1/calculate_pi\n  crtree logs -f /vserver1",
 		Args:    exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			p, _, err := g.nodePath(args[0])
-			if err != nil {
-				return err
-			}
-			h, err := g.host()
+			p, h, err := g.nodeAndHost(args[0])
 			if err != nil {
 				return err
 			}

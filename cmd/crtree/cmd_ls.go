@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/crtree/crtree/internal/hier"
 	"github.com/crtree/crtree/internal/node"
 )
 
@@ -26,24 +27,9 @@ lost), host PID of the node's init, number of processes, memory, age.`,
   crtree ls --json /`,
 		Args: rangeArgs(0, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			arg := "/"
-			if len(args) == 1 {
-				arg = args[0]
-			}
-			p, _, err := g.nodePath(arg)
+			_, entries, err := g.list(args, recursive)
 			if err != nil {
 				return err
-			}
-			h, err := g.host()
-			if err != nil {
-				return err
-			}
-			entries, err := h.List(p, recursive)
-			if err != nil {
-				return err
-			}
-			for i := range entries {
-				entries[i].Path = g.display(entries[i].Path)
 			}
 			if g.JSON {
 				return writeJSON(cmd.OutOrStdout(), entries)
@@ -54,6 +40,24 @@ lost), host PID of the node's init, number of processes, memory, age.`,
 	cmd.Flags().BoolVarP(&recursive, "recursive", "r", false, "list all descendants")
 	addJSONFlag(cmd, g)
 	return cmd
+}
+
+// list lists the node named by the optional argument (default /), with
+// paths as the caller sees them.
+func (g *globalOptions) list(args []string, recursive bool) (hier.Path, []node.Entry, error) {
+	arg := "/"
+	if len(args) == 1 {
+		arg = args[0]
+	}
+	p, h, err := g.nodeAndHost(arg)
+	if err != nil {
+		return nil, nil, err
+	}
+	entries, err := h.List(p, recursive)
+	for i := range entries {
+		entries[i].Path = g.display(entries[i].Path)
+	}
+	return p, entries, err
 }
 
 func printEntries(w io.Writer, entries []node.Entry) error {
@@ -107,19 +111,7 @@ func newTreeCmd(g *globalOptions) *cobra.Command {
 		Example: "  crtree tree /vserver1",
 		Args:    rangeArgs(0, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			arg := "/"
-			if len(args) == 1 {
-				arg = args[0]
-			}
-			p, _, err := g.nodePath(arg)
-			if err != nil {
-				return err
-			}
-			h, err := g.host()
-			if err != nil {
-				return err
-			}
-			entries, err := h.List(p, true)
+			p, entries, err := g.list(args, true)
 			if err != nil {
 				return err
 			}

@@ -16,11 +16,7 @@ namespace, and command line. Processes of child nodes are not included.`,
 		Example: "  crtree ps /vserver1/calculate_pi\n  crtree ps --json /vserver1",
 		Args:    exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			p, _, err := g.nodePath(args[0])
-			if err != nil {
-				return err
-			}
-			h, err := g.host()
+			p, h, err := g.nodeAndHost(args[0])
 			if err != nil {
 				return err
 			}

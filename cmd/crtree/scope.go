@@ -72,6 +72,16 @@ func (g *globalOptions) nodePath(arg string) (hier.Path, bool, error) {
 	return g.scope.path.Join(p...), dir, nil
 }
 
+// nodeAndHost parses a path argument and opens the state root.
+func (g *globalOptions) nodeAndHost(arg string) (hier.Path, *node.Host, error) {
+	p, _, err := g.nodePath(arg)
+	if err != nil {
+		return nil, nil, err
+	}
+	h, err := g.host()
+	return p, h, err
+}
+
 // isSelf reports whether p is the calling node itself.
 func (g *globalOptions) isSelf(p hier.Path) bool {
 	return g.scope != nil && len(p) == len(g.scope.path)

@@ -94,7 +94,12 @@ func (s *Store) save(t *Tree) error {
 // View calls fn with a consistent snapshot of the tree, under a shared
 // lock. fn must not keep the tree.
 func (s *Store) View(fn func(t *Tree) error) error {
-	unlock, err := s.lock(unix.LOCK_SH)
+	return s.withTree(unix.LOCK_SH, fn)
+}
+
+// withTree loads the tree under the lock of the given kind and calls fn.
+func (s *Store) withTree(how int, fn func(t *Tree) error) error {
+	unlock, err := s.lock(how)
 	if err != nil {
 		return err
 	}
@@ -113,22 +118,15 @@ var ErrUnchanged = errors.New("tree unchanged")
 // Update calls fn with the tree under the exclusive lock and saves what
 // fn left if it returns nil. Nothing is saved when fn fails.
 func (s *Store) Update(fn func(t *Tree) error) error {
-	unlock, err := s.lock(unix.LOCK_EX)
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	t, err := s.load()
-	if err != nil {
-		return err
-	}
-	if err := fn(t); err != nil {
-		if errors.Is(err, ErrUnchanged) {
-			return nil
+	return s.withTree(unix.LOCK_EX, func(t *Tree) error {
+		if err := fn(t); err != nil {
+			if errors.Is(err, ErrUnchanged) {
+				return nil
+			}
+			return err
 		}
-		return err
-	}
-	return s.save(t)
+		return s.save(t)
+	})
 }
 
 // WriteFileAtomic writes data to a temporary file beside name, syncs it,

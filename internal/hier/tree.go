@@ -79,10 +79,16 @@ func (t *Tree) PathOf(n *Node) Path {
 // Subtree returns n and all its descendants, parents before children
 // (depth first, children by name). For a nil n it returns every node.
 func (t *Tree) Subtree(n *Node) []*Node {
+	children := map[string][]*Node{}
+	for _, c := range t.Nodes {
+		children[c.Parent] = append(children[c.Parent], c)
+	}
 	var out []*Node
 	var walk func(id string)
 	walk = func(id string) {
-		for _, c := range t.Children(id) {
+		kids := children[id]
+		sort.Slice(kids, func(i, j int) bool { return kids[i].Name < kids[j].Name })
+		for _, c := range kids {
 			out = append(out, c)
 			walk(c.ID)
 		}
