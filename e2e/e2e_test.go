@@ -78,6 +78,8 @@ func setup(env *testscript.Env) error {
 	root2 := filepath.Join(env.WorkDir, ".state2")
 	env.Setenv("CRTREE_ROOT2", root2)
 	env.Setenv("PATH", binDir+string(os.PathListSeparator)+os.Getenv("PATH"))
+	archives, _ := filepath.Abs("../testdata/archives")
+	env.Setenv("ARCHIVES", archives)
 	for _, k := range []string{"CRTREE_CRIU", "HOME"} {
 		if v := os.Getenv(k); v != "" {
 			env.Setenv(k, v)

@@ -1,0 +1,151 @@
+package archive
+
+import (
+	"archive/tar"
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/crtree/crtree/internal/hier"
+)
+
+// raw is one member of a hand-made archive.
+type raw struct {
+	hdr  tar.Header
+	body string
+}
+
+// forge builds an archive with the given manifest and members and a
+// trailer that matches them, so that only their hostility can make a
+// reader refuse it. tweak may change the trailer.
+func forge(t testing.TB, m *Manifest, members []raw, tweak func(*Checksums)) []byte {
+	t.Helper()
+	var tb bytes.Buffer
+	tw := tar.NewWriter(&tb)
+	sums := &Checksums{PieceSize: PieceSize}
+	add := func(h tar.Header, body string) {
+		h.Format = tar.FormatPAX
+		if h.Typeflag == tar.TypeReg {
+			h.Size = int64(len(body))
+		}
+		if err := tw.WriteHeader(&h); err != nil {
+			t.Fatal(err)
+		}
+		tw.Write([]byte(body))
+		hashed := body
+		if h.Typeflag != tar.TypeReg {
+			hashed = h.Linkname
+		}
+		sums.Members = append(sums.Members, MemberChecksum{Name: h.Name, Type: typeOf(h.Typeflag), Size: int64(len(body)), SHA256: digestBytes([]byte(hashed))})
+	}
+	mj, _ := json.Marshal(m)
+	add(tar.Header{Name: ManifestName, Typeflag: tar.TypeReg, Mode: 0o644}, string(mj))
+	for _, r := range members {
+		add(r.hdr, r.body)
+	}
+	if tweak != nil {
+		tweak(sums)
+	}
+	sj, _ := json.Marshal(sums)
+	tw.WriteHeader(&tar.Header{Name: SumsName, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(sj)), Format: tar.FormatPAX})
+	tw.Write(sj)
+	tw.Close()
+	enc, _ := zstd.NewWriter(nil)
+	return enc.EncodeAll(tb.Bytes(), nil)
+}
+
+func oneNode() *Manifest {
+	return &Manifest{Format: FormatName, Version: FormatVersion,
+		Nodes: []Node{{Name: "n", Parent: -1, Spec: hier.Spec{Cmd: []string{"x"}}}}}
+}
+
+func file(name, body string) raw {
+	return raw{tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644}, body}
+}
+
+func TestHostileArchives(t *testing.T) {
+	const f = "nodes/0/files"
+	dir := raw{tar.Header{Name: f, Typeflag: tar.TypeDir, Mode: 0o755}, ""}
+	for name, tc := range map[string]struct {
+		m       *Manifest
+		members []raw
+		tweak   func(*Checksums)
+	}{
+		"symlink out, then a file through it": {oneNode(), []raw{dir,
+			{tar.Header{Name: f + "/out", Typeflag: tar.TypeSymlink, Linkname: "/OUTSIDE"}, ""},
+			file(f+"/out/pwned", "x")}, nil},
+		"relative symlink out, then a file through it": {oneNode(), []raw{dir,
+			{tar.Header{Name: f + "/up", Typeflag: tar.TypeSymlink, Linkname: "../../../../../../../OUTSIDE"}, ""},
+			file(f+"/up/pwned", "x")}, nil},
+		"hard link to a host file": {oneNode(), []raw{dir,
+			{tar.Header{Name: f + "/pw", Typeflag: tar.TypeLink, Linkname: "/etc/passwd"}, ""}}, nil},
+		"hard link to another node's file": {oneNode(), []raw{dir,
+			{tar.Header{Name: f + "/pw", Typeflag: tar.TypeLink, Linkname: "nodes/1/files/x"}, ""}}, nil},
+		"dot-dot path":  {oneNode(), []raw{file("nodes/0/files/../../OUTSIDE/pwned", "x")}, nil},
+		"absolute path": {oneNode(), []raw{file("/OUTSIDE/pwned", "x")}, nil},
+		"device node": {oneNode(), []raw{dir,
+			{tar.Header{Name: f + "/null", Typeflag: tar.TypeChar, Devmajor: 1, Devminor: 3, Mode: 0o666}, ""}}, nil},
+		"member not listed": {oneNode(), []raw{dir, file(f+"/a", "x")}, func(c *Checksums) {
+			c.Members = c.Members[:len(c.Members)-1]
+		}},
+		"member listed but missing": {oneNode(), []raw{dir}, func(c *Checksums) {
+			c.Members = append(c.Members, MemberChecksum{Name: f + "/ghost", Type: "file", Size: 1, SHA256: digestBytes([]byte("x"))})
+		}},
+		"file twice":       {oneNode(), []raw{dir, file(f+"/a", "x"), file(f+"/a", "y")}, nil},
+		"unknown version":  {&Manifest{Format: FormatName, Version: 99, Nodes: oneNode().Nodes}, nil, nil},
+		"node named twice": {&Manifest{Format: FormatName, Version: 1, Nodes: append(oneNode().Nodes, Node{Name: "c", Path: "c", Parent: 0, Spec: hier.Spec{Cmd: []string{"x"}}}, Node{Name: "c", Path: "c", Parent: 0, Spec: hier.Spec{Cmd: []string{"x"}}})}, nil, nil},
+		"member of a node that does not exist": {oneNode(), []raw{file("nodes/3/files/a", "x")}, nil},
+		"wrong checksum": {oneNode(), []raw{dir, file(f+"/a", "x")}, func(c *Checksums) {
+			c.Members[len(c.Members)-1].SHA256 = digestBytes([]byte("y"))
+		}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			data := forge(t, tc.m, tc.members, tc.tweak)
+			base := t.TempDir()
+			d := dirs{files: []string{filepath.Join(base, "files")}, images: []string{filepath.Join(base, "images")}}
+			os.MkdirAll(d.files[0], 0o755)
+			os.MkdirAll(d.images[0], 0o755)
+			r, err := NewReader(bytes.NewReader(data))
+			if err == nil {
+				err = Extract(r, d, nil)
+				r.Close()
+			}
+			if err == nil {
+				t.Fatal("hostile archive accepted")
+			}
+			if !strings.Contains(err.Error(), "corrupt archive") && !strings.Contains(err.Error(), "escapes") && !strings.Contains(err.Error(), "not allowed") && !strings.Contains(err.Error(), "leaves") {
+				t.Logf("refused with: %v", err)
+			}
+			if _, err := os.Stat(filepath.Join(base, "OUTSIDE")); err == nil {
+				t.Fatal("wrote outside the destination")
+			}
+			if _, err := os.Lstat("/OUTSIDE"); err == nil {
+				t.Fatal("wrote to /OUTSIDE")
+			}
+		})
+	}
+	// The forger itself makes acceptable archives.
+	good := forge(t, oneNode(), []raw{dir, file(f+"/a", "hello")}, nil)
+	if _, _, err := Verify(bytes.NewReader(good)); err != nil {
+		t.Fatalf("forged good archive refused: %v", err)
+	}
+}
+
+// TestHugeManifest: a manifest over the limit is refused before it is read.
+func TestHugeManifest(t *testing.T) {
+	var tb bytes.Buffer
+	tw := tar.NewWriter(&tb)
+	tw.WriteHeader(&tar.Header{Name: ManifestName, Typeflag: tar.TypeReg, Size: MaxManifestSize + 1})
+	tw.Write(bytes.Repeat([]byte(" "), MaxManifestSize+1))
+	tw.Close()
+	enc, _ := zstd.NewWriter(nil)
+	_, err := NewReader(bytes.NewReader(enc.EncodeAll(tb.Bytes(), nil)))
+	if err == nil || !strings.Contains(err.Error(), "larger than") {
+		t.Fatalf("huge manifest: %v", err)
+	}
+}
