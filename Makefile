@@ -26,6 +26,7 @@ FUZZTIME ?= 10s
 
 ## test: everything, as root, with the real CRIU, then each fuzz target briefly
 test: deps vet
+	@hack/install-test-deps.sh
 	CRTREE_E2E=1 $(GO) test -count=1 -timeout 20m ./...
 	$(MAKE) fuzz
 
