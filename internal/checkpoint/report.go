@@ -15,8 +15,9 @@ type Report struct {
 	Frozen Duration `json:"frozen,omitempty"`
 	// Criu is the wall time of the CRIU phase (all nodes in parallel).
 	Criu Duration `json:"criu"`
-	// Pack is the time spent writing files and images into the archive
-	// (dump) or extracting and verifying them (restore).
+	// Pack is, for a dump, the time from starting the archive to its
+	// commit (it overlaps Criu: images are streamed while CRIU writes
+	// them); for a restore, the time spent extracting and verifying.
 	Pack         Duration `json:"pack"`
 	Total        Duration `json:"total"`
 	ArchiveBytes int64    `json:"archiveBytes"`
