@@ -96,9 +96,9 @@ func TestHostileArchives(t *testing.T) {
 		"member listed but missing": {oneNode(), []raw{dir}, func(c *Checksums) {
 			c.Members = append(c.Members, MemberChecksum{Name: f + "/ghost", Type: "file", Size: 1, SHA256: digestBytes([]byte("x"))})
 		}},
-		"file twice":       {oneNode(), []raw{dir, file(f+"/a", "x"), file(f+"/a", "y")}, nil},
-		"unknown version":  {&Manifest{Format: FormatName, Version: 99, Nodes: oneNode().Nodes}, nil, nil},
-		"node named twice": {&Manifest{Format: FormatName, Version: 1, Nodes: append(oneNode().Nodes, Node{Name: "c", Path: "c", Parent: 0, Spec: hier.Spec{Cmd: []string{"x"}}}, Node{Name: "c", Path: "c", Parent: 0, Spec: hier.Spec{Cmd: []string{"x"}}})}, nil, nil},
+		"file twice":                           {oneNode(), []raw{dir, file(f+"/a", "x"), file(f+"/a", "y")}, nil},
+		"unknown version":                      {&Manifest{Format: FormatName, Version: 99, Nodes: oneNode().Nodes}, nil, nil},
+		"node named twice":                     {&Manifest{Format: FormatName, Version: 1, Nodes: append(oneNode().Nodes, Node{Name: "c", Path: "c", Parent: 0, Spec: hier.Spec{Cmd: []string{"x"}}}, Node{Name: "c", Path: "c", Parent: 0, Spec: hier.Spec{Cmd: []string{"x"}}})}, nil, nil},
 		"member of a node that does not exist": {oneNode(), []raw{file("nodes/3/files/a", "x")}, nil},
 		"wrong checksum": {oneNode(), []raw{dir, file(f+"/a", "x")}, func(c *Checksums) {
 			c.Members[len(c.Members)-1].SHA256 = digestBytes([]byte("y"))
