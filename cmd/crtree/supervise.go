@@ -9,6 +9,7 @@ import (
 // newSuperviseCmd is the hidden command a node's supervisor runs as.
 func newSuperviseCmd(g *globalOptions) *cobra.Command {
 	var fromImages string
+	var tcpEstablished bool
 	cmd := &cobra.Command{
 		Use:    "__supervise ID",
 		Hidden: true,
@@ -20,11 +21,12 @@ func newSuperviseCmd(g *globalOptions) *cobra.Command {
 			}
 			var from *node.FromImages
 			if fromImages != "" {
-				from = &node.FromImages{Dir: fromImages, CriuBin: g.Criu}
+				from = &node.FromImages{Dir: fromImages, CriuBin: g.Criu, TCPEstablished: tcpEstablished}
 			}
 			return node.Supervise(h, args[0], from)
 		},
 	}
 	cmd.Flags().StringVar(&fromImages, "from-images", "", "restore the node from the CRIU images in this directory")
+	cmd.Flags().BoolVar(&tcpEstablished, "tcp-established", false, "restore established TCP connections")
 	return cmd
 }

@@ -221,7 +221,7 @@ func restoreNodes(h *node.Host, m *archive.Manifest, ids []string, paths []hier.
 			go func() {
 				defer wg.Done()
 				t0 := time.Now()
-				pid, err := h.StartRestore(ids[i], node.FromImages{Dir: filepath.Join(stage, strconv.Itoa(i)), CriuBin: o.CriuBin})
+				pid, err := h.StartRestore(ids[i], node.FromImages{Dir: filepath.Join(stage, strconv.Itoa(i)), CriuBin: o.CriuBin, TCPEstablished: o.TCPEstablished})
 				reports[i].Criu = Duration(time.Since(t0))
 				reports[i].Pid = pid
 				if err != nil {

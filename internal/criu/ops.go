@@ -75,10 +75,11 @@ func (e *Error) Error() string {
 
 func (e *Error) Unwrap() error { return e.Err }
 
-// summary is the most telling line: the last error CRIU logged before
-// giving up, without its time stamp and source location.
+// summary is the most telling line: the first error CRIU logged (the
+// cause; later ones are its consequences), without its time stamp and
+// source location.
 func (e *Error) summary() string {
-	for i := len(e.Quoted) - 1; i >= 0; i-- {
+	for i := 0; i < len(e.Quoted); i++ {
 		line := e.Quoted[i]
 		_, msg, ok := strings.Cut(line, "): ")
 		if !ok || !strings.Contains(line, "Error (") || strings.Contains(msg, "FAILED") {
@@ -170,6 +171,11 @@ func Dump(bin string, o DumpOptions) error {
 		ManageCgroups:     proto.Bool(false),
 		ManageCgroupsMode: rpc.CriuCgMode_IGNORE.Enum(),
 	}
+	if o.TCPEstablished {
+		// Lock connections with nftables (CRIU links libnftables), not the
+		// iptables command, which many hosts no longer have.
+		opts.NetworkLock = rpc.CriuNetworkLockMethod_NFTABLES.Enum()
+	}
 	if o.FreezeCgroup != "" {
 		opts.FreezeCgroup = proto.String(o.FreezeCgroup)
 	}
@@ -199,6 +205,9 @@ func Restore(bin string, o RestoreOptions) (int, error) {
 		TcpEstablished:    proto.Bool(o.TCPEstablished),
 		ManageCgroups:     proto.Bool(false),
 		ManageCgroupsMode: rpc.CriuCgMode_IGNORE.Enum(),
+	}
+	if o.TCPEstablished {
+		opts.NetworkLock = rpc.CriuNetworkLockMethod_NFTABLES.Enum()
 	}
 	for _, m := range o.Externals {
 		opts.ExtMnt = append(opts.ExtMnt, &rpc.ExtMountMap{Key: proto.String(m.Key), Val: proto.String(m.HostPath)})

@@ -60,11 +60,12 @@ func (h *Host) restoreInit(id string, from *FromImages) (int, error) {
 	}
 	defer cg.Close()
 	return criu.Restore(from.CriuBin, criu.RestoreOptions{
-		ImagesDir: filepath.Join(from.Dir, "criu"),
-		WorkDir:   filepath.Join(from.Dir, "work"),
-		Root:      h.RootDir(id),
-		Externals: mounts,
-		CgroupFD:  int(cg.Fd()),
-		KeepLogs:  h.LogDir(),
+		ImagesDir:      filepath.Join(from.Dir, "criu"),
+		WorkDir:        filepath.Join(from.Dir, "work"),
+		Root:           h.RootDir(id),
+		Externals:      mounts,
+		CgroupFD:       int(cg.Fd()),
+		KeepLogs:       h.LogDir(),
+		TCPEstablished: from.TCPEstablished,
 	})
 }

@@ -38,6 +38,8 @@ func (h *Host) Start(id string) (int, error) { return h.startSupervisor(id, nil)
 type FromImages struct {
 	Dir     string
 	CriuBin string
+	// TCPEstablished restores established TCP connections.
+	TCPEstablished bool
 }
 
 // StartRestore starts a supervisor that restores the node with the given
@@ -61,6 +63,9 @@ func (h *Host) startSupervisor(id string, from *FromImages) (int, error) {
 	args := []string{"--root", h.Store.Root, "__supervise", id}
 	if from != nil {
 		args = append(args, "--criu", from.CriuBin, "--from-images", from.Dir)
+		if from.TCPEstablished {
+			args = append(args, "--tcp-established")
+		}
 	}
 	cmd := exec.Command(SelfExe, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
