@@ -18,6 +18,7 @@ cleanup() {
 		for top in $(CRTREE_ROOT=$r "$crtree" ls --json 2>/dev/null | sed -n 's/^ *"path": "\(\/[^/"]*\)",$/\1/p'); do
 			CRTREE_ROOT=$r "$crtree" rm -r -f "$top" || true
 		done
+		CRTREE_ROOT=$r "$crtree" gc >/dev/null 2>&1 || true
 	done
 	rm -rf "$work" 2>/dev/null || { sleep 1; rm -rf "$work"; }
 }

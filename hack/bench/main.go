@@ -356,6 +356,7 @@ func cleanup() {
 	for _, p := range []string{"/base", "/ct", "/fr", "/tree", "/many"} {
 		exec.Command(*crtreeBin, "rm", "-r", "-f", p).Run()
 	}
+	exec.Command(*crtreeBin, "gc").Run()
 	os.RemoveAll(*workDir)
 }
 

@@ -197,8 +197,12 @@ func (h *Host) GC() ([]string, error) {
 				}
 			}
 		}
-		// Cgroups of nodes the tree does not know.
+		// Cgroups of nodes the tree does not know; the state root's own
+		// group too, once it holds no node.
 		removed = append(removed, h.gcGroups(t, h.CgroupBase)...)
+		if len(t.Nodes) == 0 && h.CgroupBase.Exists() && h.CgroupBase.Remove() == nil {
+			removed = append(removed, h.CgroupBase.Path())
+		}
 		return nil
 	})
 	return removed, err
