@@ -127,6 +127,11 @@ func teardown(t logger, root string) {
 			time.Sleep(5 * time.Millisecond)
 		}
 	}
+	// Commands killed by the test may have left staging directories (in
+	// /dev/shm); they are removed once their CRIU is gone.
+	for h.Recover(); h.PendingOps() > 0 && time.Now().Before(deadline); h.Recover() {
+		time.Sleep(50 * time.Millisecond)
+	}
 	if err := h.CgroupBase.Remove(); err != nil {
 		t.Log("teardown:", err)
 	}

@@ -132,6 +132,13 @@ func (h *Host) undo(op *Op) {
 	}
 }
 
+// PendingOps returns how many operations of crtree commands are still
+// recorded (running, or not yet undone).
+func (h *Host) PendingOps() int {
+	des, _ := os.ReadDir(h.opsDir())
+	return len(des)
+}
+
 // Recover undoes what crtree commands that died left behind (frozen
 // nodes, staging directories, partial archives). Every command calls it.
 func (h *Host) Recover() { h.liveOps() }

@@ -26,7 +26,7 @@ func (h *Host) StageDir(kind string, need int64) (string, error) {
 			base = shmDir
 		}
 	}
-	return os.MkdirTemp(base, "crtree-"+filepath.Base(h.CgroupBase.Path())+"-"+kind+"-")
+	return os.MkdirTemp(base, filepath.Base(h.CgroupBase.Path())+"-"+kind+"-")
 }
 
 // tmpfsFree returns the free bytes of dir if it is a tmpfs, else 0.
