@@ -81,9 +81,10 @@ type External struct {
 	ReadOnly   bool   `json:"readOnly,omitempty"`
 }
 
-// FilesPrefix and ImagesPrefix return where node i's files and CRIU
-// images live in the archive.
-func FilesPrefix(i int) string  { return "nodes/" + strconv.Itoa(i) + "/files" }
+// FilesPrefix returns where node i's own files live in the archive.
+func FilesPrefix(i int) string { return "nodes/" + strconv.Itoa(i) + "/files" }
+
+// ImagesPrefix returns where node i's CRIU images live in the archive.
 func ImagesPrefix(i int) string { return "nodes/" + strconv.Itoa(i) + "/criu" }
 
 // Validate checks what a reader must be able to rely on: the format and

@@ -186,6 +186,8 @@ func (o *FileOutput) finishDirect() error {
 // so that the final fsync has little left to wait for.
 const flushEvery = 16 << 20
 
+// Write appends to the archive: through the aligned buffer in direct
+// mode, else to the file, starting writeback behind the write position.
 func (o *FileOutput) Write(p []byte) (int, error) {
 	if o.direct {
 		return o.writeDirect(p)
@@ -257,6 +259,7 @@ func (o *FileOutput) Abort() {
 // an aborted stream sees it end without its trailer and refuses it.
 type StreamOutput struct{ W io.Writer }
 
+// Write writes to the stream.
 func (o StreamOutput) Write(p []byte) (int, error) { return o.W.Write(p) }
 
 // Commit does nothing: what was written is written.

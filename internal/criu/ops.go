@@ -62,6 +62,7 @@ type Error struct {
 	Quoted []string
 }
 
+// Error is the summary line, the quoted log lines and where the log is.
 func (e *Error) Error() string {
 	msg := fmt.Sprintf("criu %s: %s", e.Op, e.summary())
 	if len(e.Quoted) > 0 {
@@ -73,6 +74,7 @@ func (e *Error) Error() string {
 	return msg
 }
 
+// Unwrap returns CRIU's own error.
 func (e *Error) Unwrap() error { return e.Err }
 
 // summary is the most telling line: the first error CRIU logged (the
