@@ -30,3 +30,16 @@ func newSuperviseCmd(g *globalOptions) *cobra.Command {
 	cmd.Flags().BoolVar(&tcpEstablished, "tcp-established", false, "restore established TCP connections")
 	return cmd
 }
+
+// newRmStageCmd is the hidden command that removes a staging directory in
+// the background (see node.Host.RemoveLater).
+func newRmStageCmd(g *globalOptions) *cobra.Command {
+	return &cobra.Command{
+		Use:    "__rmstage DIR",
+		Hidden: true,
+		Args:   exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return node.RemoveStage(g.Root, args[0])
+		},
+	}
+}

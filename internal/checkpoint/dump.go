@@ -84,7 +84,7 @@ func Dump(h *node.Host, p hier.Path, out Output, o Options) (rep *Report, err er
 	if err != nil {
 		return nil, fmt.Errorf("dump %s: %w", p, err)
 	}
-	defer os.RemoveAll(stage)
+	defer h.RemoveLater(stage)
 	// If this process dies, whoever finds the marker thaws the subtree and
 	// removes the staging directory and the partial archive.
 	op, err := h.BeginOp("dump")

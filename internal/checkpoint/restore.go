@@ -68,7 +68,7 @@ func Restore(h *node.Host, in io.Reader, target RestoreTarget, o Options) (rep *
 	if err != nil {
 		return nil, fmt.Errorf("restore: %w", err)
 	}
-	defer os.RemoveAll(stage)
+	defer h.RemoveLater(stage)
 	op, err := h.BeginOp("restore")
 	if err != nil {
 		return nil, err

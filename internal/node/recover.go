@@ -186,12 +186,11 @@ func (h *Host) GC() ([]string, error) {
 	}
 	err := h.Store.Update(func(t *hier.Tree) error {
 		// Staging directories of no live command.
-		tmps, _ := os.ReadDir(h.TmpDir())
-		for _, d := range tmps {
-			p := filepath.Join(h.TmpDir(), d.Name())
-			if !busy[p] && len(live) == 0 {
-				os.RemoveAll(p)
-				removed = append(removed, p)
+		if len(live) == 0 {
+			for _, p := range h.stageDirs() {
+				if !busy[p] && os.RemoveAll(p) == nil {
+					removed = append(removed, p)
+				}
 			}
 		}
 		// Storage of nodes the tree does not know.

@@ -1,8 +1,14 @@
 package node
 
 import (
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/crtree/crtree/internal/cgroup"
 
 	"golang.org/x/sys/unix"
 )
@@ -26,7 +32,7 @@ func (h *Host) StageDir(kind string, need int64) (string, error) {
 			base = shmDir
 		}
 	}
-	return os.MkdirTemp(base, filepath.Base(h.CgroupBase.Path())+"-"+kind+"-")
+	return os.MkdirTemp(base, h.stagePrefix()+kind+"-")
 }
 
 // tmpfsFree returns the free bytes of dir if it is a tmpfs, else 0.
@@ -36,4 +42,61 @@ func tmpfsFree(dir string) int64 {
 		return 0
 	}
 	return int64(st.Bavail) * st.Bsize
+}
+
+// stagePrefix is how the staging directories of this state root begin.
+func (h *Host) stagePrefix() string { return stagePrefixFor(h.Store.Root) }
+
+// stagePrefixFor is stagePrefix for a state root given by its absolute
+// path: the name of its cgroup, which is unique to it.
+func stagePrefixFor(root string) string {
+	return filepath.Base(cgroup.BaseFor("/", root)) + "-"
+}
+
+// stageDirs lists this state root's staging directories, wherever they are.
+func (h *Host) stageDirs() []string {
+	var out []string
+	for _, base := range []string{h.TmpDir(), shmDir, os.Getenv(EnvStageDir)} {
+		if base == "" {
+			continue
+		}
+		des, _ := os.ReadDir(base)
+		for _, d := range des {
+			if d.IsDir() && strings.HasPrefix(d.Name(), h.stagePrefix()) {
+				out = append(out, filepath.Join(base, d.Name()))
+			}
+		}
+	}
+	return out
+}
+
+// RemoveLater removes a staging directory in a detached process, so that
+// freeing a gigabyte of staged images does not delay the command's answer.
+// If that fails, the directory is removed now.
+func (h *Host) RemoveLater(dir string) {
+	cmd := exec.Command(SelfExe, "--root", h.Store.Root, "__rmstage", dir)
+	cmd.Env = hostEnv()
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if cmd.Start() != nil {
+		os.RemoveAll(dir)
+		return
+	}
+	cmd.Process.Release()
+}
+
+// RemoveStage removes dir if it is a staging directory of the state root
+// at root (the hidden __rmstage command; it removes nothing else, and
+// creates nothing, not even the state root).
+func RemoveStage(root, dir string) error {
+	abs, err := filepath.Abs(root)
+	if err != nil {
+		return err
+	}
+	dir = filepath.Clean(dir)
+	parent, name := filepath.Dir(dir), filepath.Base(dir)
+	okParent := parent == filepath.Join(abs, "tmp") || parent == shmDir || (os.Getenv(EnvStageDir) != "" && parent == filepath.Clean(os.Getenv(EnvStageDir)))
+	if !okParent || !strings.HasPrefix(name, stagePrefixFor(abs)) {
+		return fmt.Errorf("%s is not a staging directory of this state root", dir)
+	}
+	return os.RemoveAll(dir)
 }
