@@ -51,7 +51,7 @@ fi
 # The mirror the system already uses, so that no new host is contacted.
 mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null |
 	sed -nE 's/^(URIs:|deb(-src)?( \[[^]]*\])?)[[:space:]]+(https?:\/\/[^ ]+\/debian\/?)([[:space:]].*)?$/\4/p' | head -n1 || true)
-mirror=${mirror:-http://deb.debian.org/debian}
+[[ -n "$mirror" ]] || die "no Debian mirror found in /etc/apt/sources.list or sources.list.d; configure one, or install CRIU >= 4.2 yourself"
 mirror=${mirror%/}
 
 work=$(mktemp -d)
