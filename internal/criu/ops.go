@@ -166,7 +166,7 @@ func Dump(bin string, o DumpOptions) error {
 		ImagesDirFd:       proto.Int32(int32(img.Fd())),
 		WorkDirFd:         proto.Int32(int32(wd.Fd())),
 		LogFile:           proto.String("dump.log"),
-		LogLevel:          proto.Int32(4),
+		LogLevel:          proto.Int32(logLevel()),
 		LeaveRunning:      proto.Bool(true),
 		FileLocks:         proto.Bool(true),
 		TcpEstablished:    proto.Bool(o.TCPEstablished),
@@ -200,7 +200,7 @@ func Restore(bin string, o RestoreOptions) (int, error) {
 		ImagesDirFd:       proto.Int32(int32(img.Fd())),
 		WorkDirFd:         proto.Int32(int32(wd.Fd())),
 		LogFile:           proto.String("restore.log"),
-		LogLevel:          proto.Int32(4),
+		LogLevel:          proto.Int32(logLevel()),
 		Root:              proto.String(o.Root),
 		RstSibling:        proto.Bool(true),
 		FileLocks:         proto.Bool(true),
@@ -259,4 +259,13 @@ func keepLog(log, dir, op string) string {
 		return log
 	}
 	return dst
+}
+
+// logLevel is CRIU's log level: 4 (debug) by default, so that a failure's
+// log explains itself; CRTREE_CRIU_LOG_LEVEL=0..4 changes it.
+func logLevel() int32 {
+	if v := os.Getenv("CRTREE_CRIU_LOG_LEVEL"); len(v) == 1 && v[0] >= '0' && v[0] <= '4' {
+		return int32(v[0] - '0')
+	}
+	return 4
 }
