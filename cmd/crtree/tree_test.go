@@ -8,7 +8,9 @@ import (
 )
 
 func TestDrawTree(t *testing.T) {
-	e := func(name string, depth int) node.Entry { return node.Entry{Name: name, Depth: depth, Display: "running"} }
+	e := func(name string, depth int) node.Entry {
+		return node.Entry{Name: name, Depth: depth, Display: "running"}
+	}
 	var b strings.Builder
 	drawTree(&b, []node.Entry{e("a", 0), e("a1", 1), e("a11", 2), e("a2", 1), e("b", 0), e("b1", 1)})
 	want := `├── a  [running]
