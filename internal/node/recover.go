@@ -145,18 +145,19 @@ func (h *Host) Recover() { h.liveOps() }
 
 // watchFreeze is the supervisor's guard: a node left frozen by a crtree
 // command that died is thawed within a second or two, even if no other
-// crtree command runs.
+// crtree command runs. A node's cgroup never moves (mv keeps the parent),
+// so it is looked up once; each tick reads two small files.
 func (h *Host) watchFreeze(id string) {
+	var groups []cgroup.Group
+	h.Store.View(func(t *hier.Tree) error {
+		if n := t.Nodes[id]; n != nil {
+			g := h.Group(t, n)
+			groups = []cgroup.Group{g, g.Leaf()}
+		}
+		return nil
+	})
 	for {
 		time.Sleep(time.Second)
-		var groups []cgroup.Group
-		h.Store.View(func(t *hier.Tree) error {
-			if n := t.Nodes[id]; n != nil {
-				g := h.Group(t, n)
-				groups = []cgroup.Group{g, g.Leaf()}
-			}
-			return nil
-		})
 		frozen := false
 		for _, g := range groups {
 			frozen = frozen || g.Frozen()
