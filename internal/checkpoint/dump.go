@@ -281,8 +281,11 @@ func collect(h *node.Host, p hier.Path) ([]*member, cgroup.Group, error) {
 		index := map[string]int{}
 		for i, m := range t.Subtree(n) {
 			st := node.StatusOf(m)
-			if st.State == hier.Creating {
+			switch st.State {
+			case hier.Creating:
 				return fmt.Errorf("dump %s: node %s is still being created", p, t.PathOf(m))
+			case hier.Incomplete:
+				return fmt.Errorf("dump %s: node %s is incomplete (its creation was interrupted; remove it with rm -r -f)", p, t.PathOf(m))
 			}
 			mp := t.PathOf(m)
 			rel := path.Join(mp[len(p):]...)
