@@ -135,6 +135,14 @@ func teardown(t logger, root string) {
 	if err := h.CgroupBase.Remove(); err != nil {
 		t.Log("teardown:", err)
 	}
+	// A command still finishing (a request served inside a node) may
+	// recreate the group once; try again a little later.
+	time.Sleep(100 * time.Millisecond)
+	if h.CgroupBase.Exists() {
+		h.CgroupBase.Kill()
+		h.CgroupBase.WaitEmpty(5 * time.Second)
+		h.CgroupBase.Remove()
+	}
 }
 
 // running reports whether pid exists and is not a zombie.
