@@ -142,7 +142,7 @@ func (x *extractor) member(hdr *tar.Header, body io.Reader) error {
 		if x.buf == nil {
 			x.buf = make([]byte, 1<<20)
 		}
-		n, err := io.CopyBuffer(f, body, x.buf)
+		n, err := copyFull(f, body, x.buf)
 		x.total += n
 		if x.progress != nil {
 			x.progress(x.total)
@@ -209,4 +209,26 @@ func (x *extractor) finish() error {
 		}
 	}
 	return nil
+}
+
+// copyFull copies r to w in writes of len(buf) bytes: the decompressor
+// hands out at most a block (128 KiB) per read, and *os.File's ReadFrom
+// would write 32 KiB at a time.
+func copyFull(w io.Writer, r io.Reader, buf []byte) (int64, error) {
+	var total int64
+	for {
+		n, err := io.ReadFull(r, buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return total, werr
+			}
+			total += int64(n)
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+	}
 }
