@@ -122,15 +122,67 @@ func hashRange(open func() (*os.File, error), off, length int64) (string, error)
 		return "", err
 	}
 	defer f.Close()
+	length = max(length, 0)
+	r := io.NewSectionReader(f, off, length)
 	h := sha256.New()
-	n, err := io.CopyBuffer(h, io.NewSectionReader(f, off, max(length, 0)), make([]byte, 1<<20))
-	if err != nil {
-		return "", err
+	buf := make([]byte, 1<<20)
+	// Zero-filled memory is common in CRIU images and costs no hashing:
+	// leading zeros are only counted, and hashed only if other bytes
+	// follow; an all-zero piece takes its digest from a cache.
+	var zeros, n int64
+	for n < length {
+		k, err := io.ReadFull(r, buf[:min(int64(len(buf)), length-n)])
+		chunk := buf[:k]
+		n += int64(k)
+		switch {
+		case zeros == n-int64(k) && allZero(chunk):
+			zeros += int64(k)
+		default:
+			if zeros > 0 {
+				writeZeros(h, zeros)
+				zeros = -1 << 62 // never again: the piece is not all zero
+			}
+			h.Write(chunk)
+		}
+		if err != nil {
+			if n < length {
+				return "", fmt.Errorf("file changed size while being archived")
+			}
+			break
+		}
 	}
-	if n != max(length, 0) {
-		return "", fmt.Errorf("file changed size while being archived")
+	if zeros == length {
+		return zeroDigest(length), nil
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// writeZeros feeds n zero bytes to h.
+func writeZeros(h io.Writer, n int64) {
+	for n > 0 {
+		k := min(n, int64(len(zeroChunk)))
+		h.Write(zeroChunk[:k])
+		n -= k
+	}
+}
+
+var (
+	zeroDigestsMu sync.Mutex
+	zeroDigests   = map[int64]string{}
+)
+
+// zeroDigest returns the SHA-256 of n zero bytes, computed once per n.
+func zeroDigest(n int64) string {
+	zeroDigestsMu.Lock()
+	defer zeroDigestsMu.Unlock()
+	if d, ok := zeroDigests[n]; ok {
+		return d
+	}
+	h := sha256.New()
+	writeZeros(h, n)
+	d := hex.EncodeToString(h.Sum(nil))
+	zeroDigests[n] = d
+	return d
 }
 
 // wait waits for every digest and returns the members in order.

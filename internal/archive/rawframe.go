@@ -1,6 +1,7 @@
 package archive
 
 import (
+	"bytes"
 	"encoding/binary"
 	"io"
 
@@ -56,6 +57,48 @@ func writeRawFrame(w io.Writer, p []byte) error {
 	}
 }
 
+// writeZeroFrame writes n zero bytes as one zstd frame of RLE blocks
+// (a block of one repeated byte costs 4 bytes): zero-filled memory pages
+// take no compression work at all.
+func writeZeroFrame(w io.Writer, n int) error {
+	if _, err := w.Write(rawFrameHeader); err != nil {
+		return err
+	}
+	var blk [4]byte
+	for {
+		size := min(n, rawBlockMax)
+		last := uint32(0)
+		if size == n {
+			last = 1
+		}
+		// Block_Type 1 = RLE; the block's content is the one byte (0).
+		binary.LittleEndian.PutUint32(blk[:], last|1<<1|uint32(size)<<3)
+		blk[3] = 0
+		if _, err := w.Write(blk[:4]); err != nil {
+			return err
+		}
+		n -= size
+		if last == 1 {
+			return nil
+		}
+	}
+}
+
+// zeroChunk is compared against to find all-zero chunks.
+var zeroChunk = make([]byte, 1<<20)
+
+// allZero reports whether p holds only zero bytes.
+func allZero(p []byte) bool {
+	for len(p) > 0 {
+		n := min(len(p), len(zeroChunk))
+		if !bytes.Equal(p[:n], zeroChunk[:n]) {
+			return false
+		}
+		p = p[n:]
+	}
+	return true
+}
+
 // sampler decides whether a chunk is worth compressing.
 type sampler struct {
 	enc *zstd.Encoder
@@ -89,9 +132,22 @@ type switchWriter struct {
 	open    bool // zw has an unfinished frame on out
 	sampler *sampler
 	raw     bool
+	zero    bool // the next writes are all zeros: RLE frames
 }
 
 func (s *switchWriter) Write(p []byte) (int, error) {
+	if s.zero {
+		if s.open {
+			if err := s.zw.Close(); err != nil {
+				return 0, err
+			}
+			s.open = false
+		}
+		if err := writeZeroFrame(s.out, len(p)); err != nil {
+			return 0, err
+		}
+		return len(p), nil
+	}
 	if !s.raw {
 		if !s.open {
 			s.zw.Reset(s.out)

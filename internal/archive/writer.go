@@ -174,7 +174,7 @@ func (w *Writer) WriteEntries(entries []Entry) error {
 	for _, e := range entries {
 		hdr := *e.header
 		hdr.Format = tar.FormatPAX
-		w.sw.raw = false
+		w.sw.raw, w.sw.zero = false, false
 		if err := w.tw.WriteHeader(&hdr); err != nil {
 			return fmt.Errorf("write %s: %w", e.Name, err)
 		}
@@ -187,7 +187,7 @@ func (w *Writer) WriteEntries(entries []Entry) error {
 			return fmt.Errorf("write %s: %w", e.Name, err)
 		}
 	}
-	w.sw.raw = false
+	w.sw.raw, w.sw.zero = false, false
 	return nil
 }
 
@@ -196,7 +196,7 @@ func (w *Writer) WriteEntries(entries []Entry) error {
 // parts, which a reader concatenates. The range must not change.
 func (w *Writer) WritePart(name, path string, off, size int64) error {
 	hdr := &tar.Header{Name: name, Mode: 0o600, Size: size, Typeflag: tar.TypeReg, Format: tar.FormatPAX, ModTime: time.Now()}
-	w.sw.raw = false
+	w.sw.raw, w.sw.zero = false, false
 	if err := w.tw.WriteHeader(hdr); err != nil {
 		return fmt.Errorf("write %s: %w", name, err)
 	}
@@ -204,7 +204,7 @@ func (w *Writer) WritePart(name, path string, off, size int64) error {
 	if err := w.copyFile(path, off, size); err != nil {
 		return fmt.Errorf("write %s: %w", name, err)
 	}
-	w.sw.raw = false
+	w.sw.raw, w.sw.zero = false, false
 	return nil
 }
 
@@ -222,7 +222,8 @@ func (w *Writer) copyFile(path string, off, size int64) error {
 		n, err := io.ReadFull(r, w.buf[:min(int64(len(w.buf)), size-copied)])
 		if n > 0 {
 			chunk := w.buf[:n]
-			w.sw.raw = w.sw.sampler.incompressible(chunk)
+			w.sw.zero = allZero(chunk)
+			w.sw.raw = !w.sw.zero && w.sw.sampler.incompressible(chunk)
 			if _, werr := w.tw.Write(chunk); werr != nil {
 				return werr
 			}
@@ -254,7 +255,7 @@ func (w *Writer) Close() error {
 		return err
 	}
 	hdr := &tar.Header{Name: SumsName, Mode: 0o644, Size: int64(len(data)), Typeflag: tar.TypeReg, Format: tar.FormatPAX}
-	w.sw.raw = false
+	w.sw.raw, w.sw.zero = false, false
 	if err := w.tw.WriteHeader(hdr); err != nil {
 		return err
 	}
