@@ -24,5 +24,7 @@ keep=${KEEP:-/var/tmp/crtree-migrate-$(basename "$path").crtree}
 
 # Write the archive to a file on the remote side first (tee), so that a
 # failed restore there still leaves the checkpoint on disk.
+# The remote command is plain POSIX sh: a pipeline's status is that of its
+# last command, crtree restore.
 crtree dump "$path" -o - |
-	$ssh "$host" "set -o pipefail; tee '$keep.partial' | $remote restore - --parent '$parent' && rm -f '$keep.partial' || { mv '$keep.partial' '$keep'; echo 'restore failed; archive kept at $keep' >&2; exit 1; }"
+	$ssh "$host" "if tee '$keep.partial' | $remote restore - --parent '$parent'; then rm -f '$keep.partial'; else mv '$keep.partial' '$keep'; echo 'restore failed; what arrived of the archive is kept at $keep' >&2; exit 1; fi"
