@@ -289,6 +289,19 @@ func lsBench() {
 	t2 := time.Now()
 	run(*crtreeBin, "kill", "-r", "-s", "KILL", "/many")
 	record(fmt.Sprintf("kill -r of %d nodes", *lsN), "-", 1, time.Since(t2), 0, 0)
+	// Nothing of the subtree may survive.
+	var left []struct {
+		Procs int `json:"procs"`
+	}
+	must(json.Unmarshal([]byte(runOut(*crtreeBin, "ls", "-r", "--json", "/many")), &left))
+	alive := 0
+	for _, e := range left {
+		alive += e.Procs
+	}
+	if alive > 0 {
+		fatal("kill -r left %d processes in /many", alive)
+	}
+	fmt.Fprintf(os.Stderr, "  kill -r of %d nodes left no process\n", *lsN)
 	run(*crtreeBin, "rm", "-r", "-f", "/many")
 }
 
