@@ -151,6 +151,28 @@ func openDirs(images, work string) (*os.File, *os.File, error) {
 // CRIU's swrk mode opens the directory descriptors of a request through
 // /proc/<client>/fd/N: they are numbers in this process, not passed ones.
 
+// commonOpts are the options every crtree dump and restore passes CRIU:
+// images and work directories, debug log, file locks, cgroups left alone
+// (crtree places processes itself), and for TCP connections the network
+// lock through nftables (CRIU links libnftables), not the iptables command,
+// which many hosts no longer have.
+func commonOpts(img, wd *os.File, log string, tcp bool) *rpc.CriuOpts {
+	opts := &rpc.CriuOpts{
+		ImagesDirFd:       proto.Int32(int32(img.Fd())),
+		WorkDirFd:         proto.Int32(int32(wd.Fd())),
+		LogFile:           proto.String(log),
+		LogLevel:          proto.Int32(logLevel()),
+		FileLocks:         proto.Bool(true),
+		TcpEstablished:    proto.Bool(tcp),
+		ManageCgroups:     proto.Bool(false),
+		ManageCgroupsMode: rpc.CriuCgMode_IGNORE.Enum(),
+	}
+	if tcp {
+		opts.NetworkLock = rpc.CriuNetworkLockMethod_NFTABLES.Enum()
+	}
+	return opts
+}
+
 // Dump checkpoints the process tree at o.Pid, leaving it running (or
 // frozen, if its cgroup was frozen before): crtree decides later whether
 // to kill it, once the archive is safe.
@@ -161,23 +183,9 @@ func Dump(bin string, o DumpOptions) error {
 	}
 	defer img.Close()
 	defer wd.Close()
-	opts := &rpc.CriuOpts{
-		Pid:               proto.Int32(int32(o.Pid)),
-		ImagesDirFd:       proto.Int32(int32(img.Fd())),
-		WorkDirFd:         proto.Int32(int32(wd.Fd())),
-		LogFile:           proto.String("dump.log"),
-		LogLevel:          proto.Int32(logLevel()),
-		LeaveRunning:      proto.Bool(true),
-		FileLocks:         proto.Bool(true),
-		TcpEstablished:    proto.Bool(o.TCPEstablished),
-		ManageCgroups:     proto.Bool(false),
-		ManageCgroupsMode: rpc.CriuCgMode_IGNORE.Enum(),
-	}
-	if o.TCPEstablished {
-		// Lock connections with nftables (CRIU links libnftables), not the
-		// iptables command, which many hosts no longer have.
-		opts.NetworkLock = rpc.CriuNetworkLockMethod_NFTABLES.Enum()
-	}
+	opts := commonOpts(img, wd, "dump.log", o.TCPEstablished)
+	opts.Pid = proto.Int32(int32(o.Pid))
+	opts.LeaveRunning = proto.Bool(true)
 	if o.FreezeCgroup != "" {
 		opts.FreezeCgroup = proto.String(o.FreezeCgroup)
 	}
@@ -196,21 +204,9 @@ func Restore(bin string, o RestoreOptions) (int, error) {
 	}
 	defer img.Close()
 	defer wd.Close()
-	opts := &rpc.CriuOpts{
-		ImagesDirFd:       proto.Int32(int32(img.Fd())),
-		WorkDirFd:         proto.Int32(int32(wd.Fd())),
-		LogFile:           proto.String("restore.log"),
-		LogLevel:          proto.Int32(logLevel()),
-		Root:              proto.String(o.Root),
-		RstSibling:        proto.Bool(true),
-		FileLocks:         proto.Bool(true),
-		TcpEstablished:    proto.Bool(o.TCPEstablished),
-		ManageCgroups:     proto.Bool(false),
-		ManageCgroupsMode: rpc.CriuCgMode_IGNORE.Enum(),
-	}
-	if o.TCPEstablished {
-		opts.NetworkLock = rpc.CriuNetworkLockMethod_NFTABLES.Enum()
-	}
+	opts := commonOpts(img, wd, "restore.log", o.TCPEstablished)
+	opts.Root = proto.String(o.Root)
+	opts.RstSibling = proto.Bool(true)
 	for _, m := range o.Externals {
 		opts.ExtMnt = append(opts.ExtMnt, &rpc.ExtMountMap{Key: proto.String(m.Key), Val: proto.String(m.HostPath)})
 	}
