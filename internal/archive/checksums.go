@@ -9,6 +9,7 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"syscall"
 )
 
 // PieceSize is the unit of checksumming: every member has one SHA-256 per
@@ -89,7 +90,21 @@ func (p *hashPool) addFile(name, path string, off, size int64) {
 // opened through root, so no symlink can lead the hashing elsewhere.
 // root must stay open until wait returns.
 func (p *hashPool) addFileIn(name string, root *os.Root, rel string, off, size int64) {
-	p.addOpener(name, func() (*os.File, error) { return root.Open(rel) }, off, size)
+	p.addOpener(name, func() (*os.File, error) { return openRegular(root, rel) }, off, size)
+}
+
+// openRegular opens rel in root for reading, refusing anything but a
+// regular file (O_NONBLOCK: opening a FIFO must not wait for a writer).
+func openRegular(root *os.Root, rel string) (*os.File, error) {
+	f, err := root.OpenFile(rel, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("%s is not a regular file", rel)
+	}
+	return f, nil
 }
 
 func (p *hashPool) addOpener(name string, open func() (*os.File, error), base, size int64) {

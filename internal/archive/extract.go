@@ -28,7 +28,7 @@ type Destination interface {
 // returns only once the trailer's checksums matched; on error, what was
 // written is left for the caller to remove with the destination.
 func Extract(r *Reader, dst Destination, progress func(n int64)) error {
-	x := &extractor{dst: dst, roots: map[string]*os.Root{}, progress: progress, hashes: r.pool}
+	x := &extractor{dst: dst, roots: map[string]*os.Root{}, progress: progress, hashes: r.pool, limit: expansionLimit(r.Manifest())}
 	// Files are hashed from disk as they are written, on every core; the
 	// trailer check waits for them.
 	r.external = true
@@ -61,6 +61,24 @@ type extractor struct {
 	total    int64
 	buf      []byte
 	hashes   *hashPool
+	// limit bounds the bytes written: a small hostile archive of RLE
+	// blocks could otherwise expand into terabytes.
+	limit int64
+}
+
+// metadataAllowance is what an archive may extract beyond its nodes'
+// memory and files: CRIU's own images (a few hundred KiB per node).
+var metadataAllowance = int64(64 << 20)
+
+// expansionLimit is how much content an archive may extract: what its
+// manifest says the nodes held (their memory, which CRIU's images take,
+// and their files), doubled, plus metadataAllowance.
+func expansionLimit(m *Manifest) int64 {
+	limit := metadataAllowance
+	for _, n := range m.Nodes {
+		limit += 2 * (max(n.Memory, 0) + max(n.Files, 0))
+	}
+	return limit
 }
 
 func (x *extractor) close() {
@@ -142,6 +160,10 @@ func (x *extractor) member(hdr *tar.Header, body io.Reader) error {
 		if x.buf == nil {
 			x.buf = make([]byte, 1<<20)
 		}
+		if x.total+hdr.Size > x.limit {
+			f.Close()
+			return corrupt("the archive holds more than the %d bytes its manifest accounts for", x.limit)
+		}
 		n, err := copyFull(f, body, x.buf)
 		x.total += n
 		if x.progress != nil {
@@ -172,7 +194,9 @@ func (x *extractor) member(hdr *tar.Header, body io.Reader) error {
 		}
 		return nil // the target's metadata stands
 	case tar.TypeFifo:
-		parent, err := root.Open(path.Dir(rel))
+		// O_DIRECTORY: a FIFO where the parent should be must fail, not
+		// block the open forever.
+		parent, err := root.OpenFile(path.Dir(rel), os.O_RDONLY|unix.O_DIRECTORY|unix.O_NONBLOCK, 0)
 		if err != nil {
 			return err
 		}

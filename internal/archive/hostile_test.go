@@ -100,6 +100,9 @@ func TestHostileArchives(t *testing.T) {
 		"unknown version":                      {&Manifest{Format: FormatName, Version: 99, Nodes: oneNode().Nodes}, nil, nil},
 		"node named twice":                     {&Manifest{Format: FormatName, Version: 1, Nodes: append(oneNode().Nodes, Node{Name: "c", Path: "c", Parent: 0, Spec: hier.Spec{Cmd: []string{"x"}}}, Node{Name: "c", Path: "c", Parent: 0, Spec: hier.Spec{Cmd: []string{"x"}}})}, nil, nil},
 		"member of a node that does not exist": {oneNode(), []raw{file("nodes/3/files/a", "x")}, nil},
+		"fifo used as a directory": {oneNode(), []raw{dir,
+			{tar.Header{Name: f + "/p", Typeflag: tar.TypeFifo, Mode: 0o600}, ""},
+			{tar.Header{Name: f + "/p/q", Typeflag: tar.TypeFifo, Mode: 0o600}, ""}}, nil},
 		"wrong checksum": {oneNode(), []raw{dir, file(f+"/a", "x")}, func(c *Checksums) {
 			c.Members[len(c.Members)-1].SHA256 = digestBytes([]byte("y"))
 		}},
