@@ -66,17 +66,18 @@ type extractor struct {
 	limit int64
 }
 
-// metadataAllowance is what an archive may extract beyond its nodes'
-// memory and files: CRIU's own images (a few hundred KiB per node).
-var metadataAllowance = int64(64 << 20)
+// metadataAllowance is what an archive may extract per node beyond its
+// memory and files: CRIU's own images (a few hundred KiB) and the contents
+// of the node's tmpfs mounts, /dev and /dev/shm (64 MiB each at most).
+var metadataAllowance = int64(160 << 20)
 
 // expansionLimit is how much content an archive may extract: what its
-// manifest says the nodes held (their memory, which CRIU's images take,
-// and their files), doubled, plus metadataAllowance.
+// manifest says the nodes held (their memory, which CRIU's page images
+// take, and their files), doubled, plus metadataAllowance per node.
 func expansionLimit(m *Manifest) int64 {
-	limit := metadataAllowance
+	var limit int64
 	for _, n := range m.Nodes {
-		limit += 2 * (max(n.Memory, 0) + max(n.Files, 0))
+		limit += metadataAllowance + 2*(max(n.Memory, 0)+max(n.Files, 0))
 	}
 	return limit
 }

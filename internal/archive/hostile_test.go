@@ -152,3 +152,29 @@ func TestHugeManifest(t *testing.T) {
 		t.Fatalf("huge manifest: %v", err)
 	}
 }
+
+// TestExpansionBomb: a small archive whose members expand far beyond what
+// its manifest accounts for is refused before the content is written.
+func TestExpansionBomb(t *testing.T) {
+	metadataAllowance = 1 << 20
+	defer func() { metadataAllowance = 160 << 20 }()
+	const f = "nodes/0/files"
+	data := forge(t, oneNode(), []raw{{tar.Header{Name: f, Typeflag: tar.TypeDir, Mode: 0o755}, ""},
+		file(f+"/bomb", strings.Repeat("\x00", 8<<20))}, nil)
+	if len(data) > 64<<10 {
+		t.Fatalf("bomb is %d bytes compressed", len(data))
+	}
+	d := dirs{files: []string{t.TempDir()}, images: []string{t.TempDir()}}
+	r, err := NewReader(bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	err = Extract(r, d, nil)
+	if err == nil || !strings.Contains(err.Error(), "manifest accounts for") {
+		t.Fatalf("bomb: %v", err)
+	}
+	if fi, err := os.Stat(filepath.Join(d.files[0], "bomb")); err == nil && fi.Size() > 0 {
+		t.Fatalf("bomb content written: %d bytes", fi.Size())
+	}
+}
