@@ -10,6 +10,7 @@ import (
 
 	"github.com/crtree/crtree/internal/checkpoint"
 	"github.com/crtree/crtree/internal/criu"
+	"github.com/crtree/crtree/internal/node"
 )
 
 type cpOptions struct {
@@ -21,12 +22,17 @@ type cpOptions struct {
 	Name           string
 }
 
-// options builds the checkpoint options, with a progress line on stderr
-// when it is a terminal (and not --quiet).
-func (o *cpOptions) options(g *globalOptions) (checkpoint.Options, *progressPrinter, error) {
+// prepare finds CRIU, opens the state root and builds the checkpoint
+// options, with a progress line on stderr when it is a terminal (and not
+// --quiet).
+func (o *cpOptions) prepare(g *globalOptions) (*node.Host, checkpoint.Options, *progressPrinter, error) {
 	bin, err := criu.Find(g.Criu)
 	if err != nil {
-		return checkpoint.Options{}, nil, err
+		return nil, checkpoint.Options{}, nil, err
+	}
+	h, err := g.host()
+	if err != nil {
+		return nil, checkpoint.Options{}, nil, err
 	}
 	co := checkpoint.Options{CriuBin: bin, LeaveRunning: o.LeaveRunning, TCPEstablished: o.TCPEstablished}
 	var pp *progressPrinter
@@ -34,7 +40,7 @@ func (o *cpOptions) options(g *globalOptions) (checkpoint.Options, *progressPrin
 		pp = newProgressPrinter(os.Stderr)
 		co.Progress = pp.Update
 	}
-	return co, pp, nil
+	return h, co, pp, nil
 }
 
 func newDumpCmd(g *globalOptions) *cobra.Command {
@@ -64,11 +70,7 @@ left under FILE.`,
 			if o.Output == "" {
 				return usageError{fmt.Errorf("dump needs -o FILE (or -o - for stdout)")}
 			}
-			co, pp, err := o.options(g)
-			if err != nil {
-				return err
-			}
-			h, err := g.host()
+			h, co, pp, err := o.prepare(g)
 			if err != nil {
 				return err
 			}
@@ -158,11 +160,7 @@ restore fails at any point, every node it created is removed.`,
 			if err != nil {
 				return err
 			}
-			co, pp, err := o.options(g)
-			if err != nil {
-				return err
-			}
-			h, err := g.host()
+			h, co, pp, err := o.prepare(g)
 			if err != nil {
 				return err
 			}

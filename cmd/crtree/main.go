@@ -20,7 +20,7 @@ const (
 	exitUsage = 2
 )
 
-// exitError carries a command's own exit status (crtree exec).
+// exitStatus carries a command's own exit status (crtree exec).
 type exitStatus struct{ code int }
 
 func (e exitStatus) Error() string { return fmt.Sprintf("exit status %d", e.code) }

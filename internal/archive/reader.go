@@ -38,7 +38,6 @@ type Reader struct {
 	external bool
 	seen     map[string]string // name -> type, for the once-only rule
 	cur      *hashingReader
-	curName  string
 	skip     []byte
 	done     bool
 	count    int
@@ -142,7 +141,6 @@ func (r *Reader) Next() (*tar.Header, io.Reader, error) {
 		r.pool.addBytes(hdr.Name, typ, 0, []byte(hdr.Linkname))
 	}
 	r.cur = &hashingReader{name: hdr.Name, r: r.tr, left: hdr.Size, size: hdr.Size, hash: !r.external && hdr.Typeflag == tar.TypeReg}
-	r.curName = hdr.Name
 	return hdr, r.cur, nil
 }
 
@@ -185,10 +183,10 @@ func (r *Reader) finishCurrent() error {
 	}
 	r.cur.wait()
 	if r.cur.left != 0 {
-		return corrupt("member %q: archive is truncated", r.curName)
+		return corrupt("member %q: archive is truncated", r.cur.name)
 	}
 	if r.cur.hash {
-		r.pool.record(r.curName, "file", r.cur.size, r.cur.digests())
+		r.pool.record(r.cur.name, "file", r.cur.size, r.cur.digests())
 	}
 	r.cur = nil
 	return nil

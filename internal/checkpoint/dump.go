@@ -57,8 +57,9 @@ type member struct {
 	parent int
 	status node.Status
 	group  cgroup.Group
-	dir    string // staging directory of this node
-	memory int64  // resident memory of its processes, what CRIU will write
+	dir    string       // staging directory of this node
+	memory int64        // resident memory of its processes, what CRIU will write
+	mounts []criu.Mount // its external mounts, for CRIU and the manifest
 	report NodeReport
 }
 
@@ -102,6 +103,12 @@ func Dump(h *node.Host, p hier.Path, out Output, o Options) (rep *Report, err er
 	}
 	if err := h.SaveOp(op); err != nil {
 		return nil, err
+	}
+	// What costs I/O is looked up once, before the freeze.
+	for _, m := range members {
+		if m.mounts, err = h.CriuMountsFor(&m.n); err != nil {
+			return nil, fmt.Errorf("dump %s: %w", m.path, err)
+		}
 	}
 	for i, m := range members {
 		m.dir = filepath.Join(stage, strconv.Itoa(i))
@@ -164,7 +171,7 @@ func Dump(h *node.Host, p hier.Path, out Output, o Options) (rep *Report, err er
 		files = append(files, fe)
 		m.report.Files = sumSizes(fe)
 		rep.FileBytes += m.report.Files
-		manifest.Nodes = append(manifest.Nodes, manifestNode(h, m))
+		manifest.Nodes = append(manifest.Nodes, manifestNode(m))
 	}
 
 	// Large writes: the archive writer emits many small pieces (frame and
@@ -330,18 +337,15 @@ func dumpAll(h *node.Host, op *node.Op, members []*member, o Options) error {
 			sem <- struct{}{}
 			defer func() { <-sem }()
 			t0 := time.Now()
-			mounts, err := h.CriuMountsFor(&m.n)
-			if err == nil {
-				err = criu.Dump(o.CriuBin, criu.DumpOptions{
-					Pid:            m.n.Pid,
-					ImagesDir:      filepath.Join(m.dir, "criu"),
-					WorkDir:        filepath.Join(m.dir, "work"),
-					FreezeCgroup:   m.group.Leaf().Path(),
-					Externals:      mounts,
-					TCPEstablished: o.TCPEstablished,
-					KeepLogs:       h.LogDir(),
-				})
-			}
+			err := criu.Dump(o.CriuBin, criu.DumpOptions{
+				Pid:            m.n.Pid,
+				ImagesDir:      filepath.Join(m.dir, "criu"),
+				WorkDir:        filepath.Join(m.dir, "work"),
+				FreezeCgroup:   m.group.Leaf().Path(),
+				Externals:      m.mounts,
+				TCPEstablished: o.TCPEstablished,
+				KeepLogs:       h.LogDir(),
+			})
 			m.report.Criu = Duration(time.Since(t0))
 			if err != nil {
 				errs[i] = fmt.Errorf("dump %s: %w", m.path, err)
@@ -356,7 +360,7 @@ func dumpAll(h *node.Host, op *node.Op, members []*member, o Options) error {
 	return errors.Join(errs...)
 }
 
-func manifestNode(h *node.Host, m *member) archive.Node {
+func manifestNode(m *member) archive.Node {
 	n := archive.Node{
 		Path: m.rel, Name: m.n.Name, Parent: m.parent, Running: m.status.State == hier.Running,
 		Spec: m.n.Spec, Hostname: m.n.Spec.Hostname, Created: m.n.Created,
@@ -368,8 +372,7 @@ func manifestNode(h *node.Host, m *member) archive.Node {
 	if !n.Running {
 		n.ExitCode = m.status.ExitCode
 	}
-	mounts, _ := h.CriuMountsFor(&m.n)
-	for _, c := range mounts {
+	for _, c := range m.mounts {
 		n.Mounts = append(n.Mounts, archive.External{Mountpoint: c.Mountpoint, Key: c.Key, HostPath: c.HostPath})
 	}
 	if n.Running {

@@ -24,8 +24,6 @@ type swrkOptions struct {
 	// CgroupFD, if >= 0, starts CRIU in that cgroup (so that the processes
 	// it restores are born there).
 	CgroupFD int
-	// ExtraFiles are passed to CRIU as fds 4, 5, ... (fd 3 is the socket).
-	ExtraFiles []*os.File
 	// OnStart is told CRIU's PID once it runs.
 	OnStart func(pid int)
 }
@@ -39,7 +37,7 @@ func startSwrk(bin string, o swrkOptions) (*swrk, error) {
 	srv := os.NewFile(uintptr(fds[1]), "criu-server")
 	defer srv.Close()
 	cmd := exec.Command(bin, "swrk", "3")
-	cmd.ExtraFiles = append([]*os.File{srv}, o.ExtraFiles...)
+	cmd.ExtraFiles = []*os.File{srv}
 	if o.CgroupFD >= 0 {
 		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: o.CgroupFD}
 	}

@@ -32,7 +32,22 @@ func (h *Host) APIDir(id string) string { return filepath.Join(h.Store.NodeDir(i
 // replaced: bin/crtree-<hash> under the state root. Nodes bind this copy,
 // not the installed binary, so that upgrading crtree while nodes run does
 // not leave them holding a deleted file (which CRIU cannot restore).
+//
+// The binary is hashed once per process: a dump asks for every node.
 func (h *Host) StableBinary() (string, error) {
+	h.binMu.Lock()
+	defer h.binMu.Unlock()
+	if h.binary == "" {
+		bin, err := h.copyBinary()
+		if err != nil {
+			return "", err
+		}
+		h.binary = bin
+	}
+	return h.binary, nil
+}
+
+func (h *Host) copyBinary() (string, error) {
 	self, err := os.Open(SelfExe)
 	if err != nil {
 		return "", err

@@ -2,12 +2,10 @@ package node
 
 import (
 	"fmt"
-	"os"
 	"os/exec"
 	"syscall"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/crtree/crtree/internal/cgroup"
 	"github.com/crtree/crtree/internal/hier"
 )
 
@@ -20,7 +18,7 @@ import (
 // program is not, so the entering is done by nsenter(1) from util-linux.
 func (h *Host) ExecCommand(p hier.Path, argv []string, extraEnv []string, cwd string) (*exec.Cmd, func(), error) {
 	var n *hier.Node
-	var leaf string
+	var leaf cgroup.Group
 	err := h.Store.View(func(t *hier.Tree) error {
 		m, err := lookupNode(t, p)
 		if err != nil {
@@ -31,7 +29,7 @@ func (h *Host) ExecCommand(p hier.Path, argv []string, extraEnv []string, cwd st
 		}
 		c := *m
 		n = &c
-		leaf = h.Group(t, m).Leaf().Path()
+		leaf = h.Group(t, m).Leaf()
 		return nil
 	})
 	if err != nil {
@@ -58,7 +56,7 @@ func (h *Host) ExecCommand(p hier.Path, argv []string, extraEnv []string, cwd st
 		args = append(args, "/usr/bin/env", "--chdir="+cwd, "--")
 	}
 	args = append(args, argv...)
-	cg, err := os.OpenFile(leaf, unix.O_DIRECTORY|unix.O_PATH, 0)
+	cg, err := leaf.Open()
 	if err != nil {
 		return nil, nil, fmt.Errorf("exec %s: open cgroup: %w", p, err)
 	}

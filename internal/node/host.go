@@ -19,6 +19,9 @@ type Host struct {
 	Store *hier.Store
 	// CgroupBase is the cgroup2 group holding this state root's nodes.
 	CgroupBase cgroup.Group
+
+	binMu  sync.Mutex
+	binary string // StableBinary's answer, once known
 }
 
 // NewHost opens the state root at root.
@@ -131,10 +134,6 @@ func (h *Host) destroyLocked(t *hier.Tree, n *hier.Node) error {
 	var errs []error
 	for i := len(sub) - 1; i >= 0; i-- {
 		m := sub[i]
-		if m.Spec.Rootfs != "" {
-			// The overlay root is mounted in the node's own mount namespace
-			// only; nothing to unmount on the host.
-		}
 		if err := os.RemoveAll(h.Store.NodeDir(m.ID)); err != nil {
 			errs = append(errs, fmt.Errorf("remove storage of %s: %w", t.PathOf(m), err))
 		}

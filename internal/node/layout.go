@@ -33,15 +33,10 @@ var devices = []struct {
 	{"random", 1, 8}, {"urandom", 1, 9}, {"tty", 5, 0},
 }
 
-// ExternalMounts returns the mount points inside a node that come from
-// the host (and so are external for CRIU), each with the host path that
+// Externals returns the mount points inside a node that come from the
+// host (and so are external for CRIU), each with the host path that
 // provides it: the read-only host directories and the node's binds.
-func ExternalMounts(cfg *InitConfig) []hier.Bind { return externalMounts(cfg.Binds) }
-
-// Externals returns the external mounts of a node with the given spec.
-func Externals(spec hier.Spec) []hier.Bind { return externalMounts(spec.Binds) }
-
-func externalMounts(binds []hier.Bind) []hier.Bind {
+func Externals(binds []hier.Bind) []hier.Bind {
 	var out []hier.Bind
 	for _, d := range HostReadOnly {
 		out = append(out, hier.Bind{Source: d, Target: d, ReadOnly: true})
@@ -81,7 +76,7 @@ func buildRoot(cfg *InitConfig) error {
 			}
 		}
 	}
-	for _, m := range ExternalMounts(cfg) {
+	for _, m := range Externals(cfg.Binds) {
 		if err := bindInto(root, m); err != nil {
 			return err
 		}

@@ -259,9 +259,10 @@ func (h *Host) entry(t *hier.Tree, n *hier.Node, depth int) Entry {
 		if st.Supervised {
 			e.SupervisorPid = n.SupervisorPid
 		}
-		pids, _ := h.Group(t, n).Leaf().Procs()
+		leaf := h.Group(t, n).Leaf()
+		pids, _ := leaf.Procs()
 		e.Procs = len(pids)
-		if mem, ok := h.Group(t, n).Leaf().MemoryCurrent(); ok {
+		if mem, ok := leaf.MemoryCurrent(); ok {
 			e.Memory = mem
 		} else {
 			for _, pid := range pids {

@@ -95,11 +95,10 @@ func (h *Host) saveOpLocked(op *Op) error {
 // cleaned up after itself.
 func (h *Host) EndOp(op *Op) { os.Remove(h.opFile(op.Pid)) }
 
-// liveOps returns the markers whose command still runs, and undoes and
-// removes the others.
-func (h *Host) liveOps() []*Op {
+// sweepOps returns the markers whose command still runs, and undoes and
+// removes the others, which it returns too.
+func (h *Host) sweepOps() (live, undone []*Op) {
 	des, _ := os.ReadDir(h.opsDir())
-	var live []*Op
 	for _, d := range des {
 		if !strings.HasSuffix(d.Name(), ".json") {
 			continue
@@ -116,8 +115,9 @@ func (h *Host) liveOps() []*Op {
 		}
 		h.undo(&op)
 		os.Remove(file)
+		undone = append(undone, &op)
 	}
-	return live
+	return live, undone
 }
 
 // undo reverts what a dead command left behind.
@@ -141,7 +141,7 @@ func (h *Host) PendingOps() int {
 
 // Recover undoes what crtree commands that died left behind (frozen
 // nodes, staging directories, partial archives). Every command calls it.
-func (h *Host) Recover() { h.liveOps() }
+func (h *Host) Recover() { h.sweepOps() }
 
 // watchFreeze is the supervisor's guard: a node left frozen by a crtree
 // command that died is thawed within a second or two, even if no other
@@ -162,7 +162,10 @@ func (h *Host) watchFreeze(id string) {
 		for _, g := range groups {
 			frozen = frozen || g.Frozen()
 		}
-		if frozen && len(h.liveOps()) == 0 {
+		if !frozen {
+			continue
+		}
+		if live, _ := h.sweepOps(); len(live) == 0 {
 			for _, g := range groups {
 				g.Thaw()
 			}
@@ -175,21 +178,15 @@ func (h *Host) watchFreeze(id string) {
 // the tree. It returns what it removed.
 func (h *Host) GC() ([]string, error) {
 	var removed []string
-	for _, op := range h.deadOps() {
+	live, undone := h.sweepOps()
+	for _, op := range undone {
 		removed = append(removed, fmt.Sprintf("leftovers of a killed crtree %s (pid %d)", op.Kind, op.Pid))
 	}
-	live := h.liveOps()
-	busy := map[string]bool{}
-	for _, op := range live {
-		for _, p := range op.Remove {
-			busy[p] = true
-		}
-	}
 	err := h.Store.Update(func(t *hier.Tree) error {
-		// Staging directories of no live command.
+		// Staging directories, while no crtree command may be using one.
 		if len(live) == 0 {
 			for _, p := range h.stageDirs() {
-				if !busy[p] && os.RemoveAll(p) == nil {
+				if os.RemoveAll(p) == nil {
 					removed = append(removed, p)
 				}
 			}
@@ -213,21 +210,6 @@ func (h *Host) GC() ([]string, error) {
 		return nil
 	})
 	return removed, err
-}
-
-// deadOps lists the markers whose command died, before liveOps undoes
-// them.
-func (h *Host) deadOps() []*Op {
-	des, _ := os.ReadDir(h.opsDir())
-	var dead []*Op
-	for _, d := range des {
-		data, err := os.ReadFile(filepath.Join(h.opsDir(), d.Name()))
-		var op Op
-		if err == nil && json.Unmarshal(data, &op) == nil && !op.running() {
-			dead = append(dead, &op)
-		}
-	}
-	return dead
 }
 
 func (h *Host) gcGroups(t *hier.Tree, g cgroup.Group) []string {

@@ -5,8 +5,7 @@ import (
 	"os"
 	"path/filepath"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/crtree/crtree/internal/cgroup"
 	"github.com/crtree/crtree/internal/criu"
 	"github.com/crtree/crtree/internal/hier"
 )
@@ -18,7 +17,7 @@ type criuMount = criu.Mount
 // path it had (the host's /usr and /etc, a bind's source).
 func CriuMounts(spec hier.Spec) []criuMount {
 	var out []criuMount
-	for _, b := range Externals(spec) {
+	for _, b := range Externals(spec.Binds) {
 		out = append(out, criuMount{Mountpoint: b.Target, Key: b.Target, HostPath: b.Source})
 	}
 	return out
@@ -29,14 +28,14 @@ func CriuMounts(spec hier.Spec) []criuMount {
 // host PID.
 func (h *Host) restoreInit(id string, from *FromImages) (int, error) {
 	var n hier.Node
-	var leaf string
+	var leaf cgroup.Group
 	err := h.Store.View(func(t *hier.Tree) error {
 		m := t.Nodes[id]
 		if m == nil {
 			return fmt.Errorf("node %s: %w", id, hier.ErrNotFound)
 		}
 		n = *m
-		leaf = h.Group(t, m).Leaf().Path()
+		leaf = h.Group(t, m).Leaf()
 		return nil
 	})
 	if err != nil {
@@ -54,7 +53,7 @@ func (h *Host) restoreInit(id string, from *FromImages) (int, error) {
 			return 0, fmt.Errorf("this host lacks %s, which the node has bound at %s", m.HostPath, m.Mountpoint)
 		}
 	}
-	cg, err := os.OpenFile(leaf, unix.O_DIRECTORY|unix.O_PATH, 0)
+	cg, err := leaf.Open()
 	if err != nil {
 		return 0, fmt.Errorf("open cgroup: %w", err)
 	}

@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/crtree/crtree/internal/cgroup"
 	"github.com/crtree/crtree/internal/hier"
 )
 
@@ -140,14 +141,14 @@ func Supervise(h *Host, id string, from *FromImages) error {
 // cgroup, and waits until it has exec'd the node's command.
 func (h *Host) startInit(id string) (int, error) {
 	var cfg InitConfig
-	var leaf string
+	var leaf cgroup.Group
 	err := h.Store.View(func(t *hier.Tree) error {
 		n := t.Nodes[id]
 		if n == nil {
 			return fmt.Errorf("node %s: %w", id, hier.ErrNotFound)
 		}
 		cfg = h.initConfig(n)
-		leaf = h.Group(t, n).Leaf().Path()
+		leaf = h.Group(t, n).Leaf()
 		return nil
 	})
 	if err != nil {
@@ -156,7 +157,7 @@ func (h *Host) startInit(id string) (int, error) {
 	if cfg.Binary, err = h.StableBinary(); err != nil {
 		return 0, fmt.Errorf("copy the crtree binary: %w", err)
 	}
-	cg, err := os.OpenFile(leaf, unix.O_DIRECTORY|unix.O_PATH, 0)
+	cg, err := leaf.Open()
 	if err != nil {
 		return 0, fmt.Errorf("open cgroup: %w", err)
 	}
