@@ -69,6 +69,20 @@ func Dump(h *node.Host, p hier.Path, out Output, o Options) (rep *Report, err er
 	if len(p) == 0 {
 		return nil, errors.New("dump: / is the root of the tree, not a node")
 	}
+	// First of all, a marker: if this process dies from here on, whoever
+	// finds it removes the partial archive (and later the staging
+	// directory) and thaws what was frozen.
+	op, err := h.BeginOp("dump")
+	if err != nil {
+		return nil, err
+	}
+	defer h.EndOp(op)
+	if po, ok := out.(interface{ PartialPath() string }); ok {
+		op.Remove = append(op.Remove, po.PartialPath())
+		if err := h.SaveOp(op); err != nil {
+			return nil, err
+		}
+	}
 	criuVersion, err := criu.Version(o.CriuBin)
 	if err != nil {
 		return nil, err
@@ -86,17 +100,7 @@ func Dump(h *node.Host, p hier.Path, out Output, o Options) (rep *Report, err er
 		return nil, fmt.Errorf("dump %s: %w", p, err)
 	}
 	defer h.RemoveLater(stage)
-	// If this process dies, whoever finds the marker thaws the subtree and
-	// removes the staging directory and the partial archive.
-	op, err := h.BeginOp("dump")
-	if err != nil {
-		return nil, err
-	}
-	defer h.EndOp(op)
 	op.Remove = append(op.Remove, stage)
-	if po, ok := out.(interface{ PartialPath() string }); ok {
-		op.Remove = append(op.Remove, po.PartialPath())
-	}
 	op.Frozen = append(op.Frozen, top.Path())
 	for _, m := range members {
 		op.Frozen = append(op.Frozen, m.group.Leaf().Path())
@@ -345,6 +349,9 @@ func dumpAll(h *node.Host, op *node.Op, members []*member, o Options) error {
 				Externals:      m.mounts,
 				TCPEstablished: o.TCPEstablished,
 				KeepLogs:       h.LogDir(),
+				// While CRIU runs, the dump counts as running even if
+				// this process dies: nothing is thawed or removed under it.
+				OnStart: func(pid int) { h.AddHelper(op, pid) },
 			})
 			m.report.Criu = Duration(time.Since(t0))
 			if err != nil {
