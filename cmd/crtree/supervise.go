@@ -9,7 +9,7 @@ import (
 // newSuperviseCmd is the hidden command a node's supervisor runs as.
 func newSuperviseCmd(g *globalOptions) *cobra.Command {
 	var fromImages string
-	var tcpEstablished bool
+	var tcpEstablished, stream, gate bool
 	cmd := &cobra.Command{
 		Use:    "__supervise ID",
 		Hidden: true,
@@ -21,13 +21,18 @@ func newSuperviseCmd(g *globalOptions) *cobra.Command {
 			}
 			var from *node.FromImages
 			if fromImages != "" {
-				from = &node.FromImages{Dir: fromImages, CriuBin: g.Criu, TCPEstablished: tcpEstablished}
+				from = &node.FromImages{Dir: fromImages, CriuBin: g.Criu, TCPEstablished: tcpEstablished, Stream: stream}
+				if gate {
+					from.Gate = node.OpenGate()
+				}
 			}
 			return node.Supervise(h, args[0], from)
 		},
 	}
 	cmd.Flags().StringVar(&fromImages, "from-images", "", "restore the node from the CRIU images in this directory")
 	cmd.Flags().BoolVar(&tcpEstablished, "tcp-established", false, "restore established TCP connections")
+	cmd.Flags().BoolVar(&stream, "stream", false, "CRIU reads the images from the restoring command's image server")
+	cmd.Flags().BoolVar(&gate, "gate", false, "hold the restored processes until fd 4 says 'y'")
 	return cmd
 }
 

@@ -21,6 +21,15 @@ type Destination interface {
 	ImagesDir(node int) string
 }
 
+// ImageSink, when a Destination implements it, takes the CRIU images
+// instead of their being written into ImagesDir: Image is called with each
+// image member's node, file name, size and content, which the reader
+// hashes as the sink reads it (what the sink leaves unread is read and
+// hashed after it returns).
+type ImageSink interface {
+	Image(node int, name string, size int64, body io.Reader) error
+}
+
 // Extract reads the rest of the archive into dst, verifying it. Every path
 // is resolved inside its destination directory (os.Root): members cannot
 // climb out with "..", absolute paths or symlinks, and hard links may only
@@ -29,10 +38,8 @@ type Destination interface {
 // written is left for the caller to remove with the destination.
 func Extract(r *Reader, dst Destination, progress func(n int64)) error {
 	x := &extractor{dst: dst, roots: map[string]*os.Root{}, progress: progress, hashes: r.pool, limit: expansionLimit(r.Manifest())}
-	// Files are hashed from disk as they are written, on every core; the
-	// trailer check waits for them.
-	r.external = true
 	defer x.close()
+	sink, _ := dst.(ImageSink)
 	for {
 		hdr, body, err := r.Next()
 		if err == io.EOF {
@@ -40,6 +47,25 @@ func Extract(r *Reader, dst Destination, progress func(n int64)) error {
 		}
 		if err != nil {
 			return err
+		}
+		if sink != nil && isImage(hdr.Name) && hdr.Typeflag == tar.TypeReg {
+			if x.total+hdr.Size > x.limit {
+				return corrupt("the archive holds more than the %d bytes its manifest accounts for", x.limit)
+			}
+			x.total += hdr.Size
+			node, _, name := split(hdr.Name)
+			if err := sink.Image(node, name, hdr.Size, body); err != nil {
+				return fmt.Errorf("extract %s: %w", hdr.Name, err)
+			}
+			if x.progress != nil {
+				x.progress(x.total)
+			}
+			continue
+		}
+		if hdr.Typeflag == tar.TypeReg {
+			// Files are hashed from disk as they are written, on every
+			// core; the trailer check waits for them.
+			r.hashElsewhere()
 		}
 		if err := x.member(hdr, body); err != nil {
 			return fmt.Errorf("extract %s: %w", hdr.Name, err)
@@ -83,7 +109,9 @@ func expansionLimit(m *Manifest) int64 {
 }
 
 func (x *extractor) close() {
-	x.hashes.wg.Wait()
+	if x.hashes != nil {
+		x.hashes.wg.Wait()
+	}
 	for _, r := range x.roots {
 		r.Close()
 	}
@@ -176,7 +204,9 @@ func (x *extractor) member(hdr *tar.Header, body io.Reader) error {
 		if err != nil {
 			return err
 		}
-		x.hashes.addFileIn(hdr.Name, root, rel, off, hdr.Size)
+		if x.hashes != nil {
+			x.hashes.addFileIn(hdr.Name, root, rel, off, hdr.Size)
+		}
 	case tar.TypeSymlink:
 		if err := root.Symlink(hdr.Linkname, rel); err != nil {
 			return err

@@ -31,16 +31,20 @@ type Reader struct {
 	zr       *zstd.Decoder
 	tr       *tar.Reader
 	manifest *Manifest
-	// pool records every member read, in order, with its digests; with
-	// external set (Extract), the content of regular files is hashed by
-	// the extractor from what it wrote.
-	pool     *hashPool
-	external bool
-	seen     map[string]string // name -> type, for the once-only rule
-	cur      *hashingReader
-	skip     []byte
-	done     bool
-	count    int
+	// pool records every member read, in order, with its digests; the
+	// content of a regular file the extractor writes out is hashed from
+	// what it wrote (hashElsewhere), any other in memory as it is read.
+	pool *hashPool
+	seen map[string]string // name -> type, for the once-only rule
+	cur  *hashingReader
+	skip []byte
+	done bool
+	// count is the number of members, once the trailer matched; pos the
+	// position of the current member (the manifest is 0).
+	count int
+	pos   int
+	// expect, if set, is the trailer read ahead (Expect).
+	expect *Checksums
 }
 
 // NewReader starts reading the archive on r and reads its manifest.
@@ -140,9 +144,21 @@ func (r *Reader) Next() (*tar.Header, io.Reader, error) {
 	if hdr.Typeflag != tar.TypeReg {
 		r.pool.addBytes(hdr.Name, typ, 0, []byte(hdr.Linkname))
 	}
-	r.cur = &hashingReader{name: hdr.Name, r: r.tr, left: hdr.Size, size: hdr.Size, hash: !r.external && hdr.Typeflag == tar.TypeReg}
+	r.pos++
+	r.cur = &hashingReader{name: hdr.Name, r: r.tr, left: hdr.Size, size: hdr.Size, hash: hdr.Typeflag == tar.TypeReg, pos: r.pos}
 	return hdr, r.cur, nil
 }
+
+// Expect gives the reader the trailer ahead of time (ReadTrailer): each
+// member hashed in memory is then checked against it as soon as it has
+// been read, so that damage is found before the member is used, not only
+// at the end. The trailer itself is still matched against the whole
+// archive at the end.
+func (r *Reader) Expect(sums *Checksums) { r.expect = sums }
+
+// hashElsewhere says that the caller hashes the current member's content
+// itself (into r.pool), from where it wrote it.
+func (r *Reader) hashElsewhere() { r.cur.hash = false }
 
 func typeOf(flag byte) string {
 	switch flag {
@@ -186,7 +202,17 @@ func (r *Reader) finishCurrent() error {
 		return corrupt("member %q: archive is truncated", r.cur.name)
 	}
 	if r.cur.hash {
-		r.pool.record(r.cur.name, "file", r.cur.size, r.cur.digests())
+		digests := r.cur.digests()
+		r.pool.record(r.cur.name, "file", r.cur.size, digests)
+		if e := r.expect; e != nil {
+			if r.cur.pos >= len(e.Members) {
+				return corrupt("member %q is not in %s", r.cur.name, SumsName)
+			}
+			w := e.Members[r.cur.pos]
+			if w.Name != r.cur.name || w.Type != "file" || w.Size != r.cur.size || !equalDigests(w.SHA256, digests) {
+				return corrupt("checksum mismatch for %q", r.cur.name)
+			}
+		}
 	}
 	r.cur = nil
 	return nil
@@ -253,6 +279,7 @@ type hashingReader struct {
 	inPiece int64
 	done    []string
 	pending chan struct{}
+	pos     int
 }
 
 // asyncHashMin is the smallest chunk worth hashing in a goroutine.

@@ -126,6 +126,20 @@ type Writer struct {
 	written  int64
 	hashes   *hashPool
 	buf      []byte
+	out      *counter
+	index    Index // Meta set by MarkMeta
+}
+
+// counter counts the bytes written to the archive's destination.
+type counter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *counter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // chunkSize is the unit in which file content is read, sampled and
@@ -140,8 +154,9 @@ func NewWriter(w io.Writer, level zstd.EncoderLevel) (*Writer, error) {
 	if err != nil {
 		return nil, err
 	}
-	sw := &switchWriter{out: w, zw: zw, sampler: newSampler()}
-	return &Writer{sw: sw, tw: tar.NewWriter(sw), hashes: newHashPool(), buf: make([]byte, chunkSize)}, nil
+	out := &counter{w: w}
+	sw := &switchWriter{out: out, zw: zw, sampler: newSampler()}
+	return &Writer{sw: sw, tw: tar.NewWriter(sw), hashes: newHashPool(), buf: make([]byte, chunkSize), out: out}, nil
 }
 
 // WriteManifest writes m as the first member.
@@ -243,8 +258,35 @@ func (w *Writer) copyFile(path string, off, size int64) error {
 	return nil
 }
 
-// Close writes the checksums and ends the tar and zstd streams. It does
-// not close the underlying writer.
+// boundary ends the current zstd frame, so that the next member starts
+// both a frame and a tar header, and returns the archive's size so far.
+func (w *Writer) boundary() (int64, error) {
+	if err := w.tw.Flush(); err != nil {
+		return 0, err
+	}
+	if err := w.sw.close(); err != nil {
+		return 0, err
+	}
+	return w.out.n, nil
+}
+
+// MarkMeta records that the members from here on, up to the first page
+// image, are the CRIU images written once CRIU finished: the index at the
+// end of the archive points here (see Index). Called at most once.
+func (w *Writer) MarkMeta() error {
+	off, err := w.boundary()
+	if err != nil {
+		return err
+	}
+	w.hashes.mu.Lock()
+	w.index.MetaMember = int64(len(w.hashes.members))
+	w.hashes.mu.Unlock()
+	w.index.Meta = off
+	return nil
+}
+
+// Close writes the checksums and ends the tar and zstd streams, then the
+// index if MarkMeta was called. It does not close the underlying writer.
 func (w *Writer) Close() error {
 	sums, err := w.hashes.wait()
 	if err != nil {
@@ -256,6 +298,9 @@ func (w *Writer) Close() error {
 	}
 	hdr := &tar.Header{Name: SumsName, Mode: 0o644, Size: int64(len(data)), Typeflag: tar.TypeReg, Format: tar.FormatPAX}
 	w.sw.raw, w.sw.zero = false, false
+	if w.index.Sums, err = w.boundary(); err != nil {
+		return err
+	}
 	if err := w.tw.WriteHeader(hdr); err != nil {
 		return err
 	}
@@ -265,5 +310,12 @@ func (w *Writer) Close() error {
 	if err := w.tw.Close(); err != nil {
 		return err
 	}
-	return w.sw.close()
+	if err := w.sw.close(); err != nil {
+		return err
+	}
+	if w.index.Meta == 0 {
+		return nil
+	}
+	_, err = w.out.Write(w.index.frame())
+	return err
 }

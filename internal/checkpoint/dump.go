@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -427,7 +426,7 @@ const partSize = archive.PieceSize
 
 // streamer moves CRIU's images from the staging directories into the
 // archive: while CRIU runs, whole parts of the page images that have been
-// written; at the end, the rest of every image.
+// written; at the end, every other image and then the rest of the pages.
 type streamer struct {
 	w       *archive.Writer
 	members []*member
@@ -438,6 +437,7 @@ type streamer struct {
 // image is complete.
 func (s *streamer) step(final bool) (bool, error) {
 	wrote := false
+	var images []archive.Entry
 	for i, m := range s.members {
 		if m.status.State != hier.Running {
 			continue
@@ -447,7 +447,7 @@ func (s *streamer) step(final bool) (bool, error) {
 			des, _ := os.ReadDir(dir)
 			for _, d := range des {
 				name := d.Name()
-				if !strings.HasPrefix(name, "pages-") || !strings.HasSuffix(name, ".img") {
+				if !archive.IsPageImage(name) {
 					continue
 				}
 				path := filepath.Join(dir, name)
@@ -470,7 +470,22 @@ func (s *streamer) step(final bool) (bool, error) {
 			return wrote, err
 		}
 		m.report.Images = sumSizes(ie)
-		for _, e := range ie {
+		images = append(images, ie...)
+	}
+	if !final || len(images) == 0 {
+		return wrote, nil
+	}
+	// Every image but the pages first, then the rest of the pages: a
+	// restore from a file reads the former first (the archive's index
+	// points at them) and hands CRIU the pages as they come off the disk.
+	if err := s.w.MarkMeta(); err != nil {
+		return wrote, err
+	}
+	for _, pages := range []bool{false, true} {
+		for _, e := range images {
+			if archive.IsPageImage(e.Name) != pages {
+				continue
+			}
 			off := s.done[e.Path]
 			switch {
 			case off == 0:

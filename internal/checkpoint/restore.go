@@ -26,6 +26,16 @@ type RestoreTarget struct {
 // failure every node it created is killed and removed.
 func Restore(h *node.Host, in io.Reader, target RestoreTarget, o Options) (rep *Report, err error) {
 	start := time.Now()
+	// A file with an index is read twice at once: the images CRIU needs
+	// first, from near its end, then the whole from the start, with the
+	// page images going to CRIU as they come off the disk.
+	ix, err := openIndexed(in)
+	if err != nil {
+		return nil, fmt.Errorf("restore: %w", err)
+	}
+	if ix != nil {
+		defer ix.Close()
+	}
 	pre := Prefetch(in)
 	defer pre.Close()
 	ar, err := archive.NewReader(pre)
@@ -86,6 +96,14 @@ func Restore(h *node.Host, in io.Reader, target RestoreTarget, o Options) (rep *
 			}
 		}
 	}
+	if ix != nil {
+		reports, err := restoreStreamed(h, ix, ar, dst, paths, o, rep)
+		rep.Nodes = reports
+		if err != nil {
+			return nil, err
+		}
+		return rep, finishRestore(h, m, ids, dst, rep, start)
+	}
 	packStart := time.Now()
 	o.progress(Progress{Phase: "extract", NodesTotal: len(m.Nodes)})
 	if err := archive.Extract(ar, dst, func(n int64) {
@@ -96,17 +114,24 @@ func Restore(h *node.Host, in io.Reader, target RestoreTarget, o Options) (rep *
 	rep.Pack = Duration(time.Since(packStart))
 
 	criuStart := time.Now()
-	reports, err := restoreNodes(h, m, ids, paths, stage, o)
+	reports, err := restoreNodes(h, m, ids, paths, stage, o, nil)
 	rep.Criu = Duration(time.Since(criuStart))
 	rep.Nodes = reports
 	if err != nil {
 		return nil, err
 	}
-	for i, n := range m.Nodes {
-		rep.FileBytes += n.Files
+	for i := range m.Nodes {
 		rep.ImageBytes += dirSize(dst.ImagesDir(i))
 	}
-	// The subtree is complete: it no longer depends on this command.
+	return rep, finishRestore(h, m, ids, dst, rep, start)
+}
+
+// finishRestore hands the restored subtree over: it no longer depends on
+// this command.
+func finishRestore(h *node.Host, m *archive.Manifest, ids []string, dst *destination, rep *Report, start time.Time) error {
+	for _, n := range m.Nodes {
+		rep.FileBytes += n.Files
+	}
 	if err := h.Store.Update(func(t *hier.Tree) error {
 		for _, id := range ids {
 			if n := t.Nodes[id]; n != nil {
@@ -115,10 +140,10 @@ func Restore(h *node.Host, in io.Reader, target RestoreTarget, o Options) (rep *
 		}
 		return nil
 	}); err != nil {
-		return nil, fmt.Errorf("restore: %w", err)
+		return fmt.Errorf("restore: %w", err)
 	}
 	rep.Total = Duration(time.Since(start))
-	return rep, nil
+	return nil
 }
 
 // reserve creates every node of the archive in the tree, in one change,
@@ -194,7 +219,9 @@ func (d *destination) ImagesDir(i int) string {
 
 // restoreNodes restores the running nodes, parents before children (all
 // nodes of one depth in parallel), and records the others as exited.
-func restoreNodes(h *node.Host, m *archive.Manifest, ids []string, paths []hier.Path, stage string, o Options) ([]NodeReport, error) {
+// With gates (a streamed restore), CRIU reads from each node's image
+// server and holds the processes until the node's gate opens.
+func restoreNodes(h *node.Host, m *archive.Manifest, ids []string, paths []hier.Path, stage string, o Options, gates []*os.File) ([]NodeReport, error) {
 	reports := make([]NodeReport, len(m.Nodes))
 	depth := make([]int, len(m.Nodes))
 	maxDepth := 0
@@ -221,7 +248,11 @@ func restoreNodes(h *node.Host, m *archive.Manifest, ids []string, paths []hier.
 			go func() {
 				defer wg.Done()
 				t0 := time.Now()
-				pid, err := h.StartRestore(ids[i], node.FromImages{Dir: filepath.Join(stage, strconv.Itoa(i)), CriuBin: o.CriuBin, TCPEstablished: o.TCPEstablished})
+				from := node.FromImages{Dir: filepath.Join(stage, strconv.Itoa(i)), CriuBin: o.CriuBin, TCPEstablished: o.TCPEstablished}
+				if gates != nil {
+					from.Stream, from.Gate = true, gates[i]
+				}
+				pid, err := h.StartRestore(ids[i], from)
 				reports[i].Criu = Duration(time.Since(t0))
 				reports[i].Pid = pid
 				if err != nil {

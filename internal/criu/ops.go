@@ -51,6 +51,13 @@ type RestoreOptions struct {
 	TCPEstablished bool
 	// KeepLogs is where the log of a failed run is copied.
 	KeepLogs string
+	// Stream makes CRIU read its images from an ImageServer listening in
+	// ImagesDir instead of from files.
+	Stream bool
+	// BeforeResume, if set, is called once the processes are restored,
+	// before CRIU lets them run; an error makes CRIU fail the restore and
+	// kill them.
+	BeforeResume func() error
 }
 
 // Error is a failed CRIU operation, with the lines of CRIU's log that say
@@ -192,12 +199,15 @@ func Dump(bin string, o DumpOptions) error {
 	for _, m := range o.Externals {
 		opts.ExtMnt = append(opts.ExtMnt, &rpc.ExtMountMap{Key: proto.String(m.Mountpoint), Val: proto.String(m.Key)})
 	}
-	return run(bin, "dump", rpc.CriuReqType_DUMP, opts, swrkOptions{CgroupFD: -1, OnStart: o.OnStart}, o.WorkDir, o.KeepLogs, nil)
+	return run(bin, "dump", rpc.CriuReqType_DUMP, opts, swrkOptions{CgroupFD: -1, OnStart: o.OnStart}, o.WorkDir, o.KeepLogs, nil, nil)
 }
 
 // Restore restores a process tree from o.ImagesDir as a sibling of CRIU,
 // that is a child of the calling process, and returns its root's host PID.
 func Restore(bin string, o RestoreOptions) (int, error) {
+	if o.Stream {
+		return restoreCLI(bin, o)
+	}
 	img, wd, err := openDirs(o.ImagesDir, o.WorkDir)
 	if err != nil {
 		return 0, fmt.Errorf("criu restore: %w", err)
@@ -210,19 +220,29 @@ func Restore(bin string, o RestoreOptions) (int, error) {
 	for _, m := range o.Externals {
 		opts.ExtMnt = append(opts.ExtMnt, &rpc.ExtMountMap{Key: proto.String(m.Key), Val: proto.String(m.HostPath)})
 	}
+	var onNotify func(string, int32) error
+	if o.BeforeResume != nil {
+		opts.NotifyScripts = proto.Bool(true)
+		onNotify = func(script string, _ int32) error {
+			if script == "pre-resume" {
+				return o.BeforeResume()
+			}
+			return nil
+		}
+	}
 	var pid int
-	err = run(bin, "restore", rpc.CriuReqType_RESTORE, opts, swrkOptions{CgroupFD: o.CgroupFD}, o.WorkDir, o.KeepLogs, func(resp *rpc.CriuResp) {
+	err = run(bin, "restore", rpc.CriuReqType_RESTORE, opts, swrkOptions{CgroupFD: o.CgroupFD}, o.WorkDir, o.KeepLogs, onNotify, func(resp *rpc.CriuResp) {
 		pid = int(resp.GetRestore().GetPid())
 	})
 	return pid, err
 }
 
-func run(bin, op string, typ rpc.CriuReqType, opts *rpc.CriuOpts, so swrkOptions, workDir, keepLogs string, onResp func(*rpc.CriuResp)) error {
+func run(bin, op string, typ rpc.CriuReqType, opts *rpc.CriuOpts, so swrkOptions, workDir, keepLogs string, onNotify func(string, int32) error, onResp func(*rpc.CriuResp)) error {
 	s, err := startSwrk(bin, so)
 	if err != nil {
 		return fmt.Errorf("criu %s: %w", op, err)
 	}
-	resp, err := s.call(&rpc.CriuReq{Type: &typ, Opts: opts}, nil)
+	resp, err := s.call(&rpc.CriuReq{Type: &typ, Opts: opts}, onNotify)
 	cerr := s.close()
 	if err == nil && onResp != nil {
 		onResp(resp)

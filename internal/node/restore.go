@@ -66,5 +66,21 @@ func (h *Host) restoreInit(id string, from *FromImages) (int, error) {
 		CgroupFD:       int(cg.Fd()),
 		KeepLogs:       h.LogDir(),
 		TCPEstablished: from.TCPEstablished,
+		Stream:         from.Stream,
+		BeforeResume:   from.waitGate,
 	})
+}
+
+// waitGate holds the restored processes until the gate opens (nil when
+// there is no gate).
+func (from *FromImages) waitGate() error {
+	if from.Gate == nil {
+		return nil
+	}
+	defer from.Gate.Close()
+	var b [1]byte
+	if n, _ := from.Gate.Read(b[:]); n != 1 || b[0] != 'y' {
+		return fmt.Errorf("the restoring command withdrew the images")
+	}
+	return nil
 }

@@ -41,6 +41,22 @@ type FromImages struct {
 	CriuBin string
 	// TCPEstablished restores established TCP connections.
 	TCPEstablished bool
+	// Stream: CRIU reads its images from a criu.ImageServer in the images
+	// directory, run by the caller, instead of from files.
+	Stream bool
+	// Gate, if set, holds the restored processes before they run until a
+	// byte 'y' can be read from it; anything else (its end) fails the
+	// restore. The caller passes the read end of a pipe.
+	Gate *os.File
+}
+
+// gateFD is where a supervisor finds FromImages.Gate.
+const gateFD = 4
+
+// OpenGate returns the gate a restoring supervisor inherited.
+func OpenGate() *os.File {
+	unix.CloseOnExec(gateFD)
+	return os.NewFile(gateFD, "gate")
 }
 
 // StartRestore starts a supervisor that restores the node with the given
@@ -67,10 +83,17 @@ func (h *Host) startSupervisor(id string, from *FromImages) (int, error) {
 		if from.TCPEstablished {
 			args = append(args, "--tcp-established")
 		}
+		if from.Stream {
+			args = append(args, "--stream")
+		}
 	}
 	cmd := exec.Command(SelfExe, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.ExtraFiles = []*os.File{readyW}
+	if from != nil && from.Gate != nil {
+		cmd.Args = append(cmd.Args, "--gate")
+		cmd.ExtraFiles = append(cmd.ExtraFiles, from.Gate) // gateFD
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	cmd.Env = hostEnv()
 	err = cmd.Start()

@@ -1,0 +1,186 @@
+package archive
+
+import (
+	"archive/tar"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"strings"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// An archive written to a file ends with an index: a zstd skippable frame
+// (which every zstd decoder ignores) giving where the CRIU images that a
+// restore needs before the page images start, and where the checksums
+// trailer starts. Both places begin a zstd frame and a tar header, so a
+// reader that can seek reads them first and can hand CRIU the page images
+// as they come off the disk, instead of waiting for the whole archive.
+
+// Index is the end-of-archive index.
+type Index struct {
+	// Meta is the offset of the frame that starts the images written
+	// after CRIU finished (every image except the pages), and MetaMember
+	// that member's position in the checksums trailer.
+	Meta       int64
+	MetaMember int64
+	// Sums is the offset of the frame that starts checksums.json.
+	Sums int64
+}
+
+// indexTag identifies crtree's skippable frame.
+const indexTag = "crtree-index-v1\n"
+
+// indexFrameSize is the whole frame: magic, size, tag and three offsets.
+const indexFrameSize = 8 + len(indexTag) + 3*8
+
+// skippableMagic is the first of zstd's skippable frame magic numbers.
+const skippableMagic = 0x184D2A50
+
+// ErrNoIndex means an archive has no index: it was written to a pipe, or
+// by a crtree without one.
+var ErrNoIndex = errors.New("archive has no index")
+
+func (x Index) frame() []byte {
+	b := make([]byte, 0, indexFrameSize)
+	b = binary.LittleEndian.AppendUint32(b, skippableMagic)
+	b = binary.LittleEndian.AppendUint32(b, uint32(indexFrameSize-8))
+	b = append(b, indexTag...)
+	b = binary.LittleEndian.AppendUint64(b, uint64(x.Meta))
+	b = binary.LittleEndian.AppendUint64(b, uint64(x.MetaMember))
+	b = binary.LittleEndian.AppendUint64(b, uint64(x.Sums))
+	return b
+}
+
+// ReadIndex reads the index at the end of an archive of size bytes. It
+// returns ErrNoIndex if there is none, and an ErrCorrupt error if the
+// index points outside the archive.
+func ReadIndex(ra io.ReaderAt, size int64) (*Index, error) {
+	if size < int64(indexFrameSize) {
+		return nil, ErrNoIndex
+	}
+	b := make([]byte, indexFrameSize)
+	if _, err := ra.ReadAt(b, size-int64(indexFrameSize)); err != nil {
+		return nil, fmt.Errorf("read index: %w", err)
+	}
+	if binary.LittleEndian.Uint32(b) != skippableMagic || int(binary.LittleEndian.Uint32(b[4:])) != indexFrameSize-8 || string(b[8:8+len(indexTag)]) != indexTag {
+		return nil, ErrNoIndex
+	}
+	v := b[8+len(indexTag):]
+	x := &Index{
+		Meta:       int64(binary.LittleEndian.Uint64(v)),
+		MetaMember: int64(binary.LittleEndian.Uint64(v[8:])),
+		Sums:       int64(binary.LittleEndian.Uint64(v[16:])),
+	}
+	end := size - int64(indexFrameSize)
+	if x.Meta <= 0 || x.Meta > x.Sums || x.Sums >= end || x.MetaMember <= 0 || x.MetaMember > 1<<30 {
+		return nil, corrupt("index points outside the archive")
+	}
+	return x, nil
+}
+
+// sectionReader decodes the tar stream that starts at off.
+func sectionReader(ra io.ReaderAt, off, end int64) (*tar.Reader, *zstd.Decoder, error) {
+	zr, err := zstd.NewReader(io.NewSectionReader(ra, off, end-off), zstd.WithDecoderMaxMemory(maxDecoderMemory), zstd.WithDecoderMaxWindow(maxWindow), zstd.WithDecoderConcurrency(1))
+	if err != nil {
+		return nil, nil, err
+	}
+	return tar.NewReader(zr), zr, nil
+}
+
+// ReadTrailer reads the checksums trailer the index points at, before the
+// rest of the archive. What it says is only trusted once a Reader has
+// matched it against every member (Reader.Expect).
+func ReadTrailer(ra io.ReaderAt, size int64, x *Index) (*Checksums, error) {
+	tr, zr, err := sectionReader(ra, x.Sums, size-int64(indexFrameSize))
+	if err != nil {
+		return nil, err
+	}
+	defer zr.Close()
+	hdr, err := tr.Next()
+	if err != nil || hdr.Name != SumsName || hdr.Typeflag != tar.TypeReg || hdr.Size > MaxManifestSize {
+		return nil, corrupt("the index does not point at %s", SumsName)
+	}
+	data, err := io.ReadAll(io.LimitReader(tr, hdr.Size))
+	if err != nil || int64(len(data)) != hdr.Size {
+		return nil, corrupt("read %s: archive is truncated", SumsName)
+	}
+	sums, err := decodeChecksums(data)
+	if err != nil {
+		return nil, corrupt("%v", err)
+	}
+	if x.MetaMember >= int64(len(sums.Members)) {
+		return nil, corrupt("index points outside %s", SumsName)
+	}
+	return sums, nil
+}
+
+// IsPageImage reports whether a CRIU image file (or member) name is a
+// page image, the one kind of image written in parts and read by CRIU
+// after all others.
+func IsPageImage(name string) bool {
+	base := path.Base(name)
+	return strings.HasPrefix(base, "pages-") && strings.HasSuffix(base, ".img")
+}
+
+// ExtractMeta extracts the CRIU images that follow the index's Meta
+// offset, up to the first page image, into dst's image directories. Each
+// must be the member sums lists at its place, with the same checksums;
+// anything else is an ErrCorrupt error.
+func ExtractMeta(ra io.ReaderAt, size int64, x *Index, m *Manifest, sums *Checksums, dst Destination) error {
+	tr, zr, err := sectionReader(ra, x.Meta, x.Sums)
+	if err != nil {
+		return err
+	}
+	defer zr.Close()
+	ex := &extractor{dst: dst, roots: map[string]*os.Root{}, limit: expansionLimit(m)}
+	defer ex.close()
+	for pos := x.MetaMember; ; pos++ {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return corrupt("images after the index: %v", readErr(err))
+		}
+		if err := checkMemberName(hdr.Name, len(m.Nodes)); err != nil {
+			return corrupt("%v", err)
+		}
+		if isImage(hdr.Name) && IsPageImage(hdr.Name) {
+			return nil
+		}
+		if pos >= int64(len(sums.Members)) {
+			return corrupt("%s ends before the images after the index", SumsName)
+		}
+		want := sums.Members[pos]
+		if !isImage(hdr.Name) || hdr.Typeflag != tar.TypeReg || hdr.Name != want.Name || want.Type != "file" || hdr.Size != want.Size {
+			return corrupt("member %q after the index is not what %s lists", hdr.Name, SumsName)
+		}
+		h := &hashingReader{name: hdr.Name, r: tr, left: hdr.Size, size: hdr.Size, hash: true}
+		if err := ex.member(hdr, h); err != nil {
+			return fmt.Errorf("extract %s: %w", hdr.Name, err)
+		}
+		h.wait()
+		if h.left != 0 {
+			return corrupt("member %q: archive is truncated", hdr.Name)
+		}
+		if !equalDigests(h.digests(), want.SHA256) {
+			return corrupt("checksum mismatch for %q", hdr.Name)
+		}
+	}
+}
+
+func equalDigests(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,205 @@
+package checkpoint
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"github.com/crtree/crtree/internal/archive"
+	"github.com/crtree/crtree/internal/criu"
+)
+
+// errAborted ends a streamed restore's feeding after a failure elsewhere.
+var errAborted = errors.New("restore aborted")
+
+// feeder hands CRIU the page images of a streamed restore as the archive
+// is read. Each node's CRIU asks its image server for one image at a
+// time; a page image part that arrives while its CRIU is not reading that
+// image yet (it is still being started, or its node waits for its
+// parent's restore) is spilled into the staging directory, and replayed
+// when CRIU asks. Every other image was extracted ahead by
+// archive.ExtractMeta and is served from the staging directory.
+type feeder struct {
+	stage   string
+	pages   map[string]*pageImage // "node/name"
+	aborted chan struct{}
+	once    sync.Once
+	// filesDone is closed when the first image arrives: the files of
+	// every node come before any image, so CRIU may start.
+	filesDone chan struct{}
+	filesOnce sync.Once
+	buf       []byte
+}
+
+// pageImage is one page image on its way to CRIU.
+type pageImage struct {
+	mu       sync.Mutex
+	path     string // spill file
+	total    int64  // size, from the trailer
+	received int64  // bytes read from the archive
+	spilled  int64  // of which went to the spill file
+	live     io.Writer
+	done     chan struct{} // closed once CRIU has been given every byte
+}
+
+func newFeeder(stage string, sums *archive.Checksums) *feeder {
+	f := &feeder{stage: stage, pages: map[string]*pageImage{}, aborted: make(chan struct{}), filesDone: make(chan struct{}), buf: make([]byte, 1<<20)}
+	for _, m := range sums.Members {
+		parts := strings.SplitN(m.Name, "/", 4)
+		if len(parts) != 4 || parts[0] != "nodes" || parts[2] != "criu" || !archive.IsPageImage(parts[3]) {
+			continue
+		}
+		key := parts[1] + "/" + parts[3]
+		p := f.pages[key]
+		if p == nil {
+			p = &pageImage{path: filepath.Join(stage, parts[1], "criu", parts[3]), done: make(chan struct{})}
+			f.pages[key] = p
+		}
+		p.total += m.Size
+	}
+	return f
+}
+
+func (f *feeder) page(node int, name string) *pageImage {
+	return f.pages[fmt.Sprint(node)+"/"+name]
+}
+
+// abort stops feeding: CRIU waiting for an image sees its end early.
+func (f *feeder) abort() {
+	f.once.Do(func() { close(f.aborted) })
+}
+
+// Image takes an image member from the archive (archive.ImageSink).
+func (f *feeder) Image(node int, name string, size int64, body io.Reader) error {
+	f.filesOnce.Do(func() { close(f.filesDone) })
+	select {
+	case <-f.aborted:
+		return errAborted
+	default:
+	}
+	if !archive.IsPageImage(name) {
+		return nil // extracted ahead; the reader still checks it
+	}
+	p := f.page(node, name)
+	if p == nil {
+		return fmt.Errorf("%w: page image %s is not listed", archive.ErrCorrupt, name)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.received+size > p.total {
+		return fmt.Errorf("%w: page image %s is larger than listed", archive.ErrCorrupt, name)
+	}
+	w := p.live
+	var spill *os.File
+	if w == nil {
+		var err error
+		if spill, err = os.OpenFile(p.path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600); err != nil {
+			return err
+		}
+		defer spill.Close()
+		w = spill
+	}
+	n, err := copyChunks(w, body, f.buf)
+	p.received += n
+	if spill != nil {
+		p.spilled += n
+	}
+	if err != nil {
+		return err
+	}
+	if n != size {
+		return fmt.Errorf("%w: page image %s is truncated", archive.ErrCorrupt, name)
+	}
+	if p.live != nil && p.received == p.total {
+		close(p.done)
+	}
+	return nil
+}
+
+// has says whether node's CRIU may ask for the image name.
+func (f *feeder) has(node int, name string) bool {
+	if archive.IsPageImage(name) {
+		return f.page(node, name) != nil
+	}
+	fi, err := os.Lstat(filepath.Join(f.stage, fmt.Sprint(node), "criu", name))
+	return err == nil && fi.Mode().IsRegular()
+}
+
+// send writes the image name of node to CRIU's pipe w: a page image as
+// the archive delivers it (first what was spilled), any other from the
+// staging directory.
+func (f *feeder) send(node int, name string, w io.Writer) error {
+	if !archive.IsPageImage(name) {
+		src, err := os.Open(filepath.Join(f.stage, fmt.Sprint(node), "criu", name))
+		if err != nil {
+			return err
+		}
+		defer src.Close()
+		_, err = io.Copy(w, src)
+		return err
+	}
+	p := f.page(node, name)
+	p.mu.Lock()
+	if p.live != nil {
+		p.mu.Unlock()
+		return fmt.Errorf("CRIU asked for %s twice", name)
+	}
+	if p.spilled > 0 {
+		src, err := os.Open(p.path)
+		if err != nil {
+			p.mu.Unlock()
+			return err
+		}
+		_, err = io.CopyN(w, src, p.spilled)
+		src.Close()
+		if err != nil {
+			p.mu.Unlock()
+			return err
+		}
+		// What CRIU has read need not stay in memory (tmpfs) any longer.
+		os.Remove(p.path)
+	}
+	p.live = w
+	if p.received == p.total {
+		close(p.done)
+	}
+	p.mu.Unlock()
+	select {
+	case <-p.done:
+		return nil
+	case <-f.aborted:
+		return errAborted
+	}
+}
+
+// serve runs node's image server until its CRIU hangs up.
+func (f *feeder) serve(node int, srv *criu.ImageServer) error {
+	return srv.Serve(
+		func(name string) bool { return f.has(node, name) },
+		func(name string, w io.Writer) error { return f.send(node, name, w) },
+	)
+}
+
+// copyChunks copies r to w in writes of up to len(buf) bytes.
+func copyChunks(w io.Writer, r io.Reader, buf []byte) (int64, error) {
+	var total int64
+	for {
+		n, err := io.ReadFull(r, buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return total, werr
+			}
+			total += int64(n)
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+	}
+}

@@ -1,0 +1,166 @@
+package criu
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+
+	streamer "github.com/checkpoint-restore/go-criu/v7/crit/images/img-streamer"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
+)
+
+// ServeSocket is the socket a CRIU restore run with --stream connects to,
+// in its images directory.
+const ServeSocket = "streamer-serve.sock"
+
+// maxRequest bounds one request from CRIU (an image file name).
+const maxRequest = 4096
+
+// pipeSize is what the image pipes are enlarged to (the kernel's default
+// maximum for unprivileged pipes; root may go further but needs no more).
+const pipeSize = 1 << 20
+
+// ImageServer hands a CRIU restore its images over the image-streamer
+// protocol (CRIU's img-streamer.c), instead of CRIU reading them from the
+// images directory: CRIU connects to ServeSocket and, for each image it
+// opens, sends the name; the server says whether the image exists and, if
+// so, receives a pipe from CRIU and writes the image into it. CRIU opens
+// images one after another, reading each to its end.
+type ImageServer struct {
+	l    *net.UnixListener
+	mu   sync.Mutex
+	conn *net.UnixConn
+	done bool
+}
+
+// ListenImages creates the socket in the images directory dir.
+func ListenImages(dir string) (*ImageServer, error) {
+	path := filepath.Join(dir, ServeSocket)
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("image server: %w", err)
+	}
+	l.SetUnlinkOnClose(true)
+	return &ImageServer{l: l}, nil
+}
+
+// Serve accepts CRIU's connection and answers its requests until CRIU
+// hangs up: has says whether an image exists, send writes its content to
+// w (which Serve closes afterwards; CRIU sees the end of the image).
+// An error from send ends the service: CRIU then fails to read.
+func (s *ImageServer) Serve(has func(name string) bool, send func(name string, w io.Writer) error) error {
+	conn, err := s.l.AcceptUnix()
+	if err != nil {
+		return fmt.Errorf("image server: %w", err)
+	}
+	s.mu.Lock()
+	if s.done {
+		s.mu.Unlock()
+		conn.Close()
+		return errors.New("image server: closed")
+	}
+	s.conn = conn
+	s.mu.Unlock()
+	defer conn.Close()
+	for {
+		name, err := readRequest(conn)
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("image server: %w", err)
+		}
+		ok := has(name)
+		reply, _ := proto.Marshal(&streamer.ImgStreamerReplyEntry{Exists: proto.Bool(ok)})
+		if err := writeMessage(conn, reply); err != nil {
+			return fmt.Errorf("image server: %w", err)
+		}
+		if !ok {
+			continue
+		}
+		pipe, err := recvPipe(conn)
+		if err != nil {
+			return fmt.Errorf("image server: %s: %w", name, err)
+		}
+		unix.FcntlInt(pipe.Fd(), unix.F_SETPIPE_SZ, pipeSize)
+		err = send(name, pipe)
+		pipe.Close()
+		if err != nil {
+			return fmt.Errorf("image server: %s: %w", name, err)
+		}
+	}
+}
+
+// Close stops the server; a Serve under way returns.
+func (s *ImageServer) Close() error {
+	s.mu.Lock()
+	s.done = true
+	if s.conn != nil {
+		s.conn.Close()
+	}
+	s.mu.Unlock()
+	return s.l.Close()
+}
+
+// readRequest reads one request: a little-endian 32-bit length and an
+// img_streamer_request_entry, as CRIU's pb_write_one frames it.
+func readRequest(r io.Reader) (string, error) {
+	var lb [4]byte
+	if _, err := io.ReadFull(r, lb[:]); err != nil {
+		if err == io.ErrUnexpectedEOF {
+			return "", errors.New("truncated request")
+		}
+		return "", err
+	}
+	n := binary.LittleEndian.Uint32(lb[:])
+	if n > maxRequest {
+		return "", fmt.Errorf("request of %d bytes", n)
+	}
+	buf := make([]byte, n)
+	if _, err := io.ReadFull(r, buf); err != nil {
+		return "", fmt.Errorf("truncated request: %w", err)
+	}
+	var req streamer.ImgStreamerRequestEntry
+	if err := proto.Unmarshal(buf, &req); err != nil {
+		return "", fmt.Errorf("malformed request: %w", err)
+	}
+	name := req.GetFilename()
+	if name == "" || name != filepath.Base(name) {
+		return "", fmt.Errorf("request for %q", name)
+	}
+	return name, nil
+}
+
+func writeMessage(w io.Writer, msg []byte) error {
+	b := binary.LittleEndian.AppendUint32(make([]byte, 0, 4+len(msg)), uint32(len(msg)))
+	_, err := w.Write(append(b, msg...))
+	return err
+}
+
+// recvPipe receives the pipe CRIU sends with one dummy byte.
+func recvPipe(conn *net.UnixConn) (*os.File, error) {
+	var dummy [1]byte
+	oob := make([]byte, unix.CmsgSpace(4))
+	_, oobn, _, _, err := conn.ReadMsgUnix(dummy[:], oob)
+	if err != nil {
+		return nil, err
+	}
+	msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+	if err != nil || len(msgs) != 1 {
+		return nil, errors.New("no pipe received")
+	}
+	fds, err := unix.ParseUnixRights(&msgs[0])
+	if err != nil || len(fds) != 1 {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+		return nil, errors.New("no pipe received")
+	}
+	return os.NewFile(uintptr(fds[0]), "criu-image-pipe"), nil
+}

@@ -1,0 +1,115 @@
+package criu
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// CRIU refuses --stream in its RPC service (it cannot know that a
+// streamer runs for each request), so a streamed restore runs the criu
+// command instead of `criu swrk`, with the same options spelled as flags.
+// The RPC's notification becomes an action script: a shell script that,
+// before CRIU lets the processes run, waits on a FIFO for the go-ahead.
+
+// gateScript is the action script; %s is the FIFO's path.
+const gateScript = `#!/bin/sh
+# crtree: hold the restored processes until the images are verified.
+[ "$CRTOOLS_SCRIPT_ACTION" = pre-resume ] || exit 0
+read -r go < '%s' || exit 1
+[ "$go" = y ]
+`
+
+// restoreCLI is Restore with o.Stream.
+func restoreCLI(bin string, o RestoreOptions) (int, error) {
+	images, err := filepath.Abs(o.ImagesDir)
+	if err != nil {
+		return 0, fmt.Errorf("criu restore: %w", err)
+	}
+	work, err := filepath.Abs(o.WorkDir)
+	if err != nil {
+		return 0, fmt.Errorf("criu restore: %w", err)
+	}
+	pidfile := filepath.Join(work, "restored.pid")
+	args := []string{"restore", "--stream", "-D", images, "-W", work, "-o", "restore.log",
+		"-v" + strconv.Itoa(int(logLevel())), "--root", o.Root,
+		"--restore-detached", "--restore-sibling", "--pidfile", pidfile,
+		"--file-locks", "--manage-cgroups=ignore"}
+	for _, m := range o.Externals {
+		args = append(args, "--external", "mnt["+m.Key+"]:"+m.HostPath)
+	}
+	if o.TCPEstablished {
+		args = append(args, "--tcp-established", "--network-lock", "nftables")
+	}
+	if o.BeforeResume != nil {
+		gate, script, err := makeGate(work)
+		if err != nil {
+			return 0, fmt.Errorf("criu restore: %w", err)
+		}
+		defer gate.Close()
+		args = append(args, "--action-script", script)
+		go func() {
+			// The answer waits in the FIFO (held open until CRIU exits)
+			// until the script reads it; CRIU may be gone by then.
+			answer := "n\n"
+			if o.BeforeResume() == nil {
+				answer = "y\n"
+			}
+			gate.Write([]byte(answer))
+		}()
+	}
+	cmd := exec.Command(bin, args...)
+	if o.CgroupFD >= 0 {
+		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: o.CgroupFD}
+	}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			err = fmt.Errorf("criu exited with status %d", ee.ExitCode())
+			if msg := strings.TrimSpace(string(out)); msg != "" && !strings.Contains(msg, "\n") {
+				err = fmt.Errorf("%s", msg)
+			}
+		}
+		log := filepath.Join(work, "restore.log")
+		e := &Error{Op: "restore", Err: err, Log: log, Quoted: logErrors(log)}
+		e.Log = keepLog(log, o.KeepLogs, "restore")
+		return 0, e
+	}
+	data, err := os.ReadFile(pidfile)
+	if err != nil {
+		return 0, fmt.Errorf("criu restore: read the restored PID: %w", err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil || pid <= 0 {
+		return 0, fmt.Errorf("criu restore: bad PID file %q", data)
+	}
+	return pid, nil
+}
+
+// makeGate creates the FIFO and the script that waits on it, and opens
+// the FIFO for writing (read-write, so that opening does not wait for the
+// script).
+func makeGate(work string) (*os.File, string, error) {
+	fifo := filepath.Join(work, "resume.fifo")
+	os.Remove(fifo)
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		return nil, "", err
+	}
+	script := filepath.Join(work, "resume-gate.sh")
+	if err := os.WriteFile(script, fmt.Appendf(nil, gateScript, fifo), 0o700); err != nil {
+		return nil, "", err
+	}
+	gate, err := os.OpenFile(fifo, os.O_RDWR, 0)
+	if err != nil {
+		return nil, "", err
+	}
+	return gate, script, nil
+}
