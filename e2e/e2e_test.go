@@ -65,6 +65,7 @@ func TestScripts(t *testing.T) {
 			"pidalive": cmdPidalive,
 			"sleep":    cmdSleep,
 			"httpget":  cmdHttpget,
+			"flipbyte": cmdFlipbyte,
 		},
 	})
 }
@@ -78,6 +79,7 @@ func setup(env *testscript.Env) error {
 	root2 := filepath.Join(env.WorkDir, ".state2")
 	env.Setenv("CRTREE_ROOT2", root2)
 	env.Setenv("PATH", binDir+string(os.PathListSeparator)+os.Getenv("PATH"))
+	env.Setenv("BIN", binDir)
 	archives, _ := filepath.Abs("../testdata/archives")
 	env.Setenv("ARCHIVES", archives)
 	for _, k := range []string{"CRTREE_CRIU", "HOME"} {
@@ -149,6 +151,20 @@ func teardown(t logger, root string) {
 func running(pid int) bool {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	return err == nil && !strings.Contains(string(data), ") Z ")
+}
+
+// flipbyte FILE PERCENT: invert one byte of FILE, PERCENT of the way in.
+func cmdFlipbyte(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: flipbyte FILE PERCENT")
+	}
+	pct, err := strconv.Atoi(args[1])
+	ts.Check(err)
+	name := ts.MkAbs(args[0])
+	data, err := os.ReadFile(name)
+	ts.Check(err)
+	data[len(data)*pct/100] ^= 0xff
+	ts.Check(os.WriteFile(name, data, 0o644))
 }
 
 // waitlog PATH REGEXP [SECONDS]: wait until the node's log matches.

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
@@ -144,6 +145,24 @@ func TestIndexedArchiveDamage(t *testing.T) {
 	d := &pageSink{dirs: dirs{files: []string{t.TempDir()}, images: []string{t.TempDir()}}, pages: map[string]*bytes.Buffer{}}
 	if err := Extract(ar, d, nil); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("damaged page part: %v, want ErrCorrupt", err)
+	}
+
+	// A trailer read ahead that differs from the archive's own (here in
+	// the manifest's entry, which is not checked as it is read) is
+	// refused at the end.
+	sums, err = ReadTrailer(bytes.NewReader(data), int64(len(data)), x)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sums.Members[0].SHA256 = []string{"00"}
+	ar, err = NewReader(bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ar.Expect(sums)
+	d = &pageSink{dirs: dirs{files: []string{t.TempDir()}, images: []string{t.TempDir()}}, pages: map[string]*bytes.Buffer{}}
+	if err := Extract(ar, d, nil); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "not the archive's") {
+		t.Fatalf("other trailer: %v", err)
 	}
 
 	// An index that points elsewhere is refused or leads nowhere.

@@ -230,6 +230,10 @@ func (r *Reader) verifyTrailer(hdr *tar.Header) error {
 	if err != nil {
 		return corrupt("%v", err)
 	}
+	if e := r.expect; e != nil && !sameChecksums(e, want) {
+		// What was read ahead through the index must be this trailer.
+		return corrupt("the index points at a %s that is not the archive's", SumsName)
+	}
 	got, err := r.pool.wait()
 	if err != nil {
 		return err
@@ -367,4 +371,17 @@ func Verify(r io.Reader) (*Manifest, int, error) {
 			return ar.Manifest(), 0, err
 		}
 	}
+}
+
+func sameChecksums(a, b *Checksums) bool {
+	if a.PieceSize != b.PieceSize || len(a.Members) != len(b.Members) {
+		return false
+	}
+	for i, m := range a.Members {
+		n := b.Members[i]
+		if m.Name != n.Name || m.Type != n.Type || m.Size != n.Size || !equalDigests(m.SHA256, n.SHA256) {
+			return false
+		}
+	}
+	return true
 }

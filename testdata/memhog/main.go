@@ -1,16 +1,21 @@
 // Command memhog is the benchmark workload: it holds N MiB of memory,
 // random (incompressible) or zero-filled but touched, reports "ready" and
-// sleeps until killed. Built static (CGO_ENABLED=0), it runs in any node.
+// sleeps until killed; on SIGUSR1 it checks its memory is unchanged (the
+// end-to-end tests use it after restores). Built static (CGO_ENABLED=0),
+// it runs in any node.
 //
 //	memhog -mib 1024 -kind random
 //	memhog -mib 2048 -touch-and-exit   # fault in and free memory, then exit
 package main
 
 import (
+	"crypto/sha256"
 	"flag"
 	"fmt"
 	"os"
+	"os/signal"
 	"runtime/debug"
+	"syscall"
 	"time"
 )
 
@@ -47,9 +52,17 @@ func main() {
 		fmt.Fprintln(os.Stderr, "memhog: -kind must be random or zero")
 		os.Exit(2)
 	}
+	// SIGUSR1 checks that the memory still holds what it was given (after
+	// a restore, say): the answer is check=ok or check=BAD.
+	sum := sha256.Sum256(buf)
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGUSR1)
 	fmt.Println("ready")
-	for {
-		time.Sleep(time.Hour)
-		_ = buf[len(buf)-1]
+	for range sig {
+		if sha256.Sum256(buf) == sum {
+			fmt.Println("check=ok")
+		} else {
+			fmt.Println("check=BAD")
+		}
 	}
 }
