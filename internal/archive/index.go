@@ -84,7 +84,7 @@ func ReadIndex(ra io.ReaderAt, size int64) (*Index, error) {
 
 // sectionReader decodes the tar stream that starts at off.
 func sectionReader(ra io.ReaderAt, off, end int64) (*tar.Reader, *zstd.Decoder, error) {
-	zr, err := zstd.NewReader(io.NewSectionReader(ra, off, end-off), zstd.WithDecoderMaxMemory(maxDecoderMemory), zstd.WithDecoderMaxWindow(maxWindow), zstd.WithDecoderConcurrency(1))
+	zr, err := zstd.NewReader(io.NewSectionReader(ra, off, end-off), decoderOptions(zstd.WithDecoderConcurrency(1))...)
 	if err != nil {
 		return nil, nil, err
 	}

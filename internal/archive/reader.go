@@ -21,6 +21,13 @@ const maxDecoderMemory = 64 << 20
 // maxWindow bounds the zstd window a reader accepts; crtree writes 4 MiB.
 const maxWindow = 16 << 20
 
+// decoderOptions are how every archive is decompressed. zstd's own frame
+// checksums (xxhash) are not checked: the SHA-256 of every piece is, and
+// the decoder would otherwise hash all output a second time.
+func decoderOptions(extra ...zstd.DOption) []zstd.DOption {
+	return append([]zstd.DOption{zstd.WithDecoderMaxMemory(maxDecoderMemory), zstd.WithDecoderMaxWindow(maxWindow), zstd.IgnoreChecksum(true)}, extra...)
+}
+
 // Reader reads an archive front to back, verifying it as it goes: each
 // member must have an allowed name (inside its node's files or images)
 // and type, appear once (only CRIU images may come in several parts), and
@@ -49,7 +56,7 @@ type Reader struct {
 
 // NewReader starts reading the archive on r and reads its manifest.
 func NewReader(r io.Reader) (*Reader, error) {
-	zr, err := zstd.NewReader(r, zstd.WithDecoderMaxMemory(maxDecoderMemory), zstd.WithDecoderMaxWindow(maxWindow))
+	zr, err := zstd.NewReader(r, decoderOptions()...)
 	if err != nil {
 		return nil, err
 	}

@@ -148,9 +148,10 @@ const chunkSize = 1 << 20
 
 // NewWriter starts an archive on w. level is a zstd level
 // (zstd.SpeedFastest is what crtree uses); incompressible content is
-// stored raw whatever the level.
+// stored raw whatever the level. Frames carry no zstd checksum: the
+// trailer's SHA-256 covers every byte.
 func NewWriter(w io.Writer, level zstd.EncoderLevel) (*Writer, error) {
-	zw, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(level), zstd.WithWindowSize(4<<20), zstd.WithEncoderConcurrency(runtime.NumCPU()))
+	zw, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(level), zstd.WithWindowSize(4<<20), zstd.WithEncoderConcurrency(runtime.NumCPU()), zstd.WithEncoderCRC(false))
 	if err != nil {
 		return nil, err
 	}

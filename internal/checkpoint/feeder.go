@@ -9,6 +9,8 @@ import (
 	"strings"
 	"sync"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/crtree/crtree/internal/archive"
 	"github.com/crtree/crtree/internal/criu"
 )
@@ -33,6 +35,7 @@ type feeder struct {
 	filesDone chan struct{}
 	filesOnce sync.Once
 	buf       []byte
+	retired   [][]byte // buffers of page images handed over, to unmap
 }
 
 // pageImage is one page image on its way to CRIU.
@@ -44,6 +47,8 @@ type pageImage struct {
 	spilled  int64  // of which went to the spill file
 	live     io.Writer
 	done     chan struct{} // closed once CRIU has been given every byte
+	ring     [][]byte      // buffers lent to the pipe (feed)
+	next     int
 }
 
 func newFeeder(stage string, sums *archive.Checksums) *feeder {
@@ -76,6 +81,8 @@ func (f *feeder) abort() {
 // Image takes an image member from the archive (archive.ImageSink).
 func (f *feeder) Image(node int, name string, size int64, body io.Reader) error {
 	f.filesOnce.Do(func() { close(f.filesDone) })
+	// The reader has finished with the previous member: its buffers may go.
+	f.unmapRetired()
 	select {
 	case <-f.aborted:
 		return errAborted
@@ -93,19 +100,22 @@ func (f *feeder) Image(node int, name string, size int64, body io.Reader) error 
 	if p.received+size > p.total {
 		return fmt.Errorf("%w: page image %s is larger than listed", archive.ErrCorrupt, name)
 	}
-	w := p.live
-	var spill *os.File
-	if w == nil {
-		var err error
-		if spill, err = os.OpenFile(p.path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600); err != nil {
-			return err
+	var n int64
+	var err error
+	if p.live != nil {
+		n, err = p.feed(body)
+	} else {
+		spill, oerr := os.OpenFile(p.path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+		if oerr != nil {
+			return oerr
 		}
-		defer spill.Close()
-		w = spill
+		n, err = copyChunks(spill, body, f.buf)
+		if cerr := spill.Close(); err == nil {
+			err = cerr
+		}
 	}
-	n, err := copyChunks(w, body, f.buf)
 	p.received += n
-	if spill != nil {
+	if p.live == nil {
 		p.spilled += n
 	}
 	if err != nil {
@@ -115,7 +125,102 @@ func (f *feeder) Image(node int, name string, size int64, body io.Reader) error 
 		return fmt.Errorf("%w: page image %s is truncated", archive.ErrCorrupt, name)
 	}
 	if p.live != nil && p.received == p.total {
+		// Its buffers are unmapped once the reader is done hashing them.
+		f.retired = append(f.retired, p.ring...)
+		p.ring = nil
 		close(p.done)
+	}
+	return nil
+}
+
+// close unmaps the buffers of every page image; the archive reader must
+// be done (pages still lent to a pipe stay valid until CRIU reads them).
+func (f *feeder) close() {
+	f.unmapRetired()
+	for _, p := range f.pages {
+		p.mu.Lock()
+		f.retired = append(f.retired, p.ring...)
+		p.ring = nil
+		p.mu.Unlock()
+	}
+	f.unmapRetired()
+}
+
+func (f *feeder) unmapRetired() {
+	for _, b := range f.retired {
+		unix.Munmap(b)
+	}
+	f.retired = nil
+}
+
+// ringBuffers is how many chunks of a page image may be in flight to
+// CRIU: the pipe holds at most one (pipeSize), so a buffer is free again
+// once the two after it have been spliced in.
+const ringBuffers = 3
+
+// feed moves r into CRIU's pipe without copying it into the pipe:
+// vmsplice lends the pipe the buffer's pages, which CRIU's read copies
+// out. A buffer is reused only after as many bytes as the pipe holds
+// have followed it into the same pipe (each image has its own buffers),
+// so nothing lent is overwritten before CRIU has read it.
+func (p *pageImage) feed(r io.Reader) (int64, error) {
+	pipe, ok := p.live.(*os.File)
+	if !ok || pipeCapacity(pipe) > (ringBuffers-1)*spliceChunk {
+		return copyChunks(p.live, r, make([]byte, spliceChunk))
+	}
+	if p.ring == nil {
+		for i := 0; i < ringBuffers; i++ {
+			b, err := unix.Mmap(-1, 0, spliceChunk, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+			if err != nil {
+				return copyChunks(p.live, r, make([]byte, spliceChunk))
+			}
+			p.ring = append(p.ring, b)
+		}
+	}
+	fd := int(pipe.Fd())
+	var total int64
+	for {
+		buf := p.ring[p.next]
+		p.next = (p.next + 1) % len(p.ring)
+		n, err := io.ReadFull(r, buf)
+		if n > 0 {
+			if werr := vmspliceAll(fd, buf[:n]); werr != nil {
+				return total, werr
+			}
+			total += int64(n)
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+	}
+}
+
+// spliceChunk is the size of a buffer lent to CRIU's pipe.
+const spliceChunk = 1 << 20
+
+func pipeCapacity(f *os.File) int {
+	n, err := unix.FcntlInt(f.Fd(), unix.F_GETPIPE_SZ, 0)
+	if err != nil {
+		return 1 << 30
+	}
+	return n
+}
+
+func vmspliceAll(fd int, b []byte) error {
+	for len(b) > 0 {
+		iov := []unix.Iovec{{Base: &b[0]}}
+		iov[0].SetLen(len(b))
+		n, err := unix.Vmsplice(fd, iov, 0)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		b = b[n:]
 	}
 	return nil
 }

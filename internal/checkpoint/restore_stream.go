@@ -145,6 +145,7 @@ func restoreStreamed(h *node.Host, ix *indexed, ar *archive.Reader, dst *destina
 		f.abort()
 	}
 	xerr := <-extracted
+	f.close()
 	rep.Pack = Duration(time.Since(packStart))
 	if xerr != nil && !errors.Is(xerr, errAborted) {
 		// The archive's fault comes first: CRIU failed because of it.
