@@ -3,6 +3,7 @@ package archive
 import (
 	"bytes"
 	"encoding/json"
+	"io"
 	"testing"
 
 	"github.com/crtree/crtree/internal/hier"
@@ -50,6 +51,31 @@ func FuzzExtract(f *testing.F) {
 		Extract(r, d, nil)
 		if entries, _ := readDir(outside); len(entries) != 0 {
 			t.Fatalf("wrote outside the destination: %v", entries)
+		}
+	})
+}
+
+// FuzzFrames feeds the frame reader arbitrary bytes after a valid mix of
+// frames: it must never panic or hang, and never decode more than the
+// input's blocks can say.
+func FuzzFrames(f *testing.F) {
+	var raw bytes.Buffer
+	writeRawFrame(&raw, bytes.Repeat([]byte{1, 2, 3}, 50000))
+	writeZeroFrame(&raw, 300000)
+	f.Add(raw.Bytes())
+	f.Add(Index{Meta: 1, MetaMember: 1, Sums: 2}.frame())
+	f.Add(append(bytes.Clone(rawFrameHeader), 0xff, 0xff, 0xff))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		fr, err := newFrameReader(bytes.NewReader(data))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer fr.Close()
+		// An RLE block is 4 bytes for up to 128 KiB.
+		limit := int64(len(data))*(rawBlockMax/4+1) + 1
+		n, _ := io.Copy(io.Discard, io.LimitReader(fr, limit+1))
+		if n > limit {
+			t.Fatalf("%d input bytes decoded into more than %d", len(data), limit)
 		}
 	})
 }

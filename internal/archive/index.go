@@ -9,8 +9,6 @@ import (
 	"os"
 	"path"
 	"strings"
-
-	"github.com/klauspost/compress/zstd"
 )
 
 // An archive written to a file ends with an index: a zstd skippable frame
@@ -83,8 +81,8 @@ func ReadIndex(ra io.ReaderAt, size int64) (*Index, error) {
 }
 
 // sectionReader decodes the tar stream that starts at off.
-func sectionReader(ra io.ReaderAt, off, end int64) (*tar.Reader, *zstd.Decoder, error) {
-	zr, err := zstd.NewReader(io.NewSectionReader(ra, off, end-off), decoderOptions(zstd.WithDecoderConcurrency(1))...)
+func sectionReader(ra io.ReaderAt, off, end int64) (*tar.Reader, *frameReader, error) {
+	zr, err := newFrameReader(io.NewSectionReader(ra, off, end-off))
 	if err != nil {
 		return nil, nil, err
 	}

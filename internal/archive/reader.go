@@ -35,7 +35,7 @@ func decoderOptions(extra ...zstd.DOption) []zstd.DOption {
 // with its type, size and checksums. Only when Next returns io.EOF has the
 // whole archive been verified.
 type Reader struct {
-	zr       *zstd.Decoder
+	zr       *frameReader
 	tr       *tar.Reader
 	manifest *Manifest
 	// pool records every member read, in order, with its digests; the
@@ -56,7 +56,7 @@ type Reader struct {
 
 // NewReader starts reading the archive on r and reads its manifest.
 func NewReader(r io.Reader) (*Reader, error) {
-	zr, err := zstd.NewReader(r, decoderOptions()...)
+	zr, err := newFrameReader(r)
 	if err != nil {
 		return nil, err
 	}
@@ -266,9 +266,10 @@ func (r *Reader) verifyTrailer(hdr *tar.Header) error {
 	if _, err := r.tr.Next(); err != io.EOF {
 		return corrupt("data after %s", SumsName)
 	}
-	// The zstd stream must end too: trailing garbage is damage.
+	// The zstd stream must end too (skippable frames aside, such as the
+	// index): trailing garbage is damage.
 	var one [1]byte
-	if n, _ := r.zr.Read(one[:]); n != 0 {
+	if n, err := r.zr.Read(one[:]); n != 0 || err != io.EOF {
 		return corrupt("data after the end of the archive")
 	}
 	r.done = true
