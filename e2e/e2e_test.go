@@ -82,7 +82,7 @@ func setup(env *testscript.Env) error {
 	env.Setenv("BIN", binDir)
 	archives, _ := filepath.Abs("../testdata/archives")
 	env.Setenv("ARCHIVES", archives)
-	for _, k := range []string{"CRTREE_CRIU", "HOME"} {
+	for _, k := range []string{"CRTREE_CRIU", "HOME", "CRTREE_NO_STREAM"} {
 		if v := os.Getenv(k); v != "" {
 			env.Setenv(k, v)
 		}

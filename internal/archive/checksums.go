@@ -107,6 +107,39 @@ func openRegular(root *os.Root, rel string) (*os.File, error) {
 	return f, nil
 }
 
+// addBuffer hashes data in the background, piece by piece, and calls
+// done once it no longer reads it.
+func (p *hashPool) addBuffer(name string, data []byte, done func()) {
+	n := pieces(int64(len(data)))
+	digests := make([]string, n)
+	p.record(name, "file", int64(len(data)), digests)
+	var left sync.WaitGroup
+	for i := 0; i < n; i++ {
+		piece := data[int64(i)*PieceSize : min(int64(len(data)), int64(i+1)*PieceSize)]
+		p.wg.Add(1)
+		left.Add(1)
+		go func() {
+			defer p.wg.Done()
+			defer left.Done()
+			p.sem <- struct{}{}
+			defer func() { <-p.sem }()
+			// An all-zero piece takes its digest from the cache.
+			d := zeroDigest(int64(len(piece)))
+			if !allZero(piece) {
+				sum := sha256.Sum256(piece)
+				d = hex.EncodeToString(sum[:])
+			}
+			p.mu.Lock()
+			digests[i] = d
+			p.mu.Unlock()
+		}()
+	}
+	go func() {
+		left.Wait()
+		done()
+	}()
+}
+
 func (p *hashPool) addOpener(name string, open func() (*os.File, error), base, size int64) {
 	n := pieces(size)
 	digests := make([]string, n)

@@ -224,6 +224,34 @@ func (w *Writer) WritePart(name, path string, off, size int64) error {
 	return nil
 }
 
+// WritePartBytes writes data as one member called name, a part of a CRIU
+// image that arrives through a pipe rather than a file. data is hashed in
+// the background; done is called once nothing reads it any more.
+func (w *Writer) WritePartBytes(name string, data []byte, done func()) error {
+	hdr := &tar.Header{Name: name, Mode: 0o600, Size: int64(len(data)), Typeflag: tar.TypeReg, Format: tar.FormatPAX, ModTime: time.Now()}
+	w.sw.raw, w.sw.zero = false, false
+	if err := w.tw.WriteHeader(hdr); err != nil {
+		done()
+		return fmt.Errorf("write %s: %w", name, err)
+	}
+	for off := 0; off < len(data); off += chunkSize {
+		chunk := data[off:min(len(data), off+chunkSize)]
+		w.sw.zero = allZero(chunk)
+		w.sw.raw = !w.sw.zero && w.sw.sampler.incompressible(chunk)
+		if _, err := w.tw.Write(chunk); err != nil {
+			done()
+			return fmt.Errorf("write %s: %w", name, err)
+		}
+		w.written += int64(len(chunk))
+		if w.Progress != nil {
+			w.Progress(w.written)
+		}
+	}
+	w.sw.raw, w.sw.zero = false, false
+	w.hashes.addBuffer(name, data, done)
+	return nil
+}
+
 // copyFile streams size bytes at offset off of the file at path into the
 // archive in chunks, each stored raw or compressed as its sample says.
 func (w *Writer) copyFile(path string, off, size int64) error {

@@ -90,9 +90,19 @@ func Dump(h *node.Host, p hier.Path, out Output, o Options) (rep *Report, err er
 	if err != nil {
 		return nil, err
 	}
+	// Without --leave-running, CRIU streams the page images into the
+	// archive (capture): the frozen time does not matter, since the
+	// workload is killed after, and nothing large is staged. With it, CRIU
+	// writes to the staging directory at full speed, so that the workload
+	// is frozen no longer than CRIU takes.
+	stream := !o.LeaveRunning && os.Getenv("CRTREE_NO_STREAM") == ""
 	var need int64
 	for _, m := range members {
-		need += m.memory
+		if stream {
+			need += 16 << 20 // CRIU's other images
+		} else {
+			need += m.memory
+		}
 	}
 	stage, err := h.StageDir("dump", need)
 	if err != nil {
@@ -193,9 +203,15 @@ func Dump(h *node.Host, p hier.Path, out Output, o Options) (rep *Report, err er
 		o.progress(Progress{Phase: "pack", NodesTotal: len(members), Bytes: n})
 	}
 
+	var capt *capture
+	if stream {
+		if capt, err = startCapture(members); err != nil {
+			return nil, fmt.Errorf("dump %s: %w", p, err)
+		}
+	}
 	criuStart := time.Now()
 	criuDone := make(chan error, 1)
-	go func() { criuDone <- dumpAll(h, op, members, o) }()
+	go func() { criuDone <- dumpAll(h, op, members, o, stream) }()
 	// Whatever happens below, CRIU is waited for before returning.
 	criuErr, criuFinished := error(nil), false
 	waitCriu := func() error {
@@ -206,6 +222,10 @@ func Dump(h *node.Host, p hier.Path, out Output, o Options) (rep *Report, err er
 		return criuErr
 	}
 	defer waitCriu()
+	if capt != nil {
+		// Runs before waitCriu: a CRIU still writing sees its pipes close.
+		defer capt.Close()
+	}
 
 	if err := w.WriteManifest(manifest); err != nil {
 		return nil, fmt.Errorf("dump %s: write archive: %w", p, err)
@@ -216,6 +236,23 @@ func Dump(h *node.Host, p hier.Path, out Output, o Options) (rep *Report, err er
 		}
 	}
 	st := &streamer{w: w, members: members, done: map[string]int64{}}
+	for capt != nil && !criuFinished {
+		select {
+		case criuErr = <-criuDone:
+			criuFinished = true
+			rep.Criu = Duration(time.Since(criuStart))
+		case part := <-capt.parts:
+			if err := capt.write(w, part); err != nil {
+				return nil, fmt.Errorf("dump %s: write archive: %w", p, err)
+			}
+		}
+	}
+	if capt != nil && criuErr == nil {
+		if err := capt.finish(w); err != nil {
+			return nil, fmt.Errorf("dump %s: write archive: %w", p, err)
+		}
+		st.pages = capt.pages
+	}
 	for !criuFinished {
 		select {
 		case criuErr = <-criuDone:
@@ -324,7 +361,7 @@ func collect(h *node.Host, p hier.Path) ([]*member, cgroup.Group, error) {
 }
 
 // dumpAll runs one CRIU dump per running node, in parallel.
-func dumpAll(h *node.Host, op *node.Op, members []*member, o Options) error {
+func dumpAll(h *node.Host, op *node.Op, members []*member, o Options, stream bool) error {
 	var wg sync.WaitGroup
 	errs := make([]error, len(members))
 	sem := make(chan struct{}, max(2, runtime.NumCPU()))
@@ -351,6 +388,7 @@ func dumpAll(h *node.Host, op *node.Op, members []*member, o Options) error {
 				// While CRIU runs, the dump counts as running even if
 				// this process dies: nothing is thawed or removed under it.
 				OnStart: func(pid int) { h.AddHelper(op, pid) },
+				Stream:  stream,
 			})
 			m.report.Criu = Duration(time.Since(t0))
 			if err != nil {
@@ -431,6 +469,7 @@ type streamer struct {
 	w       *archive.Writer
 	members []*member
 	done    map[string]int64 // image path -> bytes archived
+	pages   []int64          // page image bytes a capture archived, per node
 }
 
 // step archives what is ready. With final, CRIU has finished and every
@@ -470,6 +509,9 @@ func (s *streamer) step(final bool) (bool, error) {
 			return wrote, err
 		}
 		m.report.Images = sumSizes(ie)
+		if s.pages != nil {
+			m.report.Images += s.pages[i]
+		}
 		images = append(images, ie...)
 	}
 	if !final || len(images) == 0 {

@@ -15,9 +15,12 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// ServeSocket is the socket a CRIU restore run with --stream connects to,
-// in its images directory.
-const ServeSocket = "streamer-serve.sock"
+// ServeSocket and CaptureSocket are the sockets a CRIU restore and dump
+// run with --stream connect to, in their images directory.
+const (
+	ServeSocket   = "streamer-serve.sock"
+	CaptureSocket = "streamer-capture.sock"
+)
 
 // maxRequest bounds one request from CRIU (an image file name).
 const maxRequest = 4096
@@ -32,22 +35,59 @@ const pipeSize = 1 << 20
 // opens, sends the name; the server says whether the image exists and, if
 // so, receives a pipe from CRIU and writes the image into it. CRIU opens
 // images one after another, reading each to its end.
-type ImageServer struct {
+type ImageServer struct{ streamSocket }
+
+// streamSocket is the socket CRIU connects to, once.
+type streamSocket struct {
 	l    *net.UnixListener
 	mu   sync.Mutex
 	conn *net.UnixConn
 	done bool
 }
 
+func listen(dir, name string) (*net.UnixListener, error) {
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(dir, name), Net: "unix"})
+	if err != nil {
+		return nil, err
+	}
+	l.SetUnlinkOnClose(true)
+	return l, nil
+}
+
+// accept waits for CRIU's connection.
+func (s *streamSocket) accept() (*net.UnixConn, error) {
+	conn, err := s.l.AcceptUnix()
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.done {
+		conn.Close()
+		return nil, errors.New("closed")
+	}
+	s.conn = conn
+	return conn, nil
+}
+
+// Close stops the server; a Serve under way returns.
+func (s *streamSocket) Close() error {
+	s.mu.Lock()
+	s.done = true
+	if s.conn != nil {
+		s.conn.Close()
+	}
+	s.mu.Unlock()
+	return s.l.Close()
+}
+
 // ListenImages creates the socket in the images directory dir.
 func ListenImages(dir string) (*ImageServer, error) {
-	path := filepath.Join(dir, ServeSocket)
-	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	l, err := listen(dir, ServeSocket)
 	if err != nil {
 		return nil, fmt.Errorf("image server: %w", err)
 	}
-	l.SetUnlinkOnClose(true)
-	return &ImageServer{l: l}, nil
+	return &ImageServer{streamSocket{l: l}}, nil
 }
 
 // Serve accepts CRIU's connection and answers its requests until CRIU
@@ -55,18 +95,10 @@ func ListenImages(dir string) (*ImageServer, error) {
 // w (which Serve closes afterwards; CRIU sees the end of the image).
 // An error from send ends the service: CRIU then fails to read.
 func (s *ImageServer) Serve(has func(name string) bool, send func(name string, w io.Writer) error) error {
-	conn, err := s.l.AcceptUnix()
+	conn, err := s.accept()
 	if err != nil {
 		return fmt.Errorf("image server: %w", err)
 	}
-	s.mu.Lock()
-	if s.done {
-		s.mu.Unlock()
-		conn.Close()
-		return errors.New("image server: closed")
-	}
-	s.conn = conn
-	s.mu.Unlock()
 	defer conn.Close()
 	for {
 		name, err := readRequest(conn)
@@ -97,15 +129,47 @@ func (s *ImageServer) Serve(has func(name string) bool, send func(name string, w
 	}
 }
 
-// Close stops the server; a Serve under way returns.
-func (s *ImageServer) Close() error {
-	s.mu.Lock()
-	s.done = true
-	if s.conn != nil {
-		s.conn.Close()
+// CaptureServer takes the images of a CRIU dump run with --stream: for
+// each image CRIU writes, it sends the name and then a pipe, from which the
+// server reads the image until CRIU closes it.
+type CaptureServer struct{ streamSocket }
+
+// ListenCapture creates the socket in the images directory dir.
+func ListenCapture(dir string) (*CaptureServer, error) {
+	l, err := listen(dir, CaptureSocket)
+	if err != nil {
+		return nil, fmt.Errorf("capture server: %w", err)
 	}
-	s.mu.Unlock()
-	return s.l.Close()
+	return &CaptureServer{streamSocket{l: l}}, nil
+}
+
+// Serve accepts CRIU's connection and hands each image's name and pipe to
+// take until CRIU hangs up. take must return at once (reading the pipe
+// elsewhere): CRIU may write several images at a time. take owns the
+// pipe; an error from it ends the service.
+func (s *CaptureServer) Serve(take func(name string, r *os.File) error) error {
+	conn, err := s.accept()
+	if err != nil {
+		return fmt.Errorf("capture server: %w", err)
+	}
+	defer conn.Close()
+	for {
+		name, err := readRequest(conn)
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("capture server: %w", err)
+		}
+		pipe, err := recvPipe(conn)
+		if err != nil {
+			return fmt.Errorf("capture server: %s: %w", name, err)
+		}
+		unix.FcntlInt(pipe.Fd(), unix.F_SETPIPE_SZ, pipeSize)
+		if err := take(name, pipe); err != nil {
+			return fmt.Errorf("capture server: %s: %w", name, err)
+		}
+	}
 }
 
 // readRequest reads one request: a little-endian 32-bit length and an

@@ -38,6 +38,9 @@ type DumpOptions struct {
 	KeepLogs string
 	// OnStart, if set, is told the PID of the CRIU process once it runs.
 	OnStart func(pid int)
+	// Stream makes CRIU write its images to a CaptureServer listening in
+	// ImagesDir instead of to files.
+	Stream bool
 }
 
 // RestoreOptions are what crtree asks of one CRIU restore.
@@ -184,6 +187,9 @@ func commonOpts(img, wd *os.File, log string, tcp bool) *rpc.CriuOpts {
 // frozen, if its cgroup was frozen before): crtree decides later whether
 // to kill it, once the archive is safe.
 func Dump(bin string, o DumpOptions) error {
+	if o.Stream {
+		return dumpCLI(bin, o)
+	}
 	img, wd, err := openDirs(o.ImagesDir, o.WorkDir)
 	if err != nil {
 		return fmt.Errorf("criu dump: %w", err)

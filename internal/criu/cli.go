@@ -14,10 +14,11 @@ import (
 )
 
 // CRIU refuses --stream in its RPC service (it cannot know that a
-// streamer runs for each request), so a streamed restore runs the criu
-// command instead of `criu swrk`, with the same options spelled as flags.
-// The RPC's notification becomes an action script: a shell script that,
-// before CRIU lets the processes run, waits on a FIFO for the go-ahead.
+// streamer runs for each request), so streamed dumps and restores run the
+// criu command instead of `criu swrk`, with the same options spelled as
+// flags. The RPC's notification becomes an action script: a shell script
+// that, before CRIU lets restored processes run, waits on a FIFO for the
+// go-ahead.
 
 // gateScript is the action script; %s is the FIFO's path.
 const gateScript = `#!/bin/sh
@@ -69,19 +70,8 @@ func restoreCLI(bin string, o RestoreOptions) (int, error) {
 	if o.CgroupFD >= 0 {
 		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: o.CgroupFD}
 	}
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			err = fmt.Errorf("criu exited with status %d", ee.ExitCode())
-			if msg := strings.TrimSpace(string(out)); msg != "" && !strings.Contains(msg, "\n") {
-				err = fmt.Errorf("%s", msg)
-			}
-		}
-		log := filepath.Join(work, "restore.log")
-		e := &Error{Op: "restore", Err: err, Log: log, Quoted: logErrors(log)}
-		e.Log = keepLog(log, o.KeepLogs, "restore")
-		return 0, e
+	if err := runCLI(cmd, "restore", work, o.KeepLogs, nil); err != nil {
+		return 0, err
 	}
 	data, err := os.ReadFile(pidfile)
 	if err != nil {
@@ -92,6 +82,59 @@ func restoreCLI(bin string, o RestoreOptions) (int, error) {
 		return 0, fmt.Errorf("criu restore: bad PID file %q", data)
 	}
 	return pid, nil
+}
+
+// dumpCLI is Dump with o.Stream.
+func dumpCLI(bin string, o DumpOptions) error {
+	images, err := filepath.Abs(o.ImagesDir)
+	if err != nil {
+		return fmt.Errorf("criu dump: %w", err)
+	}
+	work, err := filepath.Abs(o.WorkDir)
+	if err != nil {
+		return fmt.Errorf("criu dump: %w", err)
+	}
+	args := []string{"dump", "--stream", "-D", images, "-W", work, "-o", "dump.log",
+		"-v" + strconv.Itoa(int(logLevel())), "-t", strconv.Itoa(o.Pid),
+		"--leave-running", "--file-locks", "--manage-cgroups=ignore"}
+	if o.FreezeCgroup != "" {
+		args = append(args, "--freeze-cgroup", o.FreezeCgroup)
+	}
+	for _, m := range o.Externals {
+		args = append(args, "--external", "mnt["+m.Mountpoint+"]:"+m.Key)
+	}
+	if o.TCPEstablished {
+		args = append(args, "--tcp-established", "--network-lock", "nftables")
+	}
+	return runCLI(exec.Command(bin, args...), "dump", work, o.KeepLogs, o.OnStart)
+}
+
+// runCLI runs a criu command and turns a failure into an *Error quoting
+// its log (op.log in work).
+func runCLI(cmd *exec.Cmd, op, work, keepLogs string, onStart func(int)) error {
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Start()
+	if err == nil {
+		if onStart != nil {
+			onStart(cmd.Process.Pid)
+		}
+		err = cmd.Wait()
+	}
+	if err == nil {
+		return nil
+	}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		err = fmt.Errorf("criu exited with status %d", ee.ExitCode())
+		if msg := strings.TrimSpace(out.String()); msg != "" && !strings.Contains(msg, "\n") {
+			err = fmt.Errorf("%s", msg)
+		}
+	}
+	log := filepath.Join(work, op+".log")
+	e := &Error{Op: op, Err: err, Log: log, Quoted: logErrors(log)}
+	e.Log = keepLog(log, keepLogs, op)
+	return e
 }
 
 // makeGate creates the FIFO and the script that waits on it, and opens
