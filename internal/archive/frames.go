@@ -162,9 +162,7 @@ func (f *frameReader) readFrame(p []byte) (int, error) {
 	}
 	n := int(min(int64(len(p)), f.left))
 	if f.rle {
-		for i := range p[:n] {
-			p[i] = f.rleByte
-		}
+		fill(p[:n], f.rleByte)
 	} else {
 		var err error
 		n, err = f.in.Read(p[:n])
@@ -288,4 +286,19 @@ func headerRest(fhd byte) int64 {
 		n += 8
 	}
 	return n
+}
+
+// fill sets every byte of p to c (zero pages are RLE blocks of 0).
+func fill(p []byte, c byte) {
+	if c == 0 {
+		clear(p)
+		return
+	}
+	if len(p) == 0 {
+		return
+	}
+	p[0] = c
+	for n := 1; n < len(p); n *= 2 {
+		copy(p[n:], p[:n])
+	}
 }

@@ -42,6 +42,11 @@ func mixedStream(t *testing.T) ([]byte, []byte) {
 		want.Write(rnd[:100<<10])
 		want.Write(text)
 	}
+	// An RLE block of another byte than zero.
+	out.Write(rawFrameHeader)
+	h := uint32(1 | 1<<1 | 1000<<3) // last, RLE, 1000 bytes
+	out.Write([]byte{byte(h), byte(h >> 8), byte(h >> 16), 7})
+	want.Write(bytes.Repeat([]byte{7}, 1000))
 	out.Write(Index{Meta: 1, MetaMember: 1, Sums: 2}.frame())
 	writeRawFrame(&out, []byte("tail"))
 	want.WriteString("tail")
