@@ -193,7 +193,7 @@ func (x *extractor) member(hdr *tar.Header, body io.Reader) error {
 			f.Close()
 			return corrupt("the archive holds more than the %d bytes its manifest accounts for", x.limit)
 		}
-		n, err := copyFull(f, body, x.buf)
+		n, err := CopyChunks(f, body, func() []byte { return x.buf })
 		x.total += n
 		if x.progress != nil {
 			x.progress(x.total)
@@ -266,12 +266,14 @@ func (x *extractor) finish() error {
 	return nil
 }
 
-// copyFull copies r to w in writes of len(buf) bytes: the decompressor
-// hands out at most a block (128 KiB) per read, and *os.File's ReadFrom
-// would write 32 KiB at a time.
-func copyFull(w io.Writer, r io.Reader, buf []byte) (int64, error) {
+// CopyChunks copies r to w in writes of whole buffers, each as full as r
+// allows: the decompressor hands out at most a block (128 KiB) per read,
+// and *os.File's ReadFrom would write 32 KiB at a time. next returns the
+// buffer for each write (the same one, or the next of a ring).
+func CopyChunks(w io.Writer, r io.Reader, next func() []byte) (int64, error) {
 	var total int64
 	for {
+		buf := next()
 		n, err := io.ReadFull(r, buf)
 		if n > 0 {
 			if _, werr := w.Write(buf[:n]); werr != nil {

@@ -109,7 +109,7 @@ func (f *feeder) Image(node int, name string, size int64, body io.Reader) error 
 		if oerr != nil {
 			return oerr
 		}
-		n, err = copyChunks(spill, body, f.buf)
+		n, err = archive.CopyChunks(spill, body, func() []byte { return f.buf })
 		if cerr := spill.Close(); err == nil {
 			err = cerr
 		}
@@ -166,36 +166,26 @@ const ringBuffers = 3
 func (p *pageImage) feed(r io.Reader) (int64, error) {
 	pipe, ok := p.live.(*os.File)
 	if !ok || pipeCapacity(pipe) > (ringBuffers-1)*spliceChunk {
-		return copyChunks(p.live, r, make([]byte, spliceChunk))
+		return copyPlain(p.live, r)
 	}
 	if p.ring == nil {
 		for i := 0; i < ringBuffers; i++ {
 			b, err := unix.Mmap(-1, 0, spliceChunk, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
 			if err != nil {
-				return copyChunks(p.live, r, make([]byte, spliceChunk))
+				for _, b := range p.ring {
+					unix.Munmap(b)
+				}
+				p.ring = nil
+				return copyPlain(p.live, r)
 			}
 			p.ring = append(p.ring, b)
 		}
 	}
-	fd := int(pipe.Fd())
-	var total int64
-	for {
+	return archive.CopyChunks(splicer(pipe.Fd()), r, func() []byte {
 		buf := p.ring[p.next]
 		p.next = (p.next + 1) % len(p.ring)
-		n, err := io.ReadFull(r, buf)
-		if n > 0 {
-			if werr := vmspliceAll(fd, buf[:n]); werr != nil {
-				return total, werr
-			}
-			total += int64(n)
-		}
-		if err == io.EOF || err == io.ErrUnexpectedEOF {
-			return total, nil
-		}
-		if err != nil {
-			return total, err
-		}
-	}
+		return buf
+	})
 }
 
 // spliceChunk is the size of a buffer lent to CRIU's pipe.
@@ -209,20 +199,29 @@ func pipeCapacity(f *os.File) int {
 	return n
 }
 
-func vmspliceAll(fd int, b []byte) error {
+func copyPlain(w io.Writer, r io.Reader) (int64, error) {
+	buf := make([]byte, spliceChunk)
+	return archive.CopyChunks(w, r, func() []byte { return buf })
+}
+
+// splicer writes to the pipe it is the descriptor of with vmsplice.
+type splicer uintptr
+
+func (s splicer) Write(b []byte) (int, error) {
+	total := len(b)
 	for len(b) > 0 {
 		iov := []unix.Iovec{{Base: &b[0]}}
 		iov[0].SetLen(len(b))
-		n, err := unix.Vmsplice(fd, iov, 0)
+		n, err := unix.Vmsplice(int(s), iov, 0)
 		if err == unix.EINTR {
 			continue
 		}
 		if err != nil {
-			return err
+			return total - len(b), err
 		}
 		b = b[n:]
 	}
-	return nil
+	return total, nil
 }
 
 // has says whether node's CRIU may ask for the image name.
@@ -287,24 +286,4 @@ func (f *feeder) serve(node int, srv *criu.ImageServer) error {
 		func(name string) bool { return f.has(node, name) },
 		func(name string, w io.Writer) error { return f.send(node, name, w) },
 	)
-}
-
-// copyChunks copies r to w in writes of up to len(buf) bytes.
-func copyChunks(w io.Writer, r io.Reader, buf []byte) (int64, error) {
-	var total int64
-	for {
-		n, err := io.ReadFull(r, buf)
-		if n > 0 {
-			if _, werr := w.Write(buf[:n]); werr != nil {
-				return total, werr
-			}
-			total += int64(n)
-		}
-		if err == io.EOF || err == io.ErrUnexpectedEOF {
-			return total, nil
-		}
-		if err != nil {
-			return total, err
-		}
-	}
 }

@@ -90,14 +90,12 @@ func ListenImages(dir string) (*ImageServer, error) {
 	return &ImageServer{streamSocket{l: l}}, nil
 }
 
-// Serve accepts CRIU's connection and answers its requests until CRIU
-// hangs up: has says whether an image exists, send writes its content to
-// w (which Serve closes afterwards; CRIU sees the end of the image).
-// An error from send ends the service: CRIU then fails to read.
-func (s *ImageServer) Serve(has func(name string) bool, send func(name string, w io.Writer) error) error {
+// serve accepts CRIU's connection and hands each request (an image's
+// name) to handle until CRIU hangs up.
+func (s *streamSocket) serve(what string, handle func(conn *net.UnixConn, name string) error) error {
 	conn, err := s.accept()
 	if err != nil {
-		return fmt.Errorf("image server: %w", err)
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	defer conn.Close()
 	for {
@@ -105,28 +103,38 @@ func (s *ImageServer) Serve(has func(name string) bool, send func(name string, w
 		if err == io.EOF {
 			return nil
 		}
-		if err != nil {
-			return fmt.Errorf("image server: %w", err)
+		if err == nil {
+			err = handle(conn, name)
 		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+	}
+}
+
+// Serve accepts CRIU's connection and answers its requests until CRIU
+// hangs up: has says whether an image exists, send writes its content to
+// w (which Serve closes afterwards; CRIU sees the end of the image).
+// An error from send ends the service: CRIU then fails to read.
+func (s *ImageServer) Serve(has func(name string) bool, send func(name string, w io.Writer) error) error {
+	return s.serve("image server", func(conn *net.UnixConn, name string) error {
 		ok := has(name)
 		reply, _ := proto.Marshal(&streamer.ImgStreamerReplyEntry{Exists: proto.Bool(ok)})
-		if err := writeMessage(conn, reply); err != nil {
-			return fmt.Errorf("image server: %w", err)
-		}
-		if !ok {
-			continue
+		if err := writeMessage(conn, reply); err != nil || !ok {
+			return err
 		}
 		pipe, err := recvPipe(conn)
 		if err != nil {
-			return fmt.Errorf("image server: %s: %w", name, err)
+			return fmt.Errorf("%s: %w", name, err)
 		}
 		unix.FcntlInt(pipe.Fd(), unix.F_SETPIPE_SZ, pipeSize)
 		err = send(name, pipe)
 		pipe.Close()
 		if err != nil {
-			return fmt.Errorf("image server: %s: %w", name, err)
+			return fmt.Errorf("%s: %w", name, err)
 		}
-	}
+		return nil
+	})
 }
 
 // CaptureServer takes the images of a CRIU dump run with --stream: for
@@ -148,28 +156,17 @@ func ListenCapture(dir string) (*CaptureServer, error) {
 // elsewhere): CRIU may write several images at a time. take owns the
 // pipe; an error from it ends the service.
 func (s *CaptureServer) Serve(take func(name string, r *os.File) error) error {
-	conn, err := s.accept()
-	if err != nil {
-		return fmt.Errorf("capture server: %w", err)
-	}
-	defer conn.Close()
-	for {
-		name, err := readRequest(conn)
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("capture server: %w", err)
-		}
+	return s.serve("capture server", func(conn *net.UnixConn, name string) error {
 		pipe, err := recvPipe(conn)
 		if err != nil {
-			return fmt.Errorf("capture server: %s: %w", name, err)
+			return fmt.Errorf("%s: %w", name, err)
 		}
 		unix.FcntlInt(pipe.Fd(), unix.F_SETPIPE_SZ, pipeSize)
 		if err := take(name, pipe); err != nil {
-			return fmt.Errorf("capture server: %s: %w", name, err)
+			return fmt.Errorf("%s: %w", name, err)
 		}
-	}
+		return nil
+	})
 }
 
 // readRequest reads one request: a little-endian 32-bit length and an
