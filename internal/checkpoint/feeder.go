@@ -48,7 +48,10 @@ type pageImage struct {
 	live     io.Writer
 	done     chan struct{} // closed once CRIU has been given every byte
 	ring     [][]byte      // buffers lent to the pipe (feed)
+	lentEnd  []int64       // per buffer: sent once its last lending was in, or -1
 	next     int
+	sent     int64 // bytes put in the pipe
+	spare    []byte
 }
 
 func newFeeder(stage string, sums *archive.Checksums) *feeder {
@@ -153,19 +156,19 @@ func (f *feeder) unmapRetired() {
 	f.retired = nil
 }
 
-// ringBuffers is how many chunks of a page image may be in flight to
-// CRIU: the pipe holds at most one (pipeSize), so a buffer is free again
-// once the two after it have been spliced in.
+// ringBuffers is how many buffers of a page image may be lent to CRIU's
+// pipe at once (the pipe holds about one).
 const ringBuffers = 3
 
 // feed moves r into CRIU's pipe without copying it into the pipe:
 // vmsplice lends the pipe the buffer's pages, which CRIU's read copies
-// out. A buffer is reused only after as many bytes as the pipe holds
-// have followed it into the same pipe (each image has its own buffers),
-// so nothing lent is overwritten before CRIU has read it.
+// out. A buffer is refilled only once the pipe holds none of what was
+// lent from it (the pipe's unread bytes are fewer than those put in after
+// it); otherwise that chunk goes through a spare buffer and a plain write.
+// Each image has its own buffers, unmapped once the reader is done.
 func (p *pageImage) feed(r io.Reader) (int64, error) {
 	pipe, ok := p.live.(*os.File)
-	if !ok || pipeCapacity(pipe) > (ringBuffers-1)*spliceChunk {
+	if !ok {
 		return copyPlain(p.live, r)
 	}
 	if p.ring == nil {
@@ -179,49 +182,70 @@ func (p *pageImage) feed(r io.Reader) (int64, error) {
 				return copyPlain(p.live, r)
 			}
 			p.ring = append(p.ring, b)
+			p.lentEnd = append(p.lentEnd, -1)
+		}
+		p.spare = make([]byte, spliceChunk)
+	}
+	fd := int(pipe.Fd())
+	var total int64
+	for {
+		i := p.next
+		p.next = (p.next + 1) % len(p.ring)
+		lend := p.lentEnd[i] < 0
+		if !lend {
+			unread, err := unix.IoctlGetInt(fd, unix.TIOCINQ) // FIONREAD
+			lend = err == nil && int64(unread) <= p.sent-p.lentEnd[i]
+		}
+		buf := p.spare
+		if lend {
+			buf = p.ring[i]
+		}
+		n, err := io.ReadFull(r, buf)
+		if n > 0 {
+			var werr error
+			if lend {
+				werr = vmspliceAll(fd, buf[:n])
+				p.lentEnd[i] = p.sent + int64(n)
+			} else {
+				_, werr = pipe.Write(buf[:n])
+			}
+			if werr != nil {
+				return total, werr
+			}
+			p.sent += int64(n)
+			total += int64(n)
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
 		}
 	}
-	return archive.CopyChunks(splicer(pipe.Fd()), r, func() []byte {
-		buf := p.ring[p.next]
-		p.next = (p.next + 1) % len(p.ring)
-		return buf
-	})
+}
+
+func vmspliceAll(fd int, b []byte) error {
+	for len(b) > 0 {
+		iov := []unix.Iovec{{Base: &b[0]}}
+		iov[0].SetLen(len(b))
+		n, err := unix.Vmsplice(fd, iov, 0)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		b = b[n:]
+	}
+	return nil
 }
 
 // spliceChunk is the size of a buffer lent to CRIU's pipe.
 const spliceChunk = 1 << 20
 
-func pipeCapacity(f *os.File) int {
-	n, err := unix.FcntlInt(f.Fd(), unix.F_GETPIPE_SZ, 0)
-	if err != nil {
-		return 1 << 30
-	}
-	return n
-}
-
 func copyPlain(w io.Writer, r io.Reader) (int64, error) {
 	buf := make([]byte, spliceChunk)
 	return archive.CopyChunks(w, r, func() []byte { return buf })
-}
-
-// splicer writes to the pipe it is the descriptor of with vmsplice.
-type splicer uintptr
-
-func (s splicer) Write(b []byte) (int, error) {
-	total := len(b)
-	for len(b) > 0 {
-		iov := []unix.Iovec{{Base: &b[0]}}
-		iov[0].SetLen(len(b))
-		n, err := unix.Vmsplice(int(s), iov, 0)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return total - len(b), err
-		}
-		b = b[n:]
-	}
-	return total, nil
 }
 
 // has says whether node's CRIU may ask for the image name.
