@@ -115,7 +115,8 @@ func (h *Host) PrepareStorage(n *hier.Node) error {
 // to those of its whole subtree. SIGKILL goes through cgroup.kill, which
 // reaches every process however it forked, and waits until they are gone.
 func (h *Host) Signal(p hier.Path, sig unix.Signal, recursive bool) error {
-	return h.Store.View(func(t *hier.Tree) error {
+	var killed []string
+	err := h.Store.View(func(t *hier.Tree) error {
 		n, err := lookupNode(t, p)
 		if err != nil {
 			return err
@@ -125,6 +126,11 @@ func (h *Host) Signal(p hier.Path, sig unix.Signal, recursive bool) error {
 			nodes = t.Subtree(n)
 		}
 		if sig == unix.SIGKILL {
+			for _, m := range nodes {
+				if st := StatusOf(m); st.State == hier.Running && st.Supervised {
+					killed = append(killed, m.ID)
+				}
+			}
 			g := h.Group(t, n)
 			if !recursive {
 				g = g.Leaf()
@@ -145,6 +151,32 @@ func (h *Host) Signal(p hier.Path, sig unix.Signal, recursive bool) error {
 		}
 		return nil
 	})
+	if err == nil && len(killed) > 0 {
+		h.waitRecorded(killed, 2*time.Second)
+	}
+	return err
+}
+
+// waitRecorded waits, at most timeout, until the supervisors of the given
+// nodes have recorded how their init ended (or are gone themselves), so
+// that what follows a kill sees the nodes' exit statuses.
+func (h *Host) waitRecorded(ids []string, timeout time.Duration) {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		pending := false
+		h.Store.View(func(t *hier.Tree) error {
+			for _, id := range ids {
+				if n := t.Nodes[id]; n != nil && n.State == hier.Running && Alive(n.SupervisorPid, n.SupervisorStart) {
+					pending = true
+				}
+			}
+			return nil
+		})
+		if !pending {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // lookupNode resolves p and refuses the root of the tree.
