@@ -1,0 +1,173 @@
+package criu
+
+import (
+	"encoding/binary"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	streamer "github.com/checkpoint-restore/go-criu/v7/crit/images/img-streamer"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
+)
+
+// The CRIU side of the image-streamer protocol, as img-streamer.c speaks
+// it: a length-prefixed request per image, a reply (restore only), then a
+// pipe end with one dummy byte.
+
+func dialStreamer(t *testing.T, dir, name string) *net.UnixConn {
+	t.Helper()
+	c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: filepath.Join(dir, name), Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func sendRequest(t *testing.T, c *net.UnixConn, name string) {
+	t.Helper()
+	msg, _ := proto.Marshal(&streamer.ImgStreamerRequestEntry{Filename: proto.String(name)})
+	if err := writeMessage(c, msg); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func readReply(t *testing.T, c *net.UnixConn) bool {
+	t.Helper()
+	var lb [4]byte
+	if _, err := io.ReadFull(c, lb[:]); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, binary.LittleEndian.Uint32(lb[:]))
+	io.ReadFull(c, buf)
+	var r streamer.ImgStreamerReplyEntry
+	if err := proto.Unmarshal(buf, &r); err != nil {
+		t.Fatal(err)
+	}
+	return r.GetExists()
+}
+
+func sendPipeEnd(t *testing.T, c *net.UnixConn, f *os.File) {
+	t.Helper()
+	if _, _, err := c.WriteMsgUnix([]byte{0}, unix.UnixRights(int(f.Fd())), nil); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+}
+
+func TestImageServer(t *testing.T) {
+	dir := t.TempDir()
+	srv, err := ListenImages(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	done := make(chan error, 1)
+	go func() {
+		done <- srv.Serve(
+			func(name string) bool { return name == "pages-1.img" },
+			func(name string, w io.Writer) error {
+				_, err := io.WriteString(w, strings.Repeat("p", 100000))
+				return err
+			})
+	}()
+	c := dialStreamer(t, dir, ServeSocket)
+	sendRequest(t, c, "core-1.img")
+	if readReply(t, c) {
+		t.Fatal("core-1.img said to exist")
+	}
+	sendRequest(t, c, "pages-1.img")
+	if !readReply(t, c) {
+		t.Fatal("pages-1.img said not to exist")
+	}
+	r, w, _ := os.Pipe()
+	sendPipeEnd(t, c, w)
+	data, err := io.ReadAll(r)
+	if err != nil || len(data) != 100000 {
+		t.Fatalf("read %d bytes: %v", len(data), err)
+	}
+	c.Close()
+	if err := <-done; err != nil {
+		t.Fatalf("Serve after CRIU hung up: %v", err)
+	}
+}
+
+func TestImageServerRefuses(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		send func(c *net.UnixConn)
+	}{
+		{"path, not a name", func(c *net.UnixConn) {
+			msg, _ := proto.Marshal(&streamer.ImgStreamerRequestEntry{Filename: proto.String("../etc/passwd")})
+			writeMessage(c, msg)
+		}},
+		{"huge request", func(c *net.UnixConn) { c.Write([]byte{0xff, 0xff, 0xff, 0x7f}) }},
+		{"garbage", func(c *net.UnixConn) { writeMessage(c, []byte{0xff, 0xff, 0xff}) }},
+		{"truncated", func(c *net.UnixConn) { c.Write([]byte{10, 0}); c.CloseWrite() }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			srv, err := ListenImages(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer srv.Close()
+			done := make(chan error, 1)
+			go func() {
+				done <- srv.Serve(func(string) bool { return true }, func(string, io.Writer) error { return nil })
+			}()
+			c := dialStreamer(t, dir, ServeSocket)
+			defer c.Close()
+			tc.send(c)
+			if err := <-done; err == nil {
+				t.Fatal("Serve accepted it")
+			}
+		})
+	}
+}
+
+func TestCaptureServer(t *testing.T) {
+	dir := t.TempDir()
+	srv, err := ListenCapture(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	got := make(chan string, 2)
+	done := make(chan error, 1)
+	go func() {
+		done <- srv.Serve(func(name string, r *os.File) error {
+			// Read elsewhere, as crtree does: CRIU may hold several open.
+			go func() {
+				data, _ := io.ReadAll(r)
+				r.Close()
+				got <- name + "=" + string(data)
+			}()
+			return nil
+		})
+	}()
+	c := dialStreamer(t, dir, CaptureSocket)
+	var writers []*os.File
+	for _, name := range []string{"pages-1.img", "core-1.img"} {
+		sendRequest(t, c, name)
+		r, w, _ := os.Pipe()
+		sendPipeEnd(t, c, r)
+		writers = append(writers, w)
+	}
+	// Written in the other order than opened, both open at once.
+	io.WriteString(writers[1], "core")
+	writers[1].Close()
+	io.WriteString(writers[0], "pages")
+	writers[0].Close()
+	seen := map[string]bool{<-got: true, <-got: true}
+	if !seen["pages-1.img=pages"] || !seen["core-1.img=core"] {
+		t.Fatalf("captured %v", seen)
+	}
+	c.Close()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
