@@ -80,6 +80,7 @@ func restoreStreamed(h *node.Host, ix *indexed, ar *archive.Reader, dst *destina
 	opens := make([]*os.File, len(m.Nodes))
 	var servers []*criu.ImageServer
 	var wg sync.WaitGroup
+	reading := false
 	defer func() {
 		f.abort()
 		for _, s := range servers {
@@ -88,6 +89,9 @@ func restoreStreamed(h *node.Host, ix *indexed, ar *archive.Reader, dst *destina
 		for i := range gates {
 			if gates[i] != nil {
 				gates[i].Close()
+				if !reading {
+					opens[i].Close()
+				}
 			}
 		}
 		wg.Wait()
@@ -116,6 +120,7 @@ func restoreStreamed(h *node.Host, ix *indexed, ar *archive.Reader, dst *destina
 
 	// The front-to-back read: node files, then images, then the trailer.
 	extracted := make(chan error, 1)
+	reading = true
 	go func() {
 		err := archive.Extract(ar, sd, func(n int64) {
 			o.progress(Progress{Phase: "extract", NodesTotal: len(m.Nodes), Bytes: n})
@@ -138,11 +143,18 @@ func restoreStreamed(h *node.Host, ix *indexed, ar *archive.Reader, dst *destina
 	}()
 
 	<-f.filesDone
-	criuStart := time.Now()
-	reports, rerr := restoreNodes(h, m, dst.ids, paths, dst.stage, o, gates)
-	rep.Criu = Duration(time.Since(criuStart))
-	if rerr != nil {
-		f.abort()
+	var reports []NodeReport
+	var rerr error
+	select {
+	case <-f.aborted:
+		// The archive failed before any image: no CRIU is started.
+	default:
+		criuStart := time.Now()
+		reports, rerr = restoreNodes(h, m, dst.ids, paths, dst.stage, o, gates)
+		rep.Criu = Duration(time.Since(criuStart))
+		if rerr != nil {
+			f.abort()
+		}
 	}
 	xerr := <-extracted
 	f.close()
