@@ -1,11 +1,13 @@
 package checkpoint
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/crtree/crtree/internal/archive"
 	"github.com/crtree/crtree/internal/criu"
@@ -163,25 +165,46 @@ func (c *capture) write(w *archive.Writer, p pagePart) error {
 	return w.WritePartBytes(p.name, p.data, func() { c.free <- p.buf })
 }
 
-// finish is called once every CRIU has exited: it archives the parts
-// still on their way and waits until every image has been read.
+// finish is called once every CRIU has exited successfully: it archives
+// the parts still on their way and waits until every image has been read.
+// CRIU may exit before its last requests (inventory.img comes last) have
+// been taken, or even before its connection was accepted: each server
+// serves its connection to the end (CRIU hung up), which cannot take
+// long; finishTimeout is only a guard.
 func (c *capture) finish(w *archive.Writer) error {
+	served := make(chan struct{})
 	done := make(chan struct{})
 	go func() {
+		c.serving.Wait()
+		close(served)
 		c.readers.Wait()
 		close(done)
 	}()
+	guard := time.NewTimer(finishTimeout)
+	defer guard.Stop()
 	for {
 		select {
 		case p := <-c.parts:
 			if err := c.write(w, p); err != nil {
 				return err
 			}
+		case <-guard.C:
+			select {
+			case <-served:
+			default:
+				c.fail(errors.New("CRIU's images did not all arrive"))
+				for _, s := range c.servers {
+					s.Close()
+				}
+			}
 		case <-done:
 			return c.failed()
 		}
 	}
 }
+
+// finishTimeout bounds how long finish waits for the image servers.
+const finishTimeout = 10 * time.Second
 
 // Close stops the capture: CRIU, if still writing, sees its pipes close.
 func (c *capture) Close() {

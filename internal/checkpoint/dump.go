@@ -508,6 +508,11 @@ func (s *streamer) step(final bool) (bool, error) {
 		if err != nil {
 			return wrote, err
 		}
+		// CRIU writes inventory.img last: without it the images are not
+		// whole, and the archive must not replace the workload.
+		if !hasImage(ie, "inventory.img") {
+			return wrote, fmt.Errorf("CRIU's images of %s are incomplete (no inventory.img)", m.path)
+		}
 		m.report.Images = sumSizes(ie)
 		if s.pages != nil {
 			m.report.Images += s.pages[i]
@@ -545,4 +550,13 @@ func (s *streamer) step(final bool) (bool, error) {
 		}
 	}
 	return wrote, nil
+}
+
+func hasImage(es []archive.Entry, name string) bool {
+	for _, e := range es {
+		if path.Base(e.Name) == name {
+			return true
+		}
+	}
+	return false
 }
