@@ -152,31 +152,31 @@ func (h *Host) Signal(p hier.Path, sig unix.Signal, recursive bool) error {
 		return nil
 	})
 	if err == nil && len(killed) > 0 {
-		h.waitRecorded(killed, 2*time.Second)
+		err = h.recordKilled(killed)
 	}
 	return err
 }
 
-// waitRecorded waits, at most timeout, until the supervisors of the given
-// nodes have recorded how their init ended (or are gone themselves), so
-// that what follows a kill sees the nodes' exit statuses.
-func (h *Host) waitRecorded(ids []string, timeout time.Duration) {
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		pending := false
-		h.Store.View(func(t *hier.Tree) error {
-			for _, id := range ids {
-				if n := t.Nodes[id]; n != nil && n.State == hier.Running && Alive(n.SupervisorPid, n.SupervisorStart) {
-					pending = true
-				}
+// recordKilled records the nodes whose init a kill -s KILL ended as
+// exited(137) at once, in one change of the tree, so that what follows
+// the kill sees it: their supervisors, which each need the tree to record
+// the status they reap (hundreds of them take seconds), may not have yet.
+// The init's PID stays, so that its supervisor still records the status
+// it reaps (the same, unless the init had ended by itself just before).
+func (h *Host) recordKilled(ids []string) error {
+	return h.Store.Update(func(t *hier.Tree) error {
+		changed := false
+		for _, id := range ids {
+			if n := t.Nodes[id]; n != nil && n.State == hier.Running && !Alive(n.Pid, n.PidStart) {
+				n.State, n.ExitCode = hier.Exited, 128+int(unix.SIGKILL)
+				changed = true
 			}
-			return nil
-		})
-		if !pending {
-			return
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		if !changed {
+			return hier.ErrUnchanged
+		}
+		return nil
+	})
 }
 
 // lookupNode resolves p and refuses the root of the tree.
