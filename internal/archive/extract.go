@@ -39,6 +39,9 @@ type ImageSink interface {
 func Extract(r *Reader, dst Destination, progress func(n int64)) error {
 	x := &extractor{dst: dst, roots: map[string]*os.Root{}, progress: progress, hashes: r.pool, limit: expansionLimit(r.Manifest())}
 	defer x.close()
+	// On failure, the caller's buffers are not hashed any more once
+	// Extract returns.
+	defer r.settle()
 	sink, _ := dst.(ImageSink)
 	for {
 		hdr, body, err := r.Next()

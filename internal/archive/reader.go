@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"unsafe"
 
 	"github.com/klauspost/compress/zstd"
 )
@@ -107,8 +108,19 @@ func readErr(err error) error {
 // against the trailer's checksum).
 func (r *Reader) Manifest() *Manifest { return r.manifest }
 
-// Close releases the decoder.
-func (r *Reader) Close() { r.zr.Close() }
+// Close waits until nothing hashes the caller's memory any more (after a
+// failure in the middle of a member) and releases the decoder.
+func (r *Reader) Close() {
+	r.settle()
+	r.zr.Close()
+}
+
+// settle waits for the hashing of what was read of the current member.
+func (r *Reader) settle() {
+	if r.cur != nil {
+		r.cur.wait()
+	}
+}
 
 // Next returns the next member and a reader of its content. It returns
 // io.EOF once the trailer has been read and every checksum matched.
@@ -277,30 +289,77 @@ func (r *Reader) verifyTrailer(hdr *tar.Header) error {
 }
 
 // hashingReader counts what is left of a member and, unless the member is
-// hashed elsewhere, hashes it piece by piece. A large chunk is hashed in a
-// goroutine while the caller writes it out; the next Read (or finish)
-// waits for it, so the caller must leave p untouched until then
-// (io.CopyBuffer does).
+// hashed elsewhere, hashes it piece by piece. Hashing runs in a goroutine
+// of its own, chunk after chunk in order, while the caller goes on reading
+// and writing: SHA-256 is the largest cost of reading an archive, and
+// would otherwise alternate with decompression on one core. A chunk is
+// the caller's memory: a Read that would overwrite a chunk not hashed yet
+// first waits for it, and so does wait (finish).
 type hashingReader struct {
-	name    string
-	r       io.Reader
-	size    int64
-	left    int64
-	hash    bool
+	name string
+	r    io.Reader
+	size int64
+	left int64
+	hash bool
+	pos  int
+	// hashed by the hasher goroutine; read after wait
 	h       hash.Hash
 	inPiece int64
 	done    []string
-	pending chan struct{}
-	pos     int
+	// chunks handed to the hasher, oldest first
+	jobs    chan hashJob
+	pending []hashJob
 }
 
-// asyncHashMin is the smallest chunk worth hashing in a goroutine.
-const asyncHashMin = 64 << 10
+type hashJob struct {
+	b    []byte
+	done chan struct{}
+}
 
+// hashQueue is how many chunks may wait for the hasher.
+const hashQueue = 64
+
+// wait waits until everything read has been hashed.
 func (h *hashingReader) wait() {
-	if h.pending != nil {
-		<-h.pending
+	if h.jobs != nil {
+		close(h.jobs)
+		h.jobs = nil
+	}
+	if n := len(h.pending); n > 0 {
+		<-h.pending[n-1].done
 		h.pending = nil
+	}
+}
+
+// waitFor waits until no chunk still to be hashed lies in p's memory.
+func (h *hashingReader) waitFor(p []byte) {
+	last := -1
+	for i, j := range h.pending {
+		if overlaps(j.b, p) {
+			last = i
+		}
+	}
+	if last >= 0 {
+		// The hasher works in order: the chunks before are done too.
+		<-h.pending[last].done
+		h.pending = h.pending[last+1:]
+	}
+}
+
+// overlaps reports whether a and b share memory (buffers of the heap or
+// mmap'd: they do not move).
+func overlaps(a, b []byte) bool {
+	if len(a) == 0 || len(b) == 0 {
+		return false
+	}
+	a0, b0 := uintptr(unsafe.Pointer(unsafe.SliceData(a))), uintptr(unsafe.Pointer(unsafe.SliceData(b)))
+	return a0 < b0+uintptr(len(b)) && b0 < a0+uintptr(len(a))
+}
+
+func (h *hashingReader) hasher(jobs <-chan hashJob) {
+	for j := range jobs {
+		h.feed(j.b)
+		close(j.done)
 	}
 }
 
@@ -321,7 +380,7 @@ func (h *hashingReader) feed(b []byte) {
 	}
 }
 
-// digests returns the piece digests of everything read.
+// digests returns the piece digests of everything read (after wait).
 func (h *hashingReader) digests() []string {
 	if h.h != nil || len(h.done) == 0 {
 		if h.h == nil {
@@ -334,19 +393,16 @@ func (h *hashingReader) digests() []string {
 }
 
 func (h *hashingReader) Read(p []byte) (int, error) {
-	h.wait()
+	h.waitFor(p)
 	n, err := h.r.Read(p)
-	if h.hash {
-		if n >= asyncHashMin {
-			chunk, done := p[:n], make(chan struct{})
-			h.pending = done
-			go func() {
-				h.feed(chunk)
-				close(done)
-			}()
-		} else {
-			h.feed(p[:n])
+	if h.hash && n > 0 {
+		if h.jobs == nil {
+			h.jobs = make(chan hashJob, hashQueue)
+			go h.hasher(h.jobs)
 		}
+		j := hashJob{b: p[:n], done: make(chan struct{})}
+		h.pending = append(h.pending, j)
+		h.jobs <- j
 	}
 	h.left -= int64(n)
 	if err == io.EOF && h.left > 0 {
