@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -40,7 +41,13 @@ func (s *Store) NodeDir(id string) string { return filepath.Join(s.Root, "nodes"
 
 // lock takes the state root's flock, shared or exclusive, and returns the
 // function that releases it.
-func (s *Store) lock(how int) (func(), error) {
+func (s *Store) lock(how int) (func(), error) { return s.lockWithin(how, -1) }
+
+// ErrBusy is returned by TryUpdate when the tree stayed locked.
+var ErrBusy = errors.New("the tree is busy")
+
+// lockWithin is lock, giving up with ErrBusy after timeout (if >= 0).
+func (s *Store) lockWithin(how int, timeout time.Duration) (func(), error) {
 	f, err := os.OpenFile(filepath.Join(s.Root, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
 	if errors.Is(err, unix.EROFS) {
 		// A read-only state root can still be read; changes will fail.
@@ -49,8 +56,21 @@ func (s *Store) lock(how int) (func(), error) {
 	if err != nil {
 		return nil, fmt.Errorf("lock state root: %w", err)
 	}
+	deadline := time.Now().Add(timeout)
 	for {
-		err = unix.Flock(int(f.Fd()), how)
+		if timeout < 0 {
+			err = unix.Flock(int(f.Fd()), how)
+		} else {
+			err = unix.Flock(int(f.Fd()), how|unix.LOCK_NB)
+			if err == unix.EWOULDBLOCK {
+				if time.Now().After(deadline) {
+					f.Close()
+					return nil, ErrBusy
+				}
+				time.Sleep(time.Millisecond)
+				continue
+			}
+		}
 		if err != unix.EINTR {
 			break
 		}
@@ -99,7 +119,11 @@ func (s *Store) View(fn func(t *Tree) error) error {
 
 // withTree loads the tree under the lock of the given kind and calls fn.
 func (s *Store) withTree(how int, fn func(t *Tree) error) error {
-	unlock, err := s.lock(how)
+	return s.withTreeWithin(how, -1, fn)
+}
+
+func (s *Store) withTreeWithin(how int, timeout time.Duration, fn func(t *Tree) error) error {
+	unlock, err := s.lockWithin(how, timeout)
 	if err != nil {
 		return err
 	}
@@ -119,6 +143,20 @@ var ErrUnchanged = errors.New("tree unchanged")
 // fn left if it returns nil. Nothing is saved when fn fails.
 func (s *Store) Update(fn func(t *Tree) error) error {
 	return s.withTree(unix.LOCK_EX, func(t *Tree) error {
+		if err := fn(t); err != nil {
+			if errors.Is(err, ErrUnchanged) {
+				return nil
+			}
+			return err
+		}
+		return s.save(t)
+	})
+}
+
+// TryUpdate is Update for changes that may be skipped: if the tree stays
+// locked by others for timeout, it changes nothing and returns ErrBusy.
+func (s *Store) TryUpdate(timeout time.Duration, fn func(t *Tree) error) error {
+	return s.withTreeWithin(unix.LOCK_EX, timeout, func(t *Tree) error {
 		if err := fn(t); err != nil {
 			if errors.Is(err, ErrUnchanged) {
 				return nil

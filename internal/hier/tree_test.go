@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 )
 
 func TestTreeAddLookup(t *testing.T) {
@@ -109,4 +110,22 @@ func TestStoreConcurrentUpdates(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+func TestTryUpdate(t *testing.T) {
+	s := &Store{Root: t.TempDir()}
+	held, release := make(chan struct{}), make(chan struct{})
+	go s.Update(func(*Tree) error {
+		close(held)
+		<-release
+		return ErrUnchanged
+	})
+	<-held
+	if err := s.TryUpdate(50*time.Millisecond, func(*Tree) error { return nil }); err != ErrBusy {
+		t.Fatalf("TryUpdate while locked: %v, want ErrBusy", err)
+	}
+	close(release)
+	if err := s.TryUpdate(time.Second, func(tr *Tree) error { return ErrUnchanged }); err != nil {
+		t.Fatalf("TryUpdate once free: %v", err)
+	}
 }

@@ -152,7 +152,7 @@ func (h *Host) Signal(p hier.Path, sig unix.Signal, recursive bool) error {
 		return nil
 	})
 	if err == nil && len(killed) > 0 {
-		err = h.recordKilled(killed)
+		h.recordKilled(killed)
 	}
 	return err
 }
@@ -160,11 +160,12 @@ func (h *Host) Signal(p hier.Path, sig unix.Signal, recursive bool) error {
 // recordKilled records the nodes whose init a kill -s KILL ended as
 // exited(137) at once, in one change of the tree, so that what follows
 // the kill sees it: their supervisors, which each need the tree to record
-// the status they reap (hundreds of them take seconds), may not have yet.
-// The init's PID stays, so that its supervisor still records the status
-// it reaps (the same, unless the init had ended by itself just before).
-func (h *Host) recordKilled(ids []string) error {
-	return h.Store.Update(func(t *hier.Tree) error {
+// the status they reap, may not have yet. The init's PID stays, so that
+// its supervisor still records the status it reaps (the same, unless the
+// init had ended by itself just before). When hundreds of supervisors
+// hold the tree in turn, this is skipped after 100 ms: they record it.
+func (h *Host) recordKilled(ids []string) {
+	h.Store.TryUpdate(100*time.Millisecond, func(t *hier.Tree) error {
 		changed := false
 		for _, id := range ids {
 			if n := t.Nodes[id]; n != nil && n.State == hier.Running && !Alive(n.Pid, n.PidStart) {
