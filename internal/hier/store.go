@@ -39,14 +39,12 @@ func (s *Store) treeFile() string { return filepath.Join(s.Root, "tree.json") }
 // NodeDir returns the storage directory of the node with the given ID.
 func (s *Store) NodeDir(id string) string { return filepath.Join(s.Root, "nodes", id) }
 
-// lock takes the state root's flock, shared or exclusive, and returns the
-// function that releases it.
-func (s *Store) lock(how int) (func(), error) { return s.lockWithin(how, -1) }
-
 // ErrBusy is returned by TryUpdate when the tree stayed locked.
 var ErrBusy = errors.New("the tree is busy")
 
-// lockWithin is lock, giving up with ErrBusy after timeout (if >= 0).
+// lockWithin takes the state root's flock, shared or exclusive, and
+// returns the function that releases it; with a timeout >= 0 it gives up
+// with ErrBusy after that long.
 func (s *Store) lockWithin(how int, timeout time.Duration) (func(), error) {
 	f, err := os.OpenFile(filepath.Join(s.Root, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
 	if errors.Is(err, unix.EROFS) {
