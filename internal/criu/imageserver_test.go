@@ -58,22 +58,28 @@ func sendPipeEnd(t *testing.T, c *net.UnixConn, f *os.File) {
 	f.Close()
 }
 
-func TestImageServer(t *testing.T) {
+// serveImages runs an ImageServer in a new directory until the test ends;
+// its result comes on the channel.
+func serveImages(t *testing.T, has func(string) bool, send func(string, io.Writer) error) (string, chan error) {
+	t.Helper()
 	dir := t.TempDir()
 	srv, err := ListenImages(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer srv.Close()
+	t.Cleanup(func() { srv.Close() })
 	done := make(chan error, 1)
-	go func() {
-		done <- srv.Serve(
-			func(name string) bool { return name == "pages-1.img" },
-			func(name string, w io.Writer) error {
-				_, err := io.WriteString(w, strings.Repeat("p", 100000))
-				return err
-			})
-	}()
+	go func() { done <- srv.Serve(has, send) }()
+	return dir, done
+}
+
+func TestImageServer(t *testing.T) {
+	dir, done := serveImages(t,
+		func(name string) bool { return name == "pages-1.img" },
+		func(name string, w io.Writer) error {
+			_, err := io.WriteString(w, strings.Repeat("p", 100000))
+			return err
+		})
 	c := dialStreamer(t, dir, ServeSocket)
 	sendRequest(t, c, "core-1.img")
 	if readReply(t, c) {
@@ -109,16 +115,7 @@ func TestImageServerRefuses(t *testing.T) {
 		{"truncated", func(c *net.UnixConn) { c.Write([]byte{10, 0}); c.CloseWrite() }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			dir := t.TempDir()
-			srv, err := ListenImages(dir)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer srv.Close()
-			done := make(chan error, 1)
-			go func() {
-				done <- srv.Serve(func(string) bool { return true }, func(string, io.Writer) error { return nil })
-			}()
+			dir, done := serveImages(t, func(string) bool { return true }, func(string, io.Writer) error { return nil })
 			c := dialStreamer(t, dir, ServeSocket)
 			defer c.Close()
 			tc.send(c)
