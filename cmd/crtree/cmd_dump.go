@@ -57,7 +57,12 @@ complete) or to stdout with -o -.
 Only once the archive is complete are the subtree's processes killed and its
 nodes removed; with --leave-running the subtree is thawed and goes on. If
 anything fails, the subtree is thawed and keeps running and no archive is
-left under FILE.`,
+left under FILE.
+
+CRIU hands the memory pages to crtree, which archives them as they come
+(nothing is staged). With --leave-running, CRIU writes them to a staging
+directory in memory first, so that the subtree is frozen no longer than
+CRIU takes. CRTREE_NO_STREAM=1 stages them in every case.`,
 		Example: `  crtree dump /vserver1 -o v1.crtree
   crtree dump --leave-running /vserver1/calculate_pi -o pi.crtree
   crtree dump /a -o - | ssh hostB crtree restore - --parent /b`,
@@ -150,7 +155,11 @@ number of times (--name for clones side by side), here or on another host
 with the same /usr and /etc.
 
 A name that is already taken is refused before anything is created; if the
-restore fails at any point, every node it created is removed.`,
+restore fails at any point, every node it created is removed. No restored
+process runs before the whole archive has been verified. From a file, CRIU
+starts at once and reads the memory pages as they come off the disk; from
+stdin, the archive is unpacked first. CRTREE_NO_STREAM=1 unpacks files
+first too.`,
 		Example: `  crtree restore v1.crtree --parent /pool
   crtree restore v1.crtree --name v1clone
   ssh hostA crtree dump /a -o - | crtree restore - --parent /b`,

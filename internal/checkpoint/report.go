@@ -17,7 +17,9 @@ type Report struct {
 	Criu Duration `json:"criu"`
 	// Pack is, for a dump, the time from starting the archive to its
 	// commit (it overlaps Criu: images are streamed while CRIU writes
-	// them); for a restore, the time spent extracting and verifying.
+	// them); for a restore, the time spent reading, extracting and
+	// verifying the archive (from a file it overlaps Criu too: CRIU reads
+	// the page images as they come).
 	Pack         Duration `json:"pack"`
 	Total        Duration `json:"total"`
 	ArchiveBytes int64    `json:"archiveBytes"`
