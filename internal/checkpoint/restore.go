@@ -220,13 +220,22 @@ func (d *destination) ImagesDir(i int) string {
 // restoreNodes restores the running nodes, parents before children (all
 // nodes of one depth in parallel), and records the others as exited.
 // With gates (a streamed restore), CRIU reads from each node's image
-// server and holds the processes until the node's gate opens.
+// server and holds the processes until the node's gate opens, which
+// happens only once the whole archive is read: there, all nodes are
+// restored at once (up to streamedCRIUs), so that each CRIU reads its
+// pages as they come rather than after its parent's restore. Nodes do not
+// depend on each other's processes (each has its own supervisor), only
+// the order of ls would show it.
 func restoreNodes(h *node.Host, m *archive.Manifest, ids []string, paths []hier.Path, stage string, o Options, gates []*os.File) ([]NodeReport, error) {
 	reports := make([]NodeReport, len(m.Nodes))
 	depth := make([]int, len(m.Nodes))
 	maxDepth := 0
+	sem := make(chan struct{}, len(m.Nodes)+1)
+	if gates != nil {
+		sem = make(chan struct{}, streamedCRIUs)
+	}
 	for i, n := range m.Nodes {
-		if i > 0 {
+		if i > 0 && gates == nil {
 			depth[i] = depth[n.Parent] + 1
 		}
 		maxDepth = max(maxDepth, depth[i])
@@ -247,6 +256,8 @@ func restoreNodes(h *node.Host, m *archive.Manifest, ids []string, paths []hier.
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
+				sem <- struct{}{}
+				defer func() { <-sem }()
 				t0 := time.Now()
 				from := node.FromImages{Dir: filepath.Join(stage, strconv.Itoa(i)), CriuBin: o.CriuBin, TCPEstablished: o.TCPEstablished}
 				if gates != nil {
@@ -273,6 +284,10 @@ func restoreNodes(h *node.Host, m *archive.Manifest, ids []string, paths []hier.
 	}
 	return reports, nil
 }
+
+// streamedCRIUs bounds how many CRIUs a streamed restore runs at once;
+// the nodes beyond start as others finish, from their spilled pages.
+const streamedCRIUs = 16
 
 // dirSize adds up the sizes of the files directly in dir.
 func dirSize(dir string) int64 {
