@@ -25,10 +25,15 @@ type Destination interface {
 // instead of their being written into ImagesDir: Image is called with each
 // image member's node, file name, size and content, which the reader
 // hashes as the sink reads it (what the sink leaves unread is read and
-// hashed after it returns).
+// hashed after it returns). A sink that returns ErrExtractImage without
+// reading body has the member extracted into ImagesDir as usual.
 type ImageSink interface {
 	Image(node int, name string, size int64, body io.Reader) error
 }
+
+// ErrExtractImage is what an ImageSink returns for an image it leaves to
+// the extraction.
+var ErrExtractImage = errors.New("extract this image")
 
 // Extract reads the rest of the archive into dst, verifying it. Every path
 // is resolved inside its destination directory (os.Root): members cannot
@@ -55,15 +60,18 @@ func Extract(r *Reader, dst Destination, progress func(n int64)) error {
 			if x.total+hdr.Size > x.limit {
 				return corrupt("the archive holds more than the %d bytes its manifest accounts for", x.limit)
 			}
-			x.total += hdr.Size
 			node, _, name := split(hdr.Name)
-			if err := sink.Image(node, name, hdr.Size, body); err != nil {
+			err := sink.Image(node, name, hdr.Size, body)
+			if err == nil {
+				x.total += hdr.Size
+				if x.progress != nil {
+					x.progress(x.total)
+				}
+				continue
+			}
+			if !errors.Is(err, ErrExtractImage) {
 				return fmt.Errorf("extract %s: %w", hdr.Name, err)
 			}
-			if x.progress != nil {
-				x.progress(x.total)
-			}
-			continue
 		}
 		if hdr.Typeflag == tar.TypeReg {
 			// Files are hashed from disk as they are written, on every

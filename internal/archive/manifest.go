@@ -42,6 +42,10 @@ type Manifest struct {
 	// types, sizes and checksums, in the trailer (checksums.json): CRIU
 	// images are streamed into the archive while CRIU still writes them.
 	Nodes []Node `json:"nodes"`
+	// PagesLast says that every CRIU image other than page images comes
+	// before any page image, and each page image in one member: a reader
+	// of a stream may start CRIU before the pages arrive.
+	PagesLast bool `json:"pagesLast,omitempty"`
 }
 
 // Node is one node of the archived subtree.

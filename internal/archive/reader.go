@@ -51,8 +51,10 @@ type Reader struct {
 	// position of the current member (the manifest is 0).
 	count int
 	pos   int
-	// expect, if set, is the trailer read ahead (Expect).
+	// expect, if set, is the trailer read ahead (Expect); sums the
+	// trailer, once matched.
 	expect *Checksums
+	sums   *Checksums
 }
 
 // NewReader starts reading the archive on r and reads its manifest.
@@ -275,6 +277,7 @@ func (r *Reader) verifyTrailer(hdr *tar.Header) error {
 		}
 	}
 	r.count = len(got.Members)
+	r.sums = want
 	if _, err := r.tr.Next(); err != io.EOF {
 		return corrupt("data after %s", SumsName)
 	}
@@ -417,6 +420,15 @@ func (h *hashingReader) Read(p []byte) (int, error) {
 // Members returns how many members the archive had, once Next returned
 // io.EOF.
 func (r *Reader) Members() int { return r.count }
+
+// Checksums returns the trailer, once Next returned io.EOF (it matched
+// every member).
+func (r *Reader) Checksums() *Checksums {
+	if r.sums == nil {
+		return &Checksums{}
+	}
+	return r.sums
+}
 
 // Verify reads the whole archive on r and checks every member. It
 // returns the manifest and the number of members.

@@ -95,7 +95,13 @@ func Dump(h *node.Host, p hier.Path, out Output, o Options) (rep *Report, err er
 	// workload is killed after, and nothing large is staged. With it, CRIU
 	// writes to the staging directory at full speed, so that the workload
 	// is frozen no longer than CRIU takes.
-	stream := !o.LeaveRunning && os.Getenv("CRTREE_NO_STREAM") == ""
+	// With it, the page images are archived after every other image
+	// (PagesLast), so that a restore reading a pipe can start CRIU before
+	// they arrive. (Without it, writing them while CRIU dumps is faster
+	// even for a migration through a pipe: dump | restore of 640 MiB took
+	// 1.7 s that way against 2.1-2.3 s pages last, staged.)
+	pagesLast := o.LeaveRunning
+	stream := !pagesLast && os.Getenv("CRTREE_NO_STREAM") == ""
 	var need int64
 	for _, m := range members {
 		if stream {
@@ -174,6 +180,7 @@ func Dump(h *node.Host, p hier.Path, out Output, o Options) (rep *Report, err er
 		Format: archive.FormatName, Version: archive.FormatVersion,
 		CrtreeVersion: Version, CriuVersion: criu.FormatVersion(criuVersion),
 		Kernel: kernelRelease(), Arch: runtime.GOARCH, Created: time.Now().UTC(),
+		PagesLast: pagesLast,
 	}
 	var files [][]archive.Entry
 	for i, m := range members {
@@ -265,7 +272,7 @@ func Dump(h *node.Host, p hier.Path, out Output, o Options) (rep *Report, err er
 		// thawed as soon as CRIU is done), so CRIU gets the CPU to itself;
 		// otherwise streaming alongside CRIU shortens the whole dump.
 		wrote := false
-		if !o.LeaveRunning {
+		if !pagesLast {
 			if wrote, err = st.step(false); err != nil {
 				return nil, fmt.Errorf("dump %s: write archive: %w", p, err)
 			}

@@ -21,17 +21,26 @@ var errAborted = errors.New("restore aborted")
 // feeder hands CRIU the page images of a streamed restore as the archive
 // is read. Each node's CRIU asks its image server for one image at a
 // time; a page image part that arrives while its CRIU is not reading that
-// image yet (it is still being started, or its node waits for its
-// parent's restore) is spilled into the staging directory, and replayed
-// when CRIU asks. Every other image was extracted ahead by
-// archive.ExtractMeta and is served from the staging directory.
+// image yet (it is still being started, or waits for another) is spilled
+// into the staging directory, and replayed when CRIU asks. Every other
+// image is served from the staging directory: extracted ahead by
+// archive.ExtractMeta (a file with an index, whose trailer lists the page
+// images), or, from a stream written pages last (inline), extracted as
+// it comes, before any page image.
 type feeder struct {
-	stage   string
-	pages   map[string]*pageImage // "node/name"
+	stage  string
+	inline bool // no trailer ahead: images come in the read, pages last
+	mu     sync.Mutex
+	pages  map[string]*pageImage // "node/name"
+	// aborted ends every wait after a failure; ended says the read is
+	// over, so that an image that never came is not waited for.
 	aborted chan struct{}
 	once    sync.Once
-	// filesDone is closed when the first image arrives: the files of
-	// every node come before any image, so CRIU may start.
+	ended   chan struct{}
+	endOnce sync.Once
+	// filesDone is closed when CRIU may start: at the first image (the
+	// files of every node come before any image), or, inline, at the
+	// first page image (every other image is there by then).
 	filesDone chan struct{}
 	filesOnce sync.Once
 	buf       []byte
@@ -42,7 +51,7 @@ type feeder struct {
 type pageImage struct {
 	mu       sync.Mutex
 	path     string // spill file
-	total    int64  // size, from the trailer
+	total    int64  // size, from the trailer (or, inline, once read; else -1)
 	received int64  // bytes read from the archive
 	spilled  int64  // of which went to the spill file
 	live     io.Writer
@@ -54,8 +63,13 @@ type pageImage struct {
 	spare    []byte
 }
 
+// newFeeder makes the feeder of a restore staged in stage. sums is the
+// trailer read ahead, or nil for a stream written pages last.
 func newFeeder(stage string, sums *archive.Checksums) *feeder {
-	f := &feeder{stage: stage, pages: map[string]*pageImage{}, aborted: make(chan struct{}), filesDone: make(chan struct{}), buf: make([]byte, 1<<20)}
+	f := &feeder{stage: stage, inline: sums == nil, pages: map[string]*pageImage{}, aborted: make(chan struct{}), ended: make(chan struct{}), filesDone: make(chan struct{}), buf: make([]byte, 1<<20)}
+	if sums == nil {
+		return f
+	}
 	for _, m := range sums.Members {
 		parts := strings.SplitN(m.Name, "/", 4)
 		if len(parts) != 4 || parts[0] != "nodes" || parts[2] != "criu" || !archive.IsPageImage(parts[3]) {
@@ -72,8 +86,26 @@ func newFeeder(stage string, sums *archive.Checksums) *feeder {
 	return f
 }
 
+// page returns the page image name of node: listed in the trailer, or,
+// inline, made on first mention (by the read or by CRIU).
 func (f *feeder) page(node int, name string) *pageImage {
-	return f.pages[fmt.Sprint(node)+"/"+name]
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	key := fmt.Sprint(node) + "/" + name
+	p := f.pages[key]
+	if p == nil && f.inline {
+		p = &pageImage{path: filepath.Join(f.stage, fmt.Sprint(node), "criu", name), total: -1, done: make(chan struct{})}
+		f.pages[key] = p
+	}
+	return p
+}
+
+// complete says whether every byte of the image has been read.
+func (p *pageImage) complete() bool { return p.total >= 0 && p.received == p.total }
+
+// end says the read is over (Extract returned).
+func (f *feeder) end() {
+	f.endOnce.Do(func() { close(f.ended) })
 }
 
 // abort stops feeding: CRIU waiting for an image sees its end early.
@@ -83,7 +115,9 @@ func (f *feeder) abort() {
 
 // Image takes an image member from the archive (archive.ImageSink).
 func (f *feeder) Image(node int, name string, size int64, body io.Reader) error {
-	f.filesOnce.Do(func() { close(f.filesDone) })
+	if !f.inline || archive.IsPageImage(name) {
+		f.filesOnce.Do(func() { close(f.filesDone) })
+	}
 	// The reader has finished with the previous member: its buffers may go.
 	f.unmapRetired()
 	select {
@@ -92,6 +126,9 @@ func (f *feeder) Image(node int, name string, size int64, body io.Reader) error 
 	default:
 	}
 	if !archive.IsPageImage(name) {
+		if f.inline {
+			return archive.ErrExtractImage
+		}
 		return nil // extracted ahead; the reader still checks it
 	}
 	p := f.page(node, name)
@@ -100,7 +137,10 @@ func (f *feeder) Image(node int, name string, size int64, body io.Reader) error 
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.received+size > p.total {
+	if f.inline && p.total >= 0 {
+		return fmt.Errorf("%w: page image %s comes twice", archive.ErrCorrupt, name)
+	}
+	if !f.inline && p.received+size > p.total {
 		return fmt.Errorf("%w: page image %s is larger than listed", archive.ErrCorrupt, name)
 	}
 	var n int64
@@ -127,7 +167,10 @@ func (f *feeder) Image(node int, name string, size int64, body io.Reader) error 
 	if n != size {
 		return fmt.Errorf("%w: page image %s is truncated", archive.ErrCorrupt, name)
 	}
-	if p.live != nil && p.received == p.total {
+	if f.inline {
+		p.total = p.received // a page image comes in one member
+	}
+	if p.live != nil && p.complete() {
 		// Its buffers are unmapped once the reader is done hashing them.
 		f.retired = append(f.retired, p.ring...)
 		p.ring = nil
@@ -140,6 +183,8 @@ func (f *feeder) Image(node int, name string, size int64, body io.Reader) error 
 // be done (pages still lent to a pipe stay valid until CRIU reads them).
 func (f *feeder) close() {
 	f.unmapRetired()
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	for _, p := range f.pages {
 		p.mu.Lock()
 		f.retired = append(f.retired, p.ring...)
@@ -251,6 +296,8 @@ func copyPlain(w io.Writer, r io.Reader) (int64, error) {
 // has says whether node's CRIU may ask for the image name.
 func (f *feeder) has(node int, name string) bool {
 	if archive.IsPageImage(name) {
+		// Inline, CRIU asks only for the page images its pagemaps name;
+		// one that never comes ends its wait when the read is over.
 		return f.page(node, name) != nil
 	}
 	fi, err := os.Lstat(filepath.Join(f.stage, fmt.Sprint(node), "criu", name))
@@ -292,7 +339,7 @@ func (f *feeder) send(node int, name string, w io.Writer) error {
 		os.Remove(p.path)
 	}
 	p.live = w
-	if p.received == p.total {
+	if p.complete() {
 		close(p.done)
 	}
 	p.mu.Unlock()
@@ -301,6 +348,13 @@ func (f *feeder) send(node int, name string, w io.Writer) error {
 		return nil
 	case <-f.aborted:
 		return errAborted
+	case <-f.ended:
+		select {
+		case <-p.done:
+			return nil
+		default:
+			return fmt.Errorf("%s is not in the archive", name)
+		}
 	}
 }
 

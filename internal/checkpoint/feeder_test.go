@@ -109,3 +109,39 @@ func TestFeederAbort(t *testing.T) {
 		t.Fatalf("Image after abort: %v", err)
 	}
 }
+
+// TestFeederInline: a stream written pages last, without a trailer ahead.
+func TestFeederInline(t *testing.T) {
+	stage := t.TempDir()
+	os.MkdirAll(filepath.Join(stage, "0", "criu"), 0o700)
+	f := newFeeder(stage, nil)
+	defer f.close()
+	if err := f.Image(0, "core-1.img", 4, bytes.NewReader([]byte("core"))); err != archive.ErrExtractImage {
+		t.Fatalf("other image: %v, want ErrExtractImage", err)
+	}
+	select {
+	case <-f.filesDone:
+		t.Fatal("CRIU may start before the first page image")
+	default:
+	}
+	image := bytes.Repeat([]byte("pg"), 3<<20)
+	if err := f.Image(0, "pages-1.img", int64(len(image)), bytes.NewReader(image)); err != nil {
+		t.Fatal(err)
+	}
+	<-f.filesDone
+	var got bytes.Buffer
+	if err := f.send(0, "pages-1.img", &got); err != nil || !bytes.Equal(got.Bytes(), image) {
+		t.Fatalf("replayed %d bytes: %v", got.Len(), err)
+	}
+	if err := f.Image(0, "pages-1.img", 1, bytes.NewReader([]byte{1})); err == nil {
+		t.Fatal("a page image twice was taken")
+	}
+	// CRIU asks for one the stream never brings: let go at its end.
+	sent := make(chan error, 1)
+	go func() { sent <- f.send(0, "pages-2.img", io.Discard) }()
+	time.Sleep(10 * time.Millisecond)
+	f.end()
+	if err := <-sent; err == nil {
+		t.Fatal("a page image that never came was served")
+	}
+}

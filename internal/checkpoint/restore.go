@@ -96,7 +96,8 @@ func Restore(h *node.Host, in io.Reader, target RestoreTarget, o Options) (rep *
 			}
 		}
 	}
-	if ix != nil {
+	// From a pipe, an archive written pages last streams too.
+	if ix != nil || (m.PagesLast && os.Getenv("CRTREE_NO_STREAM") == "") {
 		reports, err := restoreStreamed(h, ix, ar, dst, paths, o, rep)
 		rep.Nodes = reports
 		if err != nil {

@@ -65,14 +65,23 @@ func openIndexed(in io.Reader) (*indexed, error) {
 // front-to-back read. CRIU holds the restored processes until the whole
 // archive has been verified (the gates), so nothing runs from an archive
 // found damaged at its end.
+//
+// Without ix (a stream written pages last, from a pipe), the images CRIU
+// needs first come first in the read itself; CRIU starts at the first page
+// image, and nothing is checked before the end of the archive: the gates
+// still hold every process until then.
 func restoreStreamed(h *node.Host, ix *indexed, ar *archive.Reader, dst *destination, paths []hier.Path, o Options, rep *Report) ([]NodeReport, error) {
 	m := ar.Manifest()
 	packStart := time.Now()
-	if err := archive.ExtractMeta(ix.f, ix.size, ix.index, m, ix.sums, dst); err != nil {
-		return nil, fmt.Errorf("restore: %w", err)
+	var sums *archive.Checksums
+	if ix != nil {
+		if err := archive.ExtractMeta(ix.f, ix.size, ix.index, m, ix.sums, dst); err != nil {
+			return nil, fmt.Errorf("restore: %w", err)
+		}
+		ar.Expect(ix.sums)
+		sums = ix.sums
 	}
-	ar.Expect(ix.sums)
-	f := newFeeder(dst.stage, ix.sums)
+	f := newFeeder(dst.stage, sums)
 	sd := &streamDest{destination: dst, feeder: f}
 
 	// One image server and one gate per running node.
@@ -138,6 +147,7 @@ func restoreStreamed(h *node.Host, ix *indexed, ar *archive.Reader, dst *destina
 		if err != nil {
 			f.abort()
 		}
+		f.end()
 		f.filesOnce.Do(func() { close(f.filesDone) })
 		extracted <- err
 	}()
@@ -172,7 +182,7 @@ func restoreStreamed(h *node.Host, ix *indexed, ar *archive.Reader, dst *destina
 	for i := range reports {
 		reports[i].Images = 0
 	}
-	for _, mc := range ix.sums.Members {
+	for _, mc := range ar.Checksums().Members {
 		if parts := strings.SplitN(mc.Name, "/", 4); len(parts) == 4 && parts[2] == "criu" {
 			if i, err := strconv.Atoi(parts[1]); err == nil && i < len(reports) {
 				reports[i].Images += mc.Size
