@@ -64,5 +64,10 @@ func CheckFeatures(bin string) (Features, error) {
 	if err != nil {
 		return Features{}, fmt.Errorf("criu feature check: %w", err)
 	}
-	return Features{MemTrack: f.GetMemTrack(), LazyPages: f.GetLazyPages()}, nil
+	// The RPC's answer for memory tracking only says the kernel was built
+	// with soft-dirty bits; whether tracking works (pre-dump accepts
+	// --track-mem) is what `criu check --feature mem_dirty_track` says. On
+	// machines where it is off, the RPC still says yes.
+	memTrack := f.GetMemTrack() && exec.Command(bin, "check", "--feature", "mem_dirty_track").Run() == nil
+	return Features{MemTrack: memTrack, LazyPages: f.GetLazyPages()}, nil
 }
