@@ -70,12 +70,19 @@ func runChecks(w io.Writer, g *globalOptions) bool {
 		feat := "freeze, kill"
 		if herr != nil {
 			feat = herr.Error()
-		} else if err := h.CgroupBase.Mkdir(); err != nil {
-			feat = err.Error()
 		} else {
-			for _, f := range []string{"cgroup.freeze", "cgroup.kill"} {
-				if _, err := os.Stat(filepath.Join(h.CgroupBase.Path(), f)); err != nil {
-					feat = "no " + f + " (kernel 5.14 or newer needed)"
+			existed := h.CgroupBase.Exists()
+			if err := h.CgroupBase.Mkdir(); err != nil {
+				feat = err.Error()
+			} else {
+				for _, f := range []string{"cgroup.freeze", "cgroup.kill"} {
+					if _, err := os.Stat(filepath.Join(h.CgroupBase.Path(), f)); err != nil {
+						feat = "no " + f + " (kernel 5.14 or newer needed)"
+					}
+				}
+				if !existed {
+					// A check leaves nothing behind.
+					h.CgroupBase.Remove()
 				}
 			}
 		}
