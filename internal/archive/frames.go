@@ -39,8 +39,8 @@ const (
 	skippableMagic0 = 0x184D2A50
 )
 
-func newFrameReader(r io.Reader) (*frameReader, error) {
-	return &frameReader{in: bufio.NewReaderSize(r, 8<<10)}, nil
+func newFrameReader(r io.Reader) *frameReader {
+	return &frameReader{in: bufio.NewReaderSize(r, 8<<10)}
 }
 
 // Close releases the decoder.

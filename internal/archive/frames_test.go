@@ -54,10 +54,7 @@ func mixedStream(t *testing.T) ([]byte, []byte) {
 }
 
 func readAllFrames(data []byte) ([]byte, error) {
-	fr, err := newFrameReader(bytes.NewReader(data))
-	if err != nil {
-		return nil, err
-	}
+	fr := newFrameReader(bytes.NewReader(data))
 	defer fr.Close()
 	return io.ReadAll(fr)
 }

@@ -66,10 +66,7 @@ func FuzzFrames(f *testing.F) {
 	f.Add(Index{Meta: 1, MetaMember: 1, Sums: 2}.frame())
 	f.Add(append(bytes.Clone(rawFrameHeader), 0xff, 0xff, 0xff))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		fr, err := newFrameReader(bytes.NewReader(data))
-		if err != nil {
-			t.Fatal(err)
-		}
+		fr := newFrameReader(bytes.NewReader(data))
 		defer fr.Close()
 		// An RLE block is 4 bytes for up to 128 KiB; read at most 16 MiB.
 		limit := min(int64(len(data))*(rawBlockMax/4+1)+1, 16<<20)

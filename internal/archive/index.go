@@ -81,22 +81,16 @@ func ReadIndex(ra io.ReaderAt, size int64) (*Index, error) {
 }
 
 // sectionReader decodes the tar stream that starts at off.
-func sectionReader(ra io.ReaderAt, off, end int64) (*tar.Reader, *frameReader, error) {
-	zr, err := newFrameReader(io.NewSectionReader(ra, off, end-off))
-	if err != nil {
-		return nil, nil, err
-	}
-	return tar.NewReader(zr), zr, nil
+func sectionReader(ra io.ReaderAt, off, end int64) (*tar.Reader, *frameReader) {
+	zr := newFrameReader(io.NewSectionReader(ra, off, end-off))
+	return tar.NewReader(zr), zr
 }
 
 // ReadTrailer reads the checksums trailer the index points at, before the
 // rest of the archive. What it says is only trusted once a Reader has
 // matched it against every member (Reader.Expect).
 func ReadTrailer(ra io.ReaderAt, size int64, x *Index) (*Checksums, error) {
-	tr, zr, err := sectionReader(ra, x.Sums, size-int64(indexFrameSize))
-	if err != nil {
-		return nil, err
-	}
+	tr, zr := sectionReader(ra, x.Sums, size-int64(indexFrameSize))
 	defer zr.Close()
 	hdr, err := tr.Next()
 	if err != nil || hdr.Name != SumsName || hdr.Typeflag != tar.TypeReg || hdr.Size > MaxManifestSize {
@@ -129,10 +123,7 @@ func IsPageImage(name string) bool {
 // must be the member sums lists at its place, with the same checksums;
 // anything else is an ErrCorrupt error.
 func ExtractMeta(ra io.ReaderAt, size int64, x *Index, m *Manifest, sums *Checksums, dst Destination) error {
-	tr, zr, err := sectionReader(ra, x.Meta, x.Sums)
-	if err != nil {
-		return err
-	}
+	tr, zr := sectionReader(ra, x.Meta, x.Sums)
 	defer zr.Close()
 	ex := &extractor{dst: dst, roots: map[string]*os.Root{}, limit: expansionLimit(m)}
 	defer ex.close()

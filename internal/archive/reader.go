@@ -25,8 +25,8 @@ const maxWindow = 16 << 20
 // decoderOptions are how every archive is decompressed. zstd's own frame
 // checksums (xxhash) are not checked: the SHA-256 of every piece is, and
 // the decoder would otherwise hash all output a second time.
-func decoderOptions(extra ...zstd.DOption) []zstd.DOption {
-	return append([]zstd.DOption{zstd.WithDecoderMaxMemory(maxDecoderMemory), zstd.WithDecoderMaxWindow(maxWindow), zstd.IgnoreChecksum(true)}, extra...)
+func decoderOptions() []zstd.DOption {
+	return []zstd.DOption{zstd.WithDecoderMaxMemory(maxDecoderMemory), zstd.WithDecoderMaxWindow(maxWindow), zstd.IgnoreChecksum(true)}
 }
 
 // Reader reads an archive front to back, verifying it as it goes: each
@@ -59,10 +59,7 @@ type Reader struct {
 
 // NewReader starts reading the archive on r and reads its manifest.
 func NewReader(r io.Reader) (*Reader, error) {
-	zr, err := newFrameReader(r)
-	if err != nil {
-		return nil, err
-	}
+	zr := newFrameReader(r)
 	ar := &Reader{zr: zr, tr: tar.NewReader(zr), pool: newHashPool(), seen: map[string]string{}}
 	hdr, err := ar.tr.Next()
 	if err != nil {

@@ -38,11 +38,11 @@ type feeder struct {
 	once    sync.Once
 	ended   chan struct{}
 	endOnce sync.Once
-	// filesDone is closed when CRIU may start: at the first image (the
+	// ready is closed when CRIU may start: at the first image (the
 	// files of every node come before any image), or, inline, at the
 	// first page image (every other image is there by then).
-	filesDone chan struct{}
-	filesOnce sync.Once
+	ready     chan struct{}
+	readyOnce sync.Once
 	buf       []byte
 	retired   [][]byte // buffers of page images handed over, to unmap
 }
@@ -66,7 +66,7 @@ type pageImage struct {
 // newFeeder makes the feeder of a restore staged in stage. sums is the
 // trailer read ahead, or nil for a stream written pages last.
 func newFeeder(stage string, sums *archive.Checksums) *feeder {
-	f := &feeder{stage: stage, inline: sums == nil, pages: map[string]*pageImage{}, aborted: make(chan struct{}), ended: make(chan struct{}), filesDone: make(chan struct{}), buf: make([]byte, 1<<20)}
+	f := &feeder{stage: stage, inline: sums == nil, pages: map[string]*pageImage{}, aborted: make(chan struct{}), ended: make(chan struct{}), ready: make(chan struct{}), buf: make([]byte, 1<<20)}
 	if sums == nil {
 		return f
 	}
@@ -116,7 +116,7 @@ func (f *feeder) abort() {
 // Image takes an image member from the archive (archive.ImageSink).
 func (f *feeder) Image(node int, name string, size int64, body io.Reader) error {
 	if !f.inline || archive.IsPageImage(name) {
-		f.filesOnce.Do(func() { close(f.filesDone) })
+		f.readyOnce.Do(func() { close(f.ready) })
 	}
 	// The reader has finished with the previous member: its buffers may go.
 	f.unmapRetired()

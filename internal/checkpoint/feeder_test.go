@@ -120,7 +120,7 @@ func TestFeederInline(t *testing.T) {
 		t.Fatalf("other image: %v, want ErrExtractImage", err)
 	}
 	select {
-	case <-f.filesDone:
+	case <-f.ready:
 		t.Fatal("CRIU may start before the first page image")
 	default:
 	}
@@ -128,7 +128,7 @@ func TestFeederInline(t *testing.T) {
 	if err := f.Image(0, "pages-1.img", int64(len(image)), bytes.NewReader(image)); err != nil {
 		t.Fatal(err)
 	}
-	<-f.filesDone
+	<-f.ready
 	var got bytes.Buffer
 	if err := f.send(0, "pages-1.img", &got); err != nil || !bytes.Equal(got.Bytes(), image) {
 		t.Fatalf("replayed %d bytes: %v", got.Len(), err)

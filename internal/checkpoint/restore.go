@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -103,7 +104,7 @@ func Restore(h *node.Host, in io.Reader, target RestoreTarget, o Options) (rep *
 		if err != nil {
 			return nil, err
 		}
-		return rep, finishRestore(h, m, ids, dst, rep, start)
+		return rep, finishRestore(h, ar, ids, rep, start)
 	}
 	packStart := time.Now()
 	o.progress(Progress{Phase: "extract", NodesTotal: len(m.Nodes)})
@@ -121,17 +122,22 @@ func Restore(h *node.Host, in io.Reader, target RestoreTarget, o Options) (rep *
 	if err != nil {
 		return nil, err
 	}
-	for i := range m.Nodes {
-		rep.ImageBytes += dirSize(dst.ImagesDir(i))
-	}
-	return rep, finishRestore(h, m, ids, dst, rep, start)
+	return rep, finishRestore(h, ar, ids, rep, start)
 }
 
-// finishRestore hands the restored subtree over: it no longer depends on
-// this command.
-func finishRestore(h *node.Host, m *archive.Manifest, ids []string, dst *destination, rep *Report, start time.Time) error {
-	for _, n := range m.Nodes {
+// finishRestore completes the report from the verified archive and
+// hands the restored subtree over: it no longer depends on this command.
+func finishRestore(h *node.Host, ar *archive.Reader, ids []string, rep *Report, start time.Time) error {
+	for _, n := range ar.Manifest().Nodes {
 		rep.FileBytes += n.Files
+	}
+	for _, mc := range ar.Checksums().Members {
+		if parts := strings.SplitN(mc.Name, "/", 4); len(parts) == 4 && parts[2] == "criu" {
+			if i, err := strconv.Atoi(parts[1]); err == nil && i < len(rep.Nodes) {
+				rep.Nodes[i].Images += mc.Size
+				rep.ImageBytes += mc.Size
+			}
+		}
 	}
 	if err := h.Store.Update(func(t *hier.Tree) error {
 		for _, id := range ids {
@@ -240,7 +246,7 @@ func restoreNodes(h *node.Host, m *archive.Manifest, ids []string, paths []hier.
 			depth[i] = depth[n.Parent] + 1
 		}
 		maxDepth = max(maxDepth, depth[i])
-		reports[i] = NodeReport{Path: paths[i].String(), Running: n.Running, Images: dirSize(filepath.Join(stage, strconv.Itoa(i), "criu")), Files: n.Files}
+		reports[i] = NodeReport{Path: paths[i].String(), Running: n.Running, Files: n.Files}
 	}
 	done := 0
 	for d := 0; d <= maxDepth; d++ {
@@ -289,15 +295,3 @@ func restoreNodes(h *node.Host, m *archive.Manifest, ids []string, paths []hier.
 // streamedCRIUs bounds how many CRIUs a streamed restore runs at once;
 // the nodes beyond start as others finish, from their spilled pages.
 const streamedCRIUs = 16
-
-// dirSize adds up the sizes of the files directly in dir.
-func dirSize(dir string) int64 {
-	des, _ := os.ReadDir(dir)
-	var n int64
-	for _, d := range des {
-		if fi, err := d.Info(); err == nil && fi.Mode().IsRegular() {
-			n += fi.Size()
-		}
-	}
-	return n
-}

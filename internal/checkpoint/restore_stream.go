@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -148,11 +146,11 @@ func restoreStreamed(h *node.Host, ix *indexed, ar *archive.Reader, dst *destina
 			f.abort()
 		}
 		f.end()
-		f.filesOnce.Do(func() { close(f.filesDone) })
+		f.readyOnce.Do(func() { close(f.ready) })
 		extracted <- err
 	}()
 
-	<-f.filesDone
+	<-f.ready
 	var reports []NodeReport
 	var rerr error
 	select {
@@ -178,17 +176,6 @@ func restoreStreamed(h *node.Host, ix *indexed, ar *archive.Reader, dst *destina
 	}
 	if xerr != nil {
 		return reports, fmt.Errorf("restore: %w", xerr)
-	}
-	for i := range reports {
-		reports[i].Images = 0
-	}
-	for _, mc := range ar.Checksums().Members {
-		if parts := strings.SplitN(mc.Name, "/", 4); len(parts) == 4 && parts[2] == "criu" {
-			if i, err := strconv.Atoi(parts[1]); err == nil && i < len(reports) {
-				reports[i].Images += mc.Size
-				rep.ImageBytes += mc.Size
-			}
-		}
 	}
 	return reports, nil
 }

@@ -28,21 +28,20 @@ read -r go < '%s' || exit 1
 [ "$go" = y ]
 `
 
-// restoreCLI is Restore with o.Stream.
+// restoreCLI is Restore with o.Stream or o.BeforeResume.
 func restoreCLI(bin string, o RestoreOptions) (int, error) {
-	images, err := filepath.Abs(o.ImagesDir)
-	if err != nil {
-		return 0, fmt.Errorf("criu restore: %w", err)
-	}
-	work, err := filepath.Abs(o.WorkDir)
+	images, work, err := absDirs(o.ImagesDir, o.WorkDir)
 	if err != nil {
 		return 0, fmt.Errorf("criu restore: %w", err)
 	}
 	pidfile := filepath.Join(work, "restored.pid")
-	args := []string{"restore", "--stream", "-D", images, "-W", work, "-o", "restore.log",
+	args := []string{"restore", "-D", images, "-W", work, "-o", "restore.log",
 		"-v" + strconv.Itoa(int(logLevel())), "--root", o.Root,
 		"--restore-detached", "--restore-sibling", "--pidfile", pidfile,
 		"--file-locks", "--manage-cgroups=ignore"}
+	if o.Stream {
+		args = append(args, "--stream")
+	}
 	for _, m := range o.Externals {
 		args = append(args, "--external", "mnt["+m.Key+"]:"+m.HostPath)
 	}
@@ -86,11 +85,7 @@ func restoreCLI(bin string, o RestoreOptions) (int, error) {
 
 // dumpCLI is Dump with o.Stream.
 func dumpCLI(bin string, o DumpOptions) error {
-	images, err := filepath.Abs(o.ImagesDir)
-	if err != nil {
-		return fmt.Errorf("criu dump: %w", err)
-	}
-	work, err := filepath.Abs(o.WorkDir)
+	images, work, err := absDirs(o.ImagesDir, o.WorkDir)
 	if err != nil {
 		return fmt.Errorf("criu dump: %w", err)
 	}
@@ -107,6 +102,17 @@ func dumpCLI(bin string, o DumpOptions) error {
 		args = append(args, "--tcp-established", "--network-lock", "nftables")
 	}
 	return runCLI(exec.Command(bin, args...), "dump", work, o.KeepLogs, o.OnStart)
+}
+
+// absDirs makes the images and work directories absolute: the criu
+// command runs with its own working directory (-W).
+func absDirs(images, work string) (string, string, error) {
+	images, err := filepath.Abs(images)
+	if err != nil {
+		return "", "", err
+	}
+	work, err = filepath.Abs(work)
+	return images, work, err
 }
 
 // runCLI runs a criu command and turns a failure into an *Error quoting

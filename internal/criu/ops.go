@@ -59,7 +59,7 @@ type RestoreOptions struct {
 	Stream bool
 	// BeforeResume, if set, is called once the processes are restored,
 	// before CRIU lets them run; an error makes CRIU fail the restore and
-	// kill them.
+	// kill them. (It is an action script of the criu command, as Stream.)
 	BeforeResume func() error
 }
 
@@ -205,13 +205,13 @@ func Dump(bin string, o DumpOptions) error {
 	for _, m := range o.Externals {
 		opts.ExtMnt = append(opts.ExtMnt, &rpc.ExtMountMap{Key: proto.String(m.Mountpoint), Val: proto.String(m.Key)})
 	}
-	return run(bin, "dump", rpc.CriuReqType_DUMP, opts, swrkOptions{CgroupFD: -1, OnStart: o.OnStart}, o.WorkDir, o.KeepLogs, nil, nil)
+	return run(bin, "dump", rpc.CriuReqType_DUMP, opts, swrkOptions{CgroupFD: -1, OnStart: o.OnStart}, o.WorkDir, o.KeepLogs, nil)
 }
 
 // Restore restores a process tree from o.ImagesDir as a sibling of CRIU,
 // that is a child of the calling process, and returns its root's host PID.
 func Restore(bin string, o RestoreOptions) (int, error) {
-	if o.Stream {
+	if o.Stream || o.BeforeResume != nil {
 		return restoreCLI(bin, o)
 	}
 	img, wd, err := openDirs(o.ImagesDir, o.WorkDir)
@@ -226,29 +226,19 @@ func Restore(bin string, o RestoreOptions) (int, error) {
 	for _, m := range o.Externals {
 		opts.ExtMnt = append(opts.ExtMnt, &rpc.ExtMountMap{Key: proto.String(m.Key), Val: proto.String(m.HostPath)})
 	}
-	var onNotify func(string, int32) error
-	if o.BeforeResume != nil {
-		opts.NotifyScripts = proto.Bool(true)
-		onNotify = func(script string, _ int32) error {
-			if script == "pre-resume" {
-				return o.BeforeResume()
-			}
-			return nil
-		}
-	}
 	var pid int
-	err = run(bin, "restore", rpc.CriuReqType_RESTORE, opts, swrkOptions{CgroupFD: o.CgroupFD}, o.WorkDir, o.KeepLogs, onNotify, func(resp *rpc.CriuResp) {
+	err = run(bin, "restore", rpc.CriuReqType_RESTORE, opts, swrkOptions{CgroupFD: o.CgroupFD}, o.WorkDir, o.KeepLogs, func(resp *rpc.CriuResp) {
 		pid = int(resp.GetRestore().GetPid())
 	})
 	return pid, err
 }
 
-func run(bin, op string, typ rpc.CriuReqType, opts *rpc.CriuOpts, so swrkOptions, workDir, keepLogs string, onNotify func(string, int32) error, onResp func(*rpc.CriuResp)) error {
+func run(bin, op string, typ rpc.CriuReqType, opts *rpc.CriuOpts, so swrkOptions, workDir, keepLogs string, onResp func(*rpc.CriuResp)) error {
 	s, err := startSwrk(bin, so)
 	if err != nil {
 		return fmt.Errorf("criu %s: %w", op, err)
 	}
-	resp, err := s.call(&rpc.CriuReq{Type: &typ, Opts: opts}, onNotify)
+	resp, err := s.call(&rpc.CriuReq{Type: &typ, Opts: opts})
 	cerr := s.close()
 	if err == nil && onResp != nil {
 		onResp(resp)

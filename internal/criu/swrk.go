@@ -52,8 +52,8 @@ func startSwrk(bin string, o swrkOptions) (*swrk, error) {
 }
 
 // call sends req and returns CRIU's final answer, answering every notify
-// message on the way with onNotify (which may be nil).
-func (s *swrk) call(req *rpc.CriuReq, onNotify func(script string, pid int32) error) (*rpc.CriuResp, error) {
+// message on the way with success (crtree asks for none).
+func (s *swrk) call(req *rpc.CriuReq) (*rpc.CriuResp, error) {
 	buf := make([]byte, 64*1024)
 	for {
 		data, err := proto.Marshal(req)
@@ -84,12 +84,8 @@ func (s *swrk) call(req *rpc.CriuReq, onNotify func(script string, pid int32) er
 			}
 			return resp, nil
 		}
-		ok := true
-		if onNotify != nil {
-			ok = onNotify(resp.GetNotify().GetScript(), resp.GetNotify().GetPid()) == nil
-		}
 		t := rpc.CriuReqType_NOTIFY
-		req = &rpc.CriuReq{Type: &t, NotifySuccess: proto.Bool(ok)}
+		req = &rpc.CriuReq{Type: &t, NotifySuccess: proto.Bool(true)}
 	}
 }
 
@@ -111,7 +107,7 @@ func Check(bin string) error {
 		return err
 	}
 	t := rpc.CriuReqType_CHECK
-	_, err = s.call(&rpc.CriuReq{Type: &t}, nil)
+	_, err = s.call(&rpc.CriuReq{Type: &t})
 	s.close()
 	if err != nil {
 		return fmt.Errorf("criu check: %w", err)

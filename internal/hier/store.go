@@ -139,21 +139,15 @@ var ErrUnchanged = errors.New("tree unchanged")
 
 // Update calls fn with the tree under the exclusive lock and saves what
 // fn left if it returns nil. Nothing is saved when fn fails.
-func (s *Store) Update(fn func(t *Tree) error) error {
-	return s.withTree(unix.LOCK_EX, func(t *Tree) error {
-		if err := fn(t); err != nil {
-			if errors.Is(err, ErrUnchanged) {
-				return nil
-			}
-			return err
-		}
-		return s.save(t)
-	})
-}
+func (s *Store) Update(fn func(t *Tree) error) error { return s.update(-1, fn) }
 
 // TryUpdate is Update for changes that may be skipped: if the tree stays
 // locked by others for timeout, it changes nothing and returns ErrBusy.
 func (s *Store) TryUpdate(timeout time.Duration, fn func(t *Tree) error) error {
+	return s.update(timeout, fn)
+}
+
+func (s *Store) update(timeout time.Duration, fn func(t *Tree) error) error {
 	return s.withTreeWithin(unix.LOCK_EX, timeout, func(t *Tree) error {
 		if err := fn(t); err != nil {
 			if errors.Is(err, ErrUnchanged) {
