@@ -237,10 +237,11 @@ func restoreNodes(h *node.Host, m *archive.Manifest, ids []string, paths []hier.
 	reports := make([]NodeReport, len(m.Nodes))
 	depth := make([]int, len(m.Nodes))
 	maxDepth := 0
-	sem := make(chan struct{}, len(m.Nodes)+1)
+	limit := len(m.Nodes)
 	if gates != nil {
-		sem = make(chan struct{}, streamedCRIUs)
+		limit = streamedCRIUs
 	}
+	sem := make(chan struct{}, limit)
 	for i, n := range m.Nodes {
 		if i > 0 && gates == nil {
 			depth[i] = depth[n.Parent] + 1
