@@ -30,7 +30,10 @@ A PATH ending in / creates a child named unnamedN (the smallest free N).
 
 The node sees its own writable root, the host's /usr and /etc read-only, a
 minimal /dev, a fresh /proc and a writable /tmp. Its output goes to its log
-(crtree logs). The new node's path is printed on stdout.`,
+(crtree logs). The new node's path is printed on stdout.
+
+A node never gets more than its parent has: under a --net none node, a child
+has its own empty network too, and --net host is refused.`,
 		Example: `  crtree run /vserver1 -- sleep infinity
   crtree run /vserver1/ -- sh -c 'echo hello'      # prints /vserver1/unnamed1
   crtree run --net none --env N=4 /calc -- python3 -c 'print(1)'`,
@@ -50,7 +53,7 @@ minimal /dev, a fresh /proc and a writable /tmp. Its output goes to its log
 	f.StringVar(&o.Hostname, "hostname", "", "hostname of the node (default: its name)")
 	f.StringArrayVar(&o.Binds, "bind", nil, "bind a host path into the node, SRC:DST[:ro] (repeatable; never archived)")
 	f.StringVar(&o.Rootfs, "rootfs", "", "use DIR as the read-only base of the node's root (overlay)")
-	f.StringVar(&o.Net, "net", "host", "network: host (share the host's) or none (own namespace, loopback only)")
+	f.StringVar(&o.Net, "net", "", "network: host (share the host's) or none (own namespace, loopback only); default: host, or none under a --net none parent")
 	return cmd
 }
 
@@ -70,9 +73,7 @@ func (o *runOptions) spec(argv []string) (hier.Spec, error) {
 		}
 	}
 	switch o.Net {
-	case "host":
-		s.Net = ""
-	case hier.NetNone:
+	case "", hier.NetHost, hier.NetNone:
 	default:
 		return s, fmt.Errorf("--net %q: want host or none", o.Net)
 	}

@@ -176,11 +176,17 @@ func reserve(h *node.Host, m *archive.Manifest, target RestoreTarget) ([]string,
 			} else {
 				pid = ids[an.Parent]
 			}
+			spec := an.Spec
+			// An archived node had the host's network unless it says
+			// otherwise: it keeps what it had, or is refused.
+			if err := t.Isolate(pid, &spec, true); err != nil {
+				return fmt.Errorf("restore: %s: %w", archivedPath(m, i), err)
+			}
 			n, err := t.Add(pid, name)
 			if err != nil {
 				return fmt.Errorf("restore: %w", err)
 			}
-			n.Spec, n.Created = an.Spec, an.Created
+			n.Spec, n.Created = spec, an.Created
 			n.OwnerPid, n.OwnerStart = node.Self()
 			if i == 0 && an.Spec.Hostname == "" {
 				// The node keeps the hostname it had, even under a new name.
@@ -296,3 +302,12 @@ func restoreNodes(h *node.Host, m *archive.Manifest, ids []string, paths []hier.
 // streamedCRIUs bounds how many CRIUs a streamed restore runs at once;
 // the nodes beyond start as others finish, from their spilled pages.
 const streamedCRIUs = 16
+
+// archivedPath is how an archived node is named in messages: its path
+// as dumped, from the archive's top node.
+func archivedPath(m *archive.Manifest, i int) string {
+	if i == 0 {
+		return "/" + m.Nodes[0].Name
+	}
+	return "/" + m.Nodes[0].Name + "/" + m.Nodes[i].Path
+}

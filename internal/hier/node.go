@@ -66,5 +66,12 @@ type Bind struct {
 	ReadOnly bool   `json:"readOnly,omitempty"`
 }
 
-// NetNone is Spec.Net for a node with its own, empty network namespace.
-const NetNone = "none"
+// The values of Spec.Net. A node records "" for the host's network; NetHost
+// is how a request says so explicitly, so that it can be told from "as the
+// parent has" (see [Tree.Isolate]).
+const (
+	// NetNone is a node with its own, empty network namespace.
+	NetNone = "none"
+	// NetHost asks for the host's network; it is recorded as "".
+	NetHost = "host"
+)

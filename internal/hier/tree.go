@@ -162,3 +162,34 @@ func (t *Tree) Remove(id string) error {
 	delete(t.Nodes, id)
 	return nil
 }
+
+// ErrIsolation is returned when a node would get more than its parent
+// has: the host's network under a parent that has none.
+var ErrIsolation = errors.New("a node cannot have more than its parent")
+
+// Isolate applies the parent's isolation to spec, the spec of a new node
+// under parent ID: a node never gets more than its ancestors have. Under
+// a --net none ancestor, a spec that asks for nothing gets its own empty
+// network too, and one that asks for the host's network (NetHost, or ""
+// with explicit set, as restored nodes are) is refused. A NetHost request
+// that is allowed is recorded as "".
+func (t *Tree) Isolate(parent string, spec *Spec, explicit bool) error {
+	wantsHost := spec.Net == NetHost || (explicit && spec.Net == "")
+	if spec.Net == NetHost {
+		spec.Net = ""
+	}
+	if spec.Net == NetNone {
+		return nil
+	}
+	for n := t.Nodes[parent]; n != nil; n = t.Nodes[n.Parent] {
+		if n.Spec.Net != NetNone {
+			continue
+		}
+		if wantsHost {
+			return fmt.Errorf("%s has no host network (--net none), and %w", t.PathOf(n), ErrIsolation)
+		}
+		spec.Net = NetNone
+		return nil
+	}
+	return nil
+}

@@ -57,6 +57,9 @@ func (h *Host) Run(p hier.Path, unnamed bool, spec hier.Spec) (hier.Path, error)
 		} else if len(p) == 0 {
 			return fmt.Errorf("%w: / is the root of the tree, not a node name", hier.ErrInvalidName)
 		}
+		if err := t.Isolate(parentID, &spec, false); err != nil {
+			return fmt.Errorf("run %s: %w", parentPath.Join(name), err)
+		}
 		n, err = t.Add(parentID, name)
 		if err != nil {
 			return err
