@@ -72,6 +72,12 @@ CRIU takes. CRTREE_NO_STREAM=1 stages them in every case.`,
 			if err != nil {
 				return err
 			}
+			if g.isSelf(p) {
+				// CRIU cannot dump this command's own connection to
+				// crtree, and a dump that removed the node would end
+				// the command that asked for it.
+				return fmt.Errorf("dump %s: cannot dump the node this command runs in; dump it from outside (its parent or the host), or dump its children", args[0])
+			}
 			if o.Output == "" {
 				return usageError{fmt.Errorf("dump needs -o FILE (or -o - for stdout)")}
 			}

@@ -90,6 +90,11 @@ func Dump(h *node.Host, p hier.Path, out Output, o Options) (rep *Report, err er
 	if err != nil {
 		return nil, err
 	}
+	if !o.LeaveRunning {
+		if err := restorable(members); err != nil {
+			return nil, fmt.Errorf("dump %s: %w; nothing was dumped (use --leave-running to archive it and keep it running)", p, err)
+		}
+	}
 	// Without --leave-running, CRIU streams the page images into the
 	// archive (capture): the frozen time does not matter, since the
 	// workload is killed after, and nothing large is staged. With it, CRIU
@@ -365,6 +370,27 @@ func collect(h *node.Host, p hier.Path) ([]*member, cgroup.Group, error) {
 		return nil
 	})
 	return members, top, err
+}
+
+// restorable refuses a subtree whose archive this crtree could not
+// restore: a dump that removes such nodes would lose them. It applies the
+// refusals of Restore that depend on the archive alone.
+func restorable(members []*member) error {
+	for _, m := range members {
+		if err := nodeRestorable(m.path.String(), m.n.Spec, m.status.State == hier.Running); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// nodeRestorable is what Restore requires of one archived node, named
+// path in messages.
+func nodeRestorable(path string, spec hier.Spec, running bool) error {
+	if spec.Rootfs != "" && running {
+		return fmt.Errorf("%s runs on a --rootfs base, which restore does not support yet", path)
+	}
+	return nil
 }
 
 // dumpAll runs one CRIU dump per running node, in parallel.

@@ -52,8 +52,8 @@ func Restore(h *node.Host, in io.Reader, target RestoreTarget, o Options) (rep *
 		return nil, fmt.Errorf("restore: --name: %w", err)
 	}
 	for i, n := range m.Nodes {
-		if n.Spec.Rootfs != "" && n.Running {
-			return nil, fmt.Errorf("restore: node %q runs on a --rootfs base, which restore does not support yet", m.Nodes[i].Path)
+		if err := nodeRestorable(archivedPath(m, i), n.Spec, n.Running); err != nil {
+			return nil, fmt.Errorf("restore: %w", err)
 		}
 	}
 
