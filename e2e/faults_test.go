@@ -131,7 +131,7 @@ func TestKillDuringDump(t *testing.T) {
 			if _, ok := h.ls()["/victim"]; ok {
 				h.must("rm", "-r", "-f", "/victim")
 			}
-			h.must("restore", filepath.Join(out, "v.crtree"))
+			h.must("restore", "--keep-binds", filepath.Join(out, "v.crtree"))
 			os.Remove(filepath.Join(out, "v.crtree"))
 			continue
 		}
@@ -178,7 +178,7 @@ func TestKillDuringRestore(t *testing.T) {
 	h.must("dump", "/src", "-o", archive)
 	for i, after := range []time.Duration{30 * time.Millisecond, 150 * time.Millisecond, 300 * time.Millisecond, 600 * time.Millisecond} {
 		name := fmt.Sprintf("r%d", i)
-		cmd := h.cmd("restore", archive, "--name", name)
+		cmd := h.cmd("restore", "--keep-binds", archive, "--name", name)
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/crtree/crtree/internal/checkpoint"
 	"github.com/crtree/crtree/internal/criu"
+	"github.com/crtree/crtree/internal/hier"
 	"github.com/crtree/crtree/internal/node"
 )
 
@@ -20,6 +21,24 @@ type cpOptions struct {
 	Quiet          bool
 	Parent         string
 	Name           string
+	Binds          []string
+	KeepBinds      bool
+}
+
+// restoreTarget builds where and how a restore puts the subtree.
+func (o *cpOptions) restoreTarget(g *globalOptions, parent hier.Path) (checkpoint.RestoreTarget, error) {
+	t := checkpoint.RestoreTarget{Parent: parent, Name: o.Name, KeepBinds: o.KeepBinds, InNode: g.scope != nil}
+	if g.scope != nil && (len(o.Binds) > 0 || o.KeepBinds) {
+		return t, usageError{fmt.Errorf("--bind and --keep-binds name host paths and cannot be used inside a node")}
+	}
+	for _, arg := range o.Binds {
+		b, err := parseBind(arg, false)
+		if err != nil {
+			return t, usageError{err}
+		}
+		t.Binds = append(t.Binds, b)
+	}
+	return t, nil
 }
 
 // prepare finds CRIU, opens the state root and builds the checkpoint
@@ -160,6 +179,12 @@ from where they were checkpointed. The same archive can be restored any
 number of times (--name for clones side by side), here or on another host
 with the same /usr and /etc.
 
+Binds (run --bind) are host paths, which an archive may not choose: a node
+that had binds is restored only with --bind SRC:DST for each of its mount
+points (any host path) or --keep-binds (the host paths the archive names,
+which crtree inspect lists). From inside a node, neither is allowed and an
+archive with binds is refused.
+
 A name that is already taken is refused before anything is created; if the
 restore fails at any point, every node it created is removed. No restored
 process runs before the whole archive has been verified. From a file, CRIU
@@ -168,10 +193,15 @@ stdin, the archive is unpacked first. CRTREE_NO_STREAM=1 unpacks files
 first too.`,
 		Example: `  crtree restore v1.crtree --parent /pool
   crtree restore v1.crtree --name v1clone
+  crtree restore --bind /srv/data:/data web.crtree     # its bind at /data, from /srv/data
   ssh hostA crtree dump /a -o - | crtree restore - --parent /b`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			parent, _, err := g.nodePath(o.Parent)
+			if err != nil {
+				return err
+			}
+			target, err := o.restoreTarget(g, parent)
 			if err != nil {
 				return err
 			}
@@ -184,7 +214,7 @@ first too.`,
 				return err
 			}
 			defer closeIn()
-			rep, err := checkpoint.Restore(h, in, checkpoint.RestoreTarget{Parent: parent, Name: o.Name}, co)
+			rep, err := checkpoint.Restore(h, in, target, co)
 			pp.Done()
 			if err != nil {
 				return err
@@ -200,6 +230,8 @@ first too.`,
 	f.StringVar(&o.Parent, "parent", "/", "parent to restore under")
 	f.StringVar(&o.Name, "name", "", "name of the restored top node (default: its archived name)")
 	f.BoolVar(&o.TCPEstablished, "tcp-established", false, "restore established TCP connections")
+	f.StringArrayVar(&o.Binds, "bind", nil, "provide archived binds at DST from host path SRC, SRC:DST (repeatable)")
+	f.BoolVar(&o.KeepBinds, "keep-binds", false, "bind the host paths the archive names again (crtree inspect lists them)")
 	f.BoolVarP(&o.Quiet, "quiet", "q", false, "print no progress")
 	addJSONFlag(cmd, g)
 	return cmd

@@ -73,6 +73,9 @@ func printManifest(w io.Writer, m *archive.Manifest, verified bool, members int)
 		}
 		indent := strings.Repeat("    ", depth)
 		fmt.Fprintf(w, "%s%s  [%s] hostname %s, memory %s, files %s\n", indent, nodeLabel(m, i), state, n.Hostname, humanBytes(n.Memory), humanBytes(n.Files))
+		for _, b := range n.Spec.Binds {
+			fmt.Fprintf(w, "%s    bind %s at %s (restore with --bind SRC:%s or --keep-binds)\n", indent, b.Source, b.Target, b.Target)
+		}
 		for _, p := range n.Procs {
 			fmt.Fprintf(w, "%s    pid %d: %s\n", indent, p.PID, p.Cmd)
 		}

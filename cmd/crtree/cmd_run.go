@@ -77,15 +77,29 @@ func (o *runOptions) spec(argv []string) (hier.Spec, error) {
 	default:
 		return s, fmt.Errorf("--net %q: want host or none", o.Net)
 	}
-	for _, b := range o.Binds {
-		parts := strings.Split(b, ":")
-		if len(parts) < 2 || len(parts) > 3 || (len(parts) == 3 && parts[2] != "ro") ||
-			!strings.HasPrefix(parts[0], "/") || !strings.HasPrefix(parts[1], "/") {
-			return s, fmt.Errorf("--bind %q: want /SRC:/DST or /SRC:/DST:ro", b)
+	for _, arg := range o.Binds {
+		b, err := parseBind(arg, true)
+		if err != nil {
+			return s, err
 		}
-		s.Binds = append(s.Binds, hier.Bind{Source: parts[0], Target: parts[1], ReadOnly: len(parts) == 3})
+		s.Binds = append(s.Binds, b)
 	}
 	return s, nil
+}
+
+// parseBind parses a --bind argument, /SRC:/DST, or /SRC:/DST:ro where
+// withMode.
+func parseBind(arg string, withMode bool) (hier.Bind, error) {
+	parts := strings.Split(arg, ":")
+	ro := len(parts) == 3 && parts[2] == "ro" && withMode
+	if len(parts) < 2 || len(parts) > 3 || (len(parts) == 3 && !ro) ||
+		!strings.HasPrefix(parts[0], "/") || !strings.HasPrefix(parts[1], "/") {
+		if withMode {
+			return hier.Bind{}, fmt.Errorf("--bind %q: want /SRC:/DST or /SRC:/DST:ro", arg)
+		}
+		return hier.Bind{}, fmt.Errorf("--bind %q: want /SRC:/DST (the bind keeps the mode it was dumped with)", arg)
+	}
+	return hier.Bind{Source: parts[0], Target: parts[1], ReadOnly: ro}, nil
 }
 
 func runRun(cmd *cobra.Command, g *globalOptions, o *runOptions, args []string) error {

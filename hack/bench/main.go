@@ -228,7 +228,7 @@ func crtreeRun(cond string, rep int, kind string) {
 	}
 	warm(cond)
 	t1 := time.Now()
-	_, rss = runRSS(*crtreeBin, "restore", "--json", archive)
+	_, rss = runRSS(*crtreeBin, "restore", "--keep-binds", "--json", archive)
 	record("crtree restore", cond, rep, time.Since(t1), 0, rss)
 	run(*crtreeBin, "rm", "-r", "-f", path)
 	os.Remove(archive)

@@ -17,10 +17,70 @@ import (
 )
 
 // RestoreTarget says where a restore puts the subtree: under Parent,
-// with the top node called Name (its archived name if empty).
+// with the top node called Name (its archived name if empty), and which
+// host paths its binds may use.
 type RestoreTarget struct {
 	Parent hier.Path
 	Name   string
+	// Binds provide the host path of archived binds, by mount point
+	// inside the node (Target): every node of the archive that bound
+	// something there gets Source instead. Their ReadOnly is ignored:
+	// a bind keeps the mode it was dumped with.
+	Binds []hier.Bind
+	// KeepBinds re-creates the archive's other binds from the host paths
+	// it names. Without it (or Binds), an archive that has binds is
+	// refused: host paths come only from the restoring side.
+	KeepBinds bool
+	// InNode is set for a restore asked from inside a node: an archive
+	// with binds is refused whatever else is set.
+	InNode bool
+}
+
+// specs returns the spec each archived node is restored with: its
+// archived spec, with every bind's host path given by the restoring side
+// (t.Binds, or the archive's own with t.KeepBinds) or else refused. An
+// archive is hostile: it must not name a host path for the caller.
+func (t RestoreTarget) specs(m *archive.Manifest) ([]hier.Spec, error) {
+	archived := map[string]bool{}
+	for _, an := range m.Nodes {
+		for _, b := range an.Spec.Binds {
+			archived[b.Target] = true
+		}
+	}
+	for _, b := range t.Binds {
+		if !archived[b.Target] {
+			return nil, fmt.Errorf("--bind %s:%s: no node of the archive binds anything at %s", b.Source, b.Target, b.Target)
+		}
+	}
+	specs := make([]hier.Spec, len(m.Nodes))
+	for i, an := range m.Nodes {
+		spec := an.Spec
+		spec.Binds = nil
+		for _, b := range an.Spec.Binds {
+			switch src, given := t.bindSource(b.Target); {
+			case t.InNode:
+				return nil, fmt.Errorf("%s binds host path %s at %s, and host paths cannot be bound from inside a node", archivedPath(m, i), b.Source, b.Target)
+			case given:
+				b.Source = src
+			case !t.KeepBinds:
+				return nil, fmt.Errorf("%s binds host path %s at %s; host paths come from the restoring side: give --bind SRC:%s, or --keep-binds to bind %s again (crtree inspect lists an archive's binds)", archivedPath(m, i), b.Source, b.Target, b.Target, b.Source)
+			}
+			spec.Binds = append(spec.Binds, b)
+		}
+		specs[i] = spec
+	}
+	return specs, nil
+}
+
+// bindSource returns the host path the restoring side gives for mount
+// point target, if any.
+func (t RestoreTarget) bindSource(target string) (string, bool) {
+	for _, b := range t.Binds {
+		if b.Target == target {
+			return b.Source, true
+		}
+	}
+	return "", false
 }
 
 // Restore recreates the archived subtree read from in under target. On
@@ -57,7 +117,11 @@ func Restore(h *node.Host, in io.Reader, target RestoreTarget, o Options) (rep *
 		}
 	}
 
-	ids, paths, err := reserve(h, m, target)
+	specs, err := target.specs(m)
+	if err != nil {
+		return nil, fmt.Errorf("restore: %w", err)
+	}
+	ids, paths, err := reserve(h, m, specs, target)
 	if err != nil {
 		return nil, err
 	}
@@ -154,9 +218,9 @@ func finishRestore(h *node.Host, ar *archive.Reader, ids []string, rep *Report, 
 }
 
 // reserve creates every node of the archive in the tree, in one change,
-// as Creating, with its storage and cgroup. A name already taken refuses
+// as Creating, with its storage and cgroup and the given specs. A name already taken refuses
 // the whole restore before anything is created.
-func reserve(h *node.Host, m *archive.Manifest, target RestoreTarget) ([]string, []hier.Path, error) {
+func reserve(h *node.Host, m *archive.Manifest, specs []hier.Spec, target RestoreTarget) ([]string, []hier.Path, error) {
 	ids := make([]string, len(m.Nodes))
 	paths := make([]hier.Path, len(m.Nodes))
 	err := h.Store.Update(func(t *hier.Tree) error {
@@ -176,7 +240,7 @@ func reserve(h *node.Host, m *archive.Manifest, target RestoreTarget) ([]string,
 			} else {
 				pid = ids[an.Parent]
 			}
-			spec := an.Spec
+			spec := specs[i]
 			// An archived node had the host's network unless it says
 			// otherwise: it keeps what it had, or is refused.
 			if err := t.Isolate(pid, &spec, true); err != nil {
