@@ -66,6 +66,7 @@ func TestScripts(t *testing.T) {
 			"sleep":    cmdSleep,
 			"httpget":  cmdHttpget,
 			"flipbyte": cmdFlipbyte,
+			"waitbusy": cmdWaitbusy,
 		},
 	})
 }
@@ -193,6 +194,36 @@ func cmdWaitlog(ts *testscript.TestScript, neg bool, args []string) {
 	if !neg {
 		ts.Fatalf("log of %s does not match %s after %v:\n%s", args[0], re, limit, out)
 	}
+}
+
+// waitbusy PATH REGEXP: wait until ls --json says the node at PATH is
+// busy with an operation matching REGEXP (such as "being dumped").
+func cmdWaitbusy(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: waitbusy PATH REGEXP")
+	}
+	re := regexp.MustCompile(args[1])
+	var last []byte
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		out, err := crtree(ts, "ls", "-r", "--json", "/")
+		if err != nil {
+			continue
+		}
+		last = out
+		var entries []struct {
+			Path string `json:"path"`
+			Busy string `json:"busy"`
+		}
+		if json.Unmarshal(out, &entries) != nil {
+			continue
+		}
+		for _, e := range entries {
+			if e.Path == args[0] && re.MatchString(e.Busy) {
+				return
+			}
+		}
+	}
+	ts.Fatalf("%s is not %s after 30s:\n%s", args[0], re, last)
 }
 
 // nodepid [-s] VAR PATH: set VAR to the host PID of the node's init (with

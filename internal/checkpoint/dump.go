@@ -90,6 +90,10 @@ func Dump(h *node.Host, p hier.Path, out Output, o Options) (rep *Report, err er
 	if err != nil {
 		return nil, err
 	}
+	// The subtree is held from collect on: nothing is created in it or
+	// removed from it that the archive would not hold. (A dump that
+	// removes it ends the hold with the nodes.)
+	defer h.Release(members[0].n.ID)
 	if !o.LeaveRunning {
 		if err := restorable(members); err != nil {
 			return nil, fmt.Errorf("dump %s: %w; nothing was dumped (use --leave-running to archive it and keep it running)", p, err)
@@ -327,15 +331,21 @@ func Dump(h *node.Host, p hier.Path, out Output, o Options) (rep *Report, err er
 	return rep, nil
 }
 
-// collect snapshots the subtree at p.
+// collect snapshots the subtree at p and holds it for the dump, in one
+// change of the tree.
 func collect(h *node.Host, p hier.Path) ([]*member, cgroup.Group, error) {
 	var members []*member
 	var top cgroup.Group
-	err := h.Store.View(func(t *hier.Tree) error {
+	err := h.Store.Update(func(t *hier.Tree) error {
+		members = nil
 		n, err := t.Lookup(p)
 		if err != nil {
 			return err
 		}
+		if err := node.CheckFree(t, n, true); err != nil {
+			return fmt.Errorf("dump %s: %w", p, err)
+		}
+		node.Hold(n, node.BusyDump)
 		top = h.Group(t, n)
 		index := map[string]int{}
 		for i, m := range t.Subtree(n) {

@@ -207,6 +207,7 @@ func finishRestore(h *node.Host, ar *archive.Reader, ids []string, rep *Report, 
 		for _, id := range ids {
 			if n := t.Nodes[id]; n != nil {
 				n.OwnerPid, n.OwnerStart = 0, 0
+				n.Busy = nil
 			}
 		}
 		return nil
@@ -232,6 +233,9 @@ func reserve(h *node.Host, m *archive.Manifest, specs []hier.Spec, target Restor
 		if parent != nil {
 			parentID = parent.ID
 		}
+		if err := node.CheckFree(t, parent, false); err != nil {
+			return fmt.Errorf("restore: %w", err)
+		}
 		var created []*hier.Node
 		for i, an := range m.Nodes {
 			pid, name := parentID, an.Name
@@ -255,6 +259,10 @@ func reserve(h *node.Host, m *archive.Manifest, specs []hier.Spec, target Restor
 			if i == 0 && an.Spec.Hostname == "" {
 				// The node keeps the hostname it had, even under a new name.
 				n.Spec.Hostname = an.Hostname
+			}
+			if i == 0 {
+				// Until finishRestore, nothing may change the subtree.
+				node.Hold(n, node.BusyRestore)
 			}
 			ids[i], paths[i] = n.ID, t.PathOf(n)
 			created = append(created, n)

@@ -41,6 +41,19 @@ type Node struct {
 	// is incomplete.
 	OwnerPid   int    `json:"ownerPid,omitempty"`
 	OwnerStart uint64 `json:"ownerStart,omitempty"`
+	// Busy is set while a crtree command holds the node's subtree (a
+	// dump of it, a restore that creates it): nothing may be created,
+	// renamed, removed, signalled or entered in it meanwhile.
+	Busy *Busy `json:"busy,omitempty"`
+}
+
+// Busy is a hold on a subtree by a crtree command: Op says what it does
+// ("dumped", "restored"), Pid and Start which process holds it. A hold
+// whose process is gone no longer counts.
+type Busy struct {
+	Op    string `json:"op"`
+	Pid   int    `json:"pid"`
+	Start uint64 `json:"start"`
 }
 
 // Spec is how a node was asked to run: what `crtree run` was given.

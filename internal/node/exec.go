@@ -27,6 +27,9 @@ func (h *Host) ExecCommand(p hier.Path, argv []string, extraEnv []string, cwd st
 		if StatusOf(m).State != hier.Running {
 			return fmt.Errorf("exec %s: %w", p, ErrNotRunning)
 		}
+		if err := CheckFree(t, m, false); err != nil {
+			return fmt.Errorf("exec %s: %w", p, err)
+		}
 		c := *m
 		n = &c
 		leaf = h.Group(t, m).Leaf()

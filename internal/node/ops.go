@@ -52,6 +52,9 @@ func (h *Host) Run(p hier.Path, unnamed bool, spec hier.Spec) (hier.Path, error)
 		if parent != nil {
 			parentID = parent.ID
 		}
+		if err := CheckFree(t, parent, false); err != nil {
+			return fmt.Errorf("run %s: %w", p, err)
+		}
 		if unnamed {
 			name = t.FreeUnnamed(parentID)
 		} else if len(p) == 0 {
@@ -123,6 +126,9 @@ func (h *Host) Signal(p hier.Path, sig unix.Signal, recursive bool) error {
 		n, err := lookupNode(t, p)
 		if err != nil {
 			return err
+		}
+		if err := CheckFree(t, n, true); err != nil {
+			return fmt.Errorf("kill %s: %w", p, err)
 		}
 		nodes := []*hier.Node{n}
 		if recursive {
@@ -199,6 +205,9 @@ func (h *Host) Remove(p hier.Path, recursive, force bool) error {
 		if err != nil {
 			return err
 		}
+		if err := CheckFree(t, n, true); err != nil {
+			return fmt.Errorf("rm %s: %w", p, err)
+		}
 		if !recursive && len(t.Children(n.ID)) > 0 {
 			return fmt.Errorf("rm %s: node has children (use -r)", p)
 		}
@@ -223,6 +232,9 @@ func (h *Host) Rename(from, to hier.Path) error {
 		}
 		if len(to) == 0 {
 			return fmt.Errorf("mv: / cannot be a node's new name")
+		}
+		if err := CheckFree(t, n, true); err != nil {
+			return fmt.Errorf("mv %s: %w", from, err)
 		}
 		if to.Parent().String() != from.Parent().String() {
 			return fmt.Errorf("mv %s %s: moving to another parent is not supported yet (rename within %s)", from, to, from.Parent())
@@ -249,8 +261,11 @@ type Entry struct {
 	Procs         int       `json:"procs"`
 	Memory        int64     `json:"memory"`
 	Created       time.Time `json:"created"`
-	Display       string    `json:"-"`
-	Depth         int       `json:"-"`
+	// Busy says what another crtree command is doing to the node's
+	// subtree ("being dumped"), if anything.
+	Busy    string `json:"busy,omitempty"`
+	Display string `json:"-"`
+	Depth   int    `json:"-"`
 }
 
 // List returns the children of p, or with recursive all its descendants,
@@ -286,6 +301,9 @@ func (h *Host) List(p hier.Path, recursive bool) ([]Entry, error) {
 func (h *Host) entry(t *hier.Tree, n *hier.Node, depth int) Entry {
 	st := StatusOf(n)
 	e := Entry{ID: n.ID, Path: t.PathOf(n).String(), Name: n.Name, State: string(st.State), Display: st.String(), Created: n.Created, Depth: depth}
+	if op, held := heldBy(n); held && n.Busy != nil {
+		e.Busy = "being " + op
+	}
 	if st.State == hier.Exited {
 		code := st.ExitCode
 		e.ExitCode = &code

@@ -1,0 +1,78 @@
+package node
+
+import (
+	"fmt"
+
+	"github.com/crtree/crtree/internal/hier"
+)
+
+// What a hold on a subtree is for, as it reads in "/x is being dumped".
+const (
+	BusyDump    = "dumped"
+	BusyRestore = "restored"
+)
+
+// BusyError is returned when a command would change a subtree that
+// another crtree command holds (see [hier.Busy]).
+type BusyError struct {
+	// Path is the held node; Op what is being done to it.
+	Path hier.Path
+	Op   string
+}
+
+func (e *BusyError) Error() string { return fmt.Sprintf("%s is being %s", e.Path, e.Op) }
+
+// heldBy returns what holds n itself, if anything: a live hold, or the
+// live command that is still creating it.
+func heldBy(n *hier.Node) (string, bool) {
+	if b := n.Busy; b != nil && Alive(b.Pid, b.Start) {
+		return b.Op, true
+	}
+	if n.OwnerPid != 0 && Alive(n.OwnerPid, n.OwnerStart) {
+		return "created", true
+	}
+	return "", false
+}
+
+// CheckFree returns a *BusyError if n or one of its ancestors is held by
+// another command, or, with subtree, one of its descendants. A nil n (the
+// root of the tree) is held by nothing; with subtree, its nodes are
+// checked. Commands that would create, rename, remove, signal or enter
+// nodes call it, under the tree's lock, before they do.
+func CheckFree(t *hier.Tree, n *hier.Node, subtree bool) error {
+	for m := n; m != nil; m = t.Nodes[m.Parent] {
+		if op, held := heldBy(m); held {
+			return &BusyError{Path: t.PathOf(m), Op: op}
+		}
+	}
+	if !subtree {
+		return nil
+	}
+	for _, m := range t.Subtree(n) {
+		if op, held := heldBy(m); held {
+			return &BusyError{Path: t.PathOf(m), Op: op}
+		}
+	}
+	return nil
+}
+
+// Hold marks n's subtree as held by this process for op; Release ends
+// the hold. The caller holds the tree's lock (Store.Update).
+func Hold(n *hier.Node, op string) {
+	pid, start := Self()
+	n.Busy = &hier.Busy{Op: op, Pid: pid, Start: start}
+}
+
+// Release ends this process's hold on the node with the given ID, if
+// the node still exists.
+func (h *Host) Release(id string) error {
+	pid, _ := Self()
+	return h.Store.Update(func(t *hier.Tree) error {
+		n := t.Nodes[id]
+		if n == nil || n.Busy == nil || n.Busy.Pid != pid {
+			return hier.ErrUnchanged
+		}
+		n.Busy = nil
+		return nil
+	})
+}
