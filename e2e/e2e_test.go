@@ -89,7 +89,11 @@ func setup(env *testscript.Env) error {
 			env.Setenv(k, v)
 		}
 	}
-	env.Defer(func() { teardown(env.T(), root); teardown(env.T(), root2) })
+	env.Defer(func() {
+		teardown(env.T(), root)
+		teardown(env.T(), root2)
+		liftLocks(env.T(), env.WorkDir)
+	})
 	return nil
 }
 
