@@ -60,13 +60,15 @@ func TestScripts(t *testing.T) {
 		RequireExplicitExec: true,
 		Setup:               setup,
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
-			"waitlog":  cmdWaitlog,
-			"nodepid":  cmdNodepid,
-			"pidalive": cmdPidalive,
-			"sleep":    cmdSleep,
-			"httpget":  cmdHttpget,
-			"flipbyte": cmdFlipbyte,
-			"waitbusy": cmdWaitbusy,
+			"waitlog":   cmdWaitlog,
+			"nodepid":   cmdNodepid,
+			"pidalive":  cmdPidalive,
+			"sleep":     cmdSleep,
+			"httpget":   cmdHttpget,
+			"flipbyte":  cmdFlipbyte,
+			"waitfile":  cmdWaitfile,
+			"nfttables": cmdNfttables,
+			"waitbusy":  cmdWaitbusy,
 		},
 	})
 }
@@ -88,7 +90,11 @@ func setup(env *testscript.Env) error {
 			env.Setenv(k, v)
 		}
 	}
-	env.Defer(func() { teardown(env.T(), root); teardown(env.T(), root2) })
+	env.Defer(func() {
+		teardown(env.T(), root)
+		teardown(env.T(), root2)
+		liftLocks(env.T(), env.WorkDir)
+	})
 	return nil
 }
 

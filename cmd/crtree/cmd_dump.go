@@ -78,6 +78,13 @@ nodes removed; with --leave-running the subtree is thawed and goes on. If
 anything fails, the subtree is thawed and keeps running and no archive is
 left under FILE.
 
+With --tcp-established, CRIU dumps established TCP connections too. Without
+--leave-running, CRIU then kills the processes itself once the archive is
+complete: the peers get neither FIN nor RST, the connections stay locked
+(nftables table "inet CRIU-...") until restore --tcp-established lifts the
+lock, here or on a state root of this machine; if the dump fails, the lock
+is lifted and the connections go on.
+
 CRIU hands the memory pages to crtree, which archives them as they come
 (nothing is staged). With --leave-running, CRIU writes them to a staging
 directory in memory first, so that the subtree is frozen no longer than
@@ -129,7 +136,7 @@ CRIU takes. CRTREE_NO_STREAM=1 stages them in every case.`,
 	f := cmd.Flags()
 	f.StringVarP(&o.Output, "output", "o", "", "archive file, or - for stdout")
 	f.BoolVar(&o.LeaveRunning, "leave-running", false, "keep the subtree running after the dump")
-	f.BoolVar(&o.TCPEstablished, "tcp-established", false, "checkpoint established TCP connections too")
+	f.BoolVar(&o.TCPEstablished, "tcp-established", false, "checkpoint established TCP connections too (locked until restored)")
 	f.BoolVarP(&o.Quiet, "quiet", "q", false, "print no progress and no summary")
 	addJSONFlag(cmd, g)
 	return cmd
@@ -229,7 +236,7 @@ first too.`,
 	f := cmd.Flags()
 	f.StringVar(&o.Parent, "parent", "/", "parent to restore under")
 	f.StringVar(&o.Name, "name", "", "name of the restored top node (default: its archived name)")
-	f.BoolVar(&o.TCPEstablished, "tcp-established", false, "restore established TCP connections")
+	f.BoolVar(&o.TCPEstablished, "tcp-established", false, "restore established TCP connections (and lift the dump's lock)")
 	f.StringArrayVar(&o.Binds, "bind", nil, "provide archived binds at DST from host path SRC, SRC:DST (repeatable)")
 	f.BoolVar(&o.KeepBinds, "keep-binds", false, "bind the host paths the archive names again (crtree inspect lists them)")
 	f.BoolVarP(&o.Quiet, "quiet", "q", false, "print no progress")

@@ -165,13 +165,18 @@ func (c *capture) write(w *archive.Writer, p pagePart) error {
 	return w.WritePartBytes(p.name, p.data, func() { c.free <- p.buf })
 }
 
-// finish is called once every CRIU has exited successfully: it archives
-// the parts still on their way and waits until every image has been read.
-// CRIU may exit before its last requests (inventory.img comes last) have
-// been taken, or even before its connection was accepted: each server
-// serves its connection to the end (CRIU hung up), which cannot take
-// long; finishTimeout is only a guard.
+// finish is called once every CRIU has written its images successfully
+// (it has exited, or waits in its post-dump action with its connection
+// open): it archives the parts still on their way and waits until every
+// image has been read. CRIU may be done before its last requests
+// (inventory.img comes last) have been taken, or even before its
+// connection was accepted: each server serves what CRIU sent, to the end
+// of the connection or of the requests, which cannot take long;
+// finishTimeout is only a guard.
 func (c *capture) finish(w *archive.Writer) error {
+	for _, s := range c.servers {
+		s.EndRequests()
+	}
 	served := make(chan struct{})
 	done := make(chan struct{})
 	go func() {

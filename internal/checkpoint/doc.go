@@ -7,7 +7,10 @@
 // everything is still frozen, and writes the archive. Only when the
 // archive is complete are the nodes killed and removed (or, with
 // LeaveRunning, thawed). Any failure before that thaws the subtree: a
-// failed checkpoint never costs the workload.
+// failed checkpoint never costs the workload. With TCPEstablished, each
+// CRIU waits for that moment and kills its processes itself, so that
+// their connections stay locked and no peer sees them close; after a
+// failure it unlocks them instead.
 //
 // A restore reserves every name of the subtree in one change of the tree,
 // extracts and verifies the archive, then restores the nodes parents

@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -33,7 +34,9 @@ type Options struct {
 	// killing and removing it.
 	LeaveRunning bool
 	// TCPEstablished lets CRIU dump and restore established TCP
-	// connections.
+	// connections. A dump without LeaveRunning then has CRIU kill the
+	// processes itself once the archive is safe, their connections locked
+	// and silent (see criuRun).
 	TCPEstablished bool
 	// Progress, if set, is called as the operation advances.
 	Progress func(Progress)
@@ -226,21 +229,31 @@ func Dump(h *node.Host, p hier.Path, out Output, o Options) (rep *Report, err er
 		}
 	}
 	criuStart := time.Now()
-	criuDone := make(chan error, 1)
-	go func() { criuDone <- dumpAll(h, op, members, o, stream) }()
-	// Whatever happens below, CRIU is waited for before returning.
-	criuErr, criuFinished := error(nil), false
-	waitCriu := func() error {
-		if !criuFinished {
-			criuErr, criuFinished = <-criuDone, true
-			rep.Criu = Duration(time.Since(criuStart))
+	run := newCriuRun(countRunning(members), o.TCPEstablished && !o.LeaveRunning)
+	criuExited := make(chan error, 1)
+	go func() { criuExited <- dumpAll(h, op, members, o, stream, run) }()
+	// Whatever happens below, a held CRIU gets a verdict (undo, unless the
+	// archive was committed) and every CRIU is waited for before returning.
+	exitErr, exited := error(nil), false
+	waitExit := func() error {
+		if !exited {
+			exitErr, exited = <-criuExited, true
 		}
-		return criuErr
+		return exitErr
 	}
-	defer waitCriu()
+	defer waitExit()
+	defer run.release(errNoArchive)
 	if capt != nil {
-		// Runs before waitCriu: a CRIU still writing sees its pipes close.
+		// Runs before waitExit: a CRIU still writing sees its pipes close.
 		defer capt.Close()
+	}
+	// CRIU has done its part once every image is written (it may still
+	// wait for the verdict).
+	var criuErr error
+	criuFinished := false
+	criuWritten := func() {
+		criuErr, criuFinished = run.failed(), true
+		rep.Criu = Duration(time.Since(criuStart))
 	}
 
 	if err := w.WriteManifest(manifest); err != nil {
@@ -254,9 +267,8 @@ func Dump(h *node.Host, p hier.Path, out Output, o Options) (rep *Report, err er
 	st := &streamer{w: w, members: members, done: map[string]int64{}}
 	for capt != nil && !criuFinished {
 		select {
-		case criuErr = <-criuDone:
-			criuFinished = true
-			rep.Criu = Duration(time.Since(criuStart))
+		case <-run.ready:
+			criuWritten()
 		case part := <-capt.parts:
 			if err := capt.write(w, part); err != nil {
 				return nil, fmt.Errorf("dump %s: write archive: %w", p, err)
@@ -271,9 +283,8 @@ func Dump(h *node.Host, p hier.Path, out Output, o Options) (rep *Report, err er
 	}
 	for !criuFinished {
 		select {
-		case criuErr = <-criuDone:
-			criuFinished = true
-			rep.Criu = Duration(time.Since(criuStart))
+		case <-run.ready:
+			criuWritten()
 			continue
 		default:
 		}
@@ -320,8 +331,14 @@ func Dump(h *node.Host, p hier.Path, out Output, o Options) (rep *Report, err er
 		rep.Nodes = append(rep.Nodes, m.report)
 	}
 
-	// The archive is safe: only now may the workload go.
+	// The archive is safe: only now may the workload go. A held CRIU
+	// kills its processes itself, leaving their connections locked.
 	if !o.LeaveRunning {
+		run.release(nil)
+		if err := waitExit(); err != nil {
+			h.Destroy(members[0].n.ID)
+			return rep, fmt.Errorf("dump %s: archive written, but CRIU failed to end the dumped processes: %w", p, err)
+		}
 		if err := h.Destroy(members[0].n.ID); err != nil {
 			return rep, fmt.Errorf("dump %s: archive written, but removing the dumped nodes failed: %w", p, err)
 		}
@@ -403,8 +420,20 @@ func nodeRestorable(path string, spec hier.Spec, running bool) error {
 	return nil
 }
 
-// dumpAll runs one CRIU dump per running node, in parallel.
-func dumpAll(h *node.Host, op *node.Op, members []*member, o Options, stream bool) error {
+// countRunning is how many members CRIU dumps.
+func countRunning(members []*member) int {
+	n := 0
+	for _, m := range members {
+		if m.status.State == hier.Running {
+			n++
+		}
+	}
+	return n
+}
+
+// dumpAll runs one CRIU dump per running node, in parallel, each reported
+// to run once written or ended.
+func dumpAll(h *node.Host, op *node.Op, members []*member, o Options, stream bool, run *criuRun) error {
 	var wg sync.WaitGroup
 	errs := make([]error, len(members))
 	sem := make(chan struct{}, max(2, runtime.NumCPU()))
@@ -420,6 +449,25 @@ func dumpAll(h *node.Host, op *node.Op, members []*member, o Options, stream boo
 			sem <- struct{}{}
 			defer func() { <-sem }()
 			t0 := time.Now()
+			var reported atomic.Bool
+			report := func(err error) {
+				if reported.Swap(true) {
+					return
+				}
+				m.report.Criu = Duration(time.Since(t0))
+				mu.Lock()
+				done++
+				o.progress(Progress{Phase: "criu", NodesDone: done, NodesTotal: len(members)})
+				mu.Unlock()
+				run.end(err)
+			}
+			var beforeKill func() error
+			if run.hold {
+				beforeKill = func() error {
+					report(nil)
+					return run.wait()
+				}
+			}
 			err := criu.Dump(o.CriuBin, criu.DumpOptions{
 				Pid:            m.n.Pid,
 				ImagesDir:      filepath.Join(m.dir, "criu"),
@@ -430,17 +478,14 @@ func dumpAll(h *node.Host, op *node.Op, members []*member, o Options, stream boo
 				KeepLogs:       h.LogDir(),
 				// While CRIU runs, the dump counts as running even if
 				// this process dies: nothing is thawed or removed under it.
-				OnStart: func(pid int) { h.AddHelper(op, pid) },
-				Stream:  stream,
+				OnStart:    func(pid int) { h.AddHelper(op, pid) },
+				Stream:     stream,
+				BeforeKill: beforeKill,
 			})
-			m.report.Criu = Duration(time.Since(t0))
 			if err != nil {
 				errs[i] = fmt.Errorf("dump %s: %w", m.path, err)
 			}
-			mu.Lock()
-			done++
-			o.progress(Progress{Phase: "criu", NodesDone: done, NodesTotal: len(members)})
-			mu.Unlock()
+			report(errs[i])
 		}()
 	}
 	wg.Wait()

@@ -91,7 +91,10 @@ func dumpCLI(bin string, o DumpOptions) error {
 	}
 	args := []string{"dump", "--stream", "-D", images, "-W", work, "-o", "dump.log",
 		"-v" + strconv.Itoa(int(logLevel())), "-t", strconv.Itoa(o.Pid),
-		"--leave-running", "--file-locks", "--manage-cgroups=ignore"}
+		"--file-locks", "--manage-cgroups=ignore"}
+	if o.BeforeKill == nil {
+		args = append(args, "--leave-running")
+	}
 	if o.FreezeCgroup != "" {
 		args = append(args, "--freeze-cgroup", o.FreezeCgroup)
 	}
@@ -101,7 +104,97 @@ func dumpCLI(bin string, o DumpOptions) error {
 	if o.TCPEstablished {
 		args = append(args, "--tcp-established", "--network-lock", "nftables")
 	}
-	return runCLI(exec.Command(bin, args...), "dump", work, o.KeepLogs, o.OnStart)
+	if o.BeforeKill == nil {
+		return runCLI(exec.Command(bin, args...), "dump", work, o.KeepLogs, o.OnStart)
+	}
+	gate, err := openKillGate(work, o.BeforeKill)
+	if err != nil {
+		return fmt.Errorf("criu dump: %w", err)
+	}
+	args = append(args, "--action-script", gate.script)
+	err = runCLI(exec.Command(bin, args...), "dump", work, o.KeepLogs, o.OnStart)
+	if held := gate.close(); held != nil {
+		return fmt.Errorf("criu dump: undone: %w", held)
+	}
+	return err
+}
+
+// killScript is the action script of a dump whose processes CRIU kills:
+// at post-dump it tells crtree that every image is written and waits for
+// the verdict, each through a pipe that crtree holds open and the script
+// reaches through /proc (%[1]d is crtree's PID, %[2]d and %[3]d the pipes'
+// descriptors). If crtree is gone, opening or reading fails and CRIU
+// undoes the dump: the processes go on.
+const killScript = `#!/bin/sh
+# crtree: kill the dumped processes only once their archive is safe.
+[ "$CRTOOLS_SCRIPT_ACTION" = post-dump ] || exit 0
+echo > /proc/%[1]d/fd/%[2]d || exit 1
+read -r go < /proc/%[1]d/fd/%[3]d || exit 1
+[ "$go" = y ]
+`
+
+// killGate runs a dump's BeforeKill when its killScript says CRIU got to
+// post-dump, and answers the script.
+type killGate struct {
+	script          string
+	arrived, answer [2]*os.File // read and write ends
+	done            chan struct{}
+	err             error // BeforeKill's, once done
+}
+
+// openKillGate writes the script into work and starts waiting for it.
+func openKillGate(work string, beforeKill func() error) (*killGate, error) {
+	g := &killGate{script: filepath.Join(work, "kill-gate.sh"), done: make(chan struct{})}
+	var err error
+	if g.arrived[0], g.arrived[1], err = os.Pipe(); err != nil {
+		return nil, err
+	}
+	if g.answer[0], g.answer[1], err = os.Pipe(); err != nil {
+		g.arrived[0].Close()
+		g.arrived[1].Close()
+		return nil, err
+	}
+	script := fmt.Sprintf(killScript, os.Getpid(), fdOf(g.arrived[1]), fdOf(g.answer[0]))
+	if err := os.WriteFile(g.script, []byte(script), 0o700); err != nil {
+		close(g.done)
+		g.close()
+		return nil, err
+	}
+	go func() {
+		defer close(g.done)
+		var b [1]byte
+		if n, _ := g.arrived[0].Read(b[:]); n == 0 {
+			return // CRIU ended before post-dump
+		}
+		g.err = beforeKill()
+		verdict := "y\n"
+		if g.err != nil {
+			verdict = "n\n"
+		}
+		g.answer[1].Write([]byte(verdict))
+	}()
+	return g, nil
+}
+
+// close is called once CRIU has exited: it ends the wait for the script
+// and returns BeforeKill's error, if it was called.
+func (g *killGate) close() error {
+	g.arrived[1].Close()
+	<-g.done
+	g.arrived[0].Close()
+	g.answer[0].Close()
+	g.answer[1].Close()
+	return g.err
+}
+
+// fdOf is f's descriptor, without switching f to blocking mode (as Fd
+// does).
+func fdOf(f *os.File) int {
+	n := -1
+	if rc, err := f.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) { n = int(fd) })
+	}
+	return n
 }
 
 // absDirs makes the images and work directories absolute: the criu

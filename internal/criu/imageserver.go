@@ -39,10 +39,11 @@ type ImageServer struct{ streamSocket }
 
 // streamSocket is the socket CRIU connects to, once.
 type streamSocket struct {
-	l    *net.UnixListener
-	mu   sync.Mutex
-	conn *net.UnixConn
-	done bool
+	l      *net.UnixListener
+	mu     sync.Mutex
+	conn   *net.UnixConn
+	done   bool
+	ending bool // no more requests will come: read what is sent, then stop
 }
 
 func listen(dir, name string) (*net.UnixListener, error) {
@@ -67,6 +68,9 @@ func (s *streamSocket) accept() (*net.UnixConn, error) {
 		return nil, errors.New("closed")
 	}
 	s.conn = conn
+	if s.ending {
+		conn.CloseRead()
+	}
 	return conn, nil
 }
 
@@ -151,8 +155,22 @@ func ListenCapture(dir string) (*CaptureServer, error) {
 	return &CaptureServer{streamSocket{l: l}}, nil
 }
 
+// EndRequests says that CRIU will open no more images although it keeps
+// its connection (it waits in its post-dump action): Serve takes the
+// requests already sent and returns, as if CRIU had hung up. (Shutting
+// down the reading side leaves what is queued to be read, pipes included,
+// and then reads as the end.)
+func (s *CaptureServer) EndRequests() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ending = true
+	if s.conn != nil {
+		s.conn.CloseRead()
+	}
+}
+
 // Serve accepts CRIU's connection and hands each image's name and pipe to
-// take until CRIU hangs up. take must return at once (reading the pipe
+// take until CRIU hangs up (or EndRequests). take must return at once (reading the pipe
 // elsewhere): CRIU may write several images at a time. take owns the
 // pipe; an error from it ends the service.
 func (s *CaptureServer) Serve(take func(name string, r *os.File) error) error {

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	streamer "github.com/checkpoint-restore/go-criu/v7/crit/images/img-streamer"
 	"golang.org/x/sys/unix"
@@ -166,5 +167,70 @@ func TestCaptureServer(t *testing.T) {
 	c.Close()
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A dump whose CRIU waits in its post-dump action keeps its connection
+// open: EndRequests makes Serve take what CRIU sent (whether or not the
+// connection was accepted yet, whether or not Serve waits for more) and
+// return.
+func TestCaptureServerEndRequests(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		early bool // EndRequests before Serve accepts the connection
+	}{{"queued", true}, {"waiting", false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			srv, err := ListenCapture(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer srv.Close()
+			c := dialStreamer(t, dir, CaptureSocket)
+			defer c.Close()
+			names := []string{"pages-1.img", "core-1.img", "inventory.img"}
+			taken := make(chan string, len(names))
+			serve := func() chan error {
+				done := make(chan error, 1)
+				go func() {
+					done <- srv.Serve(func(name string, r *os.File) error {
+						r.Close()
+						taken <- name
+						return nil
+					})
+				}()
+				return done
+			}
+			var done chan error
+			if !tc.early {
+				done = serve()
+			}
+			for _, name := range names {
+				sendRequest(t, c, name)
+				r, w, _ := os.Pipe()
+				sendPipeEnd(t, c, r)
+				w.Close()
+			}
+			if !tc.early {
+				for range names {
+					<-taken
+				}
+			}
+			srv.EndRequests()
+			if tc.early {
+				done = serve()
+				for range names {
+					<-taken
+				}
+			}
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Fatal(err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("Serve still waits for requests")
+			}
+		})
 	}
 }

@@ -41,7 +41,23 @@ type DumpOptions struct {
 	// Stream makes CRIU write its images to a CaptureServer listening in
 	// ImagesDir instead of to files.
 	Stream bool
+	// BeforeKill, if set, makes CRIU end the processes itself, as a plain
+	// `criu dump` does, instead of leaving them running: their established
+	// TCP connections stay locked (CRIU's nftables table) and in repair
+	// mode, so that the peers get neither FIN nor RST; a restore unlocks
+	// them. CRIU calls BeforeKill once every image is written (its
+	// post-dump action) and waits for it: nil lets CRIU kill the
+	// processes; an error makes CRIU undo the dump as after a failure
+	// (connections unlocked and out of repair mode, processes resumed, a
+	// frozen cgroup left frozen) and Dump return that error. Dump returns
+	// only after BeforeKill has.
+	BeforeKill func() error
 }
+
+// PostDump is the name of CRIU's action (script or RPC notification) run
+// once a dump has written every image, before the processes are killed or
+// resumed.
+const PostDump = "post-dump"
 
 // RestoreOptions are what crtree asks of one CRIU restore.
 type RestoreOptions struct {
@@ -185,7 +201,8 @@ func commonOpts(img, wd *os.File, log string, tcp bool) *rpc.CriuOpts {
 
 // Dump checkpoints the process tree at o.Pid, leaving it running (or
 // frozen, if its cgroup was frozen before): crtree decides later whether
-// to kill it, once the archive is safe.
+// to kill it, once the archive is safe. With o.BeforeKill, CRIU asks
+// instead, and kills it itself.
 func Dump(bin string, o DumpOptions) error {
 	if o.Stream {
 		return dumpCLI(bin, o)
@@ -198,14 +215,30 @@ func Dump(bin string, o DumpOptions) error {
 	defer wd.Close()
 	opts := commonOpts(img, wd, "dump.log", o.TCPEstablished)
 	opts.Pid = proto.Int32(int32(o.Pid))
-	opts.LeaveRunning = proto.Bool(true)
+	opts.LeaveRunning = proto.Bool(o.BeforeKill == nil)
 	if o.FreezeCgroup != "" {
 		opts.FreezeCgroup = proto.String(o.FreezeCgroup)
 	}
 	for _, m := range o.Externals {
 		opts.ExtMnt = append(opts.ExtMnt, &rpc.ExtMountMap{Key: proto.String(m.Mountpoint), Val: proto.String(m.Key)})
 	}
-	return run(bin, "dump", rpc.CriuReqType_DUMP, opts, swrkOptions{CgroupFD: -1, OnStart: o.OnStart}, o.WorkDir, o.KeepLogs, nil)
+	so := swrkOptions{CgroupFD: -1, OnStart: o.OnStart}
+	var held error
+	if o.BeforeKill != nil {
+		opts.NotifyScripts = proto.Bool(true)
+		so.Notify = func(action string) error {
+			if action != PostDump {
+				return nil
+			}
+			held = o.BeforeKill()
+			return held
+		}
+	}
+	err = run(bin, "dump", rpc.CriuReqType_DUMP, opts, so, o.WorkDir, o.KeepLogs, nil)
+	if held != nil {
+		return fmt.Errorf("criu dump: undone: %w", held)
+	}
+	return err
 }
 
 // Restore restores a process tree from o.ImagesDir as a sibling of CRIU,

@@ -15,8 +15,9 @@ import (
 
 // swrk is one `criu swrk` process and the socket to talk to it.
 type swrk struct {
-	cmd  *exec.Cmd
-	sock *os.File
+	cmd    *exec.Cmd
+	sock   *os.File
+	notify func(action string) error
 }
 
 // swrkOptions says where the CRIU process runs.
@@ -26,6 +27,10 @@ type swrkOptions struct {
 	CgroupFD int
 	// OnStart is told CRIU's PID once it runs.
 	OnStart func(pid int)
+	// Notify, if set, answers CRIU's notifications (its action scripts,
+	// when the request asks for them): an error answers failure. Without
+	// it, every notification is answered with success.
+	Notify func(action string) error
 }
 
 func startSwrk(bin string, o swrkOptions) (*swrk, error) {
@@ -48,11 +53,11 @@ func startSwrk(bin string, o swrkOptions) (*swrk, error) {
 	if o.OnStart != nil {
 		o.OnStart(cmd.Process.Pid)
 	}
-	return &swrk{cmd: cmd, sock: cln}, nil
+	return &swrk{cmd: cmd, sock: cln, notify: o.Notify}, nil
 }
 
 // call sends req and returns CRIU's final answer, answering every notify
-// message on the way with success (crtree asks for none).
+// message on the way (with s.notify, or with success).
 func (s *swrk) call(req *rpc.CriuReq) (*rpc.CriuResp, error) {
 	buf := make([]byte, 64*1024)
 	for {
@@ -84,8 +89,9 @@ func (s *swrk) call(req *rpc.CriuReq) (*rpc.CriuResp, error) {
 			}
 			return resp, nil
 		}
+		ok := s.notify == nil || s.notify(resp.GetNotify().GetScript()) == nil
 		t := rpc.CriuReqType_NOTIFY
-		req = &rpc.CriuReq{Type: &t, NotifySuccess: proto.Bool(true)}
+		req = &rpc.CriuReq{Type: &t, NotifySuccess: proto.Bool(ok)}
 	}
 }
 
