@@ -71,7 +71,9 @@ func newDumpCmd(g *globalOptions) *cobra.Command {
 archive: the subtree is frozen at one instant, each running node is dumped by
 CRIU (in parallel), each node's own files are packed while still frozen, and
 the archive is written to FILE (through a temporary name, renamed when
-complete) or to stdout with -o -.
+complete) or to stdout with -o -. As with tar, a symlink FILE is followed,
+and an existing FIFO or character device is written to, not replaced; a
+socket, block device or directory is refused.
 
 Only once the archive is complete are the subtree's processes killed and its
 nodes removed; with --leave-running the subtree is thawed and goes on. If

@@ -18,7 +18,9 @@ func newInspectCmd(g *globalOptions) *cobra.Command {
 		Short: "Show what an archive holds, without restoring it",
 		Long: `Show the subtree an archive holds: each node with its processes, memory and
 sizes, and the versions and time of the checkpoint. --verify reads the whole
-archive and checks every checksum. Needs no root and restores nothing.`,
+archive and applies every check a restore applies: every checksum, and that
+the content stays within what the manifest accounts for. Needs no root and
+restores nothing.`,
 		Example: "  crtree inspect v1.crtree\n  crtree inspect --verify --json v1.crtree",
 		Args:    exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -72,7 +74,11 @@ func printManifest(w io.Writer, m *archive.Manifest, verified bool, members int)
 			state = fmt.Sprintf("exited(%d)", n.ExitCode)
 		}
 		indent := strings.Repeat("    ", depth)
-		fmt.Fprintf(w, "%s%s  [%s] hostname %s, memory %s, files %s\n", indent, nodeLabel(m, i), state, n.Hostname, humanBytes(n.Memory), humanBytes(n.Files))
+		mem := humanBytes(n.Memory)
+		if n.ExtraMemory > 0 {
+			mem += " (+" + humanBytes(n.ExtraMemory) + " tmpfs and shared)"
+		}
+		fmt.Fprintf(w, "%s%s  [%s] hostname %s, memory %s, files %s\n", indent, nodeLabel(m, i), state, n.Hostname, mem, humanBytes(n.Files))
 		for _, b := range n.Spec.Binds {
 			fmt.Fprintf(w, "%s    bind %s at %s (restore with --bind SRC:%s or --keep-binds)\n", indent, b.Source, b.Target, b.Target)
 		}

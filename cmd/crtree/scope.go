@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/crtree/crtree/internal/api"
 	"github.com/crtree/crtree/internal/checkpoint"
 	"github.com/crtree/crtree/internal/hier"
 	"github.com/crtree/crtree/internal/node"
@@ -152,11 +153,81 @@ func (g *globalOptions) openInput(name string) (io.Reader, func(), error) {
 	return f, func() { f.Close() }, nil
 }
 
-// createOutput starts an archive file called name.
+// createOutput starts an archive called name, as tar and cp do: a symlink
+// is followed (inside a node, within the node's root), an existing
+// character device or FIFO is written to, a regular file or new name is
+// written through a temporary name. Inside a node, nothing is written
+// under /run/crtree, where the node's socket and crtree itself are.
 func (g *globalOptions) createOutput(name string) (checkpoint.Output, error) {
-	r, rel, err := g.fileRoot(name)
+	target, err := g.followLinks(name)
+	if err != nil {
+		return nil, fmt.Errorf("write archive to %s: %w", name, err)
+	}
+	r, rel, err := g.fileRoot(target)
 	if err != nil {
 		return nil, err
 	}
-	return checkpoint.CreateFileIn(r, rel)
+	protect := ""
+	if g.scope != nil {
+		protect = strings.TrimPrefix(api.MountPoint, "/")
+	}
+	out, err := checkpoint.OpenOutputIn(r, rel, protect)
+	if err != nil {
+		return nil, fmt.Errorf("write archive to %s: %w", name, unwrapPath(err))
+	}
+	return out, nil
+}
+
+// maxLinks is how many symlinks followLinks follows, as the kernel does.
+const maxLinks = 40
+
+// followLinks resolves name while it is a symlink: on the host as the
+// kernel would, inside a node within the node's root (an absolute target
+// is the node's, and ".." stops at its "/"). A name that does not exist
+// is returned as it is.
+func (g *globalOptions) followLinks(name string) (string, error) {
+	lstat, readlink := os.Lstat, os.Readlink
+	if g.scope != nil {
+		r, _, err := g.fileRoot("/")
+		if err != nil {
+			return "", err
+		}
+		defer r.Close()
+		if !path.IsAbs(name) {
+			name = path.Join(g.scope.cwd, name)
+		}
+		in := func(n string) string {
+			if rel := strings.TrimPrefix(path.Clean(n), "/"); rel != "" {
+				return rel
+			}
+			return "."
+		}
+		lstat = func(n string) (os.FileInfo, error) { return r.Lstat(in(n)) }
+		readlink = func(n string) (string, error) { return r.Readlink(in(n)) }
+	}
+	for range maxLinks {
+		fi, err := lstat(name)
+		if err != nil || fi.Mode()&os.ModeSymlink == 0 {
+			return name, nil
+		}
+		t, err := readlink(name)
+		if err != nil {
+			return "", unwrapPath(err)
+		}
+		if !path.IsAbs(t) {
+			t = path.Join(path.Dir(name), t)
+		}
+		name = t
+	}
+	return "", errors.New("too many levels of symbolic links")
+}
+
+// unwrapPath drops the *PathError's operation and path, which name the
+// file as crtree opened it, not as the caller gave it.
+func unwrapPath(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
 }

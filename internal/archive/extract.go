@@ -42,7 +42,7 @@ var ErrExtractImage = errors.New("extract this image")
 // returns only once the trailer's checksums matched; on error, what was
 // written is left for the caller to remove with the destination.
 func Extract(r *Reader, dst Destination, progress func(n int64)) error {
-	x := &extractor{dst: dst, roots: map[string]*os.Root{}, progress: progress, hashes: r.pool, limit: expansionLimit(r.Manifest())}
+	x := &extractor{dst: dst, roots: map[string]*os.Root{}, progress: progress, hashes: r.pool, limit: ExpansionLimit(r.Manifest())}
 	defer x.close()
 	// On failure, the caller's buffers are not hashed any more once
 	// Extract returns.
@@ -103,18 +103,22 @@ type extractor struct {
 	limit int64
 }
 
-// metadataAllowance is what an archive may extract per node beyond its
-// memory and files: CRIU's own images (a few hundred KiB) and the contents
-// of the node's tmpfs mounts, /dev and /dev/shm (64 MiB each at most).
+// metadataAllowance is what an archive may extract per node beyond what
+// its manifest accounts for: CRIU's own images (a few hundred KiB) and the
+// contents of crtree's small tmpfs mounts, /dev and /dev/shm, in archives
+// of crtree versions that did not record them (ExtraMemory).
 var metadataAllowance = int64(160 << 20)
 
-// expansionLimit is how much content an archive may extract: what its
-// manifest says the nodes held (their memory, which CRIU's page images
-// take, and their files), doubled, plus metadataAllowance per node.
-func expansionLimit(m *Manifest) int64 {
+// ExpansionLimit is how much content an archive may hold: what its
+// manifest says the nodes held (their resident memory and what CRIU
+// archives beyond it, and their files), doubled, plus metadataAllowance
+// per node. A reader refuses an archive that holds more (a small archive
+// of RLE blocks could otherwise expand into terabytes), and a dump refuses
+// to stand on an archive that would be refused.
+func ExpansionLimit(m *Manifest) int64 {
 	var limit int64
 	for _, n := range m.Nodes {
-		limit += metadataAllowance + 2*(max(n.Memory, 0)+max(n.Files, 0))
+		limit += metadataAllowance + 2*(max(n.Memory, 0)+max(n.ExtraMemory, 0)+max(n.Files, 0))
 	}
 	return limit
 }

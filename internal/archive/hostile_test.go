@@ -178,3 +178,62 @@ func TestExpansionBomb(t *testing.T) {
 		t.Fatalf("bomb content written: %d bytes", fi.Size())
 	}
 }
+
+// TestVerifyAppliesBound: inspect --verify refuses what restore refuses,
+// an archive whose content exceeds what its manifest accounts for.
+func TestVerifyAppliesBound(t *testing.T) {
+	metadataAllowance = 1 << 20
+	defer func() { metadataAllowance = 160 << 20 }()
+	const f = "nodes/0/files"
+	data := forge(t, oneNode(), []raw{{tar.Header{Name: f, Typeflag: tar.TypeDir, Mode: 0o755}, ""},
+		file(f+"/bomb", strings.Repeat("\x00", 8<<20))}, nil)
+	_, _, err := Verify(bytes.NewReader(data))
+	if err == nil || !strings.Contains(err.Error(), "manifest accounts for") {
+		t.Fatalf("verify of a bomb: %v", err)
+	}
+}
+
+// TestBoundCountsExtraMemory: what a node held beyond its resident memory
+// (tmpfs contents, memfd files), recorded in the manifest, is part of the
+// bound: restore and verify accept such an archive, and refuse a byte more
+// than the bound.
+func TestBoundCountsExtraMemory(t *testing.T) {
+	metadataAllowance = 1 << 20
+	defer func() { metadataAllowance = 160 << 20 }()
+	const img = "nodes/0/criu/tmpfs-dev-1.tar.gz.img"
+	m := oneNode()
+	m.Nodes[0].ExtraMemory = 4 << 20
+	if got, want := ExpansionLimit(m), int64(1<<20+2*(4<<20)); got != want {
+		t.Fatalf("limit %d, want %d", got, want)
+	}
+	for _, tc := range []struct {
+		size int
+		ok   bool
+	}{{9 << 20, true}, {9<<20 + 1, false}} {
+		data := forge(t, m, []raw{file(img, strings.Repeat("\x00", tc.size))}, nil)
+		_, _, verr := Verify(bytes.NewReader(data))
+		r, err := NewReader(bytes.NewReader(data))
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = Extract(r, dirs{files: []string{t.TempDir()}, images: []string{t.TempDir()}}, nil)
+		r.Close()
+		for what, err := range map[string]error{"verify": verr, "extract": err} {
+			if tc.ok && err != nil || !tc.ok && (err == nil || !strings.Contains(err.Error(), "manifest accounts for")) {
+				t.Errorf("%s of %d bytes against a limit of %d: %v", what, tc.size, ExpansionLimit(m), err)
+			}
+		}
+	}
+}
+
+// TestOldManifestBound: a manifest without extraMemory (archives of
+// earlier crtree versions) is bounded as before.
+func TestOldManifestBound(t *testing.T) {
+	m, err := decodeManifest([]byte(`{"format":"crtree-archive","version":1,"nodes":[{"name":"n","parent":-1,"spec":{"cmd":["x"]},"memory":1000,"files":10}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := ExpansionLimit(m), metadataAllowance+2*1010; got != want {
+		t.Fatalf("limit %d, want %d", got, want)
+	}
+}

@@ -125,7 +125,7 @@ func IsPageImage(name string) bool {
 func ExtractMeta(ra io.ReaderAt, size int64, x *Index, m *Manifest, sums *Checksums, dst Destination) error {
 	tr, zr := sectionReader(ra, x.Meta, x.Sums)
 	defer zr.Close()
-	ex := &extractor{dst: dst, roots: map[string]*os.Root{}, limit: expansionLimit(m)}
+	ex := &extractor{dst: dst, roots: map[string]*os.Root{}, limit: ExpansionLimit(m)}
 	defer ex.close()
 	for pos := x.MetaMember; ; pos++ {
 		hdr, err := tr.Next()

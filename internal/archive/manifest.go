@@ -59,15 +59,20 @@ type Node struct {
 	Parent int `json:"parent"`
 	// Running is true when the node's processes are in the archive; a
 	// node that was not running is carried as configuration and files.
-	Running  bool       `json:"running"`
-	ExitCode int        `json:"exitCode,omitempty"`
-	Spec     hier.Spec  `json:"spec"`
-	Hostname string     `json:"hostname"`
-	Created  time.Time  `json:"created"`
-	Procs    []Proc     `json:"procs,omitempty"`
-	Memory   int64      `json:"memory"`
-	Files    int64      `json:"files"`
-	Mounts   []External `json:"externals,omitempty"`
+	Running  bool      `json:"running"`
+	ExitCode int       `json:"exitCode,omitempty"`
+	Spec     hier.Spec `json:"spec"`
+	Hostname string    `json:"hostname"`
+	Created  time.Time `json:"created"`
+	Procs    []Proc    `json:"procs,omitempty"`
+	Memory   int64     `json:"memory"`
+	// ExtraMemory is what CRIU archives beyond the resident memory of
+	// the node's processes: the contents of its tmpfs mounts and of the
+	// memfd, shared memory and deleted files they hold. Absent in
+	// archives of earlier crtree versions.
+	ExtraMemory int64      `json:"extraMemory,omitempty"`
+	Files       int64      `json:"files"`
+	Mounts      []External `json:"externals,omitempty"`
 }
 
 // Proc is a process of a node at the time of the dump.

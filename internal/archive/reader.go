@@ -55,6 +55,9 @@ type Reader struct {
 	// trailer, once matched.
 	expect *Checksums
 	sums   *Checksums
+	// content counts the regular members' bytes, which may not exceed
+	// limit (ExpansionLimit of the manifest).
+	content, limit int64
 }
 
 // NewReader starts reading the archive on r and reads its manifest.
@@ -89,6 +92,7 @@ func NewReader(r io.Reader) (*Reader, error) {
 	}
 	ar.pool.addBytes(ManifestName, "file", int64(len(data)), data)
 	ar.manifest = m
+	ar.limit = ExpansionLimit(m)
 	return ar, nil
 }
 
@@ -159,6 +163,10 @@ func (r *Reader) Next() (*tar.Header, io.Reader, error) {
 	if hdr.Size < 0 {
 		return nil, nil, corrupt("member %q has a negative size", hdr.Name)
 	}
+	if hdr.Size > r.limit-r.content {
+		return nil, nil, corrupt("the archive holds more than the %d bytes its manifest accounts for", r.limit)
+	}
+	r.content += hdr.Size
 	if hdr.Typeflag != tar.TypeReg {
 		r.pool.addBytes(hdr.Name, typ, 0, []byte(hdr.Linkname))
 	}

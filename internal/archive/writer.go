@@ -160,6 +160,10 @@ func NewWriter(w io.Writer, level zstd.EncoderLevel) (*Writer, error) {
 	return &Writer{sw: sw, tw: tar.NewWriter(sw), hashes: newHashPool(), buf: make([]byte, chunkSize), out: out}, nil
 }
 
+// Content returns the bytes of member content written so far, the
+// manifest aside: what a reader counts against ExpansionLimit.
+func (w *Writer) Content() int64 { return w.written }
+
 // WriteManifest writes m as the first member.
 func (w *Writer) WriteManifest(m *Manifest) error {
 	data, err := json.MarshalIndent(m, "", "  ")

@@ -316,6 +316,11 @@ func Dump(h *node.Host, p hier.Path, out Output, o Options) (rep *Report, err er
 	for _, m := range members {
 		rep.ImageBytes += m.report.Images
 	}
+	// A restore refuses an archive that holds more than its manifest
+	// accounts for: such an archive must not replace the workload.
+	if limit := archive.ExpansionLimit(manifest); w.Content() > limit {
+		return nil, fmt.Errorf("dump %s: the archive holds %d bytes, more than the %d its manifest accounts for, so restore would refuse it; nothing was removed (a crtree bug: please report what the subtree holds)", p, w.Content(), limit)
+	}
 	if err := w.Close(); err != nil {
 		return nil, fmt.Errorf("dump %s: write archive: %w", p, err)
 	}
@@ -515,6 +520,7 @@ func manifestNode(m *member) archive.Node {
 				n.Memory += info.RSS
 			}
 		}
+		n.ExtraMemory = extraMemory(m.n.Pid, pids)
 	}
 	return n
 }

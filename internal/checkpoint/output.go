@@ -4,8 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -59,6 +62,14 @@ func CreateFile(name string) (*FileOutput, error) {
 // CreateFileIn starts an archive that will be called name inside root
 // (which it closes when done); name cannot leave root.
 func CreateFileIn(root *os.Root, name string) (*FileOutput, error) {
+	o, err := createFileIn(root, name)
+	if err != nil {
+		return nil, fmt.Errorf("create archive: %w", err)
+	}
+	return o, nil
+}
+
+func createFileIn(root *os.Root, name string) (*FileOutput, error) {
 	dir, base := filepath.Split(name)
 	for i := 0; ; i++ {
 		tmp := filepath.Join(dir, fmt.Sprintf(".%s.partial-%d-%d", base, os.Getpid(), i))
@@ -68,7 +79,7 @@ func CreateFileIn(root *os.Root, name string) (*FileOutput, error) {
 		}
 		if err != nil {
 			root.Close()
-			return nil, fmt.Errorf("create archive: %w", err)
+			return nil, err
 		}
 		o := &FileOutput{root: root, name: name, tmp: tmp, f: f}
 		o.tryDirect()
@@ -267,3 +278,146 @@ func (o StreamOutput) Commit() error { return nil }
 
 // Abort does nothing: the reader finds no trailer.
 func (o StreamOutput) Abort() {}
+
+// OpenOutputIn starts an archive called name inside root (which it closes
+// when done), as tar and cp treat what stands under the name: a regular
+// file or a missing name is written through a temporary name and renamed
+// (FileOutput); an existing character device or FIFO is written to as a
+// stream (DeviceOutput) and stays what it is; a directory, socket, block
+// device or terminal is refused. name must not be a symlink (the caller
+// follows them, in its own view of the files). If protect is not "", it
+// is a directory of root in and below which nothing may be written.
+func OpenOutputIn(root *os.Root, name, protect string) (Output, error) {
+	if protect != "" {
+		if err := checkOutside(root, name, protect); err != nil {
+			root.Close()
+			return nil, err
+		}
+	}
+	fi, err := root.Lstat(name)
+	if errors.Is(err, fs.ErrNotExist) || err == nil && fi.Mode().IsRegular() {
+		return createFileIn(root, name)
+	}
+	defer root.Close()
+	if err != nil {
+		return nil, err
+	}
+	if err := outputKind(fi.Mode()); err != nil {
+		return nil, err
+	}
+	f, err := root.OpenFile(name, os.O_WRONLY|unix.O_NOCTTY, 0)
+	if err != nil {
+		return nil, err
+	}
+	// What was opened must still be a device or FIFO (not replaced since).
+	fi, err = f.Stat()
+	if err == nil {
+		err = outputKind(fi.Mode())
+	}
+	if err == nil && fi.Mode()&fs.ModeCharDevice != 0 {
+		if _, terr := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS); terr == nil {
+			err = errors.New("it is a terminal; refusing to write an archive to it")
+		}
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &DeviceOutput{f: f}, nil
+}
+
+// outputKind accepts the kinds of file an archive is streamed into:
+// character devices and FIFOs.
+func outputKind(m fs.FileMode) error {
+	switch {
+	case m&fs.ModeDir != 0:
+		return errors.New("it is a directory")
+	case m&fs.ModeSocket != 0:
+		return errors.New("it is a socket; give a file, a FIFO or a character device")
+	case m&fs.ModeDevice != 0 && m&fs.ModeCharDevice == 0:
+		return errors.New("it is a block device; give a file, a FIFO or a character device")
+	case m&(fs.ModeCharDevice|fs.ModeNamedPipe) == 0:
+		return fmt.Errorf("it is not a file (%s)", m.Type())
+	}
+	return nil
+}
+
+// checkOutside refuses a name whose directory is protect, or lies below
+// it, in root: the directory is opened (symlinks resolved inside root)
+// and its ancestors compared with protect by device and inode, up to
+// root, so neither symlinks nor bind mounts lead into protect.
+func checkOutside(root *os.Root, name, protect string) error {
+	pfi, err := root.Stat(protect)
+	if err != nil {
+		return nil // nothing there to protect
+	}
+	rfi, err := root.Stat(".")
+	if err != nil {
+		return err
+	}
+	refused := fmt.Errorf("/%s is crtree's own directory in the node; write the archive elsewhere", protect)
+	if path.Clean(name) == path.Clean(protect) {
+		return refused
+	}
+	dir, err := root.Open(path.Dir(name))
+	if err != nil {
+		return nil // the write fails later, with its own reason
+	}
+	defer dir.Close()
+	prot, top := fileID(pfi), fileID(rfi)
+	fd, err := unix.Dup(int(dir.Fd()))
+	if err != nil {
+		return err
+	}
+	var prev [2]uint64
+	for i := 0; i < 4096; i++ {
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil {
+			break
+		}
+		id := [2]uint64{st.Dev, st.Ino}
+		if id == prot {
+			unix.Close(fd)
+			return refused
+		}
+		if id == top || id == prev {
+			break
+		}
+		prev = id
+		up, err := unix.Openat(fd, "..", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		unix.Close(fd)
+		if err != nil {
+			return err
+		}
+		fd = up
+	}
+	unix.Close(fd)
+	return nil
+}
+
+func fileID(fi fs.FileInfo) [2]uint64 {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return [2]uint64{}
+	}
+	return [2]uint64{st.Dev, st.Ino}
+}
+
+// DeviceOutput writes an archive to an open character device or FIFO:
+// nothing is renamed, and what stands under the name stays there. A
+// reader of an aborted archive sees it end without its trailer.
+type DeviceOutput struct{ f *os.File }
+
+// Write writes to the device or FIFO.
+func (o *DeviceOutput) Write(p []byte) (int, error) { return o.f.Write(p) }
+
+// Commit closes the device or FIFO.
+func (o *DeviceOutput) Commit() error {
+	if err := o.f.Close(); err != nil {
+		return fmt.Errorf("write archive: %w", err)
+	}
+	return nil
+}
+
+// Abort closes the device or FIFO. It may be called more than once.
+func (o *DeviceOutput) Abort() { o.f.Close() }
