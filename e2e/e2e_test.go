@@ -60,15 +60,14 @@ func TestScripts(t *testing.T) {
 		RequireExplicitExec: true,
 		Setup:               setup,
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
-			"waitlog":   cmdWaitlog,
-			"nodepid":   cmdNodepid,
-			"pidalive":  cmdPidalive,
-			"sleep":     cmdSleep,
-			"httpget":   cmdHttpget,
-			"flipbyte":  cmdFlipbyte,
-			"waitfile":  cmdWaitfile,
-			"nfttables": cmdNfttables,
-			"waitbusy":  cmdWaitbusy,
+			"waitlog":  cmdWaitlog,
+			"nodepid":  cmdNodepid,
+			"pidalive": cmdPidalive,
+			"sleep":    cmdSleep,
+			"httpget":  cmdHttpget,
+			"flipbyte": cmdFlipbyte,
+			"waitfile": cmdWaitfile,
+			"waitbusy": cmdWaitbusy,
 		},
 	})
 }
