@@ -38,6 +38,11 @@ func main() {
 		node.InitMain()
 		return
 	}
+	// So does the start of a command crtree exec runs in a node.
+	if len(os.Args) > 1 && os.Args[1] == node.SetsidArg {
+		node.SetsidMain(os.Args[2:])
+		return
+	}
 	// Inside a node, crtree asks the node's supervisor to do the work.
 	if inNodeClient() {
 		code, err := api.Call(os.Args[1:])

@@ -90,6 +90,9 @@ func Dump(h *node.Host, p hier.Path, out Output, o Options) (rep *Report, err er
 	if err != nil {
 		return nil, err
 	}
+	if err := refuseAttached(members); err != nil {
+		return nil, err
+	}
 	// Without --leave-running, CRIU streams the page images into the
 	// archive (capture): the frozen time does not matter, since the
 	// workload is killed after, and nothing large is staged. With it, CRIU
@@ -165,6 +168,10 @@ func Dump(h *node.Host, p hier.Path, out Output, o Options) (rep *Report, err er
 		if err := m.group.Leaf().Freeze(freezeTimeout); err != nil {
 			return nil, fmt.Errorf("dump %s: %w", m.path, err)
 		}
+	}
+	// Again, now that no exec can start or end unseen.
+	if err := refuseAttached(members); err != nil {
+		return nil, err
 	}
 	if err := top.Thaw(); err != nil {
 		return nil, fmt.Errorf("dump %s: %w", p, err)
@@ -365,6 +372,22 @@ func collect(h *node.Host, p hier.Path) ([]*member, cgroup.Group, error) {
 		return nil
 	})
 	return members, top, err
+}
+
+// refuseAttached fails when a crtree exec is still attached to a running
+// node of the subtree: what it runs is not below the node's init, and
+// CRIU would leave it out of the archive (and the dump would kill it).
+func refuseAttached(members []*member) error {
+	for _, m := range members {
+		if m.status.State != hier.Running {
+			continue
+		}
+		if info, ok := node.AttachedExec(m.group.Leaf(), m.n.Pid); ok {
+			return fmt.Errorf("dump %s: process %d (%s) runs under crtree exec, which is still attached; let it end or stop it, then dump again",
+				m.path, info.PID, info.Cmd)
+		}
+	}
+	return nil
 }
 
 // dumpAll runs one CRIU dump per running node, in parallel.
