@@ -177,9 +177,11 @@ func AttachedExec(leaf cgroup.Group, initPid int) (ProcInfo, bool) {
 	if err != nil {
 		return ProcInfo{}, false
 	}
-	inNode := func(pid int) bool {
+	// A process that ends meanwhile has no namespace to read: it is left
+	// out, neither in the node nor outside.
+	outsideNode := func(pid int) (outside, ok bool) {
 		ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", pid))
-		return err == nil && ns == nodeNS
+		return ns != nodeNS, err == nil
 	}
 	pids, _ := leaf.Procs()
 	outside := 0
@@ -187,13 +189,21 @@ func AttachedExec(leaf cgroup.Group, initPid int) (ProcInfo, bool) {
 		if pid == initPid {
 			continue
 		}
-		if !inNode(pid) {
-			if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil && outside == 0 {
+		out, ok := outsideNode(pid)
+		if !ok {
+			continue
+		}
+		if out {
+			if outside == 0 {
 				outside = pid
 			}
 			continue
 		}
-		if ppid, err := parentPid(pid); err == nil && !inNode(ppid) {
+		ppid, err := parentPid(pid)
+		if err != nil {
+			continue
+		}
+		if out, ok := outsideNode(ppid); ok && out {
 			if info, err := ReadProc(pid); err == nil {
 				info.Cmd = execCommandLine(info.Cmd)
 				return info, true
