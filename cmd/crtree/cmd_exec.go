@@ -4,8 +4,12 @@ import (
 	"errors"
 	"os"
 	"os/exec"
+	"os/signal"
+	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"github.com/crtree/crtree/internal/node"
 )
 
 type execOptions struct {
@@ -21,8 +25,12 @@ func newExecCmd(g *globalOptions) *cobra.Command {
 		Short: "Run a command inside a running node",
 		Long: `Run CMD inside the running node PATH: in all its namespaces, its root and
 its cgroup, with the node's environment, and stdin, stdout and stderr
-attached. crtree exec exits with CMD's exit status (126 when CMD cannot be
-run, 127 when it is not found).`,
+attached. CMD leads a new session of the node (with -t, on a new terminal
+of the node), so that whatever it leaves running in the background is a
+process of the node like any other, which a dump carries. While crtree exec
+is attached, the node cannot be dumped. SIGINT, SIGTERM, SIGHUP and SIGQUIT
+are passed on to CMD's process group. crtree exec exits with CMD's exit
+status (126 when CMD cannot be run, 127 when it is not found).`,
 		Example: "  crtree exec /vserver1 -- hostname\n  crtree exec -t /vserver1 -- sh",
 		Args: func(cmd *cobra.Command, args []string) error {
 			if cmd.ArgsLenAtDash() != 1 || len(args) < 2 {
@@ -35,7 +43,7 @@ run, 127 when it is not found).`,
 			if err != nil {
 				return err
 			}
-			c, done, err := h.ExecCommand(p, args[1:], o.Env, o.Cwd)
+			c, done, err := h.ExecCommand(p, args[1:], o.Env, o.Cwd, o.TTY)
 			if err != nil {
 				return err
 			}
@@ -48,7 +56,11 @@ run, 127 when it is not found).`,
 				return runWithPTY(c, n.Pid)
 			}
 			c.Stdin, c.Stdout, c.Stderr = os.Stdin, os.Stdout, os.Stderr
-			return exitFromRun(c.Run())
+			if err := c.Start(); err != nil {
+				return err
+			}
+			defer forwardSignals(c.Process.Pid)()
+			return exitFromRun(c.Wait())
 		},
 	}
 	f := cmd.Flags()
@@ -69,4 +81,23 @@ func exitFromRun(err error) error {
 		return exitStatus{code}
 	}
 	return err
+}
+
+// forwardSignals passes the signals a user sends crtree exec on to the
+// command started through nsenterPid, until the returned stop is called.
+func forwardSignals(nsenterPid int) (stop func()) {
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT)
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case s := <-sigs:
+				node.SignalExec(nsenterPid, s.(syscall.Signal))
+			case <-done:
+				return
+			}
+		}
+	}()
+	return func() { signal.Stop(sigs); close(done) }
 }

@@ -17,6 +17,7 @@ type runOptions struct {
 	Binds    []string
 	Rootfs   string
 	Net      string
+	Init     bool
 }
 
 func newRunCmd(g *globalOptions) *cobra.Command {
@@ -32,11 +33,19 @@ The node sees its own writable root, the host's /usr and /etc read-only, a
 minimal /dev, a fresh /proc and a writable /tmp. Its output goes to its log
 (crtree logs). The new node's path is printed on stdout.
 
+A PID 1 reaps the orphans of the node; a command that never waits (sleep,
+most servers) leaves them zombies, which stay until the node ends (a dump
+carries them). With --init, PID 1 is a minimal init (crtree-init, the crtree
+binary bound in the node) that runs CMD as its child, reaps every orphan,
+passes every signal it gets on to CMD and ends the node with CMD's exit
+status. A node run with --init restores only with the same crtree binary.
+
 A node never gets more than its parent has: under a --net none node, a child
 has its own empty network too, and --net host is refused.`,
 		Example: `  crtree run /vserver1 -- sleep infinity
   crtree run /vserver1/ -- sh -c 'echo hello'      # prints /vserver1/unnamed1
-  crtree run --net none --env N=4 /calc -- python3 -c 'print(1)'`,
+  crtree run --net none --env N=4 /calc -- python3 -c 'print(1)'
+  crtree run --init /web -- python3 -m http.server`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if cmd.ArgsLenAtDash() != 1 || len(args) < 2 {
 				return usageError{errors.New("usage: crtree run PATH [flags] -- CMD [ARGS...]")}
@@ -54,11 +63,12 @@ has its own empty network too, and --net host is refused.`,
 	f.StringArrayVar(&o.Binds, "bind", nil, "bind a host path into the node, SRC:DST[:ro] (repeatable; never archived)")
 	f.StringVar(&o.Rootfs, "rootfs", "", "use DIR as the read-only base of the node's root (overlay)")
 	f.StringVar(&o.Net, "net", "", "network: host (share the host's) or none (own namespace, loopback only); default: host, or none under a --net none parent")
+	f.BoolVar(&o.Init, "init", false, "run CMD under a minimal init that reaps orphans and passes signals on")
 	return cmd
 }
 
 func (o *runOptions) spec(argv []string) (hier.Spec, error) {
-	s := hier.Spec{Cmd: argv, Env: o.Env, Cwd: o.Cwd, Hostname: o.Hostname, Rootfs: o.Rootfs, Net: o.Net}
+	s := hier.Spec{Cmd: argv, Env: o.Env, Cwd: o.Cwd, Hostname: o.Hostname, Rootfs: o.Rootfs, Net: o.Net, Init: o.Init}
 	for _, kv := range o.Env {
 		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
 			return s, fmt.Errorf("--env %q: want K=V", kv)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/crtree/crtree/internal/api"
@@ -34,8 +35,17 @@ func (e usageError) Unwrap() error { return e.err }
 func main() {
 	// The init stage runs before anything else: it is PID 1 of a new node
 	// and must not touch the tree or parse flags.
+	if filepath.Base(os.Args[0]) == node.ReaperName {
+		node.ReaperMain(os.Args[1:])
+		return
+	}
 	if len(os.Args) > 1 && os.Args[1] == "__init" {
 		node.InitMain()
+		return
+	}
+	// So does the start of a command crtree exec runs in a node.
+	if len(os.Args) > 1 && os.Args[1] == node.SetsidArg {
+		node.SetsidMain(os.Args[2:])
 		return
 	}
 	// Inside a node, crtree asks the node's supervisor to do the work.

@@ -42,13 +42,9 @@ func runWithPTY(c *exec.Cmd, initPid int) error {
 		return err
 	}
 	defer ptmx.Close()
+	// The command makes the terminal its controlling terminal itself, in
+	// its own session inside the node (node.SetsidMain).
 	c.Stdin, c.Stdout, c.Stderr = tty, tty, tty
-	if c.SysProcAttr == nil {
-		c.SysProcAttr = &syscall.SysProcAttr{}
-	}
-	c.SysProcAttr.Setsid = true
-	c.SysProcAttr.Setctty = true
-	c.SysProcAttr.Ctty = 0
 	if term.IsTerminal(int(os.Stdin.Fd())) {
 		pty.InheritSize(os.Stdin, ptmx)
 	}
@@ -70,6 +66,7 @@ func runWithPTY(c *exec.Cmd, initPid int) error {
 			}
 		}()
 	}
+	defer forwardSignals(c.Process.Pid)()
 	go io.Copy(ptmx, os.Stdin)
 	io.Copy(os.Stdout, ptmx)
 	return exitFromRun(c.Wait())

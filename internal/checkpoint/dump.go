@@ -102,6 +102,9 @@ func Dump(h *node.Host, p hier.Path, out Output, o Options) (rep *Report, err er
 			return nil, fmt.Errorf("dump %s: %w; nothing was dumped (use --leave-running to archive it and keep it running)", p, err)
 		}
 	}
+	if err := refuseAttached(members); err != nil {
+		return nil, err
+	}
 	// Without --leave-running, CRIU streams the page images into the
 	// archive (capture): the frozen time does not matter, since the
 	// workload is killed after, and nothing large is staged. With it, CRIU
@@ -177,6 +180,10 @@ func Dump(h *node.Host, p hier.Path, out Output, o Options) (rep *Report, err er
 		if err := m.group.Leaf().Freeze(freezeTimeout); err != nil {
 			return nil, fmt.Errorf("dump %s: %w", m.path, err)
 		}
+	}
+	// Again, now that no exec can start or end unseen.
+	if err := refuseAttached(members); err != nil {
+		return nil, err
 	}
 	if err := top.Thaw(); err != nil {
 		return nil, fmt.Errorf("dump %s: %w", p, err)
@@ -421,6 +428,22 @@ func restorable(members []*member) error {
 func nodeRestorable(path string, spec hier.Spec, running bool) error {
 	if spec.Rootfs != "" && running {
 		return fmt.Errorf("%s runs on a --rootfs base, which restore does not support yet", path)
+	}
+	return nil
+}
+
+// refuseAttached fails when a crtree exec is still attached to a running
+// node of the subtree: what it runs is not below the node's init, and
+// CRIU would leave it out of the archive (and the dump would kill it).
+func refuseAttached(members []*member) error {
+	for _, m := range members {
+		if m.status.State != hier.Running {
+			continue
+		}
+		if info, ok := node.AttachedExec(m.group.Leaf(), m.n.Pid); ok {
+			return fmt.Errorf("dump %s: process %d (%s) runs under crtree exec, which is still attached; let it end or stop it, then dump again",
+				m.path, info.PID, info.Cmd)
+		}
 	}
 	return nil
 }

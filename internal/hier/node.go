@@ -69,6 +69,9 @@ type Spec struct {
 	// Net is "host" (share the host's network) or "none" (a new network
 	// namespace with only the loopback interface).
 	Net string `json:"net,omitempty"`
+	// Init puts a minimal init at the node's PID 1 that runs Cmd as its
+	// child, reaps orphans and passes signals on (run --init).
+	Init bool `json:"init,omitempty"`
 }
 
 // Bind is a host path bound into a node. Bound paths are not the node's

@@ -1,22 +1,34 @@
 package node
 
 import (
+	"errors"
 	"fmt"
+	"os"
 	"os/exec"
+	"strconv"
+	"strings"
 	"syscall"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/crtree/crtree/internal/api"
 	"github.com/crtree/crtree/internal/cgroup"
 	"github.com/crtree/crtree/internal/hier"
 )
 
 // ExecCommand returns a command that runs argv inside the running node at
 // p: in all its namespaces, its root and its cgroup, with the node's
-// environment. The caller sets up stdio and runs it; the cgroup handle in
-// the returned cleanup must be closed after Start.
+// environment, as the leader of a new session of the node (with tty, its
+// stdin becomes the session's controlling terminal). The caller sets up
+// stdio and runs it; the cgroup handle in the returned cleanup must be
+// closed after Start.
 //
 // Entering a mount namespace needs a single-threaded process, which a Go
 // program is not, so the entering is done by nsenter(1) from util-linux.
-func (h *Host) ExecCommand(p hier.Path, argv []string, extraEnv []string, cwd string) (*exec.Cmd, func(), error) {
+// nsenter stays outside the node, as the parent of the command, until the
+// command ends: it is in its own process group, so that a terminal's
+// signals reach crtree only, which passes them on (SignalExec).
+func (h *Host) ExecCommand(p hier.Path, argv []string, extraEnv []string, cwd string, tty bool) (*exec.Cmd, func(), error) {
 	var n *hier.Node
 	var leaf cgroup.Group
 	err := h.Store.View(func(t *hier.Tree) error {
@@ -52,12 +64,16 @@ func (h *Host) ExecCommand(p hier.Path, argv []string, extraEnv []string, cwd st
 	if n.Spec.Net == hier.NetNone {
 		args = append(args, "--net")
 	}
-	args = append(args, "--")
-	if cwd != "/" {
-		// nsenter's --wd opens the directory before entering the node's
-		// root, so the working directory is set by env(1) inside instead.
-		args = append(args, "/usr/bin/env", "--chdir="+cwd, "--")
+	// The command's session must be one of the node's (CRIU dumps no
+	// process whose session leader is outside the node's PID namespace),
+	// so the crtree binary bound in the node starts it (SetsidMain). It
+	// also sets the working directory: nsenter's --wd opens the directory
+	// before entering the node's root.
+	args = append(args, "--", api.MountPoint+"/"+api.BinaryName, SetsidArg, "--cwd="+cwd)
+	if tty {
+		args = append(args, "--tty")
 	}
+	args = append(args, "--")
 	args = append(args, argv...)
 	cg, err := leaf.Open()
 	if err != nil {
@@ -65,6 +81,171 @@ func (h *Host) ExecCommand(p hier.Path, argv []string, extraEnv []string, cwd st
 	}
 	cmd := exec.Command(nsenter, args...)
 	cmd.Env = MergeEnv(MergeEnv(DefaultEnv, n.Spec.Env), extraEnv)
-	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd()), Setpgid: true}
 	return cmd, func() { cg.Close() }, nil
+}
+
+// SetsidArg is the hidden command of the crtree binary that starts an
+// exec'd command inside a node (SetsidMain).
+const SetsidArg = "__setsid"
+
+// SetsidMain runs inside a node, as the child nsenter forks there for
+// crtree exec, with args "--cwd=DIR [--tty] -- CMD...": it makes itself the
+// leader of a new session of the node (with --tty, its stdin the
+// session's controlling terminal, so that a shell has job control),
+// closes every inherited descriptor but stdin, stdout and stderr, changes
+// to DIR and execs CMD, whose exit status thus reaches crtree exec
+// unchanged. It does not return: failures exit 126 (127: CMD not found).
+func SetsidMain(args []string) {
+	fail := func(code int, err error) {
+		fmt.Fprintln(os.Stderr, "crtree:", err)
+		os.Exit(code)
+	}
+	cwd, tty, argv, err := parseSetsid(args)
+	if err != nil {
+		fail(126, err)
+	}
+	if _, err := unix.Setsid(); err != nil {
+		fail(126, fmt.Errorf("exec %s: new session: %w", argv[0], err))
+	}
+	if tty {
+		if err := unix.IoctlSetInt(0, unix.TIOCSCTTY, 0); err != nil {
+			fail(126, fmt.Errorf("exec %s: controlling terminal: %w", argv[0], err))
+		}
+	}
+	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
+		fail(126, fmt.Errorf("exec %s: close inherited descriptors: %w", argv[0], err))
+	}
+	if err := unix.Chdir(cwd); err != nil {
+		fail(126, fmt.Errorf("exec %s: working directory %s: %w", argv[0], cwd, err))
+	}
+	path, err := lookPath(argv[0], os.Environ())
+	if err != nil {
+		fail(127, err)
+	}
+	err = unix.Exec(path, argv, os.Environ())
+	if errors.Is(err, unix.ENOENT) {
+		fail(127, fmt.Errorf("exec %s: %w", argv[0], err))
+	}
+	fail(126, fmt.Errorf("exec %s: %w", argv[0], err))
+}
+
+func parseSetsid(args []string) (cwd string, tty bool, argv []string, err error) {
+	cwd = "/"
+	for i, a := range args {
+		switch {
+		case a == "--":
+			if i+1 == len(args) {
+				return "", false, nil, errors.New("exec: no command")
+			}
+			return cwd, tty, args[i+1:], nil
+		case a == "--tty":
+			tty = true
+		case strings.HasPrefix(a, "--cwd="):
+			cwd = strings.TrimPrefix(a, "--cwd=")
+		default:
+			return "", false, nil, fmt.Errorf("exec: unknown option %q", a)
+		}
+	}
+	return "", false, nil, errors.New("exec: no command")
+}
+
+// SignalExec passes sig on to what crtree exec started through the
+// nsenter process nsenterPid: the process group of the command in the
+// node (the command itself while it has not made its session yet).
+func SignalExec(nsenterPid int, sig unix.Signal) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", nsenterPid, nsenterPid))
+	if err != nil {
+		return
+	}
+	for _, f := range strings.Fields(string(data)) {
+		pid, err := strconv.Atoi(f)
+		if err != nil {
+			continue
+		}
+		if unix.Kill(-pid, sig) != nil {
+			unix.Kill(pid, sig)
+		}
+	}
+}
+
+// AttachedExec returns a process of a running node, whose processes are in
+// the cgroup leaf and whose init is initPid, that a crtree exec still
+// holds from outside the node: a command whose parent (nsenter) is outside
+// the node's PID namespace, or nsenter itself before it has forked. CRIU
+// dumps only the processes below the node's init, so a dump would lose
+// such a process. The command is named as the user gave it to exec.
+func AttachedExec(leaf cgroup.Group, initPid int) (ProcInfo, bool) {
+	nodeNS, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", initPid))
+	if err != nil {
+		return ProcInfo{}, false
+	}
+	// A process that ends meanwhile has no namespace to read: it is left
+	// out, neither in the node nor outside.
+	outsideNode := func(pid int) (outside, ok bool) {
+		ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", pid))
+		return ns != nodeNS, err == nil
+	}
+	pids, _ := leaf.Procs()
+	outside := 0
+	for _, pid := range pids {
+		if pid == initPid {
+			continue
+		}
+		out, ok := outsideNode(pid)
+		if !ok {
+			continue
+		}
+		if out {
+			if outside == 0 {
+				outside = pid
+			}
+			continue
+		}
+		ppid, err := parentPid(pid)
+		if err != nil {
+			continue
+		}
+		if out, ok := outsideNode(ppid); ok && out {
+			if info, err := ReadProc(pid); err == nil {
+				info.Cmd = execCommandLine(info.Cmd)
+				return info, true
+			}
+		}
+	}
+	if outside != 0 {
+		if info, err := ReadProc(outside); err == nil {
+			info.Cmd = execCommandLine(info.Cmd)
+			return info, true
+		}
+	}
+	return ProcInfo{}, false
+}
+
+// parentPid returns the PPid of pid, as the host sees it.
+func parentPid(pid int) (int, error) {
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		if v, ok := strings.CutPrefix(line, "PPid:"); ok {
+			return strconv.Atoi(strings.TrimSpace(v))
+		}
+	}
+	return 0, fmt.Errorf("no PPid in /proc/%d/status", pid)
+}
+
+// execCommandLine keeps, of the command line of nsenter or of SetsidMain,
+// the command given to crtree exec, at most 60 characters of it.
+func execCommandLine(cmd string) string {
+	if i := strings.Index(cmd, SetsidArg); i >= 0 {
+		if j := strings.Index(cmd[i:], " -- "); j >= 0 {
+			cmd = cmd[i+j+len(" -- "):]
+		}
+	}
+	if len(cmd) > 60 {
+		cmd = cmd[:57] + "..."
+	}
+	return cmd
 }

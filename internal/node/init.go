@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/crtree/crtree/internal/api"
 	"github.com/crtree/crtree/internal/hier"
 )
 
@@ -30,6 +31,8 @@ type InitConfig struct {
 	Cwd      string      `json:"cwd"`
 	Binds    []hier.Bind `json:"binds,omitempty"`
 	OwnNet   bool        `json:"ownNet,omitempty"`
+	// Init runs Cmd under a minimal init (ReaperMain) instead of as PID 1.
+	Init bool `json:"init,omitempty"`
 	// APIDir is the host directory bound at /run/crtree: the node's
 	// socket to its supervisor; the crtree binary is bound in it too.
 	APIDir string `json:"apiDir"`
@@ -93,6 +96,15 @@ func InitMain() {
 	// a descriptor that points outside the node's mounts.
 	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
 		fail(fmt.Errorf("close inherited descriptors: %w", err))
+	}
+	if cfg.Init {
+		// The minimal init reports on fd 4 whether the command started.
+		if _, err := unix.FcntlInt(4, unix.F_SETFD, 0); err != nil {
+			fail(fmt.Errorf("start init: %w", err))
+		}
+		argv0 = api.MountPoint + "/" + api.BinaryName
+		err = unix.Exec(argv0, append([]string{ReaperName}, cfg.Cmd...), cfg.Env)
+		fail(fmt.Errorf("start init %s: %w", argv0, err))
 	}
 	err = unix.Exec(argv0, cfg.Cmd, cfg.Env)
 	fail(fmt.Errorf("exec %s: %w", cfg.Cmd[0], err))

@@ -234,6 +234,7 @@ func (h *Host) initConfig(n *hier.Node) InitConfig {
 		Cwd:      n.Spec.Cwd,
 		Binds:    n.Spec.Binds,
 		OwnNet:   n.Spec.Net == hier.NetNone,
+		Init:     n.Spec.Init,
 		APIDir:   h.APIDir(n.ID),
 	}
 	if cfg.Hostname == "" {
