@@ -194,14 +194,12 @@ func (c *capture) finish(w *archive.Writer) error {
 				return err
 			}
 		case <-guard.C:
-			select {
-			case <-served:
-			default:
-				c.fail(errors.New("CRIU's images did not all arrive"))
-				for _, s := range c.servers {
-					s.Close()
-				}
-			}
+			// A CRIU held in its post-dump action is alive: an image
+			// it never closes would be waited for forever, with the
+			// subtree frozen. Give up; the dump fails and is undone.
+			c.fail(errors.New("CRIU's images did not all arrive"))
+			c.Close()
+			return c.failed()
 		case <-done:
 			return c.failed()
 		}

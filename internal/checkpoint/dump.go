@@ -475,7 +475,9 @@ func dumpAll(h *node.Host, op *node.Op, members []*member, o Options, stream boo
 		go func() {
 			defer wg.Done()
 			sem <- struct{}{}
-			defer func() { <-sem }()
+			var freeSlot sync.Once
+			leave := func() { freeSlot.Do(func() { <-sem }) }
+			defer leave()
 			t0 := time.Now()
 			var reported atomic.Bool
 			report := func(err error) {
@@ -492,6 +494,9 @@ func dumpAll(h *node.Host, op *node.Op, members []*member, o Options, stream boo
 			var beforeKill func() error
 			if run.hold {
 				beforeKill = func() error {
+					// A held CRIU waits for the whole subtree's archive:
+					// it must not keep others from starting meanwhile.
+					leave()
 					report(nil)
 					return run.wait()
 				}
