@@ -53,7 +53,7 @@ func (o *cpOptions) prepare(g *globalOptions) (*node.Host, checkpoint.Options, *
 	if err != nil {
 		return nil, checkpoint.Options{}, nil, err
 	}
-	co := checkpoint.Options{CriuBin: bin, LeaveRunning: o.LeaveRunning, TCPEstablished: o.TCPEstablished}
+	co := checkpoint.Options{CriuBin: bin, LeaveRunning: o.LeaveRunning, TCPEstablished: o.TCPEstablished, InNode: g.scope != nil}
 	var pp *progressPrinter
 	if !o.Quiet && term.IsTerminal(int(os.Stderr.Fd())) {
 		pp = newProgressPrinter(os.Stderr)

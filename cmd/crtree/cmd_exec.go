@@ -53,10 +53,10 @@ status (126 when CMD cannot be run, 127 when it is not found).`,
 				if err != nil {
 					return err
 				}
-				return runWithPTY(c, n.Pid)
+				return runWithPTY(c, n.Pid, func() error { return h.StartExec(p, c) })
 			}
 			c.Stdin, c.Stdout, c.Stderr = os.Stdin, os.Stdout, os.Stderr
-			if err := c.Start(); err != nil {
+			if err := h.StartExec(p, c); err != nil {
 				return err
 			}
 			defer forwardSignals(c.Process.Pid)()

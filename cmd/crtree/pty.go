@@ -35,8 +35,9 @@ func openNodePTY(initPid int) (master, slave *os.File, err error) {
 }
 
 // runWithPTY runs c on a new pseudo-terminal of the node, copying between
-// it and our stdin/stdout, with our terminal (if any) in raw mode meanwhile.
-func runWithPTY(c *exec.Cmd, initPid int) error {
+// it and our stdin/stdout, with our terminal (if any) in raw mode meanwhile;
+// start starts c.
+func runWithPTY(c *exec.Cmd, initPid int, start func() error) error {
 	ptmx, tty, err := openNodePTY(initPid)
 	if err != nil {
 		return err
@@ -48,7 +49,7 @@ func runWithPTY(c *exec.Cmd, initPid int) error {
 	if term.IsTerminal(int(os.Stdin.Fd())) {
 		pty.InheritSize(os.Stdin, ptmx)
 	}
-	err = c.Start()
+	err = start()
 	tty.Close()
 	if err != nil {
 		return err

@@ -38,6 +38,10 @@ type Options struct {
 	// processes itself once the archive is safe, their connections locked
 	// and silent (see criuRun).
 	TCPEstablished bool
+	// InNode is set for a dump asked from inside a node: what it removes
+	// must be restorable from there, so nodes with binds (which only the
+	// host can provide again) are kept unless LeaveRunning.
+	InNode bool
 	// Progress, if set, is called as the operation advances.
 	Progress func(Progress)
 }
@@ -98,7 +102,7 @@ func Dump(h *node.Host, p hier.Path, out Output, o Options) (rep *Report, err er
 	// removes it ends the hold with the nodes.)
 	defer h.Release(members[0].n.ID)
 	if !o.LeaveRunning {
-		if err := restorable(members); err != nil {
+		if err := restorable(members, o.InNode); err != nil {
 			return nil, fmt.Errorf("dump %s: %w; nothing was dumped (use --leave-running to archive it and keep it running)", p, err)
 		}
 	}
@@ -413,11 +417,16 @@ func collect(h *node.Host, p hier.Path) ([]*member, cgroup.Group, error) {
 
 // restorable refuses a subtree whose archive this crtree could not
 // restore: a dump that removes such nodes would lose them. It applies the
-// refusals of Restore that depend on the archive alone.
-func restorable(members []*member) error {
+// refusals of Restore that depend on the archive alone, and for a dump
+// from inside a node (inNode) those of a restore from there.
+func restorable(members []*member, inNode bool) error {
 	for _, m := range members {
 		if err := nodeRestorable(m.path.String(), m.n.Spec, m.status.State == hier.Running); err != nil {
 			return err
+		}
+		if inNode && len(m.n.Spec.Binds) > 0 {
+			b := m.n.Spec.Binds[0]
+			return fmt.Errorf("%s has a bind at %s, which a restore inside a node cannot provide", m.path, b.Target)
 		}
 	}
 	return nil

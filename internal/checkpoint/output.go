@@ -50,25 +50,9 @@ type FileOutput struct {
 // directBuf is the size of O_DIRECT writes.
 const directBuf = 4 << 20
 
-// CreateFile starts an archive that will be called name.
-func CreateFile(name string) (*FileOutput, error) {
-	r, err := os.OpenRoot(filepath.Dir(name))
-	if err != nil {
-		return nil, fmt.Errorf("create archive: %w", err)
-	}
-	return CreateFileIn(r, filepath.Base(name))
-}
-
-// CreateFileIn starts an archive that will be called name inside root
-// (which it closes when done); name cannot leave root.
-func CreateFileIn(root *os.Root, name string) (*FileOutput, error) {
-	o, err := createFileIn(root, name)
-	if err != nil {
-		return nil, fmt.Errorf("create archive: %w", err)
-	}
-	return o, nil
-}
-
+// createFileIn starts an archive that will be called name inside root
+// (which it closes when done), through a temporary name; name cannot
+// leave root. OpenOutputIn decides when this is the right way.
 func createFileIn(root *os.Root, name string) (*FileOutput, error) {
 	dir, base := filepath.Split(name)
 	for i := 0; ; i++ {

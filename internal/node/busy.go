@@ -15,23 +15,27 @@ const (
 // BusyError is returned when a command would change a subtree that
 // another crtree command holds (see [hier.Busy]).
 type BusyError struct {
-	// Path is the held node; Op what is being done to it.
+	// Path is the held node; Op what is being done to it, and Pid by
+	// which crtree process.
 	Path hier.Path
 	Op   string
+	Pid  int
 }
 
-func (e *BusyError) Error() string { return fmt.Sprintf("%s is being %s", e.Path, e.Op) }
+func (e *BusyError) Error() string {
+	return fmt.Sprintf("%s is being %s (by crtree process %d); try again once it has ended", e.Path, e.Op, e.Pid)
+}
 
 // heldBy returns what holds n itself, if anything: a live hold, or the
 // live command that is still creating it.
-func heldBy(n *hier.Node) (string, bool) {
+func heldBy(n *hier.Node) (op string, pid int, held bool) {
 	if b := n.Busy; b != nil && Alive(b.Pid, b.Start) {
-		return b.Op, true
+		return b.Op, b.Pid, true
 	}
 	if n.OwnerPid != 0 && Alive(n.OwnerPid, n.OwnerStart) {
-		return "created", true
+		return "created", n.OwnerPid, true
 	}
-	return "", false
+	return "", 0, false
 }
 
 // CheckFree returns a *BusyError if n or one of its ancestors is held by
@@ -41,16 +45,16 @@ func heldBy(n *hier.Node) (string, bool) {
 // nodes call it, under the tree's lock, before they do.
 func CheckFree(t *hier.Tree, n *hier.Node, subtree bool) error {
 	for m := n; m != nil; m = t.Nodes[m.Parent] {
-		if op, held := heldBy(m); held {
-			return &BusyError{Path: t.PathOf(m), Op: op}
+		if op, pid, held := heldBy(m); held {
+			return &BusyError{Path: t.PathOf(m), Op: op, Pid: pid}
 		}
 	}
 	if !subtree {
 		return nil
 	}
 	for _, m := range t.Subtree(n) {
-		if op, held := heldBy(m); held {
-			return &BusyError{Path: t.PathOf(m), Op: op}
+		if op, pid, held := heldBy(m); held {
+			return &BusyError{Path: t.PathOf(m), Op: op, Pid: pid}
 		}
 	}
 	return nil

@@ -16,12 +16,30 @@ import (
 	"github.com/crtree/crtree/internal/hier"
 )
 
+// StartExec starts c, a command from ExecCommand for the node at p,
+// once more checking under the tree's lock that no dump or restore holds
+// the node: a dump that took hold between ExecCommand and now would
+// freeze the command and kill it with the node (if it took hold after,
+// it sees the command and refuses, see AttachedExec).
+func (h *Host) StartExec(p hier.Path, c *exec.Cmd) error {
+	return h.Store.View(func(t *hier.Tree) error {
+		n, err := lookupNode(t, p)
+		if err != nil {
+			return err
+		}
+		if err := CheckFree(t, n, false); err != nil {
+			return fmt.Errorf("exec %s: %w", p, err)
+		}
+		return c.Start()
+	})
+}
+
 // ExecCommand returns a command that runs argv inside the running node at
 // p: in all its namespaces, its root and its cgroup, with the node's
 // environment, as the leader of a new session of the node (with tty, its
 // stdin becomes the session's controlling terminal). The caller sets up
-// stdio and runs it; the cgroup handle in the returned cleanup must be
-// closed after Start.
+// stdio and starts it with StartExec; the cgroup handle in the returned
+// cleanup must be closed after that.
 //
 // Entering a mount namespace needs a single-threaded process, which a Go
 // program is not, so the entering is done by nsenter(1) from util-linux.

@@ -127,7 +127,7 @@ func (h *Host) Signal(p hier.Path, sig unix.Signal, recursive bool) error {
 		if err != nil {
 			return err
 		}
-		if err := CheckFree(t, n, true); err != nil {
+		if err := CheckFree(t, n, recursive); err != nil {
 			return fmt.Errorf("kill %s: %w", p, err)
 		}
 		nodes := []*hier.Node{n}
@@ -301,7 +301,7 @@ func (h *Host) List(p hier.Path, recursive bool) ([]Entry, error) {
 func (h *Host) entry(t *hier.Tree, n *hier.Node, depth int) Entry {
 	st := StatusOf(n)
 	e := Entry{ID: n.ID, Path: t.PathOf(n).String(), Name: n.Name, State: string(st.State), Display: st.String(), Created: n.Created, Depth: depth}
-	if op, held := heldBy(n); held && n.Busy != nil {
+	if op, _, held := heldBy(n); held && n.Busy != nil {
 		e.Busy = "being " + op
 	}
 	if st.State == hier.Exited {
