@@ -1,6 +1,8 @@
 package archive
 
 import (
+	"archive/tar"
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -18,21 +20,55 @@ import (
 const PieceSize = 32 << 20
 
 // Checksums is the trailer: the SHA-256 of each piece of each member, in
-// archive order, the manifest first.
+// archive order, the manifest first, and of each member's tar header.
 type Checksums struct {
 	PieceSize int64            `json:"pieceSize"`
 	Members   []MemberChecksum `json:"members"`
+	// Index is the index an archive written to a file ends with; nil
+	// for an archive without one.
+	Index *Index `json:"index,omitempty"`
 }
 
 // MemberChecksum is one member: its name, type ("file", "dir",
-// "symlink", "hardlink" or "fifo"), content size and piece digests in hex.
-// A CRIU image may be split into several members of the same name, whose
-// contents are concatenated in archive order.
+// "symlink", "hardlink" or "fifo"), content size and piece digests in hex,
+// and the SHA-256 of its tar header blocks (Header): every byte of its
+// metadata (mode, owner, times, link target, extended attributes, the
+// sparse map). A CRIU image may be split into several members of the same
+// name, whose contents are concatenated in archive order.
 type MemberChecksum struct {
 	Name   string   `json:"name"`
 	Type   string   `json:"type"`
 	Size   int64    `json:"size"`
 	SHA256 []string `json:"sha256"`
+	Header string   `json:"header"`
+}
+
+// sameMember reports whether two records of a member agree in every field.
+func sameMember(a, b *MemberChecksum) bool {
+	return a.Name == b.Name && a.Type == b.Type && a.Size == b.Size && a.Header == b.Header && equalDigests(a.SHA256, b.SHA256)
+}
+
+// sumsDigestKey is the PAX record of checksums.json's own header that
+// holds the SHA-256 of its content: no byte of the trailer can change
+// unnoticed.
+const sumsDigestKey = "CRTREE.sha256"
+
+// sumsHeader is the tar header of checksums.json holding data.
+func sumsHeader(data []byte) *tar.Header {
+	sum := sha256.Sum256(data)
+	return &tar.Header{Name: SumsName, Mode: 0o644, Size: int64(len(data)), Typeflag: tar.TypeReg, Format: tar.FormatPAX,
+		PAXRecords: map[string]string{sumsDigestKey: hex.EncodeToString(sum[:])}}
+}
+
+// checkSums checks checksums.json: its header, whose digest is header,
+// must be exactly the one crtree writes for data, the digest of data
+// included. No byte of the trailer can change unnoticed.
+func checkSums(header string, data []byte) error {
+	out := &tarOutput{w: io.Discard, sum: newHeaderSum()}
+	if err := tar.NewWriter(out).WriteHeader(sumsHeader(data)); err != nil || out.sum.take() != header {
+		return corrupt("%s is damaged: its tar header does not match its content", SumsName)
+	}
+	return nil
 }
 
 // pieces returns how many pieces content of size bytes has.
@@ -249,7 +285,13 @@ func (p *hashPool) wait() (*Checksums, error) {
 // decodeChecksums parses a trailer.
 func decodeChecksums(data []byte) (*Checksums, error) {
 	var c Checksums
-	if err := json.Unmarshal(data, &c); err != nil {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	err := dec.Decode(&c)
+	if err == nil && dec.More() {
+		err = fmt.Errorf("data after the JSON object")
+	}
+	if err != nil {
 		return nil, fmt.Errorf("malformed %s: %v", SumsName, err)
 	}
 	if c.PieceSize != PieceSize {

@@ -120,6 +120,10 @@ func ScanFlat(prefix, dir string) ([]Entry, error) {
 type Writer struct {
 	sw *switchWriter
 	tw *tar.Writer
+	// tout sees what tw writes; headers are the header digests of the
+	// members written, in order.
+	tout    *tarOutput
+	headers []string
 	// Progress, if set, is called with the number of uncompressed bytes
 	// written so far.
 	Progress func(n int64)
@@ -157,7 +161,8 @@ func NewWriter(w io.Writer, level zstd.EncoderLevel) (*Writer, error) {
 	}
 	out := &counter{w: w}
 	sw := &switchWriter{out: out, zw: zw, sampler: newSampler()}
-	return &Writer{sw: sw, tw: tar.NewWriter(sw), hashes: newHashPool(), buf: make([]byte, chunkSize), out: out}, nil
+	tout := &tarOutput{w: sw, sum: newHeaderSum()}
+	return &Writer{sw: sw, tw: tar.NewWriter(tout), tout: tout, hashes: newHashPool(), buf: make([]byte, chunkSize), out: out}, nil
 }
 
 // Content returns the bytes of member content written so far, the
@@ -175,14 +180,32 @@ func (w *Writer) WriteManifest(m *Manifest) error {
 
 func (w *Writer) writeBytes(name string, data []byte) error {
 	hdr := &tar.Header{Name: name, Mode: 0o644, Size: int64(len(data)), Typeflag: tar.TypeReg, Format: tar.FormatPAX}
-	if err := w.tw.WriteHeader(hdr); err != nil {
+	if err := w.writeHeader(hdr); err != nil {
 		return err
 	}
 	if _, err := w.tw.Write(data); err != nil {
 		return err
 	}
+	w.endContent(hdr.Size)
 	w.hashes.addBytes(name, "file", int64(len(data)), data)
 	return nil
+}
+
+// writeHeader writes a member's header and records its digest; what is
+// written next is the member's content, up to endContent.
+func (w *Writer) writeHeader(hdr *tar.Header) error {
+	if err := w.tw.WriteHeader(hdr); err != nil {
+		return err
+	}
+	w.headers = append(w.headers, w.tout.sum.take())
+	w.tout.content = true
+	return nil
+}
+
+// endContent ends the content of the current member, of size bytes.
+func (w *Writer) endContent(size int64) {
+	w.tout.content = false
+	w.tout.sum.endContent(size)
 }
 
 // WriteEntries writes the planned entries, reading regular files from
@@ -195,10 +218,11 @@ func (w *Writer) WriteEntries(entries []Entry) error {
 		hdr := *e.header
 		hdr.Format = tar.FormatPAX
 		w.sw.raw, w.sw.zero = false, false
-		if err := w.tw.WriteHeader(&hdr); err != nil {
+		if err := w.writeHeader(&hdr); err != nil {
 			return fmt.Errorf("write %s: %w", e.Name, err)
 		}
 		if hdr.Typeflag != tar.TypeReg {
+			w.endContent(0)
 			w.hashes.addBytes(e.Name, e.Type, 0, []byte(hdr.Linkname))
 			continue
 		}
@@ -206,6 +230,7 @@ func (w *Writer) WriteEntries(entries []Entry) error {
 		if err := w.copyFile(e.Path, 0, hdr.Size); err != nil {
 			return fmt.Errorf("write %s: %w", e.Name, err)
 		}
+		w.endContent(hdr.Size)
 	}
 	w.sw.raw, w.sw.zero = false, false
 	return nil
@@ -217,13 +242,14 @@ func (w *Writer) WriteEntries(entries []Entry) error {
 func (w *Writer) WritePart(name, path string, off, size int64) error {
 	hdr := &tar.Header{Name: name, Mode: 0o600, Size: size, Typeflag: tar.TypeReg, Format: tar.FormatPAX, ModTime: time.Now()}
 	w.sw.raw, w.sw.zero = false, false
-	if err := w.tw.WriteHeader(hdr); err != nil {
+	if err := w.writeHeader(hdr); err != nil {
 		return fmt.Errorf("write %s: %w", name, err)
 	}
 	w.hashes.addFile(name, path, off, size)
 	if err := w.copyFile(path, off, size); err != nil {
 		return fmt.Errorf("write %s: %w", name, err)
 	}
+	w.endContent(size)
 	w.sw.raw, w.sw.zero = false, false
 	return nil
 }
@@ -234,7 +260,7 @@ func (w *Writer) WritePart(name, path string, off, size int64) error {
 func (w *Writer) WritePartBytes(name string, data []byte, done func()) error {
 	hdr := &tar.Header{Name: name, Mode: 0o600, Size: int64(len(data)), Typeflag: tar.TypeReg, Format: tar.FormatPAX, ModTime: time.Now()}
 	w.sw.raw, w.sw.zero = false, false
-	if err := w.tw.WriteHeader(hdr); err != nil {
+	if err := w.writeHeader(hdr); err != nil {
 		done()
 		return fmt.Errorf("write %s: %w", name, err)
 	}
@@ -251,6 +277,7 @@ func (w *Writer) WritePartBytes(name string, data []byte, done func()) error {
 			w.Progress(w.written)
 		}
 	}
+	w.endContent(int64(len(data)))
 	w.sw.raw, w.sw.zero = false, false
 	w.hashes.addBuffer(name, data, done)
 	return nil
@@ -325,16 +352,25 @@ func (w *Writer) Close() error {
 	if err != nil {
 		return err
 	}
-	data, err := json.Marshal(sums)
-	if err != nil {
-		return err
+	if len(sums.Members) != len(w.headers) {
+		return fmt.Errorf("write %s: %d members, %d headers", SumsName, len(sums.Members), len(w.headers))
 	}
-	hdr := &tar.Header{Name: SumsName, Mode: 0o644, Size: int64(len(data)), Typeflag: tar.TypeReg, Format: tar.FormatPAX}
+	for i := range sums.Members {
+		sums.Members[i].Header = w.headers[i]
+	}
 	w.sw.raw, w.sw.zero = false, false
 	if w.index.Sums, err = w.boundary(); err != nil {
 		return err
 	}
-	if err := w.tw.WriteHeader(hdr); err != nil {
+	if w.index.Meta != 0 {
+		x := w.index
+		sums.Index = &x
+	}
+	data, err := json.Marshal(sums)
+	if err != nil {
+		return err
+	}
+	if err := w.tw.WriteHeader(sumsHeader(data)); err != nil {
 		return err
 	}
 	if _, err := w.tw.Write(data); err != nil {
