@@ -115,18 +115,48 @@ func (p *hashPool) addBytes(name, typ string, size int64, data []byte) {
 	p.record(name, typ, size, digestBytes(data))
 }
 
-// addFile hashes size bytes of the file at path from offset off, piece
-// by piece, in parallel with whatever else runs. The file must not change
-// meanwhile.
-func (p *hashPool) addFile(name, path string, off, size int64) {
-	p.addOpener(name, func() (*os.File, error) { return os.Open(path) }, off, size)
+// addFile hashes the spans of the file at path, one after the other,
+// piece by piece, in parallel with whatever else runs. The file must not
+// change meanwhile.
+func (p *hashPool) addFile(name, path string, spans []Span) {
+	p.addOpener(name, func() (*os.File, error) { return openDeep(path) }, spans)
 }
 
 // addFileIn is addFile for a file inside root (extraction): the file is
 // opened through root, so no symlink can lead the hashing elsewhere.
 // root must stay open until wait returns.
-func (p *hashPool) addFileIn(name string, root *os.Root, rel string, off, size int64) {
-	p.addOpener(name, func() (*os.File, error) { return openRegular(root, rel) }, off, size)
+func (p *hashPool) addFileIn(name string, root *os.Root, rel string, spans []Span) {
+	p.addOpener(name, func() (*os.File, error) { return openRegular(root, rel) }, spans)
+}
+
+// spansReader reads the spans of f one after the other; size is their
+// total length.
+func spansReader(f io.ReaderAt, spans []Span) (io.Reader, int64) {
+	var rs []io.Reader
+	var size int64
+	for _, s := range spans {
+		rs = append(rs, io.NewSectionReader(f, s.Off, max(s.Len, 0)))
+		size += max(s.Len, 0)
+	}
+	return io.MultiReader(rs...), size
+}
+
+// cut returns the file ranges of bytes [off, off+n) of the spans' data.
+func cut(spans []Span, off, n int64) []Span {
+	var out []Span
+	for _, s := range spans {
+		if n <= 0 {
+			break
+		}
+		if off >= s.Len {
+			off -= s.Len
+			continue
+		}
+		k := min(s.Len-off, n)
+		out = append(out, Span{s.Off + off, k})
+		off, n = 0, n-k
+	}
+	return out
 }
 
 // openRegular opens rel in root for reading, refusing anything but a
@@ -176,20 +206,24 @@ func (p *hashPool) addBuffer(name string, data []byte, done func()) {
 	}()
 }
 
-func (p *hashPool) addOpener(name string, open func() (*os.File, error), base, size int64) {
+func (p *hashPool) addOpener(name string, open func() (*os.File, error), spans []Span) {
+	var size int64
+	for _, s := range spans {
+		size += s.Len
+	}
 	n := pieces(size)
 	digests := make([]string, n)
 	p.record(name, "file", size, digests)
 	for i := 0; i < n; i++ {
 		off := int64(i) * PieceSize
 		length := min(PieceSize, size-off)
-		off += base
+		piece := cut(spans, off, length)
 		p.wg.Add(1)
 		go func() {
 			defer p.wg.Done()
 			p.sem <- struct{}{}
 			defer func() { <-p.sem }()
-			sum, err := hashRange(open, off, length)
+			sum, err := hashRange(open, piece, length)
 			p.mu.Lock()
 			defer p.mu.Unlock()
 			if err != nil && p.err == nil {
@@ -200,14 +234,15 @@ func (p *hashPool) addOpener(name string, open func() (*os.File, error), base, s
 	}
 }
 
-func hashRange(open func() (*os.File, error), off, length int64) (string, error) {
+// hashRange hashes the ranges of a file, length bytes in all.
+func hashRange(open func() (*os.File, error), ranges []Span, length int64) (string, error) {
 	f, err := open()
 	if err != nil {
 		return "", err
 	}
 	defer f.Close()
 	length = max(length, 0)
-	r := io.NewSectionReader(f, off, length)
+	r, _ := spansReader(f, ranges)
 	h := sha256.New()
 	buf := make([]byte, 1<<20)
 	// Zero-filled memory is common in CRIU images and costs no hashing:

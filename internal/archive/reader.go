@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"strings"
 	"unsafe"
 
 	"github.com/klauspost/compress/zstd"
@@ -186,6 +187,9 @@ func (r *Reader) Next() (*tar.Header, io.Reader, error) {
 	if hdr.Size < 0 {
 		return nil, nil, corrupt("member %q has a negative size", hdr.Name)
 	}
+	if err := checkRecords(hdr); err != nil {
+		return nil, nil, corrupt("%v", err)
+	}
 	if hdr.Size > r.limit-r.content {
 		return nil, nil, corrupt("the archive holds more than the %d bytes its manifest accounts for", r.limit)
 	}
@@ -199,6 +203,23 @@ func (r *Reader) Next() (*tar.Header, io.Reader, error) {
 	}
 	r.cur = &hashingReader{name: hdr.Name, r: r.tr, left: hdr.Size, size: hdr.Size, hash: hdr.Typeflag == tar.TypeReg, pos: r.pos}
 	return hdr, r.cur, nil
+}
+
+// checkRecords refuses a member's extended attributes other than those
+// crtree archives, on anything but a file or directory, and a malformed
+// sparse map or one on a CRIU image.
+func checkRecords(hdr *tar.Header) error {
+	for k := range hdr.PAXRecords {
+		name, ok := strings.CutPrefix(k, xattrPrefix)
+		if ok && (!archivedXattr(name) || hdr.Typeflag != tar.TypeReg && hdr.Typeflag != tar.TypeDir) {
+			return fmt.Errorf("member %q: extended attribute %q is not allowed", hdr.Name, name)
+		}
+	}
+	spans, _, err := sparseSpans(hdr)
+	if err == nil && spans != nil && isImage(hdr.Name) {
+		err = fmt.Errorf("member %q: a CRIU image cannot be sparse", hdr.Name)
+	}
+	return err
 }
 
 // expected checks the header just read against the trailer read ahead,

@@ -5,91 +5,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"runtime"
 	"sort"
-	"syscall"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
 )
-
-// Entry is a file on disk planned as an archive member.
-type Entry struct {
-	Name string
-	// Type is "file", "dir", "symlink", "hardlink" or "fifo".
-	Type string
-	Size int64
-	// Path is the file on disk.
-	Path   string
-	header *tar.Header
-}
-
-// Scan plans the members for the tree at dir, named prefix/<relative
-// path>: directories, regular files, symlinks, FIFOs, and hard links to
-// files seen earlier. Sockets and device nodes are skipped. Entries come
-// in a stable order, each directory before what it holds.
-func Scan(prefix, dir string) ([]Entry, error) {
-	var out []Entry
-	links := map[[2]uint64]string{}
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(dir, p)
-		name := prefix
-		if rel != "." {
-			name = prefix + "/" + filepath.ToSlash(rel)
-		}
-		link := ""
-		if fi.Mode()&fs.ModeSymlink != 0 {
-			if link, err = os.Readlink(p); err != nil {
-				return err
-			}
-		}
-		hdr, err := tar.FileInfoHeader(fi, link)
-		if err != nil {
-			return nil // a socket or another type tar cannot hold
-		}
-		hdr.Name = name
-		hdr.Uname, hdr.Gname = "", ""
-		e := Entry{Path: p, header: hdr, Name: name}
-		switch hdr.Typeflag {
-		case tar.TypeDir:
-			e.Type = "dir"
-		case tar.TypeSymlink:
-			e.Type = "symlink"
-		case tar.TypeFifo:
-			e.Type = "fifo"
-		case tar.TypeReg:
-			e.Type = "file"
-			if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Nlink > 1 {
-				key := [2]uint64{st.Dev, st.Ino}
-				if first, ok := links[key]; ok {
-					hdr.Typeflag, hdr.Linkname, hdr.Size = tar.TypeLink, first, 0
-					e.Type = "hardlink"
-					break
-				}
-				links[key] = name
-			}
-			e.Size = hdr.Size
-		default:
-			return nil // device nodes are never archived
-		}
-		out = append(out, e)
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("scan %s: %w", dir, err)
-	}
-	return out, nil
-}
 
 // ScanFlat plans the regular files directly in dir (CRIU's images) as
 // prefix/<name>, sorted by name.
@@ -110,6 +33,7 @@ func ScanFlat(prefix, dir string) ([]Entry, error) {
 		hdr, _ := tar.FileInfoHeader(fi, "")
 		hdr.Name = prefix + "/" + d.Name()
 		hdr.Uname, hdr.Gname = "", ""
+		hdr.AccessTime, hdr.ChangeTime = time.Time{}, time.Time{}
 		out = append(out, Entry{Path: filepath.Join(dir, d.Name()), header: hdr, Name: hdr.Name, Type: "file", Size: fi.Size()})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
@@ -226,8 +150,12 @@ func (w *Writer) WriteEntries(entries []Entry) error {
 			w.hashes.addBytes(e.Name, e.Type, 0, []byte(hdr.Linkname))
 			continue
 		}
-		w.hashes.addFile(e.Name, e.Path, 0, hdr.Size)
-		if err := w.copyFile(e.Path, 0, hdr.Size); err != nil {
+		spans := e.Spans
+		if spans == nil {
+			spans = []Span{{0, hdr.Size}}
+		}
+		w.hashes.addFile(e.Name, e.Path, spans)
+		if err := w.copyFile(e.Path, spans); err != nil {
 			return fmt.Errorf("write %s: %w", e.Name, err)
 		}
 		w.endContent(hdr.Size)
@@ -245,8 +173,8 @@ func (w *Writer) WritePart(name, path string, off, size int64) error {
 	if err := w.writeHeader(hdr); err != nil {
 		return fmt.Errorf("write %s: %w", name, err)
 	}
-	w.hashes.addFile(name, path, off, size)
-	if err := w.copyFile(path, off, size); err != nil {
+	w.hashes.addFile(name, path, []Span{{off, size}})
+	if err := w.copyFile(path, []Span{{off, size}}); err != nil {
 		return fmt.Errorf("write %s: %w", name, err)
 	}
 	w.endContent(size)
@@ -283,15 +211,15 @@ func (w *Writer) WritePartBytes(name string, data []byte, done func()) error {
 	return nil
 }
 
-// copyFile streams size bytes at offset off of the file at path into the
-// archive in chunks, each stored raw or compressed as its sample says.
-func (w *Writer) copyFile(path string, off, size int64) error {
-	f, err := os.Open(path)
+// copyFile streams the spans of the file at path into the archive in
+// chunks, each stored raw or compressed as its sample says.
+func (w *Writer) copyFile(path string, spans []Span) error {
+	f, err := openDeep(path)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	r := io.NewSectionReader(f, off, size)
+	r, size := spansReader(f, spans)
 	var copied int64
 	for copied < size {
 		n, err := io.ReadFull(r, w.buf[:min(int64(len(w.buf)), size-copied)])
