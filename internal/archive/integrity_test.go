@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/klauspost/compress/zstd"
+	"golang.org/x/sys/unix"
 
 	"github.com/crtree/crtree/internal/hier"
 )
@@ -44,8 +45,17 @@ func makeSmall(t testing.TB) []byte {
 	must(os.WriteFile(filepath.Join(files, "empty"), nil, 0o600))
 	must(os.Chmod(filepath.Join(files, "etc"), 0o1777))
 	must(os.Lchown(filepath.Join(files, "empty"), 1000, 1001))
+	// A sparse file (a hole, data, a hole) and extended attributes.
+	sp, err := os.Create(filepath.Join(files, "sparse"))
+	must(err)
+	must(sp.Truncate(3 << 20))
+	_, err = sp.WriteAt([]byte("island"), 1<<20)
+	must(err)
+	sp.Close()
+	must(unix.Lsetxattr(filepath.Join(files, "etc", "app", "conf"), "user.note", []byte("kept"), 0))
+	must(unix.Lsetxattr(filepath.Join(files, "etc"), "user.dir", []byte("d"), 0))
 	when := time.Unix(1700000000, 123456789)
-	for _, p := range []string{"etc/app/conf", "empty", "etc/app", "etc", "."} {
+	for _, p := range []string{"etc/app/conf", "empty", "sparse", "etc/app", "etc", "."} {
 		must(os.Chtimes(filepath.Join(files, p), when, when))
 	}
 	must(os.MkdirAll(images, 0o755))
@@ -53,12 +63,12 @@ func makeSmall(t testing.TB) []byte {
 	must(os.WriteFile(filepath.Join(images, "core-1.img"), []byte("core"), 0o600))
 	m := &Manifest{Format: FormatName, Version: FormatVersion,
 		Nodes: []Node{{Name: "top", Parent: -1, Running: true, Memory: 1200, Spec: hier.Spec{Cmd: []string{"sleep", "1"}}}}}
+	fe, err := Scan(FilesPrefix(0), files)
+	must(err)
 	var buf bytes.Buffer
 	w, err := NewWriter(&buf, zstd.SpeedFastest)
 	must(err)
 	must(w.WriteManifest(m))
-	fe, err := Scan(FilesPrefix(0), files)
-	must(err)
 	must(w.WriteEntries(fe))
 	pages := ImagesPrefix(0) + "/pages-1.img"
 	must(w.WritePart(pages, filepath.Join(images, "pages-1.img"), 0, 700))
@@ -168,7 +178,7 @@ func snapshot(t testing.TB, dir string, rootTime bool) string {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(&b, " size=%d sha=%x", fi.Size(), sha256.Sum256(data))
+			fmt.Fprintf(&b, " size=%d blocks=%d sha=%x", fi.Size(), st.Blocks, sha256.Sum256(data))
 		}
 		b.WriteString(xattrList(p))
 		b.WriteByte('\n')
@@ -204,6 +214,11 @@ func TestEveryByteFlipped(t *testing.T) {
 	}
 	if _, err := ReadIndex(bytes.NewReader(data), int64(len(data))); err != nil {
 		t.Fatalf("the test archive has no index: %v", err)
+	}
+	for _, s := range []string{" size=3145728 blocks=8 ", "user.note=kept", "user.dir=d"} {
+		if !strings.Contains(want, s) {
+			t.Fatalf("the test archive does not restore %q", s)
+		}
 	}
 	t.Logf("%d bytes:\n%s", len(data), want)
 	bad := 0
