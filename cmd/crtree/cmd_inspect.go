@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"os"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -35,6 +36,9 @@ restores nothing.`,
 				pre := checkpoint.Prefetch(in)
 				m, members, err = archive.Verify(pre)
 				pre.Close()
+				if err == nil {
+					err = verifyIndex(in, m)
+				}
 			} else {
 				var r *archive.Reader
 				if r, err = archive.NewReader(in); err == nil {
@@ -59,6 +63,26 @@ restores nothing.`,
 	cmd.Flags().BoolVar(&verify, "verify", false, "read the whole archive and check every checksum")
 	addJSONFlag(cmd, g)
 	return cmd
+}
+
+// verifyIndex checks the index of an archive file as a restore uses it
+// (an archive read from a pipe has none to use). The file is opened
+// again: the first descriptor may read with O_DIRECT.
+func verifyIndex(in io.Reader, m *archive.Manifest) error {
+	f, ok := in.(*os.File)
+	if !ok {
+		return nil
+	}
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() {
+		return nil
+	}
+	again, err := os.Open(fmt.Sprintf("/proc/self/fd/%d", f.Fd()))
+	if err != nil {
+		return err
+	}
+	defer again.Close()
+	return archive.VerifyIndex(again, fi.Size(), m)
 }
 
 func printManifest(w io.Writer, m *archive.Manifest, verified bool, members int) {

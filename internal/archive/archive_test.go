@@ -138,7 +138,8 @@ func TestTruncated(t *testing.T) {
 
 // TestFlippedBytes flips one bit at many points of the uncompressed tar
 // stream (recompressed, so that zstd's own checksum does not hide the
-// archive's): every flip is refused.
+// archive's): every flip is refused, in padding and unused header fields
+// too.
 func TestFlippedBytes(t *testing.T) {
 	dec, _ := zstd.NewReader(nil)
 	raw, err := dec.DecodeAll(makeArchive(t), nil)
@@ -151,11 +152,6 @@ func TestFlippedBytes(t *testing.T) {
 		bad := append([]byte(nil), raw...)
 		bad[pos] ^= 0x20
 		if _, _, err := Verify(bytes.NewReader(enc.EncodeAll(bad, nil))); err == nil {
-			// A flip in tar padding or an unused header field changes no
-			// member; anything else must be caught.
-			if inPadding(raw, pos) {
-				continue
-			}
 			t.Errorf("flip at %d verified", pos)
 		}
 		flips++
@@ -164,10 +160,6 @@ func TestFlippedBytes(t *testing.T) {
 		t.Fatalf("only %d flips tested", flips)
 	}
 }
-
-// inPadding reports whether pos falls on bytes that carry no member data:
-// zero padding after a member or the end-of-archive blocks.
-func inPadding(raw []byte, pos int) bool { return raw[pos] == 0 }
 
 func TestHostileManifests(t *testing.T) {
 	good := func() *Manifest {

@@ -1,6 +1,8 @@
 package archive
 
 import (
+	"archive/tar"
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -18,21 +20,55 @@ import (
 const PieceSize = 32 << 20
 
 // Checksums is the trailer: the SHA-256 of each piece of each member, in
-// archive order, the manifest first.
+// archive order, the manifest first, and of each member's tar header.
 type Checksums struct {
 	PieceSize int64            `json:"pieceSize"`
 	Members   []MemberChecksum `json:"members"`
+	// Index is the index an archive written to a file ends with; nil
+	// for an archive without one.
+	Index *Index `json:"index,omitempty"`
 }
 
 // MemberChecksum is one member: its name, type ("file", "dir",
-// "symlink", "hardlink" or "fifo"), content size and piece digests in hex.
-// A CRIU image may be split into several members of the same name, whose
-// contents are concatenated in archive order.
+// "symlink", "hardlink" or "fifo"), content size and piece digests in hex,
+// and the SHA-256 of its tar header blocks (Header): every byte of its
+// metadata (mode, owner, times, link target, extended attributes, the
+// sparse map). A CRIU image may be split into several members of the same
+// name, whose contents are concatenated in archive order.
 type MemberChecksum struct {
 	Name   string   `json:"name"`
 	Type   string   `json:"type"`
 	Size   int64    `json:"size"`
 	SHA256 []string `json:"sha256"`
+	Header string   `json:"header"`
+}
+
+// sameMember reports whether two records of a member agree in every field.
+func sameMember(a, b *MemberChecksum) bool {
+	return a.Name == b.Name && a.Type == b.Type && a.Size == b.Size && a.Header == b.Header && equalDigests(a.SHA256, b.SHA256)
+}
+
+// sumsDigestKey is the PAX record of checksums.json's own header that
+// holds the SHA-256 of its content: no byte of the trailer can change
+// unnoticed.
+const sumsDigestKey = "CRTREE.sha256"
+
+// sumsHeader is the tar header of checksums.json holding data.
+func sumsHeader(data []byte) *tar.Header {
+	sum := sha256.Sum256(data)
+	return &tar.Header{Name: SumsName, Mode: 0o644, Size: int64(len(data)), Typeflag: tar.TypeReg, Format: tar.FormatPAX,
+		PAXRecords: map[string]string{sumsDigestKey: hex.EncodeToString(sum[:])}}
+}
+
+// checkSums checks checksums.json: its header, whose digest is header,
+// must be exactly the one crtree writes for data, the digest of data
+// included. No byte of the trailer can change unnoticed.
+func checkSums(header string, data []byte) error {
+	out := &tarOutput{w: io.Discard, sum: newHeaderSum()}
+	if err := tar.NewWriter(out).WriteHeader(sumsHeader(data)); err != nil || out.sum.take() != header {
+		return corrupt("%s is damaged: its tar header does not match its content", SumsName)
+	}
+	return nil
 }
 
 // pieces returns how many pieces content of size bytes has.
@@ -79,18 +115,48 @@ func (p *hashPool) addBytes(name, typ string, size int64, data []byte) {
 	p.record(name, typ, size, digestBytes(data))
 }
 
-// addFile hashes size bytes of the file at path from offset off, piece
-// by piece, in parallel with whatever else runs. The file must not change
-// meanwhile.
-func (p *hashPool) addFile(name, path string, off, size int64) {
-	p.addOpener(name, func() (*os.File, error) { return os.Open(path) }, off, size)
+// addFile hashes the spans of the file at path, one after the other,
+// piece by piece, in parallel with whatever else runs. The file must not
+// change meanwhile.
+func (p *hashPool) addFile(name, path string, spans []Span) {
+	p.addOpener(name, func() (*os.File, error) { return openDeep(path) }, spans)
 }
 
 // addFileIn is addFile for a file inside root (extraction): the file is
 // opened through root, so no symlink can lead the hashing elsewhere.
 // root must stay open until wait returns.
-func (p *hashPool) addFileIn(name string, root *os.Root, rel string, off, size int64) {
-	p.addOpener(name, func() (*os.File, error) { return openRegular(root, rel) }, off, size)
+func (p *hashPool) addFileIn(name string, root *os.Root, rel string, spans []Span) {
+	p.addOpener(name, func() (*os.File, error) { return openRegular(root, rel) }, spans)
+}
+
+// spansReader reads the spans of f one after the other; size is their
+// total length.
+func spansReader(f io.ReaderAt, spans []Span) (io.Reader, int64) {
+	var rs []io.Reader
+	var size int64
+	for _, s := range spans {
+		rs = append(rs, io.NewSectionReader(f, s.Off, max(s.Len, 0)))
+		size += max(s.Len, 0)
+	}
+	return io.MultiReader(rs...), size
+}
+
+// cut returns the file ranges of bytes [off, off+n) of the spans' data.
+func cut(spans []Span, off, n int64) []Span {
+	var out []Span
+	for _, s := range spans {
+		if n <= 0 {
+			break
+		}
+		if off >= s.Len {
+			off -= s.Len
+			continue
+		}
+		k := min(s.Len-off, n)
+		out = append(out, Span{s.Off + off, k})
+		off, n = 0, n-k
+	}
+	return out
 }
 
 // openRegular opens rel in root for reading, refusing anything but a
@@ -140,20 +206,24 @@ func (p *hashPool) addBuffer(name string, data []byte, done func()) {
 	}()
 }
 
-func (p *hashPool) addOpener(name string, open func() (*os.File, error), base, size int64) {
+func (p *hashPool) addOpener(name string, open func() (*os.File, error), spans []Span) {
+	var size int64
+	for _, s := range spans {
+		size += s.Len
+	}
 	n := pieces(size)
 	digests := make([]string, n)
 	p.record(name, "file", size, digests)
 	for i := 0; i < n; i++ {
 		off := int64(i) * PieceSize
 		length := min(PieceSize, size-off)
-		off += base
+		piece := cut(spans, off, length)
 		p.wg.Add(1)
 		go func() {
 			defer p.wg.Done()
 			p.sem <- struct{}{}
 			defer func() { <-p.sem }()
-			sum, err := hashRange(open, off, length)
+			sum, err := hashRange(open, piece, length)
 			p.mu.Lock()
 			defer p.mu.Unlock()
 			if err != nil && p.err == nil {
@@ -164,14 +234,15 @@ func (p *hashPool) addOpener(name string, open func() (*os.File, error), base, s
 	}
 }
 
-func hashRange(open func() (*os.File, error), off, length int64) (string, error) {
+// hashRange hashes the ranges of a file, length bytes in all.
+func hashRange(open func() (*os.File, error), ranges []Span, length int64) (string, error) {
 	f, err := open()
 	if err != nil {
 		return "", err
 	}
 	defer f.Close()
 	length = max(length, 0)
-	r := io.NewSectionReader(f, off, length)
+	r, _ := spansReader(f, ranges)
 	h := sha256.New()
 	buf := make([]byte, 1<<20)
 	// Zero-filled memory is common in CRIU images and costs no hashing:
@@ -249,7 +320,13 @@ func (p *hashPool) wait() (*Checksums, error) {
 // decodeChecksums parses a trailer.
 func decodeChecksums(data []byte) (*Checksums, error) {
 	var c Checksums
-	if err := json.Unmarshal(data, &c); err != nil {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	err := dec.Decode(&c)
+	if err == nil && dec.More() {
+		err = fmt.Errorf("data after the JSON object")
+	}
+	if err != nil {
 		return nil, fmt.Errorf("malformed %s: %v", SumsName, err)
 	}
 	if c.PieceSize != PieceSize {

@@ -27,16 +27,22 @@ func TestHashRangeZeros(t *testing.T) {
 		path := filepath.Join(t.TempDir(), "f")
 		os.WriteFile(path, content, 0o600)
 		open := func() (*os.File, error) { return os.Open(path) }
-		got, err := hashRange(open, 0, int64(len(content)))
+		got, err := hashRange(open, []Span{{0, int64(len(content))}}, int64(len(content)))
 		sum := sha256.Sum256(content)
 		if err != nil || got != hex.EncodeToString(sum[:]) {
 			t.Errorf("%s: hashRange = %s, %v; want %x", name, got, err, sum)
 		}
 		if len(content) > 10 {
-			got, _ := hashRange(open, 5, int64(len(content)-10))
+			got, _ := hashRange(open, []Span{{5, int64(len(content) - 10)}}, int64(len(content)-10))
 			sum := sha256.Sum256(content[5 : len(content)-5])
 			if got != hex.EncodeToString(sum[:]) {
 				t.Errorf("%s: inner range digest wrong", name)
+			}
+			// Two ranges, hashed as one stream (a sparse file's data).
+			got, _ = hashRange(open, []Span{{1, 3}, {8, 2}}, 5)
+			sum = sha256.Sum256(append(bytes.Clone(content[1:4]), content[8:10]...))
+			if got != hex.EncodeToString(sum[:]) {
+				t.Errorf("%s: two ranges digest wrong", name)
 			}
 		}
 	}

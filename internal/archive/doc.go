@@ -7,7 +7,8 @@
 //	manifest.json          the Manifest: versions, the subtree, every member
 //	nodes/N/files/...      node N's own files (its writable root)
 //	nodes/N/criu/...       node N's CRIU images
-//	checksums.json         a SHA-256 of every 32 MiB piece of every member above
+//	checksums.json         a SHA-256 of every 32 MiB piece of every member above,
+//	                       and of its tar header (mode, owner, times, xattrs...)
 //
 // The format is specified in docs/ARCHIVE.md; FormatVersion changes with
 // any change a reader of an older version could not handle.

@@ -201,26 +201,19 @@ func (x *extractor) member(hdr *tar.Header, body io.Reader) error {
 		if err != nil {
 			return err
 		}
-		if x.buf == nil {
-			x.buf = make([]byte, 1<<20)
-		}
-		if x.total+hdr.Size > x.limit {
+		if err := x.writeContent(f, hdr, body); err != nil {
 			f.Close()
-			return corrupt("the archive holds more than the %d bytes its manifest accounts for", x.limit)
+			return err
 		}
-		n, err := CopyChunks(f, body, func() []byte { return x.buf })
-		x.total += n
-		if x.progress != nil {
-			x.progress(x.total)
-		}
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
+		if err := f.Close(); err != nil {
 			return err
 		}
 		if x.hashes != nil {
-			x.hashes.addFileIn(hdr.Name, root, rel, off, hdr.Size)
+			spans, _, _ := sparseSpans(hdr)
+			if spans == nil {
+				spans = []Span{{off, hdr.Size}}
+			}
+			x.hashes.addFileIn(hdr.Name, root, rel, spans)
 		}
 	case tar.TypeSymlink:
 		if err := root.Symlink(hdr.Linkname, rel); err != nil {
@@ -263,8 +256,70 @@ func (x *extractor) member(hdr *tar.Header, body io.Reader) error {
 	if err := root.Chmod(rel, mode); err != nil {
 		return err
 	}
+	// After chown and chmod, which clear file capabilities.
+	if err := setXattrs(root, rel, hdr); err != nil {
+		return err
+	}
 	if hdr.Typeflag != tar.TypeDir {
 		return root.Chtimes(rel, hdr.ModTime, hdr.ModTime)
+	}
+	return nil
+}
+
+// writeContent writes a regular member's content into f: at the offsets
+// of its sparse map, if it has one, leaving holes between them.
+func (x *extractor) writeContent(f *os.File, hdr *tar.Header, body io.Reader) error {
+	if x.buf == nil {
+		x.buf = make([]byte, 1<<20)
+	}
+	if x.total+hdr.Size > x.limit {
+		return corrupt("the archive holds more than the %d bytes its manifest accounts for", x.limit)
+	}
+	spans, apparent, err := sparseSpans(hdr)
+	if err != nil {
+		return corrupt("%v", err)
+	}
+	if spans == nil {
+		n, err := CopyChunks(f, body, func() []byte { return x.buf })
+		x.count(n)
+		return err
+	}
+	for _, s := range spans {
+		n, err := CopyChunks(io.NewOffsetWriter(f, s.Off), io.LimitReader(body, s.Len), func() []byte { return x.buf })
+		x.count(n)
+		if err != nil {
+			return err
+		}
+	}
+	return f.Truncate(apparent)
+}
+
+// count adds n bytes written to the progress.
+func (x *extractor) count(n int64) {
+	x.total += n
+	if x.progress != nil {
+		x.progress(x.total)
+	}
+}
+
+// setXattrs sets the extended attributes the member's PAX records hold.
+func setXattrs(root *os.Root, rel string, hdr *tar.Header) error {
+	var f *os.File
+	for k, v := range hdr.PAXRecords {
+		name, ok := strings.CutPrefix(k, xattrPrefix)
+		if !ok {
+			continue
+		}
+		if f == nil {
+			var err error
+			if f, err = root.OpenFile(rel, os.O_RDONLY|unix.O_NONBLOCK|unix.O_NOFOLLOW, 0); err != nil {
+				return err
+			}
+			defer f.Close()
+		}
+		if err := unix.Fsetxattr(int(f.Fd()), name, []byte(v), 0); err != nil {
+			return fmt.Errorf("set extended attribute %s: %w", name, err)
+		}
 	}
 	return nil
 }

@@ -30,7 +30,15 @@ type frameReader struct {
 	last     bool // the current block is the frame's last
 	sliced   *frameSlicer
 	hdrCheck [6]byte
+	// skipped holds the content of the skippable frames passed over
+	// (up to maxSkipped bytes each), and lastSkipped whether the last
+	// frame was one.
+	skipped     []string
+	lastSkipped bool
 }
+
+// maxSkipped is how much of a skippable frame is kept: an index fits.
+const maxSkipped = 64
 
 // zstd frame magic numbers (RFC 8878).
 const (
@@ -84,13 +92,21 @@ func (f *frameReader) nextFrame() error {
 				return io.ErrUnexpectedEOF
 			}
 			n := int64(binary.LittleEndian.Uint32(sz[:]))
-			if c, _ := io.CopyN(io.Discard, f.in, n); c != n {
+			keep := make([]byte, min(n, maxSkipped))
+			if _, err := io.ReadFull(f.in, keep); err != nil {
 				return io.ErrUnexpectedEOF
 			}
+			rest := n - int64(len(keep))
+			if c, _ := io.CopyN(io.Discard, f.in, rest); c != rest {
+				return io.ErrUnexpectedEOF
+			}
+			f.skipped = append(f.skipped, string(m[:])+string(sz[:])+string(keep))
+			f.lastSkipped = true
 			continue
 		case magic != zstdMagic:
 			return errors.New("not a zstd frame")
 		}
+		f.lastSkipped = false
 		hdr := f.hdrCheck[:]
 		copy(hdr, m[:])
 		if _, err := io.ReadFull(f.in, hdr[4:]); err != nil {
@@ -113,6 +129,21 @@ func (f *frameReader) nextFrame() error {
 		}
 		return f.dec.Reset(f.sliced)
 	}
+}
+
+// checkSkipped checks, at the end of the stream, that the skippable
+// frames passed over are exactly the index x at the end (none if x is
+// nil): the index is covered by the trailer that lists it.
+func (f *frameReader) checkSkipped(x *Index) error {
+	switch {
+	case x == nil && len(f.skipped) == 0:
+		return nil
+	case x == nil:
+		return corrupt("a skippable frame that %s does not list", SumsName)
+	case len(f.skipped) != 1 || !f.lastSkipped || f.skipped[0] != string(x.frame()):
+		return corrupt("the index at the end of the archive differs from the one %s lists", SumsName)
+	}
+	return nil
 }
 
 // readFrame reads content of the current frame; 0, nil at its end.

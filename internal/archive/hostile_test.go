@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"encoding/json"
+	"flag"
 	"os"
 	"path/filepath"
 	"strings"
@@ -26,7 +27,8 @@ type raw struct {
 func forge(t testing.TB, m *Manifest, members []raw, tweak func(*Checksums)) []byte {
 	t.Helper()
 	var tb bytes.Buffer
-	tw := tar.NewWriter(&tb)
+	out := &tarOutput{w: &tb, sum: newHeaderSum()}
+	tw := tar.NewWriter(out)
 	sums := &Checksums{PieceSize: PieceSize}
 	add := func(h tar.Header, body string) {
 		h.Format = tar.FormatPAX
@@ -36,12 +38,16 @@ func forge(t testing.TB, m *Manifest, members []raw, tweak func(*Checksums)) []b
 		if err := tw.WriteHeader(&h); err != nil {
 			t.Fatal(err)
 		}
+		header := out.sum.take()
+		out.content = true
 		tw.Write([]byte(body))
+		out.content = false
+		out.sum.endContent(int64(len(body)))
 		hashed := body
 		if h.Typeflag != tar.TypeReg {
 			hashed = h.Linkname
 		}
-		sums.Members = append(sums.Members, MemberChecksum{Name: h.Name, Type: typeOf(h.Typeflag), Size: int64(len(body)), SHA256: digestBytes([]byte(hashed))})
+		sums.Members = append(sums.Members, MemberChecksum{Name: h.Name, Type: typeOf(h.Typeflag), Size: int64(len(body)), SHA256: digestBytes([]byte(hashed)), Header: header})
 	}
 	mj, _ := json.Marshal(m)
 	add(tar.Header{Name: ManifestName, Typeflag: tar.TypeReg, Mode: 0o644}, string(mj))
@@ -52,7 +58,7 @@ func forge(t testing.TB, m *Manifest, members []raw, tweak func(*Checksums)) []b
 		tweak(sums)
 	}
 	sj, _ := json.Marshal(sums)
-	tw.WriteHeader(&tar.Header{Name: SumsName, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(sj)), Format: tar.FormatPAX})
+	tw.WriteHeader(sumsHeader(sj))
 	tw.Write(sj)
 	tw.Close()
 	enc, _ := zstd.NewWriter(nil)
@@ -229,11 +235,47 @@ func TestBoundCountsExtraMemory(t *testing.T) {
 // TestOldManifestBound: a manifest without extraMemory (archives of
 // earlier crtree versions) is bounded as before.
 func TestOldManifestBound(t *testing.T) {
-	m, err := decodeManifest([]byte(`{"format":"crtree-archive","version":1,"nodes":[{"name":"n","parent":-1,"spec":{"cmd":["x"]},"memory":1000,"files":10}]}`))
+	m, err := decodeManifest([]byte(`{"format":"crtree-archive","version":2,"nodes":[{"name":"n","parent":-1,"spec":{"cmd":["x"]},"memory":1000,"files":10}]}`))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got, want := ExpansionLimit(m), metadataAllowance+2*1010; got != want {
 		t.Fatalf("limit %d, want %d", got, want)
+	}
+}
+
+var update = flag.Bool("update", false, "rewrite the hostile archives of testdata/archives")
+
+// TestHostileTestdata checks the hand-made hostile archives the end-to-end
+// tests restore (rewritten with -update): each is refused, for its reason.
+func TestHostileTestdata(t *testing.T) {
+	const f = "nodes/0/files"
+	dir := raw{tar.Header{Name: f, Typeflag: tar.TypeDir, Mode: 0o755}, ""}
+	for name, tc := range map[string]struct {
+		m       *Manifest
+		members []raw
+		want    string
+	}{
+		"escape-symlink.crtree": {oneNode(), []raw{dir,
+			{tar.Header{Name: f + "/out", Typeflag: tar.TypeSymlink, Linkname: "/tmp/crtree-escape-target"}, ""},
+			file(f+"/out/pwned", "x")}, "path escapes from parent"},
+		"device-node.crtree": {oneNode(), []raw{dir,
+			{tar.Header{Name: f + "/null", Typeflag: tar.TypeChar, Devmajor: 1, Devminor: 3, Mode: 0o666}, ""}}, "is not allowed"},
+		"unknown-version.crtree": {&Manifest{Format: FormatName, Version: 99, Nodes: oneNode().Nodes}, nil, "version 99 is not supported"},
+	} {
+		path := filepath.Join("..", "..", "testdata", "archives", name)
+		if *update {
+			if err := os.WriteFile(path, forge(t, tc.m, tc.members, nil), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = extractTo(t, data)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want %q", name, err, tc.want)
+		}
 	}
 }

@@ -23,10 +23,10 @@ type Index struct {
 	// Meta is the offset of the frame that starts the images written
 	// after CRIU finished (every image except the pages), and MetaMember
 	// that member's position in the checksums trailer.
-	Meta       int64
-	MetaMember int64
+	Meta       int64 `json:"meta"`
+	MetaMember int64 `json:"metaMember"`
 	// Sums is the offset of the frame that starts checksums.json.
-	Sums int64
+	Sums int64 `json:"sums"`
 }
 
 // indexTag identifies crtree's skippable frame.
@@ -80,19 +80,23 @@ func ReadIndex(ra io.ReaderAt, size int64) (*Index, error) {
 	return x, nil
 }
 
-// sectionReader decodes the tar stream that starts at off.
-func sectionReader(ra io.ReaderAt, off, end int64) (*tar.Reader, *frameReader) {
+// sectionReader decodes the tar stream that starts at off; in hashes its
+// headers.
+func sectionReader(ra io.ReaderAt, off, end int64) (*tar.Reader, *tarInput, *frameReader) {
 	zr := newFrameReader(io.NewSectionReader(ra, off, end-off))
-	return tar.NewReader(zr), zr
+	in := &tarInput{r: zr, sum: newHeaderSum()}
+	return tar.NewReader(in), in, zr
 }
 
 // ReadTrailer reads the checksums trailer the index points at, before the
 // rest of the archive. What it says is only trusted once a Reader has
 // matched it against every member (Reader.Expect).
 func ReadTrailer(ra io.ReaderAt, size int64, x *Index) (*Checksums, error) {
-	tr, zr := sectionReader(ra, x.Sums, size-int64(indexFrameSize))
+	tr, in, zr := sectionReader(ra, x.Sums, size-int64(indexFrameSize))
 	defer zr.Close()
+	in.headers = true
 	hdr, err := tr.Next()
+	in.headers = false
 	if err != nil || hdr.Name != SumsName || hdr.Typeflag != tar.TypeReg || hdr.Size > MaxManifestSize {
 		return nil, corrupt("the index does not point at %s", SumsName)
 	}
@@ -100,9 +104,15 @@ func ReadTrailer(ra io.ReaderAt, size int64, x *Index) (*Checksums, error) {
 	if err != nil || int64(len(data)) != hdr.Size {
 		return nil, corrupt("read %s: archive is truncated", SumsName)
 	}
+	if err := checkSums(in.sum.take(), data); err != nil {
+		return nil, err
+	}
 	sums, err := decodeChecksums(data)
 	if err != nil {
 		return nil, corrupt("%v", err)
+	}
+	if sums.Index == nil || *sums.Index != *x {
+		return nil, corrupt("the index differs from the one %s lists", SumsName)
 	}
 	if x.MetaMember >= int64(len(sums.Members)) {
 		return nil, corrupt("index points outside %s", SumsName)
@@ -118,23 +128,46 @@ func IsPageImage(name string) bool {
 	return strings.HasPrefix(base, "pages-") && strings.HasSuffix(base, ".img")
 }
 
+// VerifyIndex checks the index at the end of an archive file as a
+// restore uses it (ReadIndex, ReadTrailer, ExtractMeta), extracting
+// nothing. An archive without index passes: Verify checks that its
+// trailer lists none.
+func VerifyIndex(ra io.ReaderAt, size int64, m *Manifest) error {
+	x, err := ReadIndex(ra, size)
+	if errors.Is(err, ErrNoIndex) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	sums, err := ReadTrailer(ra, size, x)
+	if err != nil {
+		return err
+	}
+	return ExtractMeta(ra, size, x, m, sums, nil)
+}
+
 // ExtractMeta extracts the CRIU images that follow the index's Meta
-// offset, up to the first page image, into dst's image directories. Each
-// must be the member sums lists at its place, with the same checksums;
-// anything else is an ErrCorrupt error.
+// offset, up to the first page image, into dst's image directories (or
+// only checks them, if dst is nil). Each must be the member sums lists at
+// its place, with the same header and checksums; anything else is an
+// ErrCorrupt error.
 func ExtractMeta(ra io.ReaderAt, size int64, x *Index, m *Manifest, sums *Checksums, dst Destination) error {
-	tr, zr := sectionReader(ra, x.Meta, x.Sums)
+	tr, in, zr := sectionReader(ra, x.Meta, x.Sums)
 	defer zr.Close()
 	ex := &extractor{dst: dst, roots: map[string]*os.Root{}, limit: ExpansionLimit(m)}
 	defer ex.close()
 	for pos := x.MetaMember; ; pos++ {
+		in.headers = true
 		hdr, err := tr.Next()
+		in.headers = false
 		if err == io.EOF {
 			return nil
 		}
 		if err != nil {
 			return corrupt("images after the index: %v", readErr(err))
 		}
+		digest := in.sum.take()
 		if err := checkMemberName(hdr.Name, len(m.Nodes)); err != nil {
 			return corrupt("%v", err)
 		}
@@ -148,14 +181,23 @@ func ExtractMeta(ra io.ReaderAt, size int64, x *Index, m *Manifest, sums *Checks
 		if !isImage(hdr.Name) || hdr.Typeflag != tar.TypeReg || hdr.Name != want.Name || want.Type != "file" || hdr.Size != want.Size {
 			return corrupt("member %q after the index is not what %s lists", hdr.Name, SumsName)
 		}
+		if digest != want.Header {
+			return corrupt("the tar header of %q differs from %s", hdr.Name, SumsName)
+		}
 		h := &hashingReader{name: hdr.Name, r: tr, left: hdr.Size, size: hdr.Size, hash: true}
-		if err := ex.member(hdr, h); err != nil {
+		if dst == nil {
+			_, err = io.Copy(io.Discard, h)
+		} else {
+			err = ex.member(hdr, h)
+		}
+		if err != nil {
 			return fmt.Errorf("extract %s: %w", hdr.Name, err)
 		}
 		h.wait()
 		if h.left != 0 {
 			return corrupt("member %q: archive is truncated", hdr.Name)
 		}
+		in.sum.endContent(hdr.Size)
 		if !equalDigests(h.digests(), want.SHA256) {
 			return corrupt("checksum mismatch for %q", hdr.Name)
 		}

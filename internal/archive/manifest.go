@@ -13,7 +13,7 @@ import (
 
 // FormatVersion is the version of the archive format this package writes
 // and the only one it reads.
-const FormatVersion = 1
+const FormatVersion = 2
 
 // FormatName identifies a crtree archive in its manifest.
 const FormatName = "crtree-archive"

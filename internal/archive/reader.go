@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"strings"
 	"unsafe"
 
 	"github.com/klauspost/compress/zstd"
@@ -36,8 +37,11 @@ func decoderOptions() []zstd.DOption {
 // with its type, size and checksums. Only when Next returns io.EOF has the
 // whole archive been verified.
 type Reader struct {
-	zr       *frameReader
-	tr       *tar.Reader
+	zr *frameReader
+	tr *tar.Reader
+	in *tarInput
+	// headers are the header digests of the members read, in order.
+	headers  []string
 	manifest *Manifest
 	// pool records every member read, in order, with its digests; the
 	// content of a regular file the extractor writes out is hashed from
@@ -63,8 +67,9 @@ type Reader struct {
 // NewReader starts reading the archive on r and reads its manifest.
 func NewReader(r io.Reader) (*Reader, error) {
 	zr := newFrameReader(r)
-	ar := &Reader{zr: zr, tr: tar.NewReader(zr), pool: newHashPool(), seen: map[string]string{}}
-	hdr, err := ar.tr.Next()
+	in := &tarInput{r: zr, sum: newHeaderSum()}
+	ar := &Reader{zr: zr, tr: tar.NewReader(in), in: in, pool: newHashPool(), seen: map[string]string{}}
+	hdr, err := ar.nextHeader()
 	if err != nil {
 		zr.Close()
 		return nil, corrupt("no manifest: %v", readErr(err))
@@ -91,9 +96,25 @@ func NewReader(r io.Reader) (*Reader, error) {
 		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
 	}
 	ar.pool.addBytes(ManifestName, "file", int64(len(data)), data)
+	ar.in.sum.endContent(hdr.Size)
 	ar.manifest = m
 	ar.limit = ExpansionLimit(m)
 	return ar, nil
+}
+
+// nextHeader reads the next member's header, checking the padding
+// before it and recording its digest.
+func (r *Reader) nextHeader() (*tar.Header, error) {
+	r.in.headers = true
+	hdr, err := r.tr.Next()
+	r.in.headers = false
+	if errors.Is(err, errPadding) {
+		return nil, corrupt("%v", err)
+	}
+	if err == nil {
+		r.headers = append(r.headers, r.in.sum.take())
+	}
+	return hdr, err
 }
 
 func corrupt(format string, args ...any) error {
@@ -134,7 +155,10 @@ func (r *Reader) Next() (*tar.Header, io.Reader, error) {
 	if err := r.finishCurrent(); err != nil {
 		return nil, nil, err
 	}
-	hdr, err := r.tr.Next()
+	hdr, err := r.nextHeader()
+	if errors.Is(err, ErrCorrupt) {
+		return nil, nil, err
+	}
 	if err != nil {
 		return nil, nil, corrupt("%v (no %s trailer)", readErr(err), SumsName)
 	}
@@ -163,6 +187,9 @@ func (r *Reader) Next() (*tar.Header, io.Reader, error) {
 	if hdr.Size < 0 {
 		return nil, nil, corrupt("member %q has a negative size", hdr.Name)
 	}
+	if err := checkRecords(hdr); err != nil {
+		return nil, nil, corrupt("%v", err)
+	}
 	if hdr.Size > r.limit-r.content {
 		return nil, nil, corrupt("the archive holds more than the %d bytes its manifest accounts for", r.limit)
 	}
@@ -171,8 +198,48 @@ func (r *Reader) Next() (*tar.Header, io.Reader, error) {
 		r.pool.addBytes(hdr.Name, typ, 0, []byte(hdr.Linkname))
 	}
 	r.pos++
+	if err := r.expected(hdr); err != nil {
+		return nil, nil, err
+	}
 	r.cur = &hashingReader{name: hdr.Name, r: r.tr, left: hdr.Size, size: hdr.Size, hash: hdr.Typeflag == tar.TypeReg, pos: r.pos}
 	return hdr, r.cur, nil
+}
+
+// checkRecords refuses a member's extended attributes other than those
+// crtree archives, on anything but a file or directory, and a malformed
+// sparse map or one on a CRIU image.
+func checkRecords(hdr *tar.Header) error {
+	for k := range hdr.PAXRecords {
+		name, ok := strings.CutPrefix(k, xattrPrefix)
+		if ok && (!archivedXattr(name) || hdr.Typeflag != tar.TypeReg && hdr.Typeflag != tar.TypeDir) {
+			return fmt.Errorf("member %q: extended attribute %q is not allowed", hdr.Name, name)
+		}
+	}
+	spans, _, err := sparseSpans(hdr)
+	if err == nil && spans != nil && isImage(hdr.Name) {
+		err = fmt.Errorf("member %q: a CRIU image cannot be sparse", hdr.Name)
+	}
+	return err
+}
+
+// expected checks the header just read against the trailer read ahead,
+// if any, before the member is used.
+func (r *Reader) expected(hdr *tar.Header) error {
+	e := r.expect
+	if e == nil {
+		return nil
+	}
+	if r.pos >= len(e.Members) {
+		return corrupt("member %q is not in %s", hdr.Name, SumsName)
+	}
+	w := e.Members[r.pos]
+	if w.Name != hdr.Name || w.Type != typeOf(hdr.Typeflag) || w.Size != hdr.Size {
+		return corrupt("member %d is %s %q of %d bytes, %s lists %s %q of %d bytes", r.pos, typeOf(hdr.Typeflag), hdr.Name, hdr.Size, SumsName, w.Type, w.Name, w.Size)
+	}
+	if w.Header != r.headers[r.pos] {
+		return corrupt("the tar header of %q differs from %s", hdr.Name, SumsName)
+	}
+	return nil
 }
 
 // Expect gives the reader the trailer ahead of time (ReadTrailer): each
@@ -227,6 +294,7 @@ func (r *Reader) finishCurrent() error {
 	if r.cur.left != 0 {
 		return corrupt("member %q: archive is truncated", r.cur.name)
 	}
+	r.in.sum.endContent(r.cur.size)
 	if r.cur.hash {
 		digests := r.cur.digests()
 		r.pool.record(r.cur.name, "file", r.cur.size, digests)
@@ -252,6 +320,9 @@ func (r *Reader) verifyTrailer(hdr *tar.Header) error {
 	if err != nil || int64(len(data)) != hdr.Size {
 		return corrupt("read %s: archive is truncated", SumsName)
 	}
+	if err := checkSums(r.headers[len(r.headers)-1], data); err != nil {
+		return err
+	}
 	want, err := decodeChecksums(data)
 	if err != nil {
 		return corrupt("%v", err)
@@ -272,6 +343,9 @@ func (r *Reader) verifyTrailer(hdr *tar.Header) error {
 		if w.Name != g.Name || w.Type != g.Type || w.Size != g.Size {
 			return corrupt("member %d is %s %q of %d bytes, %s lists %s %q of %d bytes", i, g.Type, g.Name, g.Size, SumsName, w.Type, w.Name, w.Size)
 		}
+		if w.Header != r.headers[i] {
+			return corrupt("the tar header of %q differs from %s", g.Name, SumsName)
+		}
 		if len(w.SHA256) != len(g.SHA256) {
 			return corrupt("checksum mismatch for %q", g.Name)
 		}
@@ -283,14 +357,18 @@ func (r *Reader) verifyTrailer(hdr *tar.Header) error {
 	}
 	r.count = len(got.Members)
 	r.sums = want
-	if _, err := r.tr.Next(); err != io.EOF {
+	r.in.sum.endContent(hdr.Size)
+	if _, err := r.nextHeader(); err != io.EOF {
 		return corrupt("data after %s", SumsName)
 	}
-	// The zstd stream must end too (skippable frames aside, such as the
-	// index): trailing garbage is damage.
+	// The zstd stream must end too, with the index the trailer lists if
+	// any, and no other skippable frame: trailing garbage is damage.
 	var one [1]byte
 	if n, err := r.zr.Read(one[:]); n != 0 || err != io.EOF {
 		return corrupt("data after the end of the archive")
+	}
+	if err := r.zr.checkSkipped(want.Index); err != nil {
+		return err
 	}
 	r.done = true
 	return io.EOF
@@ -458,11 +536,10 @@ func sameChecksums(a, b *Checksums) bool {
 	if a.PieceSize != b.PieceSize || len(a.Members) != len(b.Members) {
 		return false
 	}
-	for i, m := range a.Members {
-		n := b.Members[i]
-		if m.Name != n.Name || m.Type != n.Type || m.Size != n.Size || !equalDigests(m.SHA256, n.SHA256) {
+	for i := range a.Members {
+		if !sameMember(&a.Members[i], &b.Members[i]) {
 			return false
 		}
 	}
-	return true
+	return (a.Index == nil) == (b.Index == nil) && (a.Index == nil || *a.Index == *b.Index)
 }

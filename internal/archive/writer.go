@@ -5,91 +5,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"runtime"
 	"sort"
-	"syscall"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
 )
-
-// Entry is a file on disk planned as an archive member.
-type Entry struct {
-	Name string
-	// Type is "file", "dir", "symlink", "hardlink" or "fifo".
-	Type string
-	Size int64
-	// Path is the file on disk.
-	Path   string
-	header *tar.Header
-}
-
-// Scan plans the members for the tree at dir, named prefix/<relative
-// path>: directories, regular files, symlinks, FIFOs, and hard links to
-// files seen earlier. Sockets and device nodes are skipped. Entries come
-// in a stable order, each directory before what it holds.
-func Scan(prefix, dir string) ([]Entry, error) {
-	var out []Entry
-	links := map[[2]uint64]string{}
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(dir, p)
-		name := prefix
-		if rel != "." {
-			name = prefix + "/" + filepath.ToSlash(rel)
-		}
-		link := ""
-		if fi.Mode()&fs.ModeSymlink != 0 {
-			if link, err = os.Readlink(p); err != nil {
-				return err
-			}
-		}
-		hdr, err := tar.FileInfoHeader(fi, link)
-		if err != nil {
-			return nil // a socket or another type tar cannot hold
-		}
-		hdr.Name = name
-		hdr.Uname, hdr.Gname = "", ""
-		e := Entry{Path: p, header: hdr, Name: name}
-		switch hdr.Typeflag {
-		case tar.TypeDir:
-			e.Type = "dir"
-		case tar.TypeSymlink:
-			e.Type = "symlink"
-		case tar.TypeFifo:
-			e.Type = "fifo"
-		case tar.TypeReg:
-			e.Type = "file"
-			if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Nlink > 1 {
-				key := [2]uint64{st.Dev, st.Ino}
-				if first, ok := links[key]; ok {
-					hdr.Typeflag, hdr.Linkname, hdr.Size = tar.TypeLink, first, 0
-					e.Type = "hardlink"
-					break
-				}
-				links[key] = name
-			}
-			e.Size = hdr.Size
-		default:
-			return nil // device nodes are never archived
-		}
-		out = append(out, e)
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("scan %s: %w", dir, err)
-	}
-	return out, nil
-}
 
 // ScanFlat plans the regular files directly in dir (CRIU's images) as
 // prefix/<name>, sorted by name.
@@ -110,6 +33,7 @@ func ScanFlat(prefix, dir string) ([]Entry, error) {
 		hdr, _ := tar.FileInfoHeader(fi, "")
 		hdr.Name = prefix + "/" + d.Name()
 		hdr.Uname, hdr.Gname = "", ""
+		hdr.AccessTime, hdr.ChangeTime = time.Time{}, time.Time{}
 		out = append(out, Entry{Path: filepath.Join(dir, d.Name()), header: hdr, Name: hdr.Name, Type: "file", Size: fi.Size()})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
@@ -120,6 +44,10 @@ func ScanFlat(prefix, dir string) ([]Entry, error) {
 type Writer struct {
 	sw *switchWriter
 	tw *tar.Writer
+	// tout sees what tw writes; headers are the header digests of the
+	// members written, in order.
+	tout    *tarOutput
+	headers []string
 	// Progress, if set, is called with the number of uncompressed bytes
 	// written so far.
 	Progress func(n int64)
@@ -157,7 +85,8 @@ func NewWriter(w io.Writer, level zstd.EncoderLevel) (*Writer, error) {
 	}
 	out := &counter{w: w}
 	sw := &switchWriter{out: out, zw: zw, sampler: newSampler()}
-	return &Writer{sw: sw, tw: tar.NewWriter(sw), hashes: newHashPool(), buf: make([]byte, chunkSize), out: out}, nil
+	tout := &tarOutput{w: sw, sum: newHeaderSum()}
+	return &Writer{sw: sw, tw: tar.NewWriter(tout), tout: tout, hashes: newHashPool(), buf: make([]byte, chunkSize), out: out}, nil
 }
 
 // Content returns the bytes of member content written so far, the
@@ -175,14 +104,32 @@ func (w *Writer) WriteManifest(m *Manifest) error {
 
 func (w *Writer) writeBytes(name string, data []byte) error {
 	hdr := &tar.Header{Name: name, Mode: 0o644, Size: int64(len(data)), Typeflag: tar.TypeReg, Format: tar.FormatPAX}
-	if err := w.tw.WriteHeader(hdr); err != nil {
+	if err := w.writeHeader(hdr); err != nil {
 		return err
 	}
 	if _, err := w.tw.Write(data); err != nil {
 		return err
 	}
+	w.endContent(hdr.Size)
 	w.hashes.addBytes(name, "file", int64(len(data)), data)
 	return nil
+}
+
+// writeHeader writes a member's header and records its digest; what is
+// written next is the member's content, up to endContent.
+func (w *Writer) writeHeader(hdr *tar.Header) error {
+	if err := w.tw.WriteHeader(hdr); err != nil {
+		return err
+	}
+	w.headers = append(w.headers, w.tout.sum.take())
+	w.tout.content = true
+	return nil
+}
+
+// endContent ends the content of the current member, of size bytes.
+func (w *Writer) endContent(size int64) {
+	w.tout.content = false
+	w.tout.sum.endContent(size)
 }
 
 // WriteEntries writes the planned entries, reading regular files from
@@ -195,17 +142,23 @@ func (w *Writer) WriteEntries(entries []Entry) error {
 		hdr := *e.header
 		hdr.Format = tar.FormatPAX
 		w.sw.raw, w.sw.zero = false, false
-		if err := w.tw.WriteHeader(&hdr); err != nil {
+		if err := w.writeHeader(&hdr); err != nil {
 			return fmt.Errorf("write %s: %w", e.Name, err)
 		}
 		if hdr.Typeflag != tar.TypeReg {
+			w.endContent(0)
 			w.hashes.addBytes(e.Name, e.Type, 0, []byte(hdr.Linkname))
 			continue
 		}
-		w.hashes.addFile(e.Name, e.Path, 0, hdr.Size)
-		if err := w.copyFile(e.Path, 0, hdr.Size); err != nil {
+		spans := e.Spans
+		if spans == nil {
+			spans = []Span{{0, hdr.Size}}
+		}
+		w.hashes.addFile(e.Name, e.Path, spans)
+		if err := w.copyFile(e.Path, spans); err != nil {
 			return fmt.Errorf("write %s: %w", e.Name, err)
 		}
+		w.endContent(hdr.Size)
 	}
 	w.sw.raw, w.sw.zero = false, false
 	return nil
@@ -217,13 +170,14 @@ func (w *Writer) WriteEntries(entries []Entry) error {
 func (w *Writer) WritePart(name, path string, off, size int64) error {
 	hdr := &tar.Header{Name: name, Mode: 0o600, Size: size, Typeflag: tar.TypeReg, Format: tar.FormatPAX, ModTime: time.Now()}
 	w.sw.raw, w.sw.zero = false, false
-	if err := w.tw.WriteHeader(hdr); err != nil {
+	if err := w.writeHeader(hdr); err != nil {
 		return fmt.Errorf("write %s: %w", name, err)
 	}
-	w.hashes.addFile(name, path, off, size)
-	if err := w.copyFile(path, off, size); err != nil {
+	w.hashes.addFile(name, path, []Span{{off, size}})
+	if err := w.copyFile(path, []Span{{off, size}}); err != nil {
 		return fmt.Errorf("write %s: %w", name, err)
 	}
+	w.endContent(size)
 	w.sw.raw, w.sw.zero = false, false
 	return nil
 }
@@ -234,7 +188,7 @@ func (w *Writer) WritePart(name, path string, off, size int64) error {
 func (w *Writer) WritePartBytes(name string, data []byte, done func()) error {
 	hdr := &tar.Header{Name: name, Mode: 0o600, Size: int64(len(data)), Typeflag: tar.TypeReg, Format: tar.FormatPAX, ModTime: time.Now()}
 	w.sw.raw, w.sw.zero = false, false
-	if err := w.tw.WriteHeader(hdr); err != nil {
+	if err := w.writeHeader(hdr); err != nil {
 		done()
 		return fmt.Errorf("write %s: %w", name, err)
 	}
@@ -251,20 +205,21 @@ func (w *Writer) WritePartBytes(name string, data []byte, done func()) error {
 			w.Progress(w.written)
 		}
 	}
+	w.endContent(int64(len(data)))
 	w.sw.raw, w.sw.zero = false, false
 	w.hashes.addBuffer(name, data, done)
 	return nil
 }
 
-// copyFile streams size bytes at offset off of the file at path into the
-// archive in chunks, each stored raw or compressed as its sample says.
-func (w *Writer) copyFile(path string, off, size int64) error {
-	f, err := os.Open(path)
+// copyFile streams the spans of the file at path into the archive in
+// chunks, each stored raw or compressed as its sample says.
+func (w *Writer) copyFile(path string, spans []Span) error {
+	f, err := openDeep(path)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	r := io.NewSectionReader(f, off, size)
+	r, size := spansReader(f, spans)
 	var copied int64
 	for copied < size {
 		n, err := io.ReadFull(r, w.buf[:min(int64(len(w.buf)), size-copied)])
@@ -325,16 +280,25 @@ func (w *Writer) Close() error {
 	if err != nil {
 		return err
 	}
-	data, err := json.Marshal(sums)
-	if err != nil {
-		return err
+	if len(sums.Members) != len(w.headers) {
+		return fmt.Errorf("write %s: %d members, %d headers", SumsName, len(sums.Members), len(w.headers))
 	}
-	hdr := &tar.Header{Name: SumsName, Mode: 0o644, Size: int64(len(data)), Typeflag: tar.TypeReg, Format: tar.FormatPAX}
+	for i := range sums.Members {
+		sums.Members[i].Header = w.headers[i]
+	}
 	w.sw.raw, w.sw.zero = false, false
 	if w.index.Sums, err = w.boundary(); err != nil {
 		return err
 	}
-	if err := w.tw.WriteHeader(hdr); err != nil {
+	if w.index.Meta != 0 {
+		x := w.index
+		sums.Index = &x
+	}
+	data, err := json.Marshal(sums)
+	if err != nil {
+		return err
+	}
+	if err := w.tw.WriteHeader(sumsHeader(data)); err != nil {
 		return err
 	}
 	if _, err := w.tw.Write(data); err != nil {
