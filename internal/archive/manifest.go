@@ -2,6 +2,7 @@ package archive
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"path"
 	"strconv"
@@ -96,6 +97,10 @@ func FilesPrefix(i int) string { return "nodes/" + strconv.Itoa(i) + "/files" }
 // ImagesPrefix returns where node i's CRIU images live in the archive.
 func ImagesPrefix(i int) string { return "nodes/" + strconv.Itoa(i) + "/criu" }
 
+// ErrVersion is returned for an archive of a format version this crtree
+// does not read.
+var ErrVersion = errors.New("unsupported archive")
+
 // Validate checks what a reader must be able to rely on: the format and
 // version, a well-formed subtree, and member names that stay inside the
 // archive's own layout.
@@ -103,8 +108,11 @@ func (m *Manifest) Validate() error {
 	if m.Format != FormatName {
 		return fmt.Errorf("not a crtree archive (format %q)", m.Format)
 	}
+	if m.Version == 1 {
+		return fmt.Errorf("%w: format version 1, whose checksums do not cover file modes, owners and times, so an edited archive cannot be told from a sound one; restore it with the crtree that wrote it and dump it again", ErrVersion)
+	}
 	if m.Version != FormatVersion {
-		return fmt.Errorf("archive format version %d is not supported (this crtree reads version %d)", m.Version, FormatVersion)
+		return fmt.Errorf("%w: format version %d (this crtree reads version %d)", ErrVersion, m.Version, FormatVersion)
 	}
 	if len(m.Nodes) == 0 {
 		return fmt.Errorf("manifest lists no node")

@@ -91,6 +91,10 @@ func NewReader(r io.Reader) (*Reader, error) {
 		return nil, corrupt("read manifest: %v", readErr(err))
 	}
 	m, err := decodeManifest(data)
+	if errors.Is(err, ErrVersion) {
+		zr.Close()
+		return nil, err
+	}
 	if err != nil {
 		zr.Close()
 		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
