@@ -5,7 +5,7 @@ GO      ?= go
 BIN     := bin/crtree
 export PATH := $(PATH):/usr/local/go/bin:/usr/local/sbin
 
-.PHONY: all deps build test unit e2e demo bench fuzz vet clean
+.PHONY: all deps build test loops unit e2e demo bench fuzz vet clean
 
 all: build
 
@@ -32,6 +32,12 @@ test: deps vet
 	@hack/install-test-deps.sh
 	CRTREE_E2E=1 $(GO) test -count=1 -timeout 20m ./...
 	$(MAKE) fuzz
+
+## loops: the restore loops at full length: 50 restores of each --net none
+## case (make test runs 10 of each)
+loops: deps
+	@hack/install-test-deps.sh
+	CRTREE_E2E=1 CRTREE_NETNONE_RUNS=50 $(GO) test -count=1 -timeout 60m -run '^TestNetNoneRestores$$' -v ./e2e
 
 ## fuzz: run each fuzz target for FUZZTIME (default 10s; FuzzExtract: FUZZEXTRACT inputs)
 fuzz:

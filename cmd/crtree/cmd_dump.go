@@ -3,7 +3,11 @@ package main
 import (
 	"fmt"
 	"io"
+	"math"
 	"os"
+	"regexp"
+	"strconv"
+	"strings"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
@@ -23,7 +27,45 @@ type cpOptions struct {
 	Name           string
 	Binds          []string
 	KeepBinds      bool
+	GhostLimit     sizeValue
 }
+
+// maxGhostLimit is the largest --ghost-limit (what CRIU's RPC carries).
+const maxGhostLimit = 4 << 30
+
+// sizeValue is a flag's size in bytes, given as a number of bytes or with
+// a binary unit: 512K, 64M, 1G (also 64MiB, 64MB, lowercase).
+type sizeValue int64
+
+func (v *sizeValue) String() string { return humanBytes(int64(*v)) }
+func (v *sizeValue) Type() string   { return "SIZE" }
+
+func (v *sizeValue) Set(s string) error {
+	n, err := parseSize(s)
+	if err != nil {
+		return err
+	}
+	*v = sizeValue(n)
+	return nil
+}
+
+// parseSize reads a positive size: digits and an optional unit K, M, G
+// or T (powers of 1024), which may be followed by iB or B.
+func parseSize(s string) (int64, error) {
+	bad := fmt.Errorf("want a size such as 64M or 1G")
+	m := sizeRE.FindStringSubmatch(strings.ToUpper(s))
+	if m == nil {
+		return 0, bad
+	}
+	sh := map[string]uint{"": 0, "K": 10, "M": 20, "G": 30, "T": 40}[m[2]]
+	n, err := strconv.ParseInt(m[1], 10, 64)
+	if err != nil || n <= 0 || n > math.MaxInt64>>sh {
+		return 0, bad
+	}
+	return n << sh, nil
+}
+
+var sizeRE = regexp.MustCompile(`^([0-9]+)(?:([KMGT])(?:I?B)?|B?)$`)
 
 // restoreTarget builds where and how a restore puts the subtree.
 func (o *cpOptions) restoreTarget(g *globalOptions, parent hier.Path) (checkpoint.RestoreTarget, error) {
@@ -53,7 +95,7 @@ func (o *cpOptions) prepare(g *globalOptions) (*node.Host, checkpoint.Options, *
 	if err != nil {
 		return nil, checkpoint.Options{}, nil, err
 	}
-	co := checkpoint.Options{CriuBin: bin, LeaveRunning: o.LeaveRunning, TCPEstablished: o.TCPEstablished, InNode: g.scope != nil}
+	co := checkpoint.Options{CriuBin: bin, LeaveRunning: o.LeaveRunning, TCPEstablished: o.TCPEstablished, InNode: g.scope != nil, GhostLimit: int64(o.GhostLimit)}
 	var pp *progressPrinter
 	if !o.Quiet && term.IsTerminal(int(os.Stderr.Fd())) {
 		pp = newProgressPrinter(os.Stderr)
@@ -87,6 +129,10 @@ complete: the peers get neither FIN nor RST, the connections stay locked
 lock, here or on a state root of this machine; if the dump fails, the lock
 is lifted and the connections go on.
 
+A file the processes hold open after it was deleted (a temporary file) is
+carried in the archive if it is at most --ghost-limit (default 1G); a larger
+one fails the dump, and the subtree goes on.
+
 CRIU hands the memory pages to crtree, which archives them as they come
 (nothing is staged). With --leave-running, CRIU writes them to a staging
 directory in memory first, so that the subtree is frozen no longer than
@@ -108,6 +154,9 @@ CRIU takes. CRTREE_NO_STREAM=1 stages them in every case.`,
 			}
 			if o.Output == "" {
 				return usageError{fmt.Errorf("dump needs -o FILE (or -o - for stdout)")}
+			}
+			if o.GhostLimit > maxGhostLimit {
+				return usageError{fmt.Errorf("dump --ghost-limit %s: at most 4G (CRIU's limit)", o.GhostLimit.String())}
 			}
 			h, co, pp, err := o.prepare(g)
 			if err != nil {
@@ -139,6 +188,8 @@ CRIU takes. CRTREE_NO_STREAM=1 stages them in every case.`,
 	f.StringVarP(&o.Output, "output", "o", "", "archive file, or - for stdout")
 	f.BoolVar(&o.LeaveRunning, "leave-running", false, "keep the subtree running after the dump")
 	f.BoolVar(&o.TCPEstablished, "tcp-established", false, "checkpoint established TCP connections too (locked until restored)")
+	o.GhostLimit = checkpoint.DefaultGhostLimit
+	f.Var(&o.GhostLimit, "ghost-limit", "largest deleted-but-open file carried in the archive, such as 64M or 2G (at most 4G)")
 	f.BoolVarP(&o.Quiet, "quiet", "q", false, "print no progress and no summary")
 	addJSONFlag(cmd, g)
 	return cmd

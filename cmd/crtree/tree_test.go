@@ -32,3 +32,16 @@ func TestParseSignal(t *testing.T) {
 		}
 	}
 }
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int64{
+		"1048576": 1 << 20, "64M": 64 << 20, "64m": 64 << 20, "64MiB": 64 << 20, "64MB": 64 << 20,
+		"512K": 512 << 10, "2G": 2 << 30, "1T": 1 << 40,
+		"": -1, "0": -1, "-1M": -1, "M": -1, "1.5G": -1, "64X": -1, "64 M": -1, "64MBi": -1, "64iB": -1, "64B": 64, "9999999999T": -1,
+	} {
+		got, err := parseSize(in)
+		if want < 0 && err == nil || want >= 0 && (err != nil || got != want) {
+			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+}

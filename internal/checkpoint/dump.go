@@ -42,8 +42,26 @@ type Options struct {
 	// must be restorable from there, so nodes with binds (which only the
 	// host can provide again) are kept unless LeaveRunning.
 	InNode bool
+	// GhostLimit is the largest deleted file still open in a node (by
+	// descriptor or mapping) that a dump carries, in bytes (CRIU's ghost
+	// limit); 0 means DefaultGhostLimit. CRIU refuses to dump a node
+	// holding a larger one.
+	GhostLimit int64
 	// Progress, if set, is called as the operation advances.
 	Progress func(Progress)
+}
+
+// DefaultGhostLimit is the ghost limit of a dump that sets none: deleted
+// temporary files of databases and build tools are often tens or hundreds
+// of MiB (CRIU's own default, 1 MiB, refuses most of them). The archive
+// carries the file whole, as the node held it anyway.
+const DefaultGhostLimit = 1 << 30
+
+func (o *Options) ghostLimit() int64 {
+	if o.GhostLimit > 0 {
+		return o.GhostLimit
+	}
+	return DefaultGhostLimit
 }
 
 func (o *Options) progress(p Progress) {
@@ -517,6 +535,8 @@ func dumpAll(h *node.Host, op *node.Op, members []*member, o Options, stream boo
 				FreezeCgroup:   m.group.Leaf().Path(),
 				Externals:      m.mounts,
 				TCPEstablished: o.TCPEstablished,
+				OwnNetwork:     m.n.Spec.Net == hier.NetNone,
+				GhostLimit:     o.ghostLimit(),
 				KeepLogs:       h.LogDir(),
 				// While CRIU runs, the dump counts as running even if
 				// this process dies: nothing is thawed or removed under it.
@@ -525,13 +545,23 @@ func dumpAll(h *node.Host, op *node.Op, members []*member, o Options, stream boo
 				BeforeKill: beforeKill,
 			})
 			if err != nil {
-				errs[i] = fmt.Errorf("dump %s: %w", m.path, err)
+				errs[i] = fmt.Errorf("dump %s: %w", m.path, ghostHint(err, o.ghostLimit()))
 			}
 			report(errs[i])
 		}()
 	}
 	wg.Wait()
 	return errors.Join(errs...)
+}
+
+// ghostHint adds to CRIU's refusal of a deleted file larger than the
+// ghost limit how to raise it.
+func ghostHint(err error, limit int64) error {
+	var ce *criu.Error
+	if errors.As(err, &ce) && ce.GhostTooLarge() {
+		ce.Hint = fmt.Sprintf("the limit is %d bytes; dump --ghost-limit SIZE carries larger deleted files", limit)
+	}
+	return err
 }
 
 func manifestNode(m *member) archive.Node {

@@ -146,7 +146,15 @@ func (f *feeder) Image(node int, name string, size int64, body io.Reader) error 
 	var n int64
 	var err error
 	if p.live != nil {
-		n, err = p.feed(body)
+		cr := &countingReader{r: body}
+		_, err = p.feed(cr)
+		if errors.Is(err, unix.EPIPE) {
+			// CRIU closed the pipe before the end of the image: the
+			// rest is still read (and checked), for nobody.
+			_, err = io.Copy(io.Discard, cr)
+			p.live = io.Discard
+		}
+		n = cr.n
 	} else {
 		spill, oerr := os.OpenFile(p.path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 		if oerr != nil {
@@ -177,6 +185,18 @@ func (f *feeder) Image(node int, name string, size int64, body io.Reader) error 
 		close(p.done)
 	}
 	return nil
+}
+
+// countingReader counts the bytes read through it.
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(b []byte) (int, error) {
+	n, err := c.r.Read(b)
+	c.n += int64(n)
+	return n, err
 }
 
 // close unmaps the buffers of every page image; the archive reader must

@@ -145,3 +145,42 @@ func TestFeederInline(t *testing.T) {
 		t.Fatal("a page image that never came was served")
 	}
 }
+
+// TestFeederPipeClosedEarly: a page image whose pipe CRIU closes before
+// its end is not an error: the rest is read from the archive (and so
+// still checked) but goes nowhere.
+func TestFeederPipeClosedEarly(t *testing.T) {
+	parts := []int{3 << 20, 2 << 20}
+	sums := &archive.Checksums{}
+	for _, n := range parts {
+		sums.Members = append(sums.Members, archive.MemberChecksum{Name: "nodes/0/criu/pages-1.img", Type: "file", Size: int64(n)})
+	}
+	f := newFeeder(t.TempDir(), sums)
+	defer f.close()
+	r, w, _ := os.Pipe()
+	r.Close()
+	sent := make(chan error, 1)
+	go func() {
+		sent <- f.send(0, "pages-1.img", w)
+		w.Close()
+	}()
+	p := f.page(0, "pages-1.img")
+	for live := false; !live; time.Sleep(time.Millisecond) {
+		p.mu.Lock()
+		live = p.live != nil
+		p.mu.Unlock()
+	}
+	for _, n := range parts {
+		if err := f.Image(0, "pages-1.img", int64(n), bytes.NewReader(make([]byte, n))); err != nil {
+			t.Fatalf("part of %d bytes: %v", n, err)
+		}
+	}
+	select {
+	case err := <-sent:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("send still waits")
+	}
+}

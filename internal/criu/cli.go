@@ -35,18 +35,13 @@ func restoreCLI(bin string, o RestoreOptions) (int, error) {
 		return 0, fmt.Errorf("criu restore: %w", err)
 	}
 	pidfile := filepath.Join(work, "restored.pid")
-	args := []string{"restore", "-D", images, "-W", work, "-o", "restore.log",
-		"-v" + strconv.Itoa(int(logLevel())), "--root", o.Root,
-		"--restore-detached", "--restore-sibling", "--pidfile", pidfile,
-		"--file-locks", "--manage-cgroups=ignore"}
+	args := append(cliCommon("restore", images, work, o.TCPEstablished, o.OwnNetwork),
+		"--root", o.Root, "--restore-detached", "--restore-sibling", "--pidfile", pidfile)
 	if o.Stream {
 		args = append(args, "--stream")
 	}
 	for _, m := range o.Externals {
 		args = append(args, "--external", "mnt["+m.Key+"]:"+m.HostPath)
-	}
-	if o.TCPEstablished {
-		args = append(args, "--tcp-established", "--network-lock", "nftables")
 	}
 	if o.BeforeResume != nil {
 		gate, script, err := makeGate(work)
@@ -89,21 +84,7 @@ func dumpCLI(bin string, o DumpOptions) error {
 	if err != nil {
 		return fmt.Errorf("criu dump: %w", err)
 	}
-	args := []string{"dump", "--stream", "-D", images, "-W", work, "-o", "dump.log",
-		"-v" + strconv.Itoa(int(logLevel())), "-t", strconv.Itoa(o.Pid),
-		"--file-locks", "--manage-cgroups=ignore"}
-	if o.BeforeKill == nil {
-		args = append(args, "--leave-running")
-	}
-	if o.FreezeCgroup != "" {
-		args = append(args, "--freeze-cgroup", o.FreezeCgroup)
-	}
-	for _, m := range o.Externals {
-		args = append(args, "--external", "mnt["+m.Mountpoint+"]:"+m.Key)
-	}
-	if o.TCPEstablished {
-		args = append(args, "--tcp-established", "--network-lock", "nftables")
-	}
+	args := dumpArgs(o, images, work)
 	if o.BeforeKill == nil {
 		return runCLI(exec.Command(bin, args...), "dump", work, o.KeepLogs, o.OnStart)
 	}
@@ -117,6 +98,38 @@ func dumpCLI(bin string, o DumpOptions) error {
 		return fmt.Errorf("criu dump: undone: %w", held)
 	}
 	return err
+}
+
+// cliCommon are commonOpts as flags of the criu command op.
+func cliCommon(op, images, work string, tcp, ownNet bool) []string {
+	args := []string{op, "-D", images, "-W", work, "-o", op + ".log",
+		"-v" + strconv.Itoa(int(logLevel())), "--file-locks", "--manage-cgroups=ignore"}
+	if tcp {
+		args = append(args, "--tcp-established")
+	}
+	if tcp || ownNet {
+		args = append(args, "--network-lock", "nftables")
+	}
+	return args
+}
+
+// dumpArgs are dumpOpts as flags of a streamed dump.
+func dumpArgs(o DumpOptions, images, work string) []string {
+	args := append(cliCommon("dump", images, work, o.TCPEstablished, o.OwnNetwork),
+		"--stream", "-t", strconv.Itoa(o.Pid))
+	if o.BeforeKill == nil {
+		args = append(args, "--leave-running")
+	}
+	if o.FreezeCgroup != "" {
+		args = append(args, "--freeze-cgroup", o.FreezeCgroup)
+	}
+	if o.GhostLimit > 0 {
+		args = append(args, "--ghost-limit", strconv.FormatUint(uint64(ghostLimit(o.GhostLimit)), 10))
+	}
+	for _, m := range o.Externals {
+		args = append(args, "--external", "mnt["+m.Mountpoint+"]:"+m.Key)
+	}
+	return args
 }
 
 // killScript is the action script of a dump whose processes CRIU kills:

@@ -34,7 +34,7 @@ const pipeSize = 1 << 20
 // images directory: CRIU connects to ServeSocket and, for each image it
 // opens, sends the name; the server says whether the image exists and, if
 // so, receives a pipe from CRIU and writes the image into it. CRIU opens
-// images one after another, reading each to its end.
+// images one after another.
 type ImageServer struct{ streamSocket }
 
 // streamSocket is the socket CRIU connects to, once.
@@ -119,7 +119,10 @@ func (s *streamSocket) serve(what string, handle func(conn *net.UnixConn, name s
 // Serve accepts CRIU's connection and answers its requests until CRIU
 // hangs up: has says whether an image exists, send writes its content to
 // w (which Serve closes afterwards; CRIU sees the end of the image).
-// An error from send ends the service: CRIU then fails to read.
+// CRIU may close a pipe before reading the image to its end (it reads
+// nftables-N.img by the size of the pipe, which is 0): send then gets
+// EPIPE, which ends that image only. Any other error from send ends the
+// service: CRIU then fails to read.
 func (s *ImageServer) Serve(has func(name string) bool, send func(name string, w io.Writer) error) error {
 	return s.serve("image server", func(conn *net.UnixConn, name string) error {
 		ok := has(name)
@@ -134,7 +137,7 @@ func (s *ImageServer) Serve(has func(name string) bool, send func(name string, w
 		unix.FcntlInt(pipe.Fd(), unix.F_SETPIPE_SZ, pipeSize)
 		err = send(name, pipe)
 		pipe.Close()
-		if err != nil {
+		if err != nil && !errors.Is(err, unix.EPIPE) {
 			return fmt.Errorf("%s: %w", name, err)
 		}
 		return nil

@@ -102,6 +102,47 @@ func TestImageServer(t *testing.T) {
 	}
 }
 
+// CRIU may close an image's pipe before reading it to the end (it reads
+// nftables-N.img by the pipe's size, 0): that ends the image, not the
+// service; the next image is served as usual.
+func TestImageServerPipeClosedEarly(t *testing.T) {
+	var unread []string
+	dir, done := serveImages(t,
+		func(name string) bool { return true },
+		func(name string, w io.Writer) error {
+			_, err := io.WriteString(w, strings.Repeat(name[:1], 100000))
+			if err != nil {
+				unread = append(unread, name)
+			}
+			return err
+		})
+	c := dialStreamer(t, dir, ServeSocket)
+	sendRequest(t, c, "nftables-10.img")
+	if !readReply(t, c) {
+		t.Fatal("nftables-10.img said not to exist")
+	}
+	r, w, _ := os.Pipe()
+	r.Close() // before the server writes: it must get EPIPE
+	sendPipeEnd(t, c, w)
+	sendRequest(t, c, "netns-ct-10.img")
+	if !readReply(t, c) {
+		t.Fatal("netns-ct-10.img said not to exist")
+	}
+	r, w, _ = os.Pipe()
+	sendPipeEnd(t, c, w)
+	data, err := io.ReadAll(r)
+	if err != nil || string(data) != strings.Repeat("n", 100000) {
+		t.Fatalf("netns-ct-10.img: read %d bytes: %v", len(data), err)
+	}
+	c.Close()
+	if err := <-done; err != nil {
+		t.Fatalf("Serve: %v", err)
+	}
+	if len(unread) != 1 || unread[0] != "nftables-10.img" {
+		t.Fatalf("send failed for %v, want nftables-10.img only", unread)
+	}
+}
+
 func TestImageServerRefuses(t *testing.T) {
 	for _, tc := range []struct {
 		name string

@@ -3,6 +3,7 @@ package criu
 import (
 	"bufio"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -33,6 +34,13 @@ type DumpOptions struct {
 	Externals []Mount
 	// TCPEstablished lets CRIU dump established TCP connections.
 	TCPEstablished bool
+	// OwnNetwork says that the tree has a network namespace of its own,
+	// which CRIU locks while it works.
+	OwnNetwork bool
+	// GhostLimit is the largest deleted file still open (a ghost file)
+	// that CRIU carries in the images, in bytes; 0 leaves CRIU's default
+	// (1 MiB). Both encodings cap it at 4 GiB - 1 (the RPC's field).
+	GhostLimit int64
 	// KeepLogs is where the log of a failed run is copied, to outlive
 	// WorkDir.
 	KeepLogs string
@@ -68,6 +76,8 @@ type RestoreOptions struct {
 	// CgroupFD, if >= 0, is the cgroup the restored processes are born in.
 	CgroupFD       int
 	TCPEstablished bool
+	// OwnNetwork says that the tree has a network namespace of its own.
+	OwnNetwork bool
 	// KeepLogs is where the log of a failed run is copied.
 	KeepLogs string
 	// Stream makes CRIU read its images from an ImageServer listening in
@@ -86,11 +96,16 @@ type Error struct {
 	Err    error
 	Log    string
 	Quoted []string
+	// Hint, if set, ends the summary line: what the user can do about it.
+	Hint string
 }
 
 // Error is the summary line, the quoted log lines and where the log is.
 func (e *Error) Error() string {
 	msg := fmt.Sprintf("criu %s: %s", e.Op, e.summary())
+	if e.Hint != "" {
+		msg += " (" + e.Hint + ")"
+	}
 	if len(e.Quoted) > 0 {
 		msg += "\n  " + strings.Join(e.Quoted, "\n  ")
 	}
@@ -102,6 +117,12 @@ func (e *Error) Error() string {
 
 // Unwrap returns CRIU's own error.
 func (e *Error) Unwrap() error { return e.Err }
+
+// GhostTooLarge says whether CRIU refused a deleted file still open for
+// being larger than its ghost limit.
+func (e *Error) GhostTooLarge() bool {
+	return strings.Contains(e.summary(), "Can't dump ghost file")
+}
 
 // summary is the most telling line: the first error CRIU logged (the
 // cause; later ones are its consequences), without its time stamp and
@@ -124,8 +145,14 @@ func (e *Error) summary() string {
 	return msg
 }
 
-// harmless are CRIU errors printed on every run on some hosts.
-var harmless = []string{"Can't setup RLIMIT_NOFILE"}
+// harmless are CRIU errors printed on every run on some hosts: the
+// rlimit, and, restoring a network namespace on a host without the
+// iptables commands, CRIU's probe of them (it needs them only for
+// iptables images, and says so).
+var harmless = []string{"Can't setup RLIMIT_NOFILE",
+	`tables-restore", ...) failed: No such file or directory`,
+	`tables-legacy-restore", ...) failed: No such file or directory`,
+	"tables-restore -V failed", "tables-legacy-restore -V failed"}
 
 // logErrors returns the Error lines of a CRIU log (and the line before
 // each), without the ones known to be harmless.
@@ -179,10 +206,11 @@ func openDirs(images, work string) (*os.File, *os.File, error) {
 
 // commonOpts are the options every crtree dump and restore passes CRIU:
 // images and work directories, debug log, file locks, cgroups left alone
-// (crtree places processes itself), and for TCP connections the network
-// lock through nftables (CRIU links libnftables), not the iptables command,
-// which many hosts no longer have.
-func commonOpts(img, wd *os.File, log string, tcp bool) *rpc.CriuOpts {
+// (crtree places processes itself), and, where CRIU locks the network (TCP
+// connections, a network namespace of the tree's own), the lock through
+// nftables (CRIU links libnftables), not the iptables command, which many
+// hosts no longer have. The criu command's flags say the same (cliCommon).
+func commonOpts(img, wd *os.File, log string, tcp, ownNet bool) *rpc.CriuOpts {
 	opts := &rpc.CriuOpts{
 		ImagesDirFd:       proto.Int32(int32(img.Fd())),
 		WorkDirFd:         proto.Int32(int32(wd.Fd())),
@@ -193,10 +221,34 @@ func commonOpts(img, wd *os.File, log string, tcp bool) *rpc.CriuOpts {
 		ManageCgroups:     proto.Bool(false),
 		ManageCgroupsMode: rpc.CriuCgMode_IGNORE.Enum(),
 	}
-	if tcp {
+	if tcp || ownNet {
 		opts.NetworkLock = rpc.CriuNetworkLockMethod_NFTABLES.Enum()
 	}
 	return opts
+}
+
+// dumpOpts are the RPC options of a dump (dumpArgs says the same as
+// flags).
+func dumpOpts(o DumpOptions, img, wd *os.File) *rpc.CriuOpts {
+	opts := commonOpts(img, wd, "dump.log", o.TCPEstablished, o.OwnNetwork)
+	opts.Pid = proto.Int32(int32(o.Pid))
+	opts.LeaveRunning = proto.Bool(o.BeforeKill == nil)
+	if o.FreezeCgroup != "" {
+		opts.FreezeCgroup = proto.String(o.FreezeCgroup)
+	}
+	if o.GhostLimit > 0 {
+		opts.GhostLimit = proto.Uint32(ghostLimit(o.GhostLimit))
+	}
+	for _, m := range o.Externals {
+		opts.ExtMnt = append(opts.ExtMnt, &rpc.ExtMountMap{Key: proto.String(m.Mountpoint), Val: proto.String(m.Key)})
+	}
+	return opts
+}
+
+// ghostLimit is a ghost limit as both encodings pass it: at most what the
+// RPC's 32-bit field holds.
+func ghostLimit(n int64) uint32 {
+	return uint32(min(n, math.MaxUint32))
 }
 
 // Dump checkpoints the process tree at o.Pid, leaving it running (or
@@ -213,15 +265,7 @@ func Dump(bin string, o DumpOptions) error {
 	}
 	defer img.Close()
 	defer wd.Close()
-	opts := commonOpts(img, wd, "dump.log", o.TCPEstablished)
-	opts.Pid = proto.Int32(int32(o.Pid))
-	opts.LeaveRunning = proto.Bool(o.BeforeKill == nil)
-	if o.FreezeCgroup != "" {
-		opts.FreezeCgroup = proto.String(o.FreezeCgroup)
-	}
-	for _, m := range o.Externals {
-		opts.ExtMnt = append(opts.ExtMnt, &rpc.ExtMountMap{Key: proto.String(m.Mountpoint), Val: proto.String(m.Key)})
-	}
+	opts := dumpOpts(o, img, wd)
 	so := swrkOptions{CgroupFD: -1, OnStart: o.OnStart}
 	var held error
 	if o.BeforeKill != nil {
@@ -253,7 +297,7 @@ func Restore(bin string, o RestoreOptions) (int, error) {
 	}
 	defer img.Close()
 	defer wd.Close()
-	opts := commonOpts(img, wd, "restore.log", o.TCPEstablished)
+	opts := commonOpts(img, wd, "restore.log", o.TCPEstablished, o.OwnNetwork)
 	opts.Root = proto.String(o.Root)
 	opts.RstSibling = proto.Bool(true)
 	for _, m := range o.Externals {

@@ -66,6 +66,7 @@ func (h *Host) restoreInit(id string, from *FromImages) (int, error) {
 		CgroupFD:       int(cg.Fd()),
 		KeepLogs:       h.LogDir(),
 		TCPEstablished: from.TCPEstablished,
+		OwnNetwork:     n.Spec.Net == hier.NetNone,
 		Stream:         from.Stream,
 		BeforeResume:   from.waitGate,
 	})
