@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -159,13 +160,24 @@ func (g *globalOptions) openInput(name string) (io.Reader, func(), error) {
 // written through a temporary name. Inside a node, nothing is written
 // under /run/crtree, where the node's socket and crtree itself are.
 func (g *globalOptions) createOutput(name string) (checkpoint.Output, error) {
+	if g.scope == nil {
+		// On the host, the kernel resolves the name: /dev/stdout and
+		// /proc/self/fd/N lead to pipes no path names.
+		if fi, err := os.Stat(name); err == nil && fi.Mode()&(os.ModeCharDevice|os.ModeNamedPipe) != 0 {
+			out, err := checkpoint.OpenStreamOutput(name)
+			if err != nil {
+				return nil, fmt.Errorf("write archive to %s: %w", name, unwrapPath(err))
+			}
+			return out, nil
+		}
+	}
 	target, err := g.followLinks(name)
 	if err != nil {
 		return nil, fmt.Errorf("write archive to %s: %w", name, err)
 	}
 	r, rel, err := g.fileRoot(target)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("write archive to %s: %w", name, unwrapPath(err))
 	}
 	protect := ""
 	if g.scope != nil {
@@ -181,13 +193,18 @@ func (g *globalOptions) createOutput(name string) (checkpoint.Output, error) {
 // maxLinks is how many symlinks followLinks follows, as the kernel does.
 const maxLinks = 40
 
-// followLinks resolves name while it is a symlink: on the host as the
-// kernel would, inside a node within the node's root (an absolute target
-// is the node's, and ".." stops at its "/"). A name that does not exist
-// is returned as it is.
+// followLinks resolves name's symlinks: on the host as the kernel would
+// (filepath.EvalSymlinks, every component), inside a node within the
+// node's root (an absolute target is the node's, and ".." stops at its
+// "/"). A name that does not exist, or a last symlink that points nowhere
+// (its target is created, as tar does), is followed as far as it goes.
 func (g *globalOptions) followLinks(name string) (string, error) {
 	lstat, readlink := os.Lstat, os.Readlink
-	if g.scope != nil {
+	if g.scope == nil {
+		if real, err := filepath.EvalSymlinks(name); err == nil {
+			return real, nil
+		}
+	} else {
 		r, _, err := g.fileRoot("/")
 		if err != nil {
 			return "", err

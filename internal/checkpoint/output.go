@@ -293,8 +293,26 @@ func OpenOutputIn(root *os.Root, name, protect string) (Output, error) {
 	if err != nil {
 		return nil, err
 	}
-	// What was opened must still be a device or FIFO (not replaced since).
-	fi, err = f.Stat()
+	return streamInto(f)
+}
+
+// OpenStreamOutput starts an archive written into the character device or
+// FIFO at name, which the kernel resolves (symlinks and /proc's magic
+// links such as /dev/stdout included). For names on the host only: inside
+// a node, names are resolved in the node's root (OpenOutputIn).
+func OpenStreamOutput(name string) (Output, error) {
+	f, err := os.OpenFile(name, os.O_WRONLY|unix.O_NOCTTY, 0)
+	if err != nil {
+		return nil, err
+	}
+	return streamInto(f)
+}
+
+// streamInto makes f, just opened for writing, a DeviceOutput if it is a
+// character device (not a terminal) or a FIFO, and closes it otherwise.
+func streamInto(f *os.File) (Output, error) {
+	// What was opened must be a device or FIFO (not replaced since).
+	fi, err := f.Stat()
 	if err == nil {
 		err = outputKind(fi.Mode())
 	}
