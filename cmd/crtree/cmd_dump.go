@@ -31,6 +31,11 @@ func (o *cpOptions) restoreTarget(g *globalOptions, parent hier.Path) (checkpoin
 	if g.scope != nil && (len(o.Binds) > 0 || o.KeepBinds) {
 		return t, usageError{fmt.Errorf("--bind and --keep-binds name host paths and cannot be used inside a node")}
 	}
+	if o.Name != "" {
+		if err := hier.ValidateName(o.Name); err != nil {
+			return t, usageError{fmt.Errorf("restore: --name: %w", err)}
+		}
+	}
 	for _, arg := range o.Binds {
 		b, err := parseBind(arg, false)
 		if err != nil {

@@ -43,12 +43,20 @@ func main() {
 		code, err := api.Call(os.Args[1:])
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "crtree:", err)
+			if errors.Is(err, api.ErrUnknownCommand) {
+				os.Exit(exitUsage)
+			}
 			os.Exit(exitError)
 		}
 		os.Exit(code)
 	}
-	cmd := newRootCmd()
-	err := cmd.Execute()
+	root := newRootCmd()
+	cmd, err := root.ExecuteC()
+	if err != nil && cmd == root {
+		// The root command runs nothing itself: an error there is an
+		// unknown command or a bad flag, which is wrong usage.
+		err = usageError{fmt.Errorf("%w (see crtree --help)", err)}
+	}
 	os.Exit(exitCode(err))
 }
 

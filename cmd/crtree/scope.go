@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -149,6 +150,10 @@ func (g *globalOptions) openInput(name string) (io.Reader, func(), error) {
 	f, err := r.Open(rel)
 	if err != nil {
 		return nil, nil, fmt.Errorf("open %s: %w", name, errors.Unwrap(err))
+	}
+	if fi, err := f.Stat(); err == nil && fi.IsDir() {
+		f.Close()
+		return nil, nil, fmt.Errorf("open %s: %w", name, syscall.EISDIR)
 	}
 	return f, func() { f.Close() }, nil
 }

@@ -51,6 +51,21 @@ type Response struct {
 // ErrBadRequest wraps every reason to refuse a request.
 var ErrBadRequest = errors.New("bad request")
 
+// ErrUnknownCommand is wrapped, with ErrBadRequest, by the refusal of a
+// command crtree does not run inside a node: the caller's wrong usage.
+var ErrUnknownCommand = errors.New("unknown command")
+
+// unknownCommandError is the refusal of command name.
+type unknownCommandError string
+
+func (e unknownCommandError) Error() string {
+	return fmt.Sprintf("%s: %q is not a command crtree runs inside a node", ErrBadRequest, string(e))
+}
+
+func (e unknownCommandError) Is(target error) bool {
+	return target == ErrBadRequest || target == ErrUnknownCommand
+}
+
 // DecodeRequest parses and checks a request.
 func DecodeRequest(data []byte) (*Request, error) {
 	if len(data) > MaxRequest {
@@ -84,7 +99,7 @@ func (r *Request) Validate() error {
 		return bad("more than %d arguments", MaxArgs)
 	}
 	if !Commands[r.Args[0]] {
-		return bad("%q is not a command crtree runs inside a node", r.Args[0])
+		return unknownCommandError(r.Args[0])
 	}
 	for _, a := range r.Args {
 		if len(a) > MaxArgLen {
