@@ -38,7 +38,7 @@ func (g *globalOptions) loadScope(cmd *cobra.Command) error {
 	}
 	for _, f := range []string{"root", "criu"} {
 		if cmd.Flags().Changed(f) {
-			return fmt.Errorf("--%s cannot be used inside a node", f)
+			return usageError{fmt.Errorf("--%s cannot be used inside a node", f)}
 		}
 	}
 	h, err := g.host()
