@@ -48,6 +48,10 @@ type Response struct {
 	Error string `json:"error,omitempty"`
 }
 
+// Long reports whether the request may run for as long as its caller
+// likes: exec, and logs (logs -f follows the node until it exits).
+func (r *Request) Long() bool { return r.Args[0] == "exec" || r.Args[0] == "logs" }
+
 // ErrBadRequest wraps every reason to refuse a request.
 var ErrBadRequest = errors.New("bad request")
 
