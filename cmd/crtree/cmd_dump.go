@@ -243,7 +243,7 @@ first too.`,
 	f := cmd.Flags()
 	f.StringVar(&o.Parent, "parent", "/", "parent to restore under")
 	f.StringVar(&o.Name, "name", "", "name of the restored top node (default: its archived name)")
-	f.BoolVar(&o.TCPEstablished, "tcp-established", false, "restore established TCP connections (and lift the dump's lock)")
+	f.BoolVar(&o.TCPEstablished, "tcp-established", false, "restore established TCP connections (and lift the dump's lock); applied by itself to an archive dumped with it")
 	f.StringArrayVar(&o.Binds, "bind", nil, "provide archived binds at DST from host path SRC, SRC:DST (repeatable)")
 	f.BoolVar(&o.KeepBinds, "keep-binds", false, "bind the host paths the archive names again (crtree inspect lists them)")
 	f.BoolVarP(&o.Quiet, "quiet", "q", false, "print no progress")
