@@ -73,6 +73,11 @@ func (o *cpOptions) restoreTarget(g *globalOptions, parent hier.Path) (checkpoin
 	if g.scope != nil && (len(o.Binds) > 0 || o.KeepBinds) {
 		return t, usageError{fmt.Errorf("--bind and --keep-binds name host paths and cannot be used inside a node")}
 	}
+	if o.Name != "" {
+		if err := hier.ValidateName(o.Name); err != nil {
+			return t, usageError{fmt.Errorf("restore: --name: %w", err)}
+		}
+	}
 	for _, arg := range o.Binds {
 		b, err := parseBind(arg, false)
 		if err != nil {
@@ -289,7 +294,7 @@ first too.`,
 	f := cmd.Flags()
 	f.StringVar(&o.Parent, "parent", "/", "parent to restore under")
 	f.StringVar(&o.Name, "name", "", "name of the restored top node (default: its archived name)")
-	f.BoolVar(&o.TCPEstablished, "tcp-established", false, "restore established TCP connections (and lift the dump's lock)")
+	f.BoolVar(&o.TCPEstablished, "tcp-established", false, "restore established TCP connections (and lift the dump's lock); applied by itself to an archive dumped with it")
 	f.StringArrayVar(&o.Binds, "bind", nil, "provide archived binds at DST from host path SRC, SRC:DST (repeatable)")
 	f.BoolVar(&o.KeepBinds, "keep-binds", false, "bind the host paths the archive names again (crtree inspect lists them)")
 	f.BoolVarP(&o.Quiet, "quiet", "q", false, "print no progress")

@@ -110,6 +110,9 @@ func printManifest(w io.Writer, m *archive.Manifest, verified bool, members int)
 			fmt.Fprintf(w, "%s    pid %d: %s\n", indent, p.PID, p.Cmd)
 		}
 	}
+	if m.TCPEstablished {
+		fmt.Fprintln(w, "established TCP connections: dumped with --tcp-established (restore applies it)")
+	}
 	if verified {
 		fmt.Fprintf(w, "verified: %d members, every checksum matches\n", members)
 	}

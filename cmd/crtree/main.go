@@ -50,15 +50,27 @@ func main() {
 	}
 	// Inside a node, crtree asks the node's supervisor to do the work.
 	if inNodeClient() {
+		if k := hostOnly(os.Args[1:]); k != "" {
+			fmt.Fprintf(os.Stderr, "crtree: %s cannot be used inside a node\n", k)
+			os.Exit(exitUsage)
+		}
 		code, err := api.Call(os.Args[1:])
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "crtree:", err)
+			if errors.Is(err, api.ErrUnknownCommand) {
+				os.Exit(exitUsage)
+			}
 			os.Exit(exitError)
 		}
 		os.Exit(code)
 	}
-	cmd := newRootCmd()
-	err := cmd.Execute()
+	root := newRootCmd()
+	cmd, err := root.ExecuteC()
+	if err != nil && cmd == root {
+		// The root command runs nothing itself: an error there is an
+		// unknown command or a bad flag, which is wrong usage.
+		err = usageError{fmt.Errorf("%w (see crtree --help)", err)}
+	}
 	os.Exit(exitCode(err))
 }
 
@@ -83,19 +95,32 @@ func exitCode(err error) int {
 var errorScrubber = func(msg string) string { return msg }
 
 // inNodeClient reports whether this crtree runs in a node and should talk
-// to the node's supervisor: the node's socket is there and no state root
-// was asked for.
+// to the node's supervisor: the node's socket is there and this is not the
+// command the supervisor runs on the host for it. Inside a node, crtree
+// never works on its own: --root, --criu and their environment variables
+// are refused (see hostOnly).
 func inNodeClient() bool {
-	if os.Getenv("CRTREE_ROOT") != "" || os.Getenv(node.EnvScope) != "" {
-		return false
-	}
-	for _, a := range os.Args[1:] {
+	return os.Getenv(node.EnvScope) == "" && api.InNode()
+}
+
+// hostOnly returns the first flag (before any "--") or environment
+// variable in crtree's arguments that names a host path, which has no
+// meaning inside a node.
+func hostOnly(args []string) string {
+	for _, a := range args {
 		if a == "--" {
 			break
 		}
-		if a == "--root" || strings.HasPrefix(a, "--root=") {
-			return false
+		for _, f := range []string{"--root", "--criu"} {
+			if a == f || strings.HasPrefix(a, f+"=") {
+				return f
+			}
 		}
 	}
-	return api.InNode()
+	for _, k := range []string{"CRTREE_ROOT", "CRTREE_CRIU"} {
+		if os.Getenv(k) != "" {
+			return k
+		}
+	}
+	return ""
 }

@@ -46,6 +46,8 @@ wrongly; crtree exec exits with the status of the command it ran.`,
   crtree kill -r -s KILL /vserver1`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		// Errors are one line; --help lists the commands.
+		DisableSuggestions: true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
 			return g.loadScope(cmd)
 		},

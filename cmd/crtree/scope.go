@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -38,7 +39,7 @@ func (g *globalOptions) loadScope(cmd *cobra.Command) error {
 	}
 	for _, f := range []string{"root", "criu"} {
 		if cmd.Flags().Changed(f) {
-			return fmt.Errorf("--%s cannot be used inside a node", f)
+			return usageError{fmt.Errorf("--%s cannot be used inside a node", f)}
 		}
 	}
 	h, err := g.host()
@@ -150,6 +151,10 @@ func (g *globalOptions) openInput(name string) (io.Reader, func(), error) {
 	f, err := r.Open(rel)
 	if err != nil {
 		return nil, nil, fmt.Errorf("open %s: %w", name, errors.Unwrap(err))
+	}
+	if fi, err := f.Stat(); err == nil && fi.IsDir() {
+		f.Close()
+		return nil, nil, fmt.Errorf("open %s: %w", name, syscall.EISDIR)
 	}
 	return f, func() { f.Close() }, nil
 }

@@ -18,13 +18,17 @@ func InNode() bool {
 
 // Call sends args to the node's supervisor with this process's stdin,
 // stdout and stderr, waits for the command to end and returns its exit
-// status.
+// status. A request that the supervisor would refuse for its shape is
+// refused here, without connecting.
 func Call(args []string) (int, error) {
 	cwd, err := os.Getwd()
 	if err != nil {
 		cwd = "/"
 	}
 	req := Request{Args: args, Cwd: cwd, Term: os.Getenv("TERM")}
+	if err := req.Validate(); err != nil {
+		return 0, err
+	}
 	data, err := json.Marshal(req)
 	if err != nil {
 		return 0, err

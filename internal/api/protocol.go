@@ -48,8 +48,27 @@ type Response struct {
 	Error string `json:"error,omitempty"`
 }
 
+// Long reports whether the request may run for as long as its caller
+// likes: exec, and logs (logs -f follows the node until it exits).
+func (r *Request) Long() bool { return r.Args[0] == "exec" || r.Args[0] == "logs" }
+
 // ErrBadRequest wraps every reason to refuse a request.
 var ErrBadRequest = errors.New("bad request")
+
+// ErrUnknownCommand is wrapped, with ErrBadRequest, by the refusal of a
+// command crtree does not run inside a node: the caller's wrong usage.
+var ErrUnknownCommand = errors.New("unknown command")
+
+// unknownCommandError is the refusal of command name.
+type unknownCommandError string
+
+func (e unknownCommandError) Error() string {
+	return fmt.Sprintf("%s: %q is not a command crtree runs inside a node", ErrBadRequest, string(e))
+}
+
+func (e unknownCommandError) Is(target error) bool {
+	return target == ErrBadRequest || target == ErrUnknownCommand
+}
 
 // DecodeRequest parses and checks a request.
 func DecodeRequest(data []byte) (*Request, error) {
@@ -84,7 +103,7 @@ func (r *Request) Validate() error {
 		return bad("more than %d arguments", MaxArgs)
 	}
 	if !Commands[r.Args[0]] {
-		return bad("%q is not a command crtree runs inside a node", r.Args[0])
+		return unknownCommandError(r.Args[0])
 	}
 	for _, a := range r.Args {
 		if len(a) > MaxArgLen {

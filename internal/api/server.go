@@ -19,15 +19,26 @@ type Handler func(req *Request, stdio [3]*os.File, done <-chan struct{}) int
 
 // Server serves a node's socket.
 type Server struct {
-	ln      *net.UnixListener
-	handle  Handler
-	slots   chan struct{}
-	wg      sync.WaitGroup
-	closing chan struct{}
+	ln     *net.UnixListener
+	handle Handler
+	// reading holds a place for each connection whose request is being
+	// read, slots for each request running (the others, and the long
+	// ones), refusing for each connection being turned away.
+	reading  chan struct{}
+	slots    [2]chan struct{}
+	refusing chan struct{}
+	wg       sync.WaitGroup
+	closing  chan struct{}
 }
 
-// MaxConns is how many requests one node may have running at once.
+// MaxConns is how many requests one node may have running at once, of
+// each kind: long ones (exec and logs, which run for as long as their
+// caller likes) and the others, so that followers never starve an ls.
 const MaxConns = 16
+
+// maxRefusing bounds the connections being turned away at once; beyond
+// it, a connection is closed without an answer.
+const maxRefusing = 4 * MaxConns
 
 // requestTimeout bounds how long a client may take to send its request.
 const requestTimeout = 5 * time.Second
@@ -41,7 +52,13 @@ func Listen(path string, h Handler) (*Server, error) {
 		return nil, fmt.Errorf("listen on %s: %w", path, err)
 	}
 	os.Chmod(path, 0o666)
-	return &Server{ln: ln, handle: h, slots: make(chan struct{}, MaxConns), closing: make(chan struct{})}, nil
+	return &Server{
+		ln: ln, handle: h,
+		reading:  make(chan struct{}, MaxConns),
+		slots:    [2]chan struct{}{make(chan struct{}, MaxConns), make(chan struct{}, MaxConns)},
+		refusing: make(chan struct{}, maxRefusing),
+		closing:  make(chan struct{}),
+	}, nil
 }
 
 // Serve accepts requests until Close.
@@ -58,16 +75,14 @@ func (s *Server) Serve() {
 			continue
 		}
 		select {
-		case s.slots <- struct{}{}:
+		case s.reading <- struct{}{}:
 		default:
-			reply(c, Response{Exit: 1, Error: fmt.Sprintf("too many requests at once (at most %d)", MaxConns)})
-			c.Close()
+			s.refuse(c, busy(false))
 			continue
 		}
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			defer func() { <-s.slots }()
 			defer c.Close()
 			s.serveConn(c)
 		}()
@@ -87,8 +102,57 @@ func reply(c *net.UnixConn, r Response) {
 	c.Write(data)
 }
 
+// busy is the answer to a request beyond the limit of its kind.
+func busy(long bool) Response {
+	what := ""
+	if long {
+		what = " exec and logs"
+	}
+	return Response{Exit: 1, Error: fmt.Sprintf("too many requests at once (at most %d%s); try again", MaxConns, what)}
+}
+
+// refuse answers r to a connection whose request was not read, then reads
+// the request before closing: a unix socket closed with a message unread
+// resets its peer's connection, and the client would never see why.
+func (s *Server) refuse(c *net.UnixConn, r Response) {
+	reply(c, r)
+	select {
+	case s.refusing <- struct{}{}:
+	default:
+		c.Close()
+		return
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer func() { <-s.refusing }()
+		defer c.Close()
+		drain(c)
+	}()
+}
+
+// drain reads one message from c within requestTimeout and drops it,
+// closing the descriptors it carried.
+func drain(c *net.UnixConn) {
+	c.SetReadDeadline(time.Now().Add(requestTimeout))
+	var buf [1]byte
+	oob := make([]byte, unix.CmsgSpace(4*8))
+	_, oobn, _, _, err := c.ReadMsgUnix(buf[:], oob)
+	if err != nil {
+		return
+	}
+	fds, _ := parseRights(oob[:oobn])
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
+}
+
+// serveConn reads c's request and runs it if a slot of its kind is free.
+// Every answer is sent after the request was read, so that closing the
+// connection never resets it.
 func (s *Server) serveConn(c *net.UnixConn) {
 	req, stdio, err := readRequest(c)
+	<-s.reading
 	if err != nil {
 		reply(c, Response{Exit: 1, Error: err.Error()})
 		return
@@ -98,6 +162,23 @@ func (s *Server) serveConn(c *net.UnixConn) {
 			f.Close()
 		}
 	}()
+	long := req.Long()
+	slots := s.slots[0]
+	if long {
+		slots = s.slots[1]
+	}
+	select {
+	case slots <- struct{}{}:
+	default:
+		reply(c, busy(long))
+		return
+	}
+	defer func() { <-slots }()
+	s.run(c, req, stdio)
+}
+
+// run runs req and answers its exit status.
+func (s *Server) run(c *net.UnixConn, req *Request, stdio [3]*os.File) {
 	// The caller hanging up (EOF on the socket) stops the command.
 	done := make(chan struct{})
 	go func() {

@@ -47,6 +47,10 @@ type Manifest struct {
 	// before any page image, and each page image in one member: a reader
 	// of a stream may start CRIU before the pages arrive.
 	PagesLast bool `json:"pagesLast,omitempty"`
+	// TCPEstablished says that the dump ran with --tcp-established: the
+	// images may hold established TCP connections, which CRIU restores
+	// only with the same option. Absent in archives of earlier versions.
+	TCPEstablished bool `json:"tcpEstablished,omitempty"`
 }
 
 // Node is one node of the archived subtree.

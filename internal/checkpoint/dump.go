@@ -221,7 +221,7 @@ func Dump(h *node.Host, p hier.Path, out Output, o Options) (rep *Report, err er
 		Format: archive.FormatName, Version: archive.FormatVersion,
 		CrtreeVersion: Version, CriuVersion: criu.FormatVersion(criuVersion),
 		Kernel: kernelRelease(), Arch: runtime.GOARCH, Created: time.Now().UTC(),
-		PagesLast: pagesLast,
+		PagesLast: pagesLast, TCPEstablished: o.TCPEstablished,
 	}
 	var files [][]archive.Entry
 	for i, m := range members {

@@ -105,6 +105,15 @@ func Restore(h *node.Host, in io.Reader, target RestoreTarget, o Options) (rep *
 	}
 	defer ar.Close()
 	m := ar.Manifest()
+	// CRIU restores the established connections of a --tcp-established
+	// dump only with the same option, and fails without it (an archive of
+	// an earlier version does not say: the failure then says what to do).
+	o.TCPEstablished = o.TCPEstablished || m.TCPEstablished
+	defer func() {
+		if err != nil && !o.TCPEstablished && strings.Contains(err.Error(), "Connected TCP socket in image") {
+			err = fmt.Errorf("restore: the archive holds established TCP connections: restore it with --tcp-established: %w", err)
+		}
+	}()
 	if target.Name == "" {
 		target.Name = m.Nodes[0].Name
 	}

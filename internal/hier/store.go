@@ -22,16 +22,22 @@ type Store struct {
 	Root string
 }
 
-// Open returns the store at root, creating the directory if needed.
+// Open returns the store at root. Nothing is created until the tree is
+// first changed: a state root that does not exist is an empty tree.
 func Open(root string) (*Store, error) {
 	abs, err := filepath.Abs(root)
 	if err != nil {
 		return nil, fmt.Errorf("state root %s: %w", root, err)
 	}
-	if err := os.MkdirAll(filepath.Join(abs, "nodes"), 0o700); err != nil {
-		return nil, fmt.Errorf("state root: %w", err)
-	}
 	return &Store{Root: abs}, nil
+}
+
+// create makes the state root's directories if they are not there yet.
+func (s *Store) create() error {
+	if err := os.MkdirAll(filepath.Join(s.Root, "nodes"), 0o700); err != nil {
+		return fmt.Errorf("state root: %w", err)
+	}
+	return nil
 }
 
 func (s *Store) treeFile() string { return filepath.Join(s.Root, "tree.json") }
@@ -44,9 +50,21 @@ var ErrBusy = errors.New("the tree is busy")
 
 // lockWithin takes the state root's flock, shared or exclusive, and
 // returns the function that releases it; with a timeout >= 0 it gives up
-// with ErrBusy after that long.
+// with ErrBusy after that long. The exclusive lock creates the state root;
+// the shared lock of a state root that does not exist is no lock at all
+// (there is nothing to read).
 func (s *Store) lockWithin(how int, timeout time.Duration) (func(), error) {
+	if how == unix.LOCK_EX {
+		if err := s.create(); err != nil {
+			return nil, err
+		}
+	}
 	f, err := os.OpenFile(filepath.Join(s.Root, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if how == unix.LOCK_SH && errors.Is(err, fs.ErrNotExist) {
+		if _, serr := os.Stat(s.Root); errors.Is(serr, fs.ErrNotExist) {
+			return func() {}, nil
+		}
+	}
 	if errors.Is(err, unix.EROFS) {
 		// A read-only state root can still be read; changes will fail.
 		f, err = os.Open(filepath.Join(s.Root, "lock"))

@@ -80,3 +80,24 @@ func (h *Host) Release(id string) error {
 		return nil
 	})
 }
+
+// Watch returns the status of the node with the given ID, wherever it
+// now is in the tree, and what holds it or an ancestor ("" if nothing):
+// what a follower of its log needs. A node that is gone is
+// hier.ErrNotFound.
+func (h *Host) Watch(id string) (Status, string, error) {
+	var st Status
+	var op string
+	err := h.Store.View(func(t *hier.Tree) error {
+		n := t.Nodes[id]
+		if n == nil {
+			return fmt.Errorf("node %s: %w", id, hier.ErrNotFound)
+		}
+		st = StatusOf(n)
+		if err := CheckFree(t, n, false); err != nil {
+			op = err.(*BusyError).Op
+		}
+		return nil
+	})
+	return st, op, err
+}

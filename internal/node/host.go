@@ -67,8 +67,10 @@ func (h *Host) OpenLog(n *hier.Node) (*os.File, error) {
 }
 
 // Status is what a node's state really is now, as opposed to what was
-// last recorded: a node recorded as running whose init is gone is
-// reported exited with an unknown code.
+// last recorded: a supervised node recorded as running whose init is
+// exiting is reported exited with the status it exits with (which its
+// supervisor will record), one whose init is gone exited with an unknown
+// code.
 type Status struct {
 	State hier.State
 	// ExitCode is the recorded exit code, or -1 when unknown.
@@ -84,9 +86,15 @@ func StatusOf(n *hier.Node) Status {
 		st.State = hier.Incomplete
 		return st
 	}
-	if n.State == hier.Running && !Alive(n.Pid, n.PidStart) {
-		st.State = hier.Exited
-		st.ExitCode = -1
+	if n.State != hier.Running {
+		return st
+	}
+	// The supervisor will record the status the init exits with; without
+	// a supervisor, whoever reaps it takes the status away.
+	if code, ok := exiting(n.Pid, n.PidStart); ok && st.Supervised {
+		st.State, st.ExitCode = hier.Exited, code
+	} else if !Alive(n.Pid, n.PidStart) {
+		st.State, st.ExitCode = hier.Exited, -1
 	}
 	return st
 }

@@ -271,7 +271,7 @@ type Entry struct {
 // List returns the children of p, or with recursive all its descendants,
 // with their real state.
 func (h *Host) List(p hier.Path, recursive bool) ([]Entry, error) {
-	var out []Entry
+	out := []Entry{}
 	err := h.Store.View(func(t *hier.Tree) error {
 		top, err := t.Lookup(p)
 		if err != nil {
@@ -343,7 +343,7 @@ func (h *Host) Procs(p hier.Path) ([]ProcInfo, error) {
 	if err != nil {
 		return nil, err
 	}
-	var out []ProcInfo
+	out := []ProcInfo{}
 	for _, pid := range pids {
 		if info, err := ReadProc(pid); err == nil {
 			out = append(out, info)

@@ -12,21 +12,55 @@ import (
 // (field 22 of /proc/PID/stat), which tells a process from a later one that
 // reused its PID.
 func StartTime(pid int) (uint64, error) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	fields, err := statFields(pid)
 	if err != nil {
 		return 0, err
+	}
+	return strconv.ParseUint(fields[22-3], 10, 64)
+}
+
+// statFields returns the fields of /proc/PID/stat from field 3 (state)
+// on: fields[N-3] is field N.
+func statFields(pid int) ([]string, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return nil, err
 	}
 	// The command name, field 2, is in parentheses and may hold spaces.
 	i := bytes.LastIndexByte(data, ')')
 	if i < 0 {
-		return 0, fmt.Errorf("parse /proc/%d/stat", pid)
+		return nil, fmt.Errorf("parse /proc/%d/stat", pid)
 	}
 	fields := strings.Fields(string(data[i+1:]))
-	// fields[0] is field 3 (state); the start time is field 22.
-	if len(fields) < 20 {
-		return 0, fmt.Errorf("parse /proc/%d/stat", pid)
+	if len(fields) < 22-3+1 {
+		return nil, fmt.Errorf("parse /proc/%d/stat", pid)
 	}
-	return strconv.ParseUint(fields[19], 10, 64)
+	return fields, nil
+}
+
+// pfExiting is the kernel's PF_EXITING task flag.
+const pfExiting = 0x4
+
+// exiting reports whether the process pid that started at start is on
+// its way out (killed or ended, and not yet reaped: the init of a PID
+// namespace stays so, out of its cgroup, until every process of its
+// namespace is reaped), and the status it exits with, 128+N for signal N.
+func exiting(pid int, start uint64) (int, bool) {
+	fields, err := statFields(pid)
+	// The flags are field 9 and the exit code (as wait reports it) field
+	// 52.
+	if err != nil || len(fields) < 52-3+1 || fields[22-3] != strconv.FormatUint(start, 10) {
+		return 0, false
+	}
+	flags, err1 := strconv.ParseUint(fields[9-3], 10, 64)
+	ws, err2 := strconv.Atoi(fields[52-3])
+	if err1 != nil || err2 != nil || flags&pfExiting == 0 {
+		return 0, false
+	}
+	if sig := ws & 0x7f; sig != 0 {
+		return 128 + sig, true
+	}
+	return ws >> 8 & 0xff, true
 }
 
 // Alive reports whether the process pid that started at start still

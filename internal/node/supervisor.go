@@ -274,8 +274,20 @@ func (h *Host) recordRunning(id string, pid int, done bool) error {
 
 // reap waits for the init and records how it ended. Only the init is
 // waited for: the commands run for the node's API are waited for by
-// their own handlers.
+// their own handlers. The status is recorded before the init is reaped:
+// until then it is a zombie, which StatusOf shows as exited with that
+// status, so that no one ever sees the node exited(?) meanwhile.
 func (h *Host) reap(id string, initPid int) error {
+	if err := waitEnded(initPid); err != nil {
+		return fmt.Errorf("wait for node init: %w", err)
+	}
+	start, _ := StartTime(initPid)
+	code, ok := exiting(initPid, start)
+	if ok {
+		if err := h.recordExit(id, initPid, code); err != nil {
+			return err
+		}
+	}
 	for {
 		var ws unix.WaitStatus
 		pid, err := unix.Wait4(initPid, &ws, 0, nil)
@@ -288,22 +300,41 @@ func (h *Host) reap(id string, initPid int) error {
 		if pid != initPid {
 			continue
 		}
+		if ok {
+			return nil
+		}
 		code := ws.ExitStatus()
 		if ws.Signaled() {
 			code = 128 + int(ws.Signal())
 		}
-		return h.Store.Update(func(t *hier.Tree) error {
-			n := t.Nodes[id]
-			if n == nil || n.Pid != initPid {
-				return hier.ErrUnchanged
-			}
-			n.State = hier.Exited
-			n.ExitCode = code
-			n.Pid, n.PidStart = 0, 0
-			n.SupervisorPid, n.SupervisorStart = 0, 0
-			return nil
-		})
+		return h.recordExit(id, initPid, code)
 	}
+}
+
+// waitEnded waits until pid, a child, has ended, without reaping it.
+func waitEnded(pid int) error {
+	for {
+		var info unix.Siginfo
+		err := unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
+		if err != unix.EINTR {
+			return err
+		}
+	}
+}
+
+// recordExit records that the node's init initPid ended with code.
+func (h *Host) recordExit(id string, initPid, code int) error {
+	return h.Store.Update(func(t *hier.Tree) error {
+		n := t.Nodes[id]
+		if n == nil || n.Pid != initPid {
+			return hier.ErrUnchanged
+		}
+		n.State = hier.Exited
+		n.ExitCode = code
+		n.Pid, n.PidStart = 0, 0
+		n.SupervisorPid, n.SupervisorStart = 0, 0
+		return nil
+	})
 }
 
 // hostEnv is the environment for crtree processes that work on the host
