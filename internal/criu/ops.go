@@ -83,10 +83,14 @@ type RestoreOptions struct {
 	// Stream makes CRIU read its images from an ImageServer listening in
 	// ImagesDir instead of from files.
 	Stream bool
-	// BeforeResume, if set, is called once the processes are restored,
-	// before CRIU lets them run; an error makes CRIU fail the restore and
-	// kill them. (It is an action script of the criu command, as Stream.)
-	BeforeResume func() error
+	// BeforeResume, if set, is called once the processes are restored
+	// and held, before they run, with the PID of the CRIU that holds
+	// them (it and its children are not the restored processes). An
+	// error refuses them: they are killed with CRIU (the node's cgroup,
+	// CgroupFD, is killed: CRIU ignores a failed pre-resume action) and
+	// the restore fails with that error. (It is an action script of the
+	// criu command, as Stream.)
+	BeforeResume func(criuPid int) error
 }
 
 // Error is a failed CRIU operation, with the lines of CRIU's log that say

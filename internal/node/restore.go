@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 
 	"github.com/crtree/crtree/internal/cgroup"
 	"github.com/crtree/crtree/internal/criu"
@@ -68,8 +69,41 @@ func (h *Host) restoreInit(id string, from *FromImages) (int, error) {
 		TCPEstablished: from.TCPEstablished,
 		OwnNetwork:     n.Spec.Net == hier.NetNone,
 		Stream:         from.Stream,
-		BeforeResume:   from.waitGate,
+		BeforeResume: func(criuPid int) error {
+			if err := from.waitGate(); err != nil {
+				return err
+			}
+			if n.Spec.Net == hier.NetNone {
+				return offHostNetwork(leaf, criuPid)
+			}
+			return nil
+		},
 	})
+}
+
+// offHostNetwork refuses restored processes (held before they run) that
+// are in this host's network namespace although their node had its own:
+// CRIU's images, not the manifest, decide where they go, and an archive
+// is hostile. CRIU itself (criuPid) and its action script, in the same
+// cgroup, are not the node's processes.
+func offHostNetwork(leaf cgroup.Group, criuPid int) error {
+	host, err := os.Readlink("/proc/self/ns/net")
+	if err != nil {
+		return err
+	}
+	pids, err := leaf.Procs()
+	if err != nil {
+		return err
+	}
+	for _, pid := range pids {
+		if ppid, _ := parentPid(pid); pid == criuPid || ppid == criuPid {
+			continue
+		}
+		if ns, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/ns/net"); err == nil && ns == host {
+			return fmt.Errorf("corrupt archive: the node had a network of its own, but its images put process %d on this host's network", pid)
+		}
+	}
+	return nil
 }
 
 // waitGate holds the restored processes until the gate opens (nil when
