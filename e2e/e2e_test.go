@@ -68,6 +68,7 @@ func TestScripts(t *testing.T) {
 			"flipbyte": cmdFlipbyte,
 			"waitfile": cmdWaitfile,
 			"waitbusy": cmdWaitbusy,
+			"locked":   cmdLocked,
 		},
 	})
 }

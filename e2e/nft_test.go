@@ -42,6 +42,29 @@ func cmdWaitfile(ts *testscript.TestScript, neg bool, args []string) {
 	ts.Fatalf("%s does not match %s after %v:\n%s", args[0], re, limit, data)
 }
 
+// locked ARCHIVE: CRIU's TCP lock of some node of ARCHIVE is in place (an
+// nftables table; with !, none is). Other scripts' locks do not count.
+func cmdLocked(ts *testscript.TestScript, neg bool, args []string) {
+	if len(args) != 1 {
+		ts.Fatalf("usage: locked ARCHIVE")
+	}
+	out, err := exec.Command("nft", "list", "tables").Output()
+	ts.Check(err)
+	tables := lockTables(ts.MkAbs(args[0]))
+	if len(tables) == 0 {
+		ts.Fatalf("%s names no lock (no inventory image with a run ID)", args[0])
+	}
+	for _, table := range tables {
+		if strings.Contains(string(out), "table inet "+table+"\n") != neg {
+			continue
+		}
+		if neg {
+			ts.Fatalf("%s is still locked (table inet %s)", args[0], table)
+		}
+		ts.Fatalf("%s is not locked (no table inet %s)", args[0], table)
+	}
+}
+
 // liftLocks deletes the nftables tables with which CRIU locked the TCP
 // connections of the archives in dir (a restore would have deleted them):
 // a script that fails between dump and restore leaves none behind. Only
