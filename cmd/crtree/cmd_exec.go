@@ -75,8 +75,10 @@ func exitFromRun(err error) error {
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
 		code := ee.ExitCode()
-		if code < 0 {
-			code = 128 + 9
+		// Killed by a signal (nsenter dies of the signal that killed
+		// the command): 128+N, as shells report it.
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			code = 128 + int(ws.Signal())
 		}
 		return exitStatus{code}
 	}

@@ -545,7 +545,7 @@ func dumpAll(h *node.Host, op *node.Op, members []*member, o Options, stream boo
 				BeforeKill: beforeKill,
 			})
 			if err != nil {
-				errs[i] = fmt.Errorf("dump %s: %w", m.path, ghostHint(err, o.ghostLimit()))
+				errs[i] = fmt.Errorf("dump %s: %w", m.path, dumpHint(err, o.ghostLimit()))
 			}
 			report(errs[i])
 		}()
@@ -554,12 +554,19 @@ func dumpAll(h *node.Host, op *node.Op, members []*member, o Options, stream boo
 	return errors.Join(errs...)
 }
 
-// ghostHint adds to CRIU's refusal of a deleted file larger than the
-// ghost limit how to raise it.
-func ghostHint(err error, limit int64) error {
+// dumpHint adds to a CRIU refusal the user can act on what to do.
+func dumpHint(err error, ghostLimit int64) error {
 	var ce *criu.Error
-	if errors.As(err, &ce) && ce.GhostTooLarge() {
-		ce.Hint = fmt.Sprintf("the limit is %d bytes; dump --ghost-limit SIZE carries larger deleted files", limit)
+	if !errors.As(err, &ce) {
+		return err
+	}
+	switch {
+	case ce.GhostTooLarge():
+		ce.Hint = fmt.Sprintf("the limit is %d bytes; dump --ghost-limit SIZE carries larger deleted files", ghostLimit)
+	case ce.Says("Can't lookup mount="):
+		ce.Hint = "a process of the node holds a file from outside the node, often the stdin, stdout or stderr a `crtree exec` gave a background job: start such jobs with their stdio inside the node (</dev/null >/dev/null 2>&1, or a file), or end them, then dump again"
+	case ce.Says("External socket is used"):
+		ce.Hint = "a process of the node is connected to a socket outside it, such as an in-node crtree command (logs -f, exec) still talking to its supervisor: let it end, then dump again"
 	}
 	return err
 }

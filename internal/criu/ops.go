@@ -124,9 +124,11 @@ func (e *Error) Unwrap() error { return e.Err }
 
 // GhostTooLarge says whether CRIU refused a deleted file still open for
 // being larger than its ghost limit.
-func (e *Error) GhostTooLarge() bool {
-	return strings.Contains(e.summary(), "Can't dump ghost file")
-}
+func (e *Error) GhostTooLarge() bool { return e.Says("Can't dump ghost file") }
+
+// Says reports whether CRIU's cause of failure (the summary line) says
+// what: for the caller's hints.
+func (e *Error) Says(what string) bool { return strings.Contains(e.summary(), what) }
 
 // summary is the most telling line: the first error CRIU logged (the
 // cause; later ones are its consequences), without its time stamp and
