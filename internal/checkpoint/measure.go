@@ -15,8 +15,8 @@ import (
 // beyond its processes' resident memory: the used bytes of every tmpfs
 // mounted in the node (once per file system, with room for a tar header
 // per inode), the size of every memfd, shared mapping or deleted file its
-// processes hold by descriptor or mapping (once per inode), and the SysV
-// shared memory of its IPC namespace. It errs on the large side; what it
+// processes hold by descriptor or mapping (once per inode), what the pipes
+// they hold contain, and the SysV shared memory of its IPC namespace. It errs on the large side; what it
 // cannot read it leaves out, and the dump's final check against the
 // manifest's bound catches that.
 func extraMemory(initPid int, pids []int) int64 {
@@ -102,6 +102,10 @@ func heldBytes(dir string, seen map[[2]uint64]bool) int64 {
 	for _, d := range des {
 		p := dir + "/" + d.Name()
 		link, err := os.Readlink(p)
+		if err == nil && strings.HasPrefix(link, "pipe:[") {
+			total += pipeBytes(p, seen)
+			continue
+		}
 		if err != nil || !strings.HasPrefix(link, "/memfd:") && !strings.HasSuffix(link, " (deleted)") {
 			continue
 		}
@@ -116,6 +120,27 @@ func heldBytes(dir string, seen map[[2]uint64]bool) int64 {
 		}
 	}
 	return total
+}
+
+// pipeBytes returns what the pipe behind the descriptor link p holds,
+// which CRIU archives (once per pipe): opened through /proc without
+// waiting (reading nothing), asked with FIONREAD (TIOCINQ).
+func pipeBytes(p string, seen map[[2]uint64]bool) int64 {
+	fd, err := unix.Open(p, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return 0
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if unix.Fstat(fd, &st) != nil || seen[[2]uint64{st.Dev, st.Ino}] {
+		return 0
+	}
+	seen[[2]uint64{st.Dev, st.Ino}] = true
+	n, err := unix.IoctlGetInt(fd, unix.TIOCINQ)
+	if err != nil {
+		return 0
+	}
+	return int64(n)
 }
 
 // sysvShmBytes sums the SysV shared memory segments of pid's IPC
