@@ -127,6 +127,12 @@ nodes removed; with --leave-running the subtree is thawed and goes on. If
 anything fails, the subtree is thawed and keeps running and no archive is
 left under FILE.
 
+Refused up front, with the reason, and nothing touched: a subtree another
+crtree command holds (being dumped or restored), one with a running
+--rootfs node (restore cannot bring it back yet) unless --leave-running, a
+node with a crtree exec still attached, and inside a node the node itself
+(dump its children, or dump it from outside).
+
 With --tcp-established, CRIU dumps established TCP connections too. Without
 --leave-running, CRIU then kills the processes itself once the archive is
 complete: the peers get neither FIN nor RST, the connections stay locked

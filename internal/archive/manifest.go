@@ -70,7 +70,9 @@ type Node struct {
 	Hostname string    `json:"hostname"`
 	Created  time.Time `json:"created"`
 	Procs    []Proc    `json:"procs,omitempty"`
-	Memory   int64     `json:"memory"`
+	// Memory is the resident and swapped-out memory of the node's
+	// processes when it was dumped, which CRIU's page images hold.
+	Memory int64 `json:"memory"`
 	// ExtraMemory is what CRIU archives beyond the resident memory of
 	// the node's processes: the contents of its tmpfs mounts and of the
 	// memfd, shared memory and deleted files they hold. Absent in

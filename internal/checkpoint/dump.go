@@ -422,7 +422,7 @@ func collect(h *node.Host, p hier.Path) ([]*member, cgroup.Group, error) {
 				pids, _ := mem.group.Leaf().Procs()
 				for _, pid := range pids {
 					if info, err := node.ReadProc(pid); err == nil {
-						mem.memory += info.RSS
+						mem.memory += info.RSS + info.Swap
 					}
 				}
 			}
@@ -591,7 +591,7 @@ func manifestNode(m *member) archive.Node {
 		for _, pid := range pids {
 			if info, err := node.ReadProc(pid); err == nil {
 				n.Procs = append(n.Procs, archive.Proc{PID: info.NSPid, Cmd: info.Cmd})
-				n.Memory += info.RSS
+				n.Memory += info.RSS + info.Swap
 			}
 		}
 		n.ExtraMemory = extraMemory(m.n.Pid, pids)

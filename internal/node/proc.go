@@ -94,8 +94,10 @@ type ProcInfo struct {
 	PID   int    `json:"pid"`
 	NSPid int    `json:"nspid"`
 	Cmd   string `json:"cmd"`
-	// RSS is the resident memory in bytes.
-	RSS int64 `json:"rss"`
+	// RSS is the resident memory in bytes; Swap what is swapped out
+	// (CRIU dumps both).
+	RSS  int64 `json:"rss"`
+	Swap int64 `json:"swap,omitempty"`
 }
 
 // ReadProc returns what /proc says of pid.
@@ -116,10 +118,14 @@ func ReadProc(pid int) (ProcInfo, error) {
 			if len(f) > 0 {
 				info.NSPid, _ = strconv.Atoi(f[len(f)-1])
 			}
-		case "VmRSS":
+		case "VmRSS", "VmSwap":
 			if len(f) > 0 {
 				kb, _ := strconv.ParseInt(f[0], 10, 64)
-				info.RSS = kb * 1024
+				if k == "VmRSS" {
+					info.RSS = kb * 1024
+				} else {
+					info.Swap = kb * 1024
+				}
 			}
 		}
 	}
