@@ -15,7 +15,7 @@ deps:
 
 ## build: build bin/crtree
 build:
-	$(GO) build -o $(BIN) ./cmd/crtree
+	$(GO) build -buildvcs=auto -o $(BIN) ./cmd/crtree
 
 ## vet: gofmt, go vet
 vet:

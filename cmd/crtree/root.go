@@ -53,6 +53,7 @@ wrongly; crtree exec exits with the status of the command it ran.`,
 		},
 	}
 	errorScrubber = g.scrub
+	setVersion(cmd, g)
 	cmd.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
 	def := os.Getenv("CRTREE_ROOT")
 	if def == "" {
