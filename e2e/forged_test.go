@@ -37,7 +37,7 @@ func TestForgedNetNoneStaysOffTheHostNetwork(t *testing.T) {
 		nodeNet, _ := os.Readlink(filepath.Join("/proc", strconv.Itoa(h.ls()["/nn/h"].Pid), "ns/net"))
 		t.Fatalf("the forged archive was restored (network %s, the host's is %s)", nodeNet, hostNet)
 	}
-	if !strings.Contains(err.Error(), "its images put process") || !strings.Contains(err.Error(), "on this host's network") {
+	if !strings.Contains(err.Error(), "its images put process") || !strings.Contains(err.Error(), "in this host's net namespace") {
 		t.Fatalf("refused for another reason: %v", err)
 	}
 	if _, ok := h.ls()["/nn/h"]; ok {

@@ -171,6 +171,9 @@ func ExtractMeta(ra io.ReaderAt, size int64, x *Index, m *Manifest, sums *Checks
 		if err := checkMemberName(hdr.Name, len(m.Nodes)); err != nil {
 			return corrupt("%v", err)
 		}
+		if err := checkRecords(hdr); err != nil {
+			return corrupt("%v", err)
+		}
 		if isImage(hdr.Name) && IsPageImage(hdr.Name) {
 			return nil
 		}

@@ -115,7 +115,7 @@ func (m *Manifest) Validate() error {
 		return fmt.Errorf("not a crtree archive (format %q)", m.Format)
 	}
 	if m.Version == 1 {
-		return fmt.Errorf("%w: format version 1, whose checksums do not cover file modes, owners and times, so an edited archive cannot be told from a sound one; restore it with the crtree that wrote it and dump it again", ErrVersion)
+		return fmt.Errorf("%w: format version 1 (this crtree reads version %d), whose checksums do not cover file modes, owners and times, so an edited archive cannot be told from a sound one; restore it with the crtree that wrote it and dump it again", ErrVersion, FormatVersion)
 	}
 	if m.Version != FormatVersion {
 		return fmt.Errorf("%w: format version %d (this crtree reads version %d)", ErrVersion, m.Version, FormatVersion)

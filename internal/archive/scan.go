@@ -289,9 +289,15 @@ func planSparse(dir int, n string, e *Entry) error {
 	return nil
 }
 
+// maxApparent bounds the apparent size of an archived sparse file: the
+// largest file ext4 holds (16 TiB); holes cost no disk, but a hostile
+// archive should not make files no file system has.
+const maxApparent = 16 << 40
+
 // sparseSpans returns the data ranges and apparent size of a sparse
 // member (nil for any other), refusing a map that is not sorted, that
-// overlaps, that leaves the file or does not add up to the content.
+// overlaps, that leaves the file or does not add up to the content, and
+// an apparent size over maxApparent.
 func sparseSpans(hdr *tar.Header) ([]Span, int64, error) {
 	m, ok := hdr.PAXRecords[sparseMapKey]
 	size, sok := hdr.PAXRecords[sparseSizeKey]
@@ -300,7 +306,7 @@ func sparseSpans(hdr *tar.Header) ([]Span, int64, error) {
 	}
 	bad := fmt.Errorf("member %q: malformed sparse map", hdr.Name)
 	apparent, err := strconv.ParseInt(size, 10, 64)
-	if !ok || err != nil || apparent < 0 || hdr.Typeflag != tar.TypeReg {
+	if !ok || err != nil || apparent < 0 || apparent > maxApparent || hdr.Typeflag != tar.TypeReg {
 		return nil, 0, bad
 	}
 	var fields []string

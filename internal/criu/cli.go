@@ -8,10 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"syscall"
-
-	"golang.org/x/sys/unix"
 )
 
 // CRIU refuses --stream in its RPC service (it cannot know that a
@@ -19,18 +16,7 @@ import (
 // criu command instead of `criu swrk`, with the same options spelled as
 // flags. The RPC's notification becomes an action script: a shell script
 // that, before CRIU lets restored processes run, says so on one FIFO and
-// waits on another for the go-ahead.
-
-// gateScript is the action script; the %s are the FIFOs' paths: the one
-// it says it runs on (with CRIU's PID, its parent), then the one it reads
-// the answer from.
-const gateScript = `#!/bin/sh
-# crtree: hold the restored processes until crtree has checked them.
-[ "$CRTOOLS_SCRIPT_ACTION" = pre-resume ] || exit 0
-echo "$PPID" > '%s' || exit 1
-read -r go < '%s' || exit 1
-[ "$go" = y ]
-`
+// waits on another for the go-ahead (resumeGate).
 
 // restoreCLI is Restore with o.Stream or o.BeforeResume.
 func restoreCLI(bin string, o RestoreOptions) (int, error) {
@@ -47,44 +33,27 @@ func restoreCLI(bin string, o RestoreOptions) (int, error) {
 	for _, m := range o.Externals {
 		args = append(args, "--external", "mnt["+m.Key+"]:"+m.HostPath)
 	}
-	var refused atomic.Pointer[error]
+	var gate *resumeGate
 	if o.BeforeResume != nil {
-		ready, gate, script, err := makeGate(work)
-		if err != nil {
+		if gate, err = openResumeGate(work, o.CgroupFD, o.BeforeResume); err != nil {
 			return 0, fmt.Errorf("criu restore: %w", err)
 		}
-		defer gate.Close()
-		defer ready.Close() // ends the wait below if CRIU never got there
-		args = append(args, "--action-script", script)
-		go func() {
-			// BeforeResume runs once the processes are restored and
-			// held (it may look at them). The answer waits in the FIFO
-			// (held open until CRIU exits) until the script reads it.
-			var b [32]byte
-			n, err := ready.Read(b[:])
-			if err != nil {
-				return
-			}
-			criuPid, _ := strconv.Atoi(strings.TrimSpace(string(b[:n])))
-			if err := o.BeforeResume(criuPid); err != nil {
-				refused.Store(&err)
-				// CRIU would only log a failed pre-resume script and
-				// let the processes run: they die here, CRIU with them.
-				killGroup(o.CgroupFD)
-				gate.Write([]byte("n\n"))
-				return
-			}
-			gate.Write([]byte("y\n"))
-		}()
+		args = append(args, "--action-script", gate.script)
+		go gate.serve()
 	}
 	cmd := exec.Command(bin, args...)
 	if o.CgroupFD >= 0 {
 		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: o.CgroupFD}
 	}
-	if err := runCLI(cmd, "restore", work, o.KeepLogs, nil); err != nil {
-		if why := refused.Load(); why != nil {
-			return 0, *why
-		}
+	var onStart func(int)
+	if gate != nil {
+		onStart = gate.started
+	}
+	err = runCLI(cmd, "restore", work, o.KeepLogs, onStart)
+	if gate != nil {
+		err = gate.finish(err)
+	}
+	if err != nil {
 		return 0, err
 	}
 	data, err := os.ReadFile(pidfile)
@@ -267,46 +236,4 @@ func runCLI(cmd *exec.Cmd, op, work, keepLogs string, onStart func(int)) error {
 	e := &Error{Op: op, Err: err, Log: log, Quoted: logErrors(log)}
 	e.Log = keepLog(log, keepLogs, op)
 	return e
-}
-
-// killGroup kills every process of the cgroup open as fd (if fd >= 0).
-func killGroup(fd int) {
-	if fd < 0 {
-		return
-	}
-	k, err := unix.Openat(fd, "cgroup.kill", unix.O_WRONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return
-	}
-	unix.Write(k, []byte("1"))
-	unix.Close(k)
-}
-
-// makeGate creates the two FIFOs and the script that uses them, and
-// opens both read-write, so that opening does not wait for the script:
-// ready, where the script says it runs, and gate, where it reads the
-// answer.
-func makeGate(work string) (ready, gate *os.File, script string, err error) {
-	var fifos [2]*os.File
-	for i, name := range []string{"resume-ready.fifo", "resume.fifo"} {
-		fifo := filepath.Join(work, name)
-		os.Remove(fifo)
-		if err := unix.Mkfifo(fifo, 0o600); err != nil {
-			return nil, nil, "", err
-		}
-		if fifos[i], err = os.OpenFile(fifo, os.O_RDWR, 0); err != nil {
-			if i == 1 {
-				fifos[0].Close()
-			}
-			return nil, nil, "", err
-		}
-	}
-	ready, gate = fifos[0], fifos[1]
-	script = filepath.Join(work, "resume-gate.sh")
-	if err := os.WriteFile(script, fmt.Appendf(nil, gateScript, ready.Name(), gate.Name()), 0o700); err != nil {
-		ready.Close()
-		gate.Close()
-		return nil, nil, "", err
-	}
-	return ready, gate, script, nil
 }

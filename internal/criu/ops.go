@@ -86,10 +86,9 @@ type RestoreOptions struct {
 	// BeforeResume, if set, is called once the processes are restored
 	// and held, before they run, with the PID of the CRIU that holds
 	// them (it and its children are not the restored processes). An
-	// error refuses them: they are killed with CRIU (the node's cgroup,
-	// CgroupFD, is killed: CRIU ignores a failed pre-resume action) and
-	// the restore fails with that error. (It is an action script of the
-	// criu command, as Stream.)
+	// error refuses them: they are killed with CRIU (the cgroup of
+	// CgroupFD is killed, see resumeGate) and the restore fails with that
+	// error. (It is an action script of the criu command, as Stream.)
 	BeforeResume func(criuPid int) error
 }
 

@@ -73,37 +73,60 @@ func (h *Host) restoreInit(id string, from *FromImages) (int, error) {
 			if err := from.waitGate(); err != nil {
 				return err
 			}
-			if n.Spec.Net == hier.NetNone {
-				return offHostNetwork(leaf, criuPid)
-			}
-			return nil
+			return isolated(leaf, criuPid, n.Spec.Net == hier.NetNone)
 		},
 	})
 }
 
-// offHostNetwork refuses restored processes (held before they run) that
-// are in this host's network namespace although their node had its own:
-// CRIU's images, not the manifest, decide where they go, and an archive
-// is hostile. CRIU itself (criuPid) and its action script, in the same
+// isolated refuses restored processes (held before they run) that share
+// one of this host's namespaces a node always has of its own (mount, PID,
+// UTS, IPC), or its network if the node had its own (ownNet): CRIU's
+// images, not the manifest, decide where the processes go, and an
+// archive is hostile. CRIU (criuPid) and what it runs, in the same
 // cgroup, are not the node's processes.
-func offHostNetwork(leaf cgroup.Group, criuPid int) error {
-	host, err := os.Readlink("/proc/self/ns/net")
-	if err != nil {
-		return err
+func isolated(leaf cgroup.Group, criuPid int, ownNet bool) error {
+	kinds := []string{"mnt", "pid", "uts", "ipc"}
+	if ownNet {
+		kinds = append(kinds, "net")
+	}
+	host := map[string]string{}
+	for _, k := range kinds {
+		ns, err := os.Readlink("/proc/self/ns/" + k)
+		if err != nil {
+			return err
+		}
+		host[k] = ns
 	}
 	pids, err := leaf.Procs()
 	if err != nil {
 		return err
 	}
 	for _, pid := range pids {
-		if ppid, _ := parentPid(pid); pid == criuPid || ppid == criuPid {
+		if descendsFrom(pid, criuPid) {
 			continue
 		}
-		if ns, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/ns/net"); err == nil && ns == host {
-			return fmt.Errorf("corrupt archive: the node had a network of its own, but its images put process %d on this host's network", pid)
+		for _, k := range kinds {
+			if ns, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/ns/" + k); err == nil && ns == host[k] {
+				return fmt.Errorf("corrupt archive: its images put process %d in this host's %s namespace, which the node had of its own", pid, k)
+			}
 		}
 	}
 	return nil
+}
+
+// descendsFrom reports whether pid is ancestor or one of its descendants.
+func descendsFrom(pid, ancestor int) bool {
+	for i := 0; i < 64 && pid > 1; i++ {
+		if pid == ancestor {
+			return true
+		}
+		ppid, err := parentPid(pid)
+		if err != nil {
+			return false
+		}
+		pid = ppid
+	}
+	return false
 }
 
 // waitGate holds the restored processes until the gate opens (nil when
