@@ -97,8 +97,11 @@ func ReadTrailer(ra io.ReaderAt, size int64, x *Index) (*Checksums, error) {
 	in.headers = true
 	hdr, err := tr.Next()
 	in.headers = false
-	if err != nil || hdr.Name != SumsName || hdr.Typeflag != tar.TypeReg || hdr.Size > MaxManifestSize {
+	if err != nil || hdr.Name != SumsName || hdr.Typeflag != tar.TypeReg {
 		return nil, corrupt("the index does not point at %s", SumsName)
+	}
+	if hdr.Size > MaxSumsSize {
+		return nil, corrupt("%s of %d bytes is larger than the %d allowed", SumsName, hdr.Size, MaxSumsSize)
 	}
 	data, err := io.ReadAll(io.LimitReader(tr, hdr.Size))
 	if err != nil || int64(len(data)) != hdr.Size {

@@ -28,6 +28,11 @@ const (
 // MaxManifestSize bounds the manifest a reader accepts.
 const MaxManifestSize = 16 << 20
 
+// MaxSumsSize bounds the checksums.json a reader accepts, and so a
+// writer writes: about 200 bytes a member, so some 600,000 files (fewer
+// in very deep trees, whose entries repeat long paths).
+const MaxSumsSize = 128 << 20
+
 // Manifest describes an archive: where it came from, the subtree it holds
 // and every member that follows it.
 type Manifest struct {

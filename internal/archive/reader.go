@@ -317,8 +317,8 @@ func (r *Reader) finishCurrent() error {
 }
 
 func (r *Reader) verifyTrailer(hdr *tar.Header) error {
-	if hdr.Size > MaxManifestSize {
-		return corrupt("%s is too large", SumsName)
+	if hdr.Size > MaxSumsSize {
+		return corrupt("%s of %d bytes is larger than the %d allowed", SumsName, hdr.Size, MaxSumsSize)
 	}
 	data, err := io.ReadAll(io.LimitReader(r.tr, hdr.Size))
 	if err != nil || int64(len(data)) != hdr.Size {

@@ -298,6 +298,11 @@ func (w *Writer) Close() error {
 	if err != nil {
 		return err
 	}
+	// An archive no reader accepts must not be written: the dump would
+	// remove what it cannot give back.
+	if len(data) > MaxSumsSize {
+		return fmt.Errorf("the archive would list %d members in %d bytes of %s, more than the %d a reader accepts: too many files (or too deep a tree) to archive", len(sums.Members), len(data), SumsName, MaxSumsSize)
+	}
 	if err := w.tw.WriteHeader(sumsHeader(data)); err != nil {
 		return err
 	}
