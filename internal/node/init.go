@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 
@@ -182,7 +181,7 @@ func lookPath(cmd string, env []string) (string, error) {
 			return p, nil
 		}
 	}
-	return "", fmt.Errorf("exec %s: %w in the node's PATH", cmd, exec.ErrNotFound)
+	return "", fmt.Errorf("exec %s: executable file not found in the node's PATH (%s)", cmd, path)
 }
 
 // loopbackUp brings up lo in a new network namespace.
