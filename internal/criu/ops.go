@@ -292,28 +292,11 @@ func Dump(bin string, o DumpOptions) error {
 
 // Restore restores a process tree from o.ImagesDir as a sibling of CRIU,
 // that is a child of the calling process, and returns its root's host PID.
-func Restore(bin string, o RestoreOptions) (int, error) {
-	if o.Stream || o.BeforeResume != nil {
-		return restoreCLI(bin, o)
-	}
-	img, wd, err := openDirs(o.ImagesDir, o.WorkDir)
-	if err != nil {
-		return 0, fmt.Errorf("criu restore: %w", err)
-	}
-	defer img.Close()
-	defer wd.Close()
-	opts := commonOpts(img, wd, "restore.log", o.TCPEstablished, o.OwnNetwork)
-	opts.Root = proto.String(o.Root)
-	opts.RstSibling = proto.Bool(true)
-	for _, m := range o.Externals {
-		opts.ExtMnt = append(opts.ExtMnt, &rpc.ExtMountMap{Key: proto.String(m.Key), Val: proto.String(m.HostPath)})
-	}
-	var pid int
-	err = run(bin, "restore", rpc.CriuReqType_RESTORE, opts, swrkOptions{CgroupFD: o.CgroupFD}, o.WorkDir, o.KeepLogs, func(resp *rpc.CriuResp) {
-		pid = int(resp.GetRestore().GetPid())
-	})
-	return pid, err
-}
+// It runs the criu command (restoreCLI), not CRIU's RPC: CRIU's RPC
+// refuses --stream, and every crtree restore holds its processes at
+// pre-resume (BeforeResume) through an action script, so one way of
+// driving a restore is enough.
+func Restore(bin string, o RestoreOptions) (int, error) { return restoreCLI(bin, o) }
 
 func run(bin, op string, typ rpc.CriuReqType, opts *rpc.CriuOpts, so swrkOptions, workDir, keepLogs string, onResp func(*rpc.CriuResp)) error {
 	s, err := startSwrk(bin, so)
