@@ -174,31 +174,59 @@ func cmdFlipbyte(ts *testscript.TestScript, neg bool, args []string) {
 	ts.Check(os.WriteFile(name, data, 0o644))
 }
 
+// poll calls try every interval until it returns true or limit has
+// passed, and says whether it did.
+func poll(limit, interval time.Duration, try func() bool) bool {
+	for deadline := time.Now().Add(limit); time.Now().Before(deadline); time.Sleep(interval) {
+		if try() {
+			return true
+		}
+	}
+	return false
+}
+
+// limitArg is the optional SECONDS argument of a wait command, or def.
+func limitArg(args []string, i int, def time.Duration) time.Duration {
+	if len(args) <= i {
+		return def
+	}
+	s, _ := strconv.Atoi(args[i])
+	return time.Duration(s) * time.Second
+}
+
 // waitlog PATH REGEXP [SECONDS]: wait until the node's log matches.
 func cmdWaitlog(ts *testscript.TestScript, neg bool, args []string) {
 	if len(args) < 2 || len(args) > 3 {
 		ts.Fatalf("usage: waitlog PATH REGEXP [SECONDS]")
 	}
 	re := regexp.MustCompile(args[1])
-	limit := 15 * time.Second
-	if len(args) == 3 {
-		s, _ := strconv.Atoi(args[2])
-		limit = time.Duration(s) * time.Second
-	}
-	deadline := time.Now().Add(limit)
+	limit := limitArg(args, 2, 15*time.Second)
 	var out []byte
-	for time.Now().Before(deadline) {
+	matched := poll(limit, 100*time.Millisecond, func() bool {
 		out, _ = crtree(ts, "logs", args[0])
-		if re.Match(out) {
-			if neg {
-				ts.Fatalf("log of %s matches %s:\n%s", args[0], re, out)
-			}
-			return
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	if !neg {
+		return re.Match(out)
+	})
+	switch {
+	case matched && neg:
+		ts.Fatalf("log of %s matches %s:\n%s", args[0], re, out)
+	case !matched && !neg:
 		ts.Fatalf("log of %s does not match %s after %v:\n%s", args[0], re, limit, out)
+	}
+}
+
+// waitfile FILE REGEXP [SECONDS]: wait until FILE's content matches.
+func cmdWaitfile(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) < 2 || len(args) > 3 {
+		ts.Fatalf("usage: waitfile FILE REGEXP [SECONDS]")
+	}
+	re := regexp.MustCompile("(?m)" + args[1])
+	limit := limitArg(args, 2, 30*time.Second)
+	var data []byte
+	if !poll(limit, 50*time.Millisecond, func() bool {
+		data, _ = os.ReadFile(ts.MkAbs(args[0]))
+		return re.Match(data)
+	}) {
+		ts.Fatalf("%s does not match %s after %v:\n%s", args[0], re, limit, data)
 	}
 }
 
@@ -210,26 +238,26 @@ func cmdWaitbusy(ts *testscript.TestScript, neg bool, args []string) {
 	}
 	re := regexp.MustCompile(args[1])
 	var last []byte
-	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+	if !poll(30*time.Second, 20*time.Millisecond, func() bool {
 		out, err := crtree(ts, "ls", "-r", "--json", "/")
 		if err != nil {
-			continue
+			return false
 		}
 		last = out
 		var entries []struct {
 			Path string `json:"path"`
 			Busy string `json:"busy"`
 		}
-		if json.Unmarshal(out, &entries) != nil {
-			continue
-		}
+		json.Unmarshal(out, &entries)
 		for _, e := range entries {
 			if e.Path == args[0] && re.MatchString(e.Busy) {
-				return
+				return true
 			}
 		}
+		return false
+	}) {
+		ts.Fatalf("%s is not %s after 30s:\n%s", args[0], re, last)
 	}
-	ts.Fatalf("%s is not %s after 30s:\n%s", args[0], re, last)
 }
 
 // nodepid [-s] VAR PATH: set VAR to the host PID of the node's init (with

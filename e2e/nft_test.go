@@ -8,39 +8,13 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
-	"regexp"
-	"strconv"
 	"strings"
-	"time"
 
 	"github.com/rogpeppe/go-internal/testscript"
 	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/crtree/crtree/internal/archive"
 )
-
-// waitfile FILE REGEXP [SECONDS]: wait until FILE's content matches.
-func cmdWaitfile(ts *testscript.TestScript, neg bool, args []string) {
-	if neg || len(args) < 2 || len(args) > 3 {
-		ts.Fatalf("usage: waitfile FILE REGEXP [SECONDS]")
-	}
-	re := regexp.MustCompile("(?m)" + args[1])
-	limit := 30 * time.Second
-	if len(args) == 3 {
-		s, _ := strconv.Atoi(args[2])
-		limit = time.Duration(s) * time.Second
-	}
-	deadline := time.Now().Add(limit)
-	var data []byte
-	for time.Now().Before(deadline) {
-		data, _ = os.ReadFile(ts.MkAbs(args[0]))
-		if re.Match(data) {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	ts.Fatalf("%s does not match %s after %v:\n%s", args[0], re, limit, data)
-}
 
 // locked ARCHIVE: CRIU's TCP lock of some node of ARCHIVE is in place (an
 // nftables table; with !, none is). Other scripts' locks do not count.

@@ -242,16 +242,8 @@ func AttachedExec(leaf cgroup.Group, initPid int) (ProcInfo, bool) {
 
 // parentPid returns the PPid of pid, as the host sees it.
 func parentPid(pid int) (int, error) {
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	for _, line := range strings.Split(string(status), "\n") {
-		if v, ok := strings.CutPrefix(line, "PPid:"); ok {
-			return strconv.Atoi(strings.TrimSpace(v))
-		}
-	}
-	return 0, fmt.Errorf("no PPid in /proc/%d/status", pid)
+	info, err := readStatus(pid)
+	return info.PPid, err
 }
 
 // execCommandLine keeps, of the command line of nsenter or of SetsidMain,

@@ -90,8 +90,10 @@ func procState(pid int) byte {
 
 // ProcInfo describes one process of a node as seen from the host.
 type ProcInfo struct {
-	// PID is the host PID; NSPid the PID inside the node's PID namespace.
+	// PID is the host PID; NSPid the PID inside the node's PID namespace;
+	// PPid the host PID of its parent.
 	PID   int    `json:"pid"`
+	PPid  int    `json:"ppid,omitempty"`
 	NSPid int    `json:"nspid"`
 	Cmd   string `json:"cmd"`
 	// RSS is the resident memory in bytes; Swap what is swapped out
@@ -102,6 +104,22 @@ type ProcInfo struct {
 
 // ReadProc returns what /proc says of pid.
 func ReadProc(pid int) (ProcInfo, error) {
+	info, err := readStatus(pid)
+	if err != nil {
+		return info, err
+	}
+	cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	info.Cmd = strings.TrimSpace(strings.ReplaceAll(string(cmdline), "\x00", " "))
+	if info.Cmd == "" {
+		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+		info.Cmd = "[" + strings.TrimSpace(string(comm)) + "]"
+	}
+	return info, nil
+}
+
+// readStatus is what /proc/PID/status says of pid (ReadProc without the
+// command line).
+func readStatus(pid int) (ProcInfo, error) {
 	info := ProcInfo{PID: pid}
 	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
@@ -114,6 +132,10 @@ func ReadProc(pid int) (ProcInfo, error) {
 		}
 		f := strings.Fields(v)
 		switch k {
+		case "PPid":
+			if len(f) > 0 {
+				info.PPid, _ = strconv.Atoi(f[0])
+			}
 		case "NSpid":
 			if len(f) > 0 {
 				info.NSPid, _ = strconv.Atoi(f[len(f)-1])
@@ -128,12 +150,6 @@ func ReadProc(pid int) (ProcInfo, error) {
 				}
 			}
 		}
-	}
-	cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	info.Cmd = strings.TrimSpace(strings.ReplaceAll(string(cmdline), "\x00", " "))
-	if info.Cmd == "" {
-		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
-		info.Cmd = "[" + strings.TrimSpace(string(comm)) + "]"
 	}
 	return info, nil
 }
