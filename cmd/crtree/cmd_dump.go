@@ -100,7 +100,8 @@ func (o *cpOptions) prepare(g *globalOptions) (*node.Host, checkpoint.Options, *
 	if err != nil {
 		return nil, checkpoint.Options{}, nil, err
 	}
-	co := checkpoint.Options{CriuBin: bin, LeaveRunning: o.LeaveRunning, TCPEstablished: o.TCPEstablished, InNode: g.scope != nil, GhostLimit: int64(o.GhostLimit)}
+	co := checkpoint.Options{CriuBin: bin, LeaveRunning: o.LeaveRunning, TCPEstablished: o.TCPEstablished, InNode: g.scope != nil, GhostLimit: int64(o.GhostLimit),
+		NoStream: g.env.NoStream, NoDirect: g.env.NoDirect, CriuLogLevel: g.env.CriuLogLevel}
 	var pp *progressPrinter
 	if !o.Quiet && term.IsTerminal(int(os.Stderr.Fd())) {
 		pp = newProgressPrinter(os.Stderr)

@@ -4,8 +4,6 @@ import (
 	"fmt"
 
 	"github.com/spf13/cobra"
-
-	"github.com/crtree/crtree/internal/node"
 )
 
 func newGCCmd(g *globalOptions) *cobra.Command {
@@ -24,7 +22,7 @@ dump; gc reports what it removed.`,
 			if g.scope != nil {
 				return fmt.Errorf("gc works on the whole state root and cannot be used inside a node")
 			}
-			h, err := node.NewHost(g.Root)
+			h, err := g.openHost()
 			if err != nil {
 				return err
 			}

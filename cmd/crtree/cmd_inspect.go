@@ -33,7 +33,7 @@ restores nothing.`,
 			var m *archive.Manifest
 			members := 0
 			if verify {
-				pre := checkpoint.Prefetch(in)
+				pre := checkpoint.Prefetch(in, !g.env.NoDirect)
 				m, members, err = archive.Verify(pre)
 				pre.Close()
 				if err == nil {

@@ -36,7 +36,7 @@ func main() {
 	// The init stage runs before anything else: it is PID 1 of a new node
 	// and must not touch the tree or parse flags.
 	if filepath.Base(os.Args[0]) == node.ReaperName {
-		node.ReaperMain(os.Args[1:])
+		node.ReaperMain(os.Args[1:], os.Environ())
 		return
 	}
 	if len(os.Args) > 1 && os.Args[1] == "__init" {
@@ -45,7 +45,7 @@ func main() {
 	}
 	// So does the start of a command crtree exec runs in a node.
 	if len(os.Args) > 1 && os.Args[1] == node.SetsidArg {
-		node.SetsidMain(os.Args[2:])
+		node.SetsidMain(os.Args[2:], os.Environ())
 		return
 	}
 	// Inside a node, crtree asks the node's supervisor to do the work.
@@ -54,7 +54,7 @@ func main() {
 			fmt.Fprintf(os.Stderr, "crtree: %s cannot be used inside a node\n", k)
 			os.Exit(exitUsage)
 		}
-		code, err := api.Call(os.Args[1:])
+		code, err := api.Call(os.Args[1:], os.Getenv("TERM"))
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "crtree:", err)
 			if errors.Is(err, api.ErrUnknownCommand) {

@@ -5,6 +5,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/crtree/crtree/internal/criu"
 	"github.com/crtree/crtree/internal/hier"
 	"github.com/crtree/crtree/internal/node"
 )
@@ -14,14 +15,49 @@ type globalOptions struct {
 	Root string
 	Criu string
 	JSON bool
+	// env is what the environment asks for beyond the flags.
+	env tuning
 	// scope is set inside a node (see scope.go).
 	scope *scope
+}
+
+// tuning is what crtree takes from the environment besides CRTREE_ROOT
+// and CRTREE_CRIU: switches for measuring and working around, read here
+// once and passed down as options.
+type tuning struct {
+	// NoStream (CRTREE_NO_STREAM=1) stages CRIU's images in files on dump
+	// and restore instead of streaming them.
+	NoStream bool
+	// NoDirect (CRTREE_NO_DIRECT=1) reads and writes archives through the
+	// page cache, never with O_DIRECT.
+	NoDirect bool
+	// StageDir (CRTREE_STAGE_DIR) is where staged images go, instead of
+	// the state root's choice.
+	StageDir string
+	// CriuLogLevel (CRTREE_CRIU_LOG_LEVEL=0..4) is CRIU's -v level; ""
+	// (or anything else) keeps crtree's default.
+	CriuLogLevel string
+}
+
+// readTuning reads the tuning variables.
+func readTuning() tuning {
+	t := tuning{
+		NoStream: os.Getenv("CRTREE_NO_STREAM") != "",
+		NoDirect: os.Getenv("CRTREE_NO_DIRECT") != "",
+		StageDir: os.Getenv("CRTREE_STAGE_DIR"),
+	}
+	if v := os.Getenv("CRTREE_CRIU_LOG_LEVEL"); v != "" {
+		if _, err := criu.ParseLogLevel(v); err == nil {
+			t.CriuLogLevel = v
+		}
+	}
+	return t
 }
 
 // host opens the state root, first undoing what crtree commands killed
 // mid-way left behind (frozen nodes, staging, partial archives).
 func (o *globalOptions) host() (*node.Host, error) {
-	h, err := node.NewHost(o.Root)
+	h, err := o.openHost()
 	if err != nil {
 		return nil, err
 	}
@@ -29,8 +65,18 @@ func (o *globalOptions) host() (*node.Host, error) {
 	return h, nil
 }
 
+// openHost opens the state root with the options of this command.
+func (o *globalOptions) openHost() (*node.Host, error) {
+	h, err := node.NewHost(o.Root)
+	if err != nil {
+		return nil, err
+	}
+	h.StageBase, h.Env = o.env.StageDir, os.Environ()
+	return h, nil
+}
+
 func newRootCmd() *cobra.Command {
-	g := &globalOptions{}
+	g := &globalOptions{env: readTuning()}
 	cmd := &cobra.Command{
 		Use:   "crtree",
 		Short: "A named tree of containers, checkpointed and restored with CRIU",

@@ -184,11 +184,11 @@ func (g *globalOptions) createOutput(name string) (checkpoint.Output, error) {
 	if err != nil {
 		return nil, fmt.Errorf("write archive to %s: %w", name, unwrapPath(err))
 	}
-	protect := ""
+	opts := checkpoint.OutputOptions{NoDirect: g.env.NoDirect}
 	if g.scope != nil {
-		protect = strings.TrimPrefix(api.MountPoint, "/")
+		opts.Protect = strings.TrimPrefix(api.MountPoint, "/")
 	}
-	out, err := checkpoint.OpenOutputIn(r, rel, protect)
+	out, err := checkpoint.OpenOutputIn(r, rel, opts)
 	if err != nil {
 		return nil, fmt.Errorf("write archive to %s: %w", name, unwrapPath(err))
 	}

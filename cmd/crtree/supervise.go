@@ -8,7 +8,7 @@ import (
 
 // newSuperviseCmd is the hidden command a node's supervisor runs as.
 func newSuperviseCmd(g *globalOptions) *cobra.Command {
-	var fromImages string
+	var fromImages, logLevel string
 	var tcpEstablished, stream, gate bool
 	cmd := &cobra.Command{
 		Use:    "__supervise ID",
@@ -21,7 +21,7 @@ func newSuperviseCmd(g *globalOptions) *cobra.Command {
 			}
 			var from *node.FromImages
 			if fromImages != "" {
-				from = &node.FromImages{Dir: fromImages, CriuBin: g.Criu, TCPEstablished: tcpEstablished, Stream: stream}
+				from = &node.FromImages{Dir: fromImages, CriuBin: g.Criu, CriuLogLevel: logLevel, TCPEstablished: tcpEstablished, Stream: stream}
 				if gate {
 					from.Gate = node.OpenGate()
 				}
@@ -30,6 +30,7 @@ func newSuperviseCmd(g *globalOptions) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&fromImages, "from-images", "", "restore the node from the CRIU images in this directory")
+	cmd.Flags().StringVar(&logLevel, "criu-log-level", "", "CRIU's log level, 0 to 4")
 	cmd.Flags().BoolVar(&tcpEstablished, "tcp-established", false, "restore established TCP connections")
 	cmd.Flags().BoolVar(&stream, "stream", false, "CRIU reads the images from the restoring command's image server")
 	cmd.Flags().BoolVar(&gate, "gate", false, "hold the restored processes until fd 4 says 'y'")
@@ -39,12 +40,15 @@ func newSuperviseCmd(g *globalOptions) *cobra.Command {
 // newRmStageCmd is the hidden command that removes a staging directory in
 // the background (see node.Host.RemoveLater).
 func newRmStageCmd(g *globalOptions) *cobra.Command {
-	return &cobra.Command{
+	var base string
+	cmd := &cobra.Command{
 		Use:    "__rmstage DIR",
 		Hidden: true,
 		Args:   exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return node.RemoveStage(g.Root, args[0])
+			return node.RemoveStage(g.Root, base, args[0])
 		},
 	}
+	cmd.Flags().StringVar(&base, "stage-base", "", "the Host.StageBase of the command that staged")
+	return cmd
 }

@@ -19,13 +19,14 @@ func InNode() bool {
 // Call sends args to the node's supervisor with this process's stdin,
 // stdout and stderr, waits for the command to end and returns its exit
 // status. A request that the supervisor would refuse for its shape is
-// refused here, without connecting.
-func Call(args []string) (int, error) {
+// refused here, without connecting. term is the caller's TERM, for a
+// command run on a terminal.
+func Call(args []string, term string) (int, error) {
 	cwd, err := os.Getwd()
 	if err != nil {
 		cwd = "/"
 	}
-	req := Request{Args: args, Cwd: cwd, Term: os.Getenv("TERM")}
+	req := Request{Args: args, Cwd: cwd, Term: term}
 	if err := req.Validate(); err != nil {
 		return 0, err
 	}

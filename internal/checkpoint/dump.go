@@ -47,6 +47,14 @@ type Options struct {
 	// limit); 0 means DefaultGhostLimit. CRIU refuses to dump a node
 	// holding a larger one.
 	GhostLimit int64
+	// NoStream stages CRIU's images in files instead of streaming them
+	// between CRIU and the archive (for measuring, and as a way around).
+	NoStream bool
+	// NoDirect reads and writes archives through the page cache only.
+	NoDirect bool
+	// CriuLogLevel is CRIU's log level, "0" to "4"; "" is
+	// criu.DefaultLogLevel.
+	CriuLogLevel string
 	// Progress, if set, is called as the operation advances.
 	Progress func(Progress)
 }
@@ -101,7 +109,7 @@ func Dump(h *node.Host, p hier.Path, out Output, o Options) (rep *Report, err er
 		return nil, err
 	}
 	defer h.EndOp(op)
-	if po, ok := out.(interface{ PartialPath() string }); ok {
+	if po, ok := out.(interface{ PartialPath() string }); ok && po.PartialPath() != "" {
 		op.Remove = append(op.Remove, po.PartialPath())
 		if err := h.SaveOp(op); err != nil {
 			return nil, err
@@ -138,7 +146,7 @@ func Dump(h *node.Host, p hier.Path, out Output, o Options) (rep *Report, err er
 	// even for a migration through a pipe: dump | restore of 640 MiB took
 	// 1.7 s that way against 2.1-2.3 s pages last, staged.)
 	pagesLast := o.LeaveRunning
-	stream := !pagesLast && os.Getenv("CRTREE_NO_STREAM") == ""
+	stream := !pagesLast && !o.NoStream
 	var need int64
 	for _, m := range members {
 		if stream {
@@ -537,6 +545,7 @@ func dumpAll(h *node.Host, op *node.Op, members []*member, o Options, stream boo
 				TCPEstablished: o.TCPEstablished,
 				OwnNetwork:     m.n.Spec.Net == hier.NetNone,
 				GhostLimit:     o.ghostLimit(),
+				LogLevel:       o.CriuLogLevel,
 				KeepLogs:       h.LogDir(),
 				// While CRIU runs, the dump counts as running even if
 				// this process dies: nothing is thawed or removed under it.

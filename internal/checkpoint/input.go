@@ -15,14 +15,15 @@ const (
 
 // Prefetch returns a reader that reads r ahead in a goroutine, up to
 // prefetchDepth chunks, so that the disk (or the pipe) keeps delivering
-// while the archive is decompressed, hashed and written out. A regular
-// file is read with O_DIRECT where the file system allows it, which skips
-// filling the page cache with an archive that is read once.
-func Prefetch(r io.Reader) io.ReadCloser {
+// while the archive is decompressed, hashed and written out. With direct,
+// a regular file is read with O_DIRECT where the file system allows it,
+// which skips filling the page cache with an archive that is read once.
+func Prefetch(r io.Reader, direct bool) io.ReadCloser {
 	p := &prefetcher{chunks: make(chan chunk, prefetchDepth), free: make(chan []byte, prefetchDepth+2), stop: make(chan struct{})}
-	direct := false
-	if f, ok := r.(*os.File); ok {
+	if f, ok := r.(*os.File); ok && direct {
 		direct = tryDirectRead(f)
+	} else {
+		direct = false
 	}
 	for i := 0; i < cap(p.free); i++ {
 		if direct {
@@ -116,7 +117,7 @@ func (p *prefetcher) Close() error {
 // end of file.
 func tryDirectRead(f *os.File) bool {
 	fi, err := f.Stat()
-	if err != nil || !fi.Mode().IsRegular() || os.Getenv("CRTREE_NO_DIRECT") != "" || cached(f, fi.Size()) {
+	if err != nil || !fi.Mode().IsRegular() || cached(f, fi.Size()) {
 		return false
 	}
 	fd := f.Fd()

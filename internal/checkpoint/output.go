@@ -22,12 +22,18 @@ type Output interface {
 	Abort()
 }
 
-// FileOutput writes an archive to a temporary file beside name and
-// renames it to name on Commit, after an fsync: no partial archive ever
-// stands under the final name.
+// FileOutput writes an archive to an unnamed file in name's directory
+// (O_TMPFILE) and gives it the name on Commit, after an fsync: no partial
+// archive ever stands under the final name, and a crtree killed before
+// Commit leaves nothing at all. Where the file system has no unnamed
+// files, a hidden temporary name is used and renamed.
 type FileOutput struct {
 	root *os.Root
 	name string
+	// dir is name's directory, base its last element.
+	dir  *os.File
+	base string
+	// tmp is the temporary name, "" while the file has none (O_TMPFILE).
 	tmp  string
 	f    *os.File
 	done bool
@@ -51,31 +57,50 @@ type FileOutput struct {
 const directBuf = 4 << 20
 
 // createFileIn starts an archive that will be called name inside root
-// (which it closes when done), through a temporary name; name cannot
-// leave root. OpenOutputIn decides when this is the right way.
-func createFileIn(root *os.Root, name string) (*FileOutput, error) {
-	dir, base := filepath.Split(name)
+// (which it closes when done); name cannot leave root. OpenOutputIn
+// decides when this is the right way.
+func createFileIn(root *os.Root, name string, noDirect bool) (*FileOutput, error) {
+	dirName, base := path.Split(filepath.ToSlash(name))
+	if dirName == "" {
+		dirName = "."
+	}
+	dir, err := root.Open(dirName)
+	if err != nil {
+		root.Close()
+		return nil, err
+	}
+	o := &FileOutput{root: root, name: name, dir: dir, base: base}
+	fd, err := unix.Openat(int(dir.Fd()), ".", unix.O_TMPFILE|unix.O_WRONLY|unix.O_CLOEXEC, 0o600)
+	if err == nil {
+		o.f = os.NewFile(uintptr(fd), path.Join(dirName, base))
+	} else if o.f, o.tmp, err = o.createNamed(); err != nil {
+		dir.Close()
+		root.Close()
+		return nil, err
+	}
+	if !noDirect {
+		o.tryDirect()
+	}
+	return o, nil
+}
+
+// createNamed creates a new hidden file beside the final name.
+func (o *FileOutput) createNamed() (*os.File, string, error) {
 	for i := 0; ; i++ {
-		tmp := filepath.Join(dir, fmt.Sprintf(".%s.partial-%d-%d", base, os.Getpid(), i))
-		f, err := root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-		if errors.Is(err, os.ErrExist) && i < 100 {
+		tmp := fmt.Sprintf(".%s.partial-%d-%d", o.base, os.Getpid(), i)
+		fd, err := unix.Openat(int(o.dir.Fd()), tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+		if err == unix.EEXIST && i < 100 {
 			continue
 		}
 		if err != nil {
-			root.Close()
-			return nil, err
+			return nil, "", &os.PathError{Op: "create", Path: o.name, Err: err}
 		}
-		o := &FileOutput{root: root, name: name, tmp: tmp, f: f}
-		o.tryDirect()
-		return o, nil
+		return os.NewFile(uintptr(fd), tmp), tmp, nil
 	}
 }
 
 // tryDirect switches the file to O_DIRECT where the file system allows.
 func (o *FileOutput) tryDirect() {
-	if os.Getenv("CRTREE_NO_DIRECT") != "" {
-		return
-	}
 	fd := int(o.f.Fd())
 	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
 	if err != nil {
@@ -211,26 +236,72 @@ func (o *FileOutput) Commit() error {
 		o.Abort()
 		return fmt.Errorf("write archive: %w", err)
 	}
-	if err := o.f.Close(); err != nil {
-		o.Abort()
-		return fmt.Errorf("write archive: %w", err)
-	}
 	o.done = true
-	defer o.root.Close()
-	if err := o.root.Rename(o.tmp, o.name); err != nil {
-		o.root.Remove(o.tmp)
+	defer o.closeAll()
+	if err := o.publish(); err != nil {
 		return fmt.Errorf("write archive: %w", err)
 	}
-	if d, err := o.root.Open(filepath.Dir(o.name)); err == nil {
-		d.Sync()
-		d.Close()
+	o.dir.Sync()
+	return nil
+}
+
+// publish gives the written file its final name: an unnamed file is linked
+// in (straight under the name if it is free, else under a temporary name
+// that is renamed over it); a named one is renamed.
+func (o *FileOutput) publish() error {
+	dfd := int(o.dir.Fd())
+	if o.tmp == "" {
+		err := o.link(o.base)
+		if err != unix.EEXIST {
+			return err
+		}
+		for i := 0; ; i++ {
+			o.tmp = fmt.Sprintf(".%s.partial-%d-%d", o.base, os.Getpid(), i)
+			err = o.link(o.tmp)
+			if err != unix.EEXIST || i >= 100 {
+				break
+			}
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if err := unix.Renameat(dfd, o.tmp, dfd, o.base); err != nil {
+		unix.Unlinkat(dfd, o.tmp, 0)
+		return &os.PathError{Op: "rename", Path: o.name, Err: err}
 	}
 	return nil
 }
 
+// link gives the unnamed file the name as in its directory: through
+// /proc/self/fd, or with AT_EMPTY_PATH where /proc is not mounted.
+func (o *FileOutput) link(as string) error {
+	fd, dfd := int(o.f.Fd()), int(o.dir.Fd())
+	err := unix.Linkat(unix.AT_FDCWD, fmt.Sprintf("/proc/self/fd/%d", fd), dfd, as, unix.AT_SYMLINK_FOLLOW)
+	if err == unix.ENOENT {
+		err = unix.Linkat(fd, "", dfd, as, unix.AT_EMPTY_PATH)
+	}
+	if err != nil && err != unix.EEXIST {
+		return &os.PathError{Op: "link", Path: o.name, Err: err}
+	}
+	return err
+}
+
+// closeAll closes the file, its directory and the root.
+func (o *FileOutput) closeAll() {
+	o.f.Close()
+	o.dir.Close()
+	o.root.Close()
+}
+
 // PartialPath is where the unfinished archive lies, for recovery after a
-// crash.
-func (o *FileOutput) PartialPath() string { return filepath.Join(o.root.Name(), o.tmp) }
+// crash: "" for an unnamed file, which disappears with its writer.
+func (o *FileOutput) PartialPath() string {
+	if o.tmp == "" {
+		return ""
+	}
+	return filepath.Join(o.root.Name(), filepath.Dir(o.name), o.tmp)
+}
 
 // Abort removes the temporary file. It may be called more than once, and
 // after a failed Commit.
@@ -245,9 +316,10 @@ func (o *FileOutput) Abort() {
 		<-o.werr
 		o.unmap()
 	}
-	o.f.Close()
-	o.root.Remove(o.tmp)
-	o.root.Close()
+	if o.tmp != "" {
+		unix.Unlinkat(int(o.dir.Fd()), o.tmp, 0)
+	}
+	o.closeAll()
 }
 
 // StreamOutput writes an archive to a stream such as stdout. A reader of
@@ -263,24 +335,32 @@ func (o StreamOutput) Commit() error { return nil }
 // Abort does nothing: the reader finds no trailer.
 func (o StreamOutput) Abort() {}
 
+// OutputOptions say where OpenOutputIn may write and how.
+type OutputOptions struct {
+	// Protect, if not "", is a directory of the root in and below which
+	// nothing may be written.
+	Protect string
+	// NoDirect writes through the page cache even where O_DIRECT works.
+	NoDirect bool
+}
+
 // OpenOutputIn starts an archive called name inside root (which it closes
 // when done), as tar and cp treat what stands under the name: a regular
-// file or a missing name is written through a temporary name and renamed
-// (FileOutput); an existing character device or FIFO is written to as a
-// stream (DeviceOutput) and stays what it is; a directory, socket, block
-// device or terminal is refused. name must not be a symlink (the caller
-// follows them, in its own view of the files). If protect is not "", it
-// is a directory of root in and below which nothing may be written.
-func OpenOutputIn(root *os.Root, name, protect string) (Output, error) {
-	if protect != "" {
-		if err := checkOutside(root, name, protect); err != nil {
+// file or a missing name is written as a new file that takes the name
+// when complete (FileOutput); an existing character device or FIFO is
+// written to as a stream (DeviceOutput) and stays what it is; a
+// directory, socket, block device or terminal is refused. name must not
+// be a symlink (the caller follows them, in its own view of the files).
+func OpenOutputIn(root *os.Root, name string, o OutputOptions) (Output, error) {
+	if o.Protect != "" {
+		if err := checkOutside(root, name, o.Protect); err != nil {
 			root.Close()
 			return nil, err
 		}
 	}
 	fi, err := root.Lstat(name)
 	if errors.Is(err, fs.ErrNotExist) || err == nil && fi.Mode().IsRegular() {
-		return createFileIn(root, name)
+		return createFileIn(root, name, o.NoDirect)
 	}
 	defer root.Close()
 	if err != nil {

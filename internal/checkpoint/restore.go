@@ -90,14 +90,16 @@ func Restore(h *node.Host, in io.Reader, target RestoreTarget, o Options) (rep *
 	// A file with an index is read twice at once: the images CRIU needs
 	// first, from near its end, then the whole from the start, with the
 	// page images going to CRIU as they come off the disk.
-	ix, err := openIndexed(in)
-	if err != nil {
-		return nil, fmt.Errorf("restore: %w", err)
+	var ix *indexed
+	if !o.NoStream {
+		if ix, err = openIndexed(in); err != nil {
+			return nil, fmt.Errorf("restore: %w", err)
+		}
 	}
 	if ix != nil {
 		defer ix.Close()
 	}
-	pre := Prefetch(in)
+	pre := Prefetch(in, !o.NoDirect)
 	defer pre.Close()
 	ar, err := archive.NewReader(pre)
 	if err != nil {
@@ -171,7 +173,7 @@ func Restore(h *node.Host, in io.Reader, target RestoreTarget, o Options) (rep *
 		}
 	}
 	// From a pipe, an archive written pages last streams too.
-	if ix != nil || (m.PagesLast && os.Getenv("CRTREE_NO_STREAM") == "") {
+	if ix != nil || (m.PagesLast && !o.NoStream) {
 		reports, err := restoreStreamed(h, ix, ar, dst, paths, o, rep)
 		rep.Nodes = reports
 		if err != nil {
@@ -354,7 +356,7 @@ func restoreNodes(h *node.Host, m *archive.Manifest, ids []string, paths []hier.
 				sem <- struct{}{}
 				defer func() { <-sem }()
 				t0 := time.Now()
-				from := node.FromImages{Dir: filepath.Join(stage, strconv.Itoa(i)), CriuBin: o.CriuBin, TCPEstablished: o.TCPEstablished}
+				from := node.FromImages{Dir: filepath.Join(stage, strconv.Itoa(i)), CriuBin: o.CriuBin, CriuLogLevel: o.CriuLogLevel, TCPEstablished: o.TCPEstablished}
 				if gates != nil {
 					from.Stream, from.Gate = true, gates[i]
 				}

@@ -27,11 +27,11 @@ type indexed struct {
 func (ix *indexed) Close() error { return ix.f.Close() }
 
 // openIndexed returns the index of in if in is a regular file that has
-// one, nil if it is not (a pipe, an archive without index, or
-// CRTREE_NO_STREAM set), and an error if the index is damaged.
+// one, nil if it is not (a pipe or an archive without index), and an
+// error if the index is damaged.
 func openIndexed(in io.Reader) (*indexed, error) {
 	f, ok := in.(*os.File)
-	if !ok || os.Getenv("CRTREE_NO_STREAM") != "" {
+	if !ok {
 		return nil, nil
 	}
 	fi, err := f.Stat()

@@ -25,7 +25,7 @@ func restoreCLI(bin string, o RestoreOptions) (int, error) {
 		return 0, fmt.Errorf("criu restore: %w", err)
 	}
 	pidfile := filepath.Join(work, "restored.pid")
-	args := append(cliCommon("restore", images, work, o.TCPEstablished, o.OwnNetwork),
+	args := append(cliCommon("restore", images, work, o.LogLevel, o.TCPEstablished, o.OwnNetwork),
 		"--root", o.Root, "--restore-detached", "--restore-sibling", "--pidfile", pidfile)
 	if o.Stream {
 		args = append(args, "--stream")
@@ -90,9 +90,9 @@ func dumpCLI(bin string, o DumpOptions) error {
 }
 
 // cliCommon are commonOpts as flags of the criu command op.
-func cliCommon(op, images, work string, tcp, ownNet bool) []string {
+func cliCommon(op, images, work, level string, tcp, ownNet bool) []string {
 	args := []string{op, "-D", images, "-W", work, "-o", op + ".log",
-		"-v" + strconv.Itoa(int(logLevel())), "--file-locks", "--manage-cgroups=ignore"}
+		"-v" + strconv.Itoa(int(logLevel(level))), "--file-locks", "--manage-cgroups=ignore"}
 	if tcp {
 		args = append(args, "--tcp-established")
 	}
@@ -104,7 +104,7 @@ func cliCommon(op, images, work string, tcp, ownNet bool) []string {
 
 // dumpArgs are dumpOpts as flags of a streamed dump.
 func dumpArgs(o DumpOptions, images, work string) []string {
-	args := append(cliCommon("dump", images, work, o.TCPEstablished, o.OwnNetwork),
+	args := append(cliCommon("dump", images, work, o.LogLevel, o.TCPEstablished, o.OwnNetwork),
 		"--stream", "-t", strconv.Itoa(o.Pid))
 	if o.BeforeKill == nil {
 		args = append(args, "--leave-running")

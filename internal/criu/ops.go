@@ -37,6 +37,8 @@ type DumpOptions struct {
 	// OwnNetwork says that the tree has a network namespace of its own,
 	// which CRIU locks while it works.
 	OwnNetwork bool
+	// LogLevel is CRIU's log level, "0" to "4"; "" is DefaultLogLevel.
+	LogLevel string
 	// GhostLimit is the largest deleted file still open (a ghost file)
 	// that CRIU carries in the images, in bytes; 0 leaves CRIU's default
 	// (1 MiB). Both encodings cap it at 4 GiB - 1 (the RPC's field).
@@ -78,6 +80,8 @@ type RestoreOptions struct {
 	TCPEstablished bool
 	// OwnNetwork says that the tree has a network namespace of its own.
 	OwnNetwork bool
+	// LogLevel is CRIU's log level, "0" to "4"; "" is DefaultLogLevel.
+	LogLevel string
 	// KeepLogs is where the log of a failed run is copied.
 	KeepLogs string
 	// Stream makes CRIU read its images from an ImageServer listening in
@@ -215,12 +219,12 @@ func openDirs(images, work string) (*os.File, *os.File, error) {
 // connections, a network namespace of the tree's own), the lock through
 // nftables (CRIU links libnftables), not the iptables command, which many
 // hosts no longer have. The criu command's flags say the same (cliCommon).
-func commonOpts(img, wd *os.File, log string, tcp, ownNet bool) *rpc.CriuOpts {
+func commonOpts(img, wd *os.File, log, level string, tcp, ownNet bool) *rpc.CriuOpts {
 	opts := &rpc.CriuOpts{
 		ImagesDirFd:       proto.Int32(int32(img.Fd())),
 		WorkDirFd:         proto.Int32(int32(wd.Fd())),
 		LogFile:           proto.String(log),
-		LogLevel:          proto.Int32(logLevel()),
+		LogLevel:          proto.Int32(logLevel(level)),
 		FileLocks:         proto.Bool(true),
 		TcpEstablished:    proto.Bool(tcp),
 		ManageCgroups:     proto.Bool(false),
@@ -235,7 +239,7 @@ func commonOpts(img, wd *os.File, log string, tcp, ownNet bool) *rpc.CriuOpts {
 // dumpOpts are the RPC options of a dump (dumpArgs says the same as
 // flags).
 func dumpOpts(o DumpOptions, img, wd *os.File) *rpc.CriuOpts {
-	opts := commonOpts(img, wd, "dump.log", o.TCPEstablished, o.OwnNetwork)
+	opts := commonOpts(img, wd, "dump.log", o.LogLevel, o.TCPEstablished, o.OwnNetwork)
 	opts.Pid = proto.Int32(int32(o.Pid))
 	opts.LeaveRunning = proto.Bool(o.BeforeKill == nil)
 	if o.FreezeCgroup != "" {
@@ -338,11 +342,26 @@ func keepLog(log, dir, op string) string {
 	return dst
 }
 
-// logLevel is CRIU's log level: 4 (debug) by default, so that a failure's
-// log explains itself; CRTREE_CRIU_LOG_LEVEL=0..4 changes it.
-func logLevel() int32 {
-	if v := os.Getenv("CRTREE_CRIU_LOG_LEVEL"); len(v) == 1 && v[0] >= '0' && v[0] <= '4' {
-		return int32(v[0] - '0')
+// DefaultLogLevel is CRIU's log level unless an option says otherwise:
+// debug, so that a failure's log explains itself.
+const DefaultLogLevel = 4
+
+// ParseLogLevel checks a log level of the options: "" or "0" to "4".
+func ParseLogLevel(s string) (int, error) {
+	if s == "" {
+		return DefaultLogLevel, nil
 	}
-	return 4
+	if len(s) != 1 || s[0] < '0' || s[0] > '4' {
+		return 0, fmt.Errorf("CRIU log level %q: want 0 to 4", s)
+	}
+	return int(s[0] - '0'), nil
+}
+
+// logLevel is ParseLogLevel for a level that was checked already.
+func logLevel(s string) int32 {
+	v, err := ParseLogLevel(s)
+	if err != nil {
+		return DefaultLogLevel
+	}
+	return int32(v)
 }

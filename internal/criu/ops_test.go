@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -54,7 +55,7 @@ func flagValue(args []string, flag string) (string, bool) {
 // The RPC options and the criu command's flags ask CRIU the same: the
 // network lock (nftables wherever CRIU locks: TCP connections or a
 // network namespace of the tree's own), the ghost limit (capped to the
-// RPC's 32 bits in both), TCP, leave-running.
+// RPC's 32 bits in both), TCP, leave-running, the log level.
 func TestEncodingsAgree(t *testing.T) {
 	dir := t.TempDir()
 	img, wd, err := openDirs(dir, dir)
@@ -68,7 +69,8 @@ func TestEncodingsAgree(t *testing.T) {
 		limit string // expected ghost limit, "" for CRIU's default
 	}{
 		{DumpOptions{Pid: 7}, ""},
-		{DumpOptions{Pid: 7, OwnNetwork: true, GhostLimit: 64 << 20}, "67108864"},
+		{DumpOptions{Pid: 7, LogLevel: "0"}, ""},
+		{DumpOptions{Pid: 7, LogLevel: "2", OwnNetwork: true, GhostLimit: 64 << 20}, "67108864"},
 		{DumpOptions{Pid: 7, TCPEstablished: true, BeforeKill: func() error { return nil }}, ""},
 		{DumpOptions{Pid: 7, TCPEstablished: true, OwnNetwork: true, GhostLimit: 8 << 30}, "4294967295"},
 	} {
@@ -91,6 +93,13 @@ func TestEncodingsAgree(t *testing.T) {
 		if limit != tc.limit || rpcLimit != tc.limit {
 			t.Errorf("%+v: ghost limit: flag %q, RPC %q; want %q", o, limit, rpcLimit, tc.limit)
 		}
+		wantLevel := o.LogLevel
+		if wantLevel == "" {
+			wantLevel = "4"
+		}
+		if !slices.Contains(args, "-v"+wantLevel) || fmt.Sprint(opts.GetLogLevel()) != wantLevel {
+			t.Errorf("%+v: log level: flags %v, RPC %d; want %s", o, args, opts.GetLogLevel(), wantLevel)
+		}
 		_, tcp := flagValue(args, "--tcp-established")
 		_, lr := flagValue(args, "--leave-running")
 		if tcp != opts.GetTcpEstablished() || lr != opts.GetLeaveRunning() || lr != (o.BeforeKill == nil) {
@@ -99,8 +108,8 @@ func TestEncodingsAgree(t *testing.T) {
 	}
 	// A restore: the same lock.
 	for _, net := range []bool{false, true} {
-		opts := commonOpts(img, wd, "restore.log", false, net)
-		_, hasLock := flagValue(cliCommon("restore", dir, dir, false, net), "--network-lock")
+		opts := commonOpts(img, wd, "restore.log", "", false, net)
+		_, hasLock := flagValue(cliCommon("restore", dir, dir, "", false, net), "--network-lock")
 		if hasLock != net || (opts.NetworkLock != nil) != net {
 			t.Errorf("restore, own network %v: network lock flag %v, RPC %v", net, hasLock, opts.NetworkLock)
 		}

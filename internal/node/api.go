@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -120,12 +121,12 @@ func (h *Host) runScoped(id string, req *api.Request, stdio [3]*os.File, done <-
 	cmd.Args[0] = "crtree"
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdio[0], stdio[1], stdio[2]
 	cmd.Env = []string{
-		"PATH=" + os.Getenv("PATH"),
+		"PATH=" + lookupEnv(h.Env, "PATH"),
 		"CRTREE_ROOT=" + h.Store.Root,
 		EnvScope + "=" + id,
 		EnvScopeCwd + "=" + req.Cwd,
 	}
-	if v := os.Getenv("CRTREE_CRIU"); v != "" {
+	if v := lookupEnv(h.Env, "CRTREE_CRIU"); v != "" {
 		cmd.Env = append(cmd.Env, "CRTREE_CRIU="+v)
 	}
 	if req.Term != "" {
@@ -152,4 +153,15 @@ func (h *Host) runScoped(id string, req *api.Request, stdio [3]*os.File, done <-
 		return 1
 	}
 	return 0
+}
+
+// lookupEnv returns the value of key in env, "" if it has none.
+func lookupEnv(env []string, key string) string {
+	v := ""
+	for _, kv := range env {
+		if k, val, ok := strings.Cut(kv, "="); ok && k == key {
+			v = val
+		}
+	}
+	return v
 }

@@ -45,7 +45,7 @@ func TestStartTimeAndAlive(t *testing.T) {
 func TestRemoveStageRefusesOtherPaths(t *testing.T) {
 	root := t.TempDir()
 	for _, dir := range []string{"/", "/etc", root, root + "/nodes", "/dev/shm/not-ours", "/dev/shm/../etc"} {
-		if err := RemoveStage(root, dir); err == nil {
+		if err := RemoveStage(root, "", dir); err == nil {
 			t.Errorf("RemoveStage(%q) accepted", dir)
 		}
 	}
@@ -53,7 +53,7 @@ func TestRemoveStageRefusesOtherPaths(t *testing.T) {
 	if err := os.MkdirAll(mine+"/criu", 0o700); err != nil {
 		t.Skip("no /dev/shm here")
 	}
-	if err := RemoveStage(root, mine); err != nil {
+	if err := RemoveStage(root, "", mine); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(mine); err == nil {

@@ -114,7 +114,7 @@ const SetsidArg = "__setsid"
 // closes every inherited descriptor but stdin, stdout and stderr, changes
 // to DIR and execs CMD, whose exit status thus reaches crtree exec
 // unchanged. It does not return: failures exit 126 (127: CMD not found).
-func SetsidMain(args []string) {
+func SetsidMain(args, env []string) {
 	fail := func(code int, err error) {
 		fmt.Fprintln(os.Stderr, "crtree:", err)
 		os.Exit(code)
@@ -137,11 +137,11 @@ func SetsidMain(args []string) {
 	if err := unix.Chdir(cwd); err != nil {
 		fail(126, fmt.Errorf("exec %s: working directory %s: %w", argv[0], cwd, err))
 	}
-	path, err := lookPath(argv[0], os.Environ())
+	path, err := lookPath(argv[0], env)
 	if err != nil {
 		fail(127, err)
 	}
-	err = unix.Exec(path, argv, os.Environ())
+	err = unix.Exec(path, argv, env)
 	if errors.Is(err, unix.ENOENT) {
 		fail(127, fmt.Errorf("exec %s: %w", argv[0], err))
 	}

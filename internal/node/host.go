@@ -19,6 +19,13 @@ type Host struct {
 	Store *hier.Store
 	// CgroupBase is the cgroup2 group holding this state root's nodes.
 	CgroupBase cgroup.Group
+	// StageBase, if not "", is where StageDir makes staging directories,
+	// whatever the room in memory.
+	StageBase string
+	// Env is the environment of the crtree commands the host starts on
+	// its side (supervisors, and the commands a node asks for, which get
+	// its PATH and CRTREE_CRIU only); the command line's, as a rule.
+	Env []string
 
 	binMu  sync.Mutex
 	binary string // StableBinary's answer, once known

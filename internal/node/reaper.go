@@ -22,7 +22,7 @@ const ReaperName = "crtree-init"
 // soon as the child ends (128+N when killed by signal N). A failure to
 // start the command is written to fd 4, as InitMain does; fd 4 is closed
 // once the command runs.
-func ReaperMain(argv []string) {
+func ReaperMain(argv, env []string) {
 	fail := func(err error) {
 		unix.Write(4, []byte(err.Error()))
 		os.Exit(1)
@@ -32,7 +32,7 @@ func ReaperMain(argv []string) {
 	if len(argv) == 0 {
 		fail(errors.New("start node: no command"))
 	}
-	path, err := lookPath(argv[0], os.Environ())
+	path, err := lookPath(argv[0], env)
 	if err != nil {
 		fail(err)
 	}
@@ -40,7 +40,7 @@ func ReaperMain(argv []string) {
 	signal.Notify(sigs)
 	// syscall.ForkExec rather than os.StartProcess: the latter keeps a
 	// pidfd, a descriptor CRIU would have to dump.
-	child, err := syscall.ForkExec(path, argv, &syscall.ProcAttr{Env: os.Environ(), Files: []uintptr{0, 1, 2}})
+	child, err := syscall.ForkExec(path, argv, &syscall.ProcAttr{Env: env, Files: []uintptr{0, 1, 2}})
 	if err != nil {
 		fail(fmt.Errorf("exec %s: %w", argv[0], err))
 	}

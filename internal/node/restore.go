@@ -66,6 +66,7 @@ func (h *Host) restoreInit(id string, from *FromImages) (int, error) {
 		Externals:      mounts,
 		CgroupFD:       int(cg.Fd()),
 		KeepLogs:       h.LogDir(),
+		LogLevel:       from.CriuLogLevel,
 		TCPEstablished: from.TCPEstablished,
 		OwnNetwork:     n.Spec.Net == hier.NetNone,
 		Stream:         from.Stream,

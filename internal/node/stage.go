@@ -13,9 +13,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// EnvStageDir overrides where dumps and restores stage CRIU images.
-const EnvStageDir = "CRTREE_STAGE_DIR"
-
 // shmDir is the tmpfs most Linux systems mount.
 const shmDir = "/dev/shm"
 
@@ -23,9 +20,9 @@ const shmDir = "/dev/shm"
 // Images go to memory (tmpfs at /dev/shm) when it has room for them with
 // a margin, so that CRIU writes and reads them at memory speed and the
 // disk is left to the archive; otherwise to the state root's tmp/ on disk.
-// CRTREE_STAGE_DIR forces a directory.
+// Host.StageBase, if set, forces a directory.
 func (h *Host) StageDir(kind string, need int64) (string, error) {
-	base := os.Getenv(EnvStageDir)
+	base := h.StageBase
 	if base == "" {
 		base = h.TmpDir()
 		if tmpfsFree(shmDir) > need+need/4+(64<<20) {
@@ -56,7 +53,7 @@ func stagePrefixFor(root string) string {
 // stageDirs lists this state root's staging directories, wherever they are.
 func (h *Host) stageDirs() []string {
 	var out []string
-	for _, base := range []string{h.TmpDir(), shmDir, os.Getenv(EnvStageDir)} {
+	for _, base := range []string{h.TmpDir(), shmDir, h.StageBase} {
 		if base == "" {
 			continue
 		}
@@ -74,8 +71,8 @@ func (h *Host) stageDirs() []string {
 // freeing a gigabyte of staged images does not delay the command's answer.
 // If that fails, the directory is removed now.
 func (h *Host) RemoveLater(dir string) {
-	cmd := exec.Command(SelfExe, "--root", h.Store.Root, "__rmstage", dir)
-	cmd.Env = hostEnv()
+	cmd := exec.Command(SelfExe, "--root", h.Store.Root, "__rmstage", "--stage-base", h.StageBase, dir)
+	cmd.Env = h.hostEnv()
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if cmd.Start() != nil {
 		os.RemoveAll(dir)
@@ -85,16 +82,16 @@ func (h *Host) RemoveLater(dir string) {
 }
 
 // RemoveStage removes dir if it is a staging directory of the state root
-// at root (the hidden __rmstage command; it removes nothing else, and
-// creates nothing, not even the state root).
-func RemoveStage(root, dir string) error {
+// at root whose Host.StageBase is stageBase (the hidden __rmstage command;
+// it removes nothing else, and creates nothing, not even the state root).
+func RemoveStage(root, stageBase, dir string) error {
 	abs, err := filepath.Abs(root)
 	if err != nil {
 		return err
 	}
 	dir = filepath.Clean(dir)
 	parent, name := filepath.Dir(dir), filepath.Base(dir)
-	okParent := parent == filepath.Join(abs, "tmp") || parent == shmDir || (os.Getenv(EnvStageDir) != "" && parent == filepath.Clean(os.Getenv(EnvStageDir)))
+	okParent := parent == filepath.Join(abs, "tmp") || parent == shmDir || (stageBase != "" && parent == filepath.Clean(stageBase))
 	if !okParent || !strings.HasPrefix(name, stagePrefixFor(abs)) {
 		return fmt.Errorf("%s is not a staging directory of this state root", dir)
 	}

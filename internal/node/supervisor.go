@@ -39,6 +39,8 @@ func (h *Host) Start(id string) (int, error) { return h.startSupervisor(id, nil)
 type FromImages struct {
 	Dir     string
 	CriuBin string
+	// CriuLogLevel is CRIU's log level, "0" to "4"; "" is the default.
+	CriuLogLevel string
 	// TCPEstablished restores established TCP connections.
 	TCPEstablished bool
 	// Stream: CRIU reads its images from a criu.ImageServer in the images
@@ -80,6 +82,9 @@ func (h *Host) startSupervisor(id string, from *FromImages) (int, error) {
 	args := []string{"--root", h.Store.Root, "__supervise", id}
 	if from != nil {
 		args = append(args, "--criu", from.CriuBin, "--from-images", from.Dir)
+		if from.CriuLogLevel != "" {
+			args = append(args, "--criu-log-level", from.CriuLogLevel)
+		}
 		if from.TCPEstablished {
 			args = append(args, "--tcp-established")
 		}
@@ -95,7 +100,7 @@ func (h *Host) startSupervisor(id string, from *FromImages) (int, error) {
 		cmd.ExtraFiles = append(cmd.ExtraFiles, from.Gate) // gateFD
 	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	cmd.Env = hostEnv()
+	cmd.Env = h.hostEnv()
 	err = cmd.Start()
 	readyW.Close()
 	if err != nil {
@@ -338,10 +343,10 @@ func (h *Host) recordExit(id string, initPid, code int) error {
 }
 
 // hostEnv is the environment for crtree processes that work on the host
-// side (supervisors): this process's, without the scope of a node.
-func hostEnv() []string {
+// side (supervisors): the Host's, without the scope of a node.
+func (h *Host) hostEnv() []string {
 	var env []string
-	for _, kv := range os.Environ() {
+	for _, kv := range h.Env {
 		if strings.HasPrefix(kv, EnvScope+"=") || strings.HasPrefix(kv, EnvScopeCwd+"=") {
 			continue
 		}
