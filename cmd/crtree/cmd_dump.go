@@ -154,6 +154,9 @@ CRIU takes. CRTREE_NO_STREAM=1 stages them in every case.`,
   crtree dump /a -o - | ssh hostB crtree restore - --parent /b`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			// From the start: a Ctrl-C undoes what was done so far.
+			ctx, stop := interruptible()
+			defer stop()
 			p, _, err := g.nodePath(args[0])
 			if err != nil {
 				return err
@@ -187,7 +190,7 @@ CRIU takes. CRTREE_NO_STREAM=1 stages them in every case.`,
 				}
 				out = fo
 			}
-			rep, err := checkpoint.Dump(h, p, out, co)
+			rep, err := checkpoint.Dump(ctx, h, p, out, co)
 			pp.Done()
 			if err != nil {
 				out.Abort()
@@ -269,6 +272,9 @@ first too.`,
   ssh hostA crtree dump /a -o - | crtree restore - --parent /b`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			// From the start: a Ctrl-C undoes what was done so far.
+			ctx, stop := interruptible()
+			defer stop()
 			parent, _, err := g.nodePath(o.Parent)
 			if err != nil {
 				return err
@@ -286,7 +292,7 @@ first too.`,
 				return err
 			}
 			defer closeIn()
-			rep, err := checkpoint.Restore(h, in, target, co)
+			rep, err := checkpoint.Restore(ctx, h, in, target, co)
 			pp.Done()
 			if err != nil {
 				return err

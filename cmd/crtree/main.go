@@ -83,6 +83,10 @@ func exitCode(err error) int {
 		return st.code
 	}
 	fmt.Fprintln(os.Stderr, "crtree:", errorScrubber(err.Error()))
+	var in interrupted
+	if errors.As(err, &in) {
+		return in.exitCode()
+	}
 	var ue usageError
 	if errors.As(err, &ue) {
 		return exitUsage

@@ -52,7 +52,7 @@ type pagePart struct {
 	buf  []byte // to give back to free
 }
 
-func startCapture(members []*member) (*capture, error) {
+func startCapture(members []*dumpNode) (*capture, error) {
 	c := &capture{
 		parts: make(chan pagePart),
 		free:  make(chan []byte, captureBuffers),

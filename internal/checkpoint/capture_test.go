@@ -45,9 +45,9 @@ func criuWrites(t *testing.T, dir string, images map[string][]byte, order []stri
 
 func TestCapture(t *testing.T) {
 	stage := t.TempDir()
-	m := &member{dir: filepath.Join(stage, "0"), status: node.Status{State: hier.Running}}
+	m := &dumpNode{dir: filepath.Join(stage, "0"), status: node.Status{State: hier.Running}}
 	os.MkdirAll(filepath.Join(m.dir, "criu"), 0o700)
-	c, err := startCapture([]*member{m})
+	c, err := startCapture([]*dumpNode{m})
 	if err != nil {
 		t.Fatal(err)
 	}

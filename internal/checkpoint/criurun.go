@@ -2,7 +2,16 @@ package checkpoint
 
 import (
 	"errors"
+	"fmt"
+	"path/filepath"
+	"runtime"
 	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/crtree/crtree/internal/criu"
+	"github.com/crtree/crtree/internal/hier"
+	"github.com/crtree/crtree/internal/node"
 )
 
 // criuRun follows the CRIU dumps of a subtree's nodes: ready is closed
@@ -73,4 +82,114 @@ func (r *criuRun) release(verdict error) {
 		r.verdict = verdict
 		close(r.open)
 	})
+}
+
+// criuDumps are the CRIU dumps of a subtree, running in the background.
+type criuDumps struct {
+	run   *criuRun
+	start time.Time
+	// exited receives dumpAll's result once every CRIU has ended.
+	exited chan error
+	err    error
+	ended  bool
+}
+
+// startCRIUs starts one CRIU dump per running node (dumpAll).
+func startCRIUs(h *node.Host, op *node.Op, nodes []*dumpNode, o Options, stream bool) *criuDumps {
+	c := &criuDumps{
+		run:    newCriuRun(countRunning(nodes), o.TCPEstablished && !o.LeaveRunning),
+		start:  time.Now(),
+		exited: make(chan error, 1),
+	}
+	go func() { c.exited <- dumpAll(h, op, nodes, o, stream, c.run) }()
+	return c
+}
+
+// wait waits until every CRIU has ended, and returns their errors. A held
+// CRIU ends only once it has its verdict (run.release).
+func (c *criuDumps) wait() error {
+	if !c.ended {
+		c.err, c.ended = <-c.exited, true
+	}
+	return c.err
+}
+
+// countRunning is how many members CRIU dumps.
+func countRunning(members []*dumpNode) int {
+	n := 0
+	for _, m := range members {
+		if m.status.State == hier.Running {
+			n++
+		}
+	}
+	return n
+}
+
+// dumpAll runs one CRIU dump per running node, in parallel, each reported
+// to run once written or ended.
+func dumpAll(h *node.Host, op *node.Op, members []*dumpNode, o Options, stream bool, run *criuRun) error {
+	var wg sync.WaitGroup
+	errs := make([]error, len(members))
+	sem := make(chan struct{}, max(2, runtime.NumCPU()))
+	done := 0
+	var mu sync.Mutex
+	for i, m := range members {
+		if m.status.State != hier.Running {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			var freeSlot sync.Once
+			leave := func() { freeSlot.Do(func() { <-sem }) }
+			defer leave()
+			t0 := time.Now()
+			var reported atomic.Bool
+			report := func(err error) {
+				if reported.Swap(true) {
+					return
+				}
+				m.report.Criu = Duration(time.Since(t0))
+				mu.Lock()
+				done++
+				o.progress(Progress{Phase: "criu", NodesDone: done, NodesTotal: len(members)})
+				mu.Unlock()
+				run.end(err)
+			}
+			var beforeKill func() error
+			if run.hold {
+				beforeKill = func() error {
+					// A held CRIU waits for the whole subtree's archive:
+					// it must not keep others from starting meanwhile.
+					leave()
+					report(nil)
+					return run.wait()
+				}
+			}
+			err := criu.Dump(o.CriuBin, criu.DumpOptions{
+				Pid:            m.n.Pid,
+				ImagesDir:      filepath.Join(m.dir, "criu"),
+				WorkDir:        filepath.Join(m.dir, "work"),
+				FreezeCgroup:   m.group.Leaf().Path(),
+				Externals:      m.mounts,
+				TCPEstablished: o.TCPEstablished,
+				OwnNetwork:     m.n.Spec.Net == hier.NetNone,
+				GhostLimit:     o.ghostLimit(),
+				LogLevel:       o.CriuLogLevel,
+				KeepLogs:       h.LogDir(),
+				// While CRIU runs, the dump counts as running even if
+				// this process dies: nothing is thawed or removed under it.
+				OnStart:    func(pid int) { h.AddHelper(op, pid) },
+				Stream:     stream,
+				BeforeKill: beforeKill,
+			})
+			if err != nil {
+				errs[i] = fmt.Errorf("dump %s: %w", m.path, dumpHint(err, o.ghostLimit()))
+			}
+			report(errs[i])
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }

@@ -2,6 +2,7 @@ package checkpoint
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -9,8 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
-	"sync"
-	"sync/atomic"
+
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -81,8 +81,8 @@ func (o *Options) progress(p Progress) {
 // freezeTimeout bounds how long a subtree may take to freeze.
 const freezeTimeout = 10 * time.Second
 
-// member is one node of the subtree being dumped.
-type member struct {
+// dumpNode is one node of the subtree being dumped.
+type dumpNode struct {
 	n      hier.Node
 	path   hier.Path
 	rel    string
@@ -95,305 +95,378 @@ type member struct {
 	report NodeReport
 }
 
-// Dump checkpoints the node at p and all its descendants into out.
-func Dump(h *node.Host, p hier.Path, out Output, o Options) (rep *Report, err error) {
-	start := time.Now()
-	if len(p) == 0 {
-		return nil, errors.New("dump: / is the root of the tree, not a node")
+// Dump checkpoints the node at p and all its descendants into out. The
+// workload is frozen while CRIU dumps it; without LeaveRunning the nodes
+// are removed once the archive is committed, and never before. On
+// failure, or when ctx is cancelled, nothing stands under out's name and
+// the workload runs on.
+func Dump(ctx context.Context, h *node.Host, p hier.Path, out Output, o Options) (rep *Report, err error) {
+	d := &dumping{ctx: ctx, h: h, p: p, out: out, o: o, start: time.Now(), rep: &Report{Path: p.String()}}
+	defer d.end(&err)
+	defer func() {
+		// Whatever failed once ctx was cancelled failed because of it.
+		if err != nil && !d.committed && ctx.Err() != nil {
+			err = fmt.Errorf("dump %s: %w; nothing was dumped", p, context.Cause(ctx))
+		}
+	}()
+	steps := []func() error{
+		d.prepare,     // a recovery marker, the subtree held, refusals
+		d.stageDirs,   // where CRIU writes what is not streamed
+		d.freeze,      // the whole subtree at one instant
+		d.openArchive, // the manifest and every node's files
+		d.runCRIU,     // CRIU dumps, its images archived as they come
+		d.commit,      // the archive complete, synced, under its name
+		d.finish,      // the workload thawed, or ended and removed
 	}
-	// First of all, a marker: if this process dies from here on, whoever
-	// finds it removes the partial archive (and later the staging
-	// directory) and thaws what was frozen.
-	op, err := h.BeginOp("dump")
-	if err != nil {
-		return nil, err
-	}
-	defer h.EndOp(op)
-	if po, ok := out.(interface{ PartialPath() string }); ok && po.PartialPath() != "" {
-		op.Remove = append(op.Remove, po.PartialPath())
-		if err := h.SaveOp(op); err != nil {
+	for _, step := range steps {
+		if d.ctx.Err() != nil && !d.committed {
+			return nil, context.Cause(d.ctx)
+		}
+		if err := step(); err != nil {
+			if d.committed {
+				return d.rep, err
+			}
 			return nil, err
 		}
 	}
-	criuVersion, err := criu.Version(o.CriuBin)
-	if err != nil {
-		return nil, err
+	d.rep.Total = Duration(time.Since(d.start))
+	return d.rep, nil
+}
+
+// dumping is a dump under way: what each step of Dump finds or makes.
+type dumping struct {
+	ctx   context.Context
+	h     *node.Host
+	p     hier.Path
+	out   Output
+	o     Options
+	start time.Time
+	rep   *Report
+
+	op       *node.Op
+	nodes    []*dumpNode
+	top      cgroup.Group // the dumped node's cgroup, frozen first
+	held     bool
+	stage    string
+	stream   bool // CRIU's page images go through a capture, not files
+	frozen   bool
+	frozenAt time.Time
+
+	manifest  *archive.Manifest
+	packStart time.Time
+	files     [][]archive.Entry // each node's own files
+	counter   *countingWriter
+	buffered  *bufio.Writer
+	w         *archive.Writer
+
+	criu      *criuDumps
+	committed bool
+}
+
+// prepare writes the recovery marker (if this process dies from here on,
+// whoever finds it removes the partial archive and later the staging
+// directory, and thaws what was frozen), then takes and holds the
+// subtree, and refuses what could not be restored.
+func (d *dumping) prepare() error {
+	if len(d.p) == 0 {
+		return errors.New("dump: / is the root of the tree, not a node")
 	}
-	members, top, err := collect(h, p)
-	if err != nil {
-		return nil, err
+	var err error
+	if d.op, err = d.h.BeginOp("dump"); err != nil {
+		return err
 	}
-	// The subtree is held from collect on: nothing is created in it or
-	// removed from it that the archive would not hold. (A dump that
-	// removes it ends the hold with the nodes.)
-	defer h.Release(members[0].n.ID)
-	if !o.LeaveRunning {
-		if err := restorable(members, o.InNode); err != nil {
-			return nil, fmt.Errorf("dump %s: %w; nothing was dumped (use --leave-running to archive it and keep it running)", p, err)
+	if po, ok := d.out.(interface{ PartialPath() string }); ok && po.PartialPath() != "" {
+		d.op.Remove = append(d.op.Remove, po.PartialPath())
+		if err := d.h.SaveOp(d.op); err != nil {
+			return err
 		}
 	}
-	if err := refuseAttached(members); err != nil {
-		return nil, err
+	criuVersion, err := criu.Version(d.o.CriuBin)
+	if err != nil {
+		return err
 	}
-	// Without --leave-running, CRIU streams the page images into the
-	// archive (capture): the frozen time does not matter, since the
-	// workload is killed after, and nothing large is staged. With it, CRIU
-	// writes to the staging directory at full speed, so that the workload
-	// is frozen no longer than CRIU takes.
-	// With it, the page images are archived after every other image
-	// (PagesLast), so that a restore reading a pipe can start CRIU before
-	// they arrive. (Without it, writing them while CRIU dumps is faster
-	// even for a migration through a pipe: dump | restore of 640 MiB took
-	// 1.7 s that way against 2.1-2.3 s pages last, staged.)
-	pagesLast := o.LeaveRunning
-	stream := !pagesLast && !o.NoStream
+	// From here until end, nothing is created in the subtree or removed
+	// from it that the archive would not hold. (A dump that removes it
+	// ends the hold with the nodes.)
+	if d.nodes, d.top, err = collect(d.h, d.p); err != nil {
+		return err
+	}
+	d.held = true
+	if !d.o.LeaveRunning {
+		if err := restorable(d.nodes, d.o.InNode); err != nil {
+			return fmt.Errorf("dump %s: %w; nothing was dumped (use --leave-running to archive it and keep it running)", d.p, err)
+		}
+	}
+	if err := refuseAttached(d.nodes); err != nil {
+		return err
+	}
+	d.manifest = &archive.Manifest{
+		Format: archive.FormatName, Version: archive.FormatVersion,
+		CrtreeVersion: Version, CriuVersion: criu.FormatVersion(criuVersion),
+		Kernel: kernelRelease(), Arch: runtime.GOARCH,
+		// With --leave-running, CRIU writes the page images to the staging
+		// directory at full speed, so that the workload is frozen no
+		// longer than CRIU takes, and they are archived after every other
+		// image, so that a restore reading a pipe can start CRIU before
+		// they arrive. Without it, CRIU streams them into the archive
+		// (capture): the frozen time does not matter, since the workload
+		// is killed after, and nothing large is staged. (Writing them
+		// while CRIU dumps is faster even for a migration through a pipe:
+		// dump | restore of 640 MiB took 1.7 s that way against 2.1-2.3 s
+		// pages last, staged.)
+		PagesLast: d.o.LeaveRunning, TCPEstablished: d.o.TCPEstablished,
+	}
+	d.stream = !d.manifest.PagesLast && !d.o.NoStream
+	// What costs I/O is looked up once, before the freeze.
+	for _, m := range d.nodes {
+		if m.mounts, err = d.h.CriuMountsFor(&m.n); err != nil {
+			return fmt.Errorf("dump %s: %w", m.path, err)
+		}
+	}
+	return nil
+}
+
+// stageDirs makes the staging directory, a directory for each node's
+// images and CRIU's work in it, and records it, and the cgroups the
+// freeze will touch, in the marker.
+func (d *dumping) stageDirs() error {
 	var need int64
-	for _, m := range members {
-		if stream {
+	for _, m := range d.nodes {
+		if d.stream {
 			need += 16 << 20 // CRIU's other images
 		} else {
 			need += m.memory
 		}
 	}
-	stage, err := h.StageDir("dump", need)
+	stage, err := d.h.StageDir("dump", need)
 	if err != nil {
-		return nil, fmt.Errorf("dump %s: %w", p, err)
+		return fmt.Errorf("dump %s: %w", d.p, err)
 	}
-	defer h.RemoveLater(stage)
-	op.Remove = append(op.Remove, stage)
-	op.Frozen = append(op.Frozen, top.Path())
-	for _, m := range members {
-		op.Frozen = append(op.Frozen, m.group.Leaf().Path())
+	d.stage = stage
+	d.op.Remove = append(d.op.Remove, stage)
+	d.op.Frozen = append(d.op.Frozen, d.top.Path())
+	for _, m := range d.nodes {
+		d.op.Frozen = append(d.op.Frozen, m.group.Leaf().Path())
 	}
-	if err := h.SaveOp(op); err != nil {
-		return nil, err
+	if err := d.h.SaveOp(d.op); err != nil {
+		return err
 	}
-	// What costs I/O is looked up once, before the freeze.
-	for _, m := range members {
-		if m.mounts, err = h.CriuMountsFor(&m.n); err != nil {
-			return nil, fmt.Errorf("dump %s: %w", m.path, err)
-		}
-	}
-	for i, m := range members {
+	for i, m := range d.nodes {
 		m.dir = filepath.Join(stage, strconv.Itoa(i))
-		for _, d := range []string{"criu", "work"} {
-			if err := os.MkdirAll(filepath.Join(m.dir, d), 0o700); err != nil {
-				return nil, err
+		for _, sub := range []string{"criu", "work"} {
+			if err := os.MkdirAll(filepath.Join(m.dir, sub), 0o700); err != nil {
+				return err
 			}
 		}
 	}
+	return nil
+}
 
-	// Freeze the subtree at one instant, then hand the freeze over to each
-	// node's own process group, which CRIU needs to seize it.
-	o.progress(Progress{Phase: "freeze", NodesTotal: len(members)})
-	thawAll := func() {
-		for _, m := range members {
-			m.group.Leaf().Thaw()
-		}
-		top.Thaw()
+// freeze freezes the subtree at one instant, then hands the freeze over
+// to each node's own group, which CRIU needs to seize it.
+func (d *dumping) freeze() error {
+	d.o.progress(Progress{Phase: "freeze", NodesTotal: len(d.nodes)})
+	if err := d.top.Freeze(freezeTimeout); err != nil {
+		d.top.Thaw()
+		return fmt.Errorf("dump %s: %w", d.p, err)
 	}
-	if err := top.Freeze(freezeTimeout); err != nil {
-		top.Thaw()
-		return nil, fmt.Errorf("dump %s: %w", p, err)
-	}
-	frozenAt := time.Now()
-	thawed := false
-	defer func() {
-		if err != nil && !thawed {
-			thawAll()
-		}
-		if err != nil {
-			out.Abort()
-		}
-	}()
-	for _, m := range members {
+	d.frozen, d.frozenAt = true, time.Now()
+	for _, m := range d.nodes {
 		if err := m.group.Leaf().Freeze(freezeTimeout); err != nil {
-			return nil, fmt.Errorf("dump %s: %w", m.path, err)
+			return fmt.Errorf("dump %s: %w", m.path, err)
 		}
 	}
 	// Again, now that no exec can start or end unseen.
-	if err := refuseAttached(members); err != nil {
-		return nil, err
+	if err := refuseAttached(d.nodes); err != nil {
+		return err
 	}
-	if err := top.Thaw(); err != nil {
-		return nil, fmt.Errorf("dump %s: %w", p, err)
+	if err := d.top.Thaw(); err != nil {
+		return fmt.Errorf("dump %s: %w", d.p, err)
 	}
+	return nil
+}
 
-	rep = &Report{Path: p.String()}
-
-	// The archive starts at once: the manifest and every node's files
-	// (still frozen), while CRIU dumps the nodes; CRIU's page images are
-	// streamed into the archive as they grow, in parts.
-	packStart := time.Now()
-	manifest := &archive.Manifest{
-		Format: archive.FormatName, Version: archive.FormatVersion,
-		CrtreeVersion: Version, CriuVersion: criu.FormatVersion(criuVersion),
-		Kernel: kernelRelease(), Arch: runtime.GOARCH, Created: time.Now().UTC(),
-		PagesLast: pagesLast, TCPEstablished: o.TCPEstablished,
+// thaw lets the workload run again.
+func (d *dumping) thaw() {
+	if !d.frozen {
+		return
 	}
-	var files [][]archive.Entry
-	for i, m := range members {
-		fe, err := archive.Scan(archive.FilesPrefix(i), h.UpperDir(&m.n))
+	for _, m := range d.nodes {
+		m.group.Leaf().Thaw()
+	}
+	d.top.Thaw()
+	d.frozen = false
+}
+
+// openArchive starts the archive: the manifest and every node's files
+// (still frozen), before CRIU runs.
+func (d *dumping) openArchive() error {
+	d.packStart = time.Now()
+	d.manifest.Created = time.Now().UTC()
+	for i, m := range d.nodes {
+		fe, err := archive.Scan(archive.FilesPrefix(i), d.h.UpperDir(&m.n))
 		if err != nil {
-			return nil, fmt.Errorf("dump %s: %w", m.path, err)
+			return fmt.Errorf("dump %s: %w", m.path, err)
 		}
-		files = append(files, fe)
+		d.files = append(d.files, fe)
 		m.report.Files = sumSizes(fe)
-		rep.FileBytes += m.report.Files
-		manifest.Nodes = append(manifest.Nodes, manifestNode(m))
+		d.rep.FileBytes += m.report.Files
+		d.manifest.Nodes = append(d.manifest.Nodes, manifestNode(m))
 	}
-
 	// Large writes: the archive writer emits many small pieces (frame and
 	// block headers), which would each be a system call.
-	counter := &countingWriter{w: out}
+	d.counter = &countingWriter{w: d.out}
 	size := 1 << 20
-	if b, ok := out.(interface{ Buffered() bool }); ok && b.Buffered() {
+	if b, ok := d.out.(interface{ Buffered() bool }); ok && b.Buffered() {
 		size = 16 << 10
 	}
-	buffered := bufio.NewWriterSize(counter, size)
-	w, err := archive.NewWriter(buffered, zstd.SpeedFastest)
+	d.buffered = bufio.NewWriterSize(d.counter, size)
+	w, err := archive.NewWriter(d.buffered, zstd.SpeedFastest)
+	if err != nil {
+		return err
+	}
+	d.w = w
+	w.Progress = func(n int64) {
+		d.o.progress(Progress{Phase: "pack", NodesTotal: len(d.nodes), Bytes: n})
+	}
+	return nil
+}
+
+// runCRIU starts the CRIU dumps and writes the archive meanwhile: the
+// manifest, the files, and CRIU's images as they come (an imagePipeline);
+// with LeaveRunning, the workload is thawed as soon as CRIU is done.
+func (d *dumping) runCRIU() error {
+	pipe, err := d.pipeline()
+	if err != nil {
+		return fmt.Errorf("dump %s: %w", d.p, err)
+	}
+	defer pipe.close()
+	d.criu = startCRIUs(d.h, d.op, d.nodes, d.o, d.stream)
+	if err := d.writeStart(); err != nil {
+		return err
+	}
+	if err := pipe.during(d.ctx, d.w, d.criu.run.ready); err != nil {
+		return fmt.Errorf("dump %s: write archive: %w", d.p, err)
+	}
+	d.rep.Criu = Duration(time.Since(d.criu.start))
+	if err := d.criu.run.failed(); err != nil {
+		return err
+	}
+	// Memory and files are captured: a workload that goes on may run now.
+	if d.o.LeaveRunning {
+		d.thaw()
+		d.rep.Frozen = Duration(time.Since(d.frozenAt))
+	}
+	if err := pipe.after(d.w); err != nil {
+		return fmt.Errorf("dump %s: write archive: %w", d.p, err)
+	}
+	for _, m := range d.nodes {
+		d.rep.ImageBytes += m.report.Images
+	}
+	return nil
+}
+
+// writeStart writes the manifest and the nodes' files.
+func (d *dumping) writeStart() error {
+	if err := d.w.WriteManifest(d.manifest); err != nil {
+		return fmt.Errorf("dump %s: write archive: %w", d.p, err)
+	}
+	for _, fe := range d.files {
+		if err := d.w.WriteEntries(fe); err != nil {
+			return fmt.Errorf("dump %s: write archive: %w", d.p, err)
+		}
+	}
+	return nil
+}
+
+// pipeline returns how CRIU's images reach the archive.
+func (d *dumping) pipeline() (imagePipeline, error) {
+	staged := &stagedImages{nodes: d.nodes, done: map[string]int64{}, whileCRIU: !d.manifest.PagesLast}
+	if !d.stream {
+		return staged, nil
+	}
+	capt, err := startCapture(d.nodes)
 	if err != nil {
 		return nil, err
 	}
-	w.Progress = func(n int64) {
-		o.progress(Progress{Phase: "pack", NodesTotal: len(members), Bytes: n})
-	}
+	return &capturedImages{capt: capt, staged: staged}, nil
+}
 
-	var capt *capture
-	if stream {
-		if capt, err = startCapture(members); err != nil {
-			return nil, fmt.Errorf("dump %s: %w", p, err)
-		}
+// commit finishes the archive and gives it its name. A restore refuses an
+// archive that holds more than its manifest accounts for: such an archive
+// must not replace the workload.
+func (d *dumping) commit() error {
+	if limit := archive.ExpansionLimit(d.manifest); d.w.Content() > limit {
+		return fmt.Errorf("dump %s: the archive holds %d bytes, more than the %d its manifest accounts for, so restore would refuse it; nothing was removed (a crtree bug: please report what the subtree holds)", d.p, d.w.Content(), limit)
 	}
-	criuStart := time.Now()
-	run := newCriuRun(countRunning(members), o.TCPEstablished && !o.LeaveRunning)
-	criuExited := make(chan error, 1)
-	go func() { criuExited <- dumpAll(h, op, members, o, stream, run) }()
-	// Whatever happens below, a held CRIU gets a verdict (undo, unless the
-	// archive was committed) and every CRIU is waited for before returning.
-	exitErr, exited := error(nil), false
-	waitExit := func() error {
-		if !exited {
-			exitErr, exited = <-criuExited, true
-		}
-		return exitErr
+	if err := d.w.Close(); err != nil {
+		return fmt.Errorf("dump %s: write archive: %w", d.p, err)
 	}
-	defer waitExit()
-	defer run.release(errNoArchive)
-	if capt != nil {
-		// Runs before waitExit: a CRIU still writing sees its pipes close.
-		defer capt.Close()
+	if err := d.buffered.Flush(); err != nil {
+		return fmt.Errorf("dump %s: write archive: %w", d.p, err)
 	}
-	// CRIU has done its part once every image is written (it may still
-	// wait for the verdict).
-	var criuErr error
-	criuFinished := false
-	criuWritten := func() {
-		criuErr, criuFinished = run.failed(), true
-		rep.Criu = Duration(time.Since(criuStart))
+	if err := d.out.Commit(); err != nil {
+		return fmt.Errorf("dump %s: %w", d.p, err)
 	}
+	d.committed = true
+	d.rep.Pack = Duration(time.Since(d.packStart))
+	d.rep.ArchiveBytes = d.counter.n
+	for _, m := range d.nodes {
+		d.rep.Nodes = append(d.rep.Nodes, m.report)
+	}
+	return nil
+}
 
-	if err := w.WriteManifest(manifest); err != nil {
-		return nil, fmt.Errorf("dump %s: write archive: %w", p, err)
+// finish ends the workload now that the archive is safe, unless it stays
+// (LeaveRunning, thawed already). A held CRIU kills its processes itself,
+// leaving their connections locked.
+func (d *dumping) finish() error {
+	if d.o.LeaveRunning {
+		return nil
 	}
-	for _, fe := range files {
-		if err := w.WriteEntries(fe); err != nil {
-			return nil, fmt.Errorf("dump %s: write archive: %w", p, err)
-		}
+	d.criu.run.release(nil)
+	if err := d.criu.wait(); err != nil {
+		d.h.Destroy(d.nodes[0].n.ID)
+		return fmt.Errorf("dump %s: archive written, but CRIU failed to end the dumped processes: %w", d.p, err)
 	}
-	st := &streamer{w: w, members: members, done: map[string]int64{}}
-	for capt != nil && !criuFinished {
-		select {
-		case <-run.ready:
-			criuWritten()
-		case part := <-capt.parts:
-			if err := capt.write(w, part); err != nil {
-				return nil, fmt.Errorf("dump %s: write archive: %w", p, err)
-			}
-		}
+	if err := d.h.Destroy(d.nodes[0].n.ID); err != nil {
+		return fmt.Errorf("dump %s: archive written, but removing the dumped nodes failed: %w", d.p, err)
 	}
-	if capt != nil && criuErr == nil {
-		if err := capt.finish(w); err != nil {
-			return nil, fmt.Errorf("dump %s: write archive: %w", p, err)
-		}
-		st.pages = capt.pages
-	}
-	for !criuFinished {
-		select {
-		case <-run.ready:
-			criuWritten()
-			continue
-		default:
-		}
-		// With --leave-running the workload waits for CRIU only (it is
-		// thawed as soon as CRIU is done), so CRIU gets the CPU to itself;
-		// otherwise streaming alongside CRIU shortens the whole dump.
-		wrote := false
-		if !pagesLast {
-			if wrote, err = st.step(false); err != nil {
-				return nil, fmt.Errorf("dump %s: write archive: %w", p, err)
-			}
-		}
-		if !wrote {
-			time.Sleep(2 * time.Millisecond)
-		}
-	}
-	if criuErr != nil {
-		return nil, criuErr
-	}
-	// Memory and files are captured: a workload that goes on may run now.
-	if o.LeaveRunning {
-		thawAll()
-		thawed = true
-		rep.Frozen = Duration(time.Since(frozenAt))
-	}
-	if _, err := st.step(true); err != nil {
-		return nil, fmt.Errorf("dump %s: write archive: %w", p, err)
-	}
-	for _, m := range members {
-		rep.ImageBytes += m.report.Images
-	}
-	// A restore refuses an archive that holds more than its manifest
-	// accounts for: such an archive must not replace the workload.
-	if limit := archive.ExpansionLimit(manifest); w.Content() > limit {
-		return nil, fmt.Errorf("dump %s: the archive holds %d bytes, more than the %d its manifest accounts for, so restore would refuse it; nothing was removed (a crtree bug: please report what the subtree holds)", p, w.Content(), limit)
-	}
-	if err := w.Close(); err != nil {
-		return nil, fmt.Errorf("dump %s: write archive: %w", p, err)
-	}
-	if err := buffered.Flush(); err != nil {
-		return nil, fmt.Errorf("dump %s: write archive: %w", p, err)
-	}
-	if err := out.Commit(); err != nil {
-		return nil, fmt.Errorf("dump %s: %w", p, err)
-	}
-	rep.Pack = Duration(time.Since(packStart))
-	rep.ArchiveBytes = counter.n
-	for _, m := range members {
-		rep.Nodes = append(rep.Nodes, m.report)
-	}
+	d.held = false
+	d.rep.Frozen = Duration(time.Since(d.frozenAt))
+	return nil
+}
 
-	// The archive is safe: only now may the workload go. A held CRIU
-	// kills its processes itself, leaving their connections locked.
-	if !o.LeaveRunning {
-		run.release(nil)
-		if err := waitExit(); err != nil {
-			h.Destroy(members[0].n.ID)
-			return rep, fmt.Errorf("dump %s: archive written, but CRIU failed to end the dumped processes: %w", p, err)
-		}
-		if err := h.Destroy(members[0].n.ID); err != nil {
-			return rep, fmt.Errorf("dump %s: archive written, but removing the dumped nodes failed: %w", p, err)
-		}
-		rep.Frozen = Duration(time.Since(frozenAt))
+// end undoes what a failed dump did, whatever step it failed at: the
+// archive aborted, every CRIU told and waited for, the workload thawed;
+// and in every case the hold, the marker and the staging directory go.
+func (d *dumping) end(errp *error) {
+	failed := *errp != nil && !d.committed
+	if failed {
+		d.out.Abort()
 	}
-	rep.Total = Duration(time.Since(start))
-	return rep, nil
+	if d.criu != nil {
+		d.criu.run.release(errNoArchive)
+		d.criu.wait()
+	}
+	if failed {
+		d.thaw()
+	}
+	if d.held {
+		d.h.Release(d.nodes[0].n.ID)
+	}
+	if d.stage != "" {
+		d.h.RemoveLater(d.stage)
+	}
+	if d.op != nil {
+		d.h.EndOp(d.op)
+	}
 }
 
 // collect snapshots the subtree at p and holds it for the dump, in one
 // change of the tree.
-func collect(h *node.Host, p hier.Path) ([]*member, cgroup.Group, error) {
-	var members []*member
+func collect(h *node.Host, p hier.Path) ([]*dumpNode, cgroup.Group, error) {
+	var members []*dumpNode
 	var top cgroup.Group
 	err := h.Store.Update(func(t *hier.Tree) error {
 		members = nil
@@ -422,7 +495,7 @@ func collect(h *node.Host, p hier.Path) ([]*member, cgroup.Group, error) {
 				parent = index[m.Parent]
 			}
 			index[m.ID] = i
-			mem := &member{
+			mem := &dumpNode{
 				n: *m, path: mp, rel: rel, parent: parent, status: st, group: h.Group(t, m),
 				report: NodeReport{Path: mp.String(), Running: st.State == hier.Running},
 			}
@@ -445,7 +518,7 @@ func collect(h *node.Host, p hier.Path) ([]*member, cgroup.Group, error) {
 // restore: a dump that removes such nodes would lose them. It applies the
 // refusals of Restore that depend on the archive alone, and for a dump
 // from inside a node (inNode) those of a restore from there.
-func restorable(members []*member, inNode bool) error {
+func restorable(members []*dumpNode, inNode bool) error {
 	for _, m := range members {
 		if err := nodeRestorable(m.path.String(), m.n.Spec, m.status.State == hier.Running); err != nil {
 			return err
@@ -470,7 +543,7 @@ func nodeRestorable(path string, spec hier.Spec, running bool) error {
 // refuseAttached fails when a crtree exec is still attached to a running
 // node of the subtree: what it runs is not below the node's init, and
 // CRIU would leave it out of the archive (and the dump would kill it).
-func refuseAttached(members []*member) error {
+func refuseAttached(members []*dumpNode) error {
 	for _, m := range members {
 		if m.status.State != hier.Running {
 			continue
@@ -481,86 +554,6 @@ func refuseAttached(members []*member) error {
 		}
 	}
 	return nil
-}
-
-// countRunning is how many members CRIU dumps.
-func countRunning(members []*member) int {
-	n := 0
-	for _, m := range members {
-		if m.status.State == hier.Running {
-			n++
-		}
-	}
-	return n
-}
-
-// dumpAll runs one CRIU dump per running node, in parallel, each reported
-// to run once written or ended.
-func dumpAll(h *node.Host, op *node.Op, members []*member, o Options, stream bool, run *criuRun) error {
-	var wg sync.WaitGroup
-	errs := make([]error, len(members))
-	sem := make(chan struct{}, max(2, runtime.NumCPU()))
-	done := 0
-	var mu sync.Mutex
-	for i, m := range members {
-		if m.status.State != hier.Running {
-			continue
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			sem <- struct{}{}
-			var freeSlot sync.Once
-			leave := func() { freeSlot.Do(func() { <-sem }) }
-			defer leave()
-			t0 := time.Now()
-			var reported atomic.Bool
-			report := func(err error) {
-				if reported.Swap(true) {
-					return
-				}
-				m.report.Criu = Duration(time.Since(t0))
-				mu.Lock()
-				done++
-				o.progress(Progress{Phase: "criu", NodesDone: done, NodesTotal: len(members)})
-				mu.Unlock()
-				run.end(err)
-			}
-			var beforeKill func() error
-			if run.hold {
-				beforeKill = func() error {
-					// A held CRIU waits for the whole subtree's archive:
-					// it must not keep others from starting meanwhile.
-					leave()
-					report(nil)
-					return run.wait()
-				}
-			}
-			err := criu.Dump(o.CriuBin, criu.DumpOptions{
-				Pid:            m.n.Pid,
-				ImagesDir:      filepath.Join(m.dir, "criu"),
-				WorkDir:        filepath.Join(m.dir, "work"),
-				FreezeCgroup:   m.group.Leaf().Path(),
-				Externals:      m.mounts,
-				TCPEstablished: o.TCPEstablished,
-				OwnNetwork:     m.n.Spec.Net == hier.NetNone,
-				GhostLimit:     o.ghostLimit(),
-				LogLevel:       o.CriuLogLevel,
-				KeepLogs:       h.LogDir(),
-				// While CRIU runs, the dump counts as running even if
-				// this process dies: nothing is thawed or removed under it.
-				OnStart:    func(pid int) { h.AddHelper(op, pid) },
-				Stream:     stream,
-				BeforeKill: beforeKill,
-			})
-			if err != nil {
-				errs[i] = fmt.Errorf("dump %s: %w", m.path, dumpHint(err, o.ghostLimit()))
-			}
-			report(errs[i])
-		}()
-	}
-	wg.Wait()
-	return errors.Join(errs...)
 }
 
 // dumpHint adds to a CRIU refusal the user can act on what to do.
@@ -580,7 +573,7 @@ func dumpHint(err error, ghostLimit int64) error {
 	return err
 }
 
-func manifestNode(m *member) archive.Node {
+func manifestNode(m *dumpNode) archive.Node {
 	n := archive.Node{
 		Path: m.rel, Name: m.n.Name, Parent: m.parent, Running: m.status.State == hier.Running,
 		Spec: m.n.Spec, Hostname: m.n.Spec.Hostname, Created: m.n.Created,
@@ -633,100 +626,6 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 	n, err := c.w.Write(p)
 	c.n += int64(n)
 	return n, err
-}
-
-// partSize is the size of the parts in which page images are streamed
-// while CRIU writes them (one checksum piece each).
-const partSize = archive.PieceSize
-
-// streamer moves CRIU's images from the staging directories into the
-// archive: while CRIU runs, whole parts of the page images that have been
-// written; at the end, every other image and then the rest of the pages.
-type streamer struct {
-	w       *archive.Writer
-	members []*member
-	done    map[string]int64 // image path -> bytes archived
-	pages   []int64          // page image bytes a capture archived, per node
-}
-
-// step archives what is ready. With final, CRIU has finished and every
-// image is complete.
-func (s *streamer) step(final bool) (bool, error) {
-	wrote := false
-	var images []archive.Entry
-	for i, m := range s.members {
-		if m.status.State != hier.Running {
-			continue
-		}
-		dir := filepath.Join(m.dir, "criu")
-		if !final {
-			des, _ := os.ReadDir(dir)
-			for _, d := range des {
-				name := d.Name()
-				if !archive.IsPageImage(name) {
-					continue
-				}
-				path := filepath.Join(dir, name)
-				fi, err := os.Stat(path)
-				if err != nil {
-					continue
-				}
-				for s.done[path]+partSize <= fi.Size() {
-					if err := s.w.WritePart(archive.ImagesPrefix(i)+"/"+name, path, s.done[path], partSize); err != nil {
-						return wrote, err
-					}
-					s.done[path] += partSize
-					wrote = true
-				}
-			}
-			continue
-		}
-		ie, err := archive.ScanFlat(archive.ImagesPrefix(i), dir)
-		if err != nil {
-			return wrote, err
-		}
-		// CRIU writes inventory.img last: without it the images are not
-		// whole, and the archive must not replace the workload.
-		if !hasImage(ie, "inventory.img") {
-			return wrote, fmt.Errorf("CRIU's images of %s are incomplete (no inventory.img)", m.path)
-		}
-		m.report.Images = sumSizes(ie)
-		if s.pages != nil {
-			m.report.Images += s.pages[i]
-		}
-		images = append(images, ie...)
-	}
-	if !final || len(images) == 0 {
-		return wrote, nil
-	}
-	// Every image but the pages first, then the rest of the pages: a
-	// restore from a file reads the former first (the archive's index
-	// points at them) and hands CRIU the pages as they come off the disk.
-	if err := s.w.MarkMeta(); err != nil {
-		return wrote, err
-	}
-	for _, pages := range []bool{false, true} {
-		for _, e := range images {
-			if archive.IsPageImage(e.Name) != pages {
-				continue
-			}
-			off := s.done[e.Path]
-			switch {
-			case off == 0:
-				if err := s.w.WriteEntries([]archive.Entry{e}); err != nil {
-					return wrote, err
-				}
-			case e.Size > off:
-				if err := s.w.WritePart(e.Name, e.Path, off, e.Size-off); err != nil {
-					return wrote, err
-				}
-			case e.Size < off:
-				return wrote, fmt.Errorf("%s shrank while CRIU wrote it", e.Path)
-			}
-			wrote = true
-		}
-	}
-	return wrote, nil
 }
 
 func hasImage(es []archive.Entry, name string) bool {

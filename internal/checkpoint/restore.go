@@ -1,6 +1,7 @@
 package checkpoint
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -84,29 +85,22 @@ func (t RestoreTarget) bindSource(target string) (string, bool) {
 }
 
 // Restore recreates the archived subtree read from in under target. On
-// failure every node it created is killed and removed.
-func Restore(h *node.Host, in io.Reader, target RestoreTarget, o Options) (rep *Report, err error) {
+// failure, or when ctx is cancelled, every node it created is killed and
+// removed.
+func Restore(ctx context.Context, h *node.Host, in io.Reader, target RestoreTarget, o Options) (rep *Report, err error) {
 	start := time.Now()
-	// A file with an index is read twice at once: the images CRIU needs
-	// first, from near its end, then the whole from the start, with the
-	// page images going to CRIU as they come off the disk.
-	var ix *indexed
-	if !o.NoStream {
-		if ix, err = openIndexed(in); err != nil {
-			return nil, fmt.Errorf("restore: %w", err)
+	defer func() {
+		// Whatever failed once ctx was cancelled failed because of it.
+		if err != nil && ctx.Err() != nil {
+			err = fmt.Errorf("restore: %w; nothing was restored", context.Cause(ctx))
 		}
-	}
-	if ix != nil {
-		defer ix.Close()
-	}
-	pre := Prefetch(in, !o.NoDirect)
-	defer pre.Close()
-	ar, err := archive.NewReader(pre)
+	}()
+	src, err := openSource(ctx, in, o)
 	if err != nil {
 		return nil, fmt.Errorf("restore: %w", err)
 	}
-	defer ar.Close()
-	m := ar.Manifest()
+	defer src.Close()
+	m := src.ar.Manifest()
 	// CRIU restores the established connections of a --tcp-established
 	// dump only with the same option, and fails without it (an archive of
 	// an earlier version does not say: the failure then says what to do).
@@ -116,187 +110,231 @@ func Restore(h *node.Host, in io.Reader, target RestoreTarget, o Options) (rep *
 			err = fmt.Errorf("restore: the archive holds established TCP connections: restore it with --tcp-established: %w", err)
 		}
 	}()
-	if target.Name == "" {
-		target.Name = m.Nodes[0].Name
-	}
-	if err := hier.ValidateName(target.Name); err != nil {
-		return nil, fmt.Errorf("restore: --name: %w", err)
-	}
-	for i, n := range m.Nodes {
-		if err := nodeRestorable(archivedPath(m, i), n.Spec, n.Running); err != nil {
-			return nil, fmt.Errorf("restore: %w", err)
-		}
-	}
-
-	specs, err := target.specs(m)
+	specs, err := plan(m, &target)
 	if err != nil {
 		return nil, fmt.Errorf("restore: %w", err)
 	}
-	ids, paths, err := reserve(h, m, specs, target)
+	res, err := reserve(h, m, specs, target)
 	if err != nil {
 		return nil, err
 	}
 	defer func() {
 		if err != nil {
-			if derr := h.Destroy(ids[0]); derr != nil {
-				err = errors.Join(err, fmt.Errorf("clean up: %w", derr))
+			if aerr := res.Abort(); aerr != nil {
+				err = errors.Join(err, fmt.Errorf("clean up: %w", aerr))
 			}
 		}
 	}()
-	rep = &Report{Path: paths[0].String()}
-
-	var need int64
-	for _, n := range m.Nodes {
-		// CRIU's images are about the size of the memory it dumped.
-		need += n.Memory
-	}
-	stage, err := h.StageDir("restore", need)
-	if err != nil {
+	rs := &restoring{ctx: ctx, h: h, ar: src.ar, m: m, res: res, o: o, rep: &Report{Path: res.Paths[0].String()}}
+	if err := rs.stageDirs(); err != nil {
 		return nil, fmt.Errorf("restore: %w", err)
 	}
-	defer h.RemoveLater(stage)
-	op, err := h.BeginOp("restore")
+	defer rs.cleanUp()
+	// From a file with an index, or from a pipe when the archive was
+	// written pages last, CRIU reads the pages as they come.
+	if src.ix != nil || (m.PagesLast && !o.NoStream) {
+		err = rs.streamed(src.ix)
+	} else {
+		err = rs.staged()
+	}
 	if err != nil {
 		return nil, err
 	}
-	defer h.EndOp(op)
-	op.Remove = []string{stage}
-	if err := h.SaveOp(op); err != nil {
-		return nil, err
+	rs.account()
+	if err := res.Commit(); err != nil {
+		return nil, fmt.Errorf("restore: %w", err)
 	}
-	dst := &destination{h: h, ids: ids, stage: stage}
-	for i := range m.Nodes {
-		for _, d := range []string{"criu", "work"} {
-			if err := os.MkdirAll(filepath.Join(stage, strconv.Itoa(i), d), 0o700); err != nil {
-				return nil, err
-			}
-		}
-	}
-	// From a pipe, an archive written pages last streams too.
-	if ix != nil || (m.PagesLast && !o.NoStream) {
-		reports, err := restoreStreamed(h, ix, ar, dst, paths, o, rep)
-		rep.Nodes = reports
+	rs.rep.Total = Duration(time.Since(start))
+	return rs.rep, nil
+}
+
+// source is an archive being read for a restore.
+type source struct {
+	// ix is the archive file's index, nil for a pipe (openIndexed).
+	ix  *indexed
+	pre io.ReadCloser
+	ar  *archive.Reader
+}
+
+// openSource starts reading an archive, ahead of its use (Prefetch), and
+// stops with ctx's cause once ctx is cancelled.
+func openSource(ctx context.Context, in io.Reader, o Options) (*source, error) {
+	s := &source{}
+	if !o.NoStream {
+		ix, err := openIndexed(in)
 		if err != nil {
 			return nil, err
 		}
-		return rep, finishRestore(h, ar, ids, rep, start)
+		s.ix = ix
 	}
-	packStart := time.Now()
-	o.progress(Progress{Phase: "extract", NodesTotal: len(m.Nodes)})
-	if err := archive.Extract(ar, dst, func(n int64) {
-		o.progress(Progress{Phase: "extract", NodesTotal: len(m.Nodes), Bytes: n})
-	}); err != nil {
-		return nil, fmt.Errorf("restore: %w", err)
-	}
-	rep.Pack = Duration(time.Since(packStart))
-
-	criuStart := time.Now()
-	reports, err := restoreNodes(h, m, ids, paths, stage, o, nil)
-	rep.Criu = Duration(time.Since(criuStart))
-	rep.Nodes = reports
+	s.pre = Prefetch(in, !o.NoDirect)
+	ar, err := archive.NewReader(ctxReader{ctx, s.pre})
 	if err != nil {
+		s.Close()
 		return nil, err
 	}
-	return rep, finishRestore(h, ar, ids, rep, start)
+	s.ar = ar
+	return s, nil
 }
 
-// finishRestore completes the report from the verified archive and
-// hands the restored subtree over: it no longer depends on this command.
-func finishRestore(h *node.Host, ar *archive.Reader, ids []string, rep *Report, start time.Time) error {
-	for _, n := range ar.Manifest().Nodes {
-		rep.FileBytes += n.Files
+// Close stops reading.
+func (s *source) Close() error {
+	if s.ar != nil {
+		s.ar.Close()
 	}
-	for _, mc := range ar.Checksums().Members {
-		if parts := strings.SplitN(mc.Name, "/", 4); len(parts) == 4 && parts[2] == "criu" {
-			if i, err := strconv.Atoi(parts[1]); err == nil && i < len(rep.Nodes) {
-				rep.Nodes[i].Images += mc.Size
-				rep.ImageBytes += mc.Size
-			}
-		}
+	s.pre.Close()
+	if s.ix != nil {
+		s.ix.Close()
 	}
-	if err := h.Store.Update(func(t *hier.Tree) error {
-		for _, id := range ids {
-			if n := t.Nodes[id]; n != nil {
-				n.OwnerPid, n.OwnerStart = 0, 0
-				n.Busy = nil
-			}
-		}
-		return nil
-	}); err != nil {
-		return fmt.Errorf("restore: %w", err)
-	}
-	rep.Total = Duration(time.Since(start))
 	return nil
 }
 
-// reserve creates every node of the archive in the tree, in one change,
-// as Creating, with its storage and cgroup and the given specs. A name already taken refuses
-// the whole restore before anything is created.
-func reserve(h *node.Host, m *archive.Manifest, specs []hier.Spec, target RestoreTarget) ([]string, []hier.Path, error) {
-	ids := make([]string, len(m.Nodes))
-	paths := make([]hier.Path, len(m.Nodes))
-	err := h.Store.Update(func(t *hier.Tree) error {
-		parent, err := t.Lookup(target.Parent)
-		if err != nil {
-			return fmt.Errorf("restore: parent %s: %w", target.Parent, hier.ErrNotFound)
-		}
-		parentID := ""
-		if parent != nil {
-			parentID = parent.ID
-		}
-		if err := node.CheckFree(t, parent, false); err != nil {
-			return fmt.Errorf("restore: %w", err)
-		}
-		var created []*hier.Node
-		for i, an := range m.Nodes {
-			pid, name := parentID, an.Name
-			if i == 0 {
-				name = target.Name
-			} else {
-				pid = ids[an.Parent]
-			}
-			spec := specs[i]
-			// An archived node had the host's network unless it says
-			// otherwise: it keeps what it had, or is refused.
-			if err := t.Isolate(pid, &spec, true); err != nil {
-				return fmt.Errorf("restore: %s: %w", archivedPath(m, i), err)
-			}
-			n, err := t.Add(pid, name)
-			if err != nil {
-				return fmt.Errorf("restore: %w", err)
-			}
-			n.Spec, n.Created = spec, an.Created
-			n.OwnerPid, n.OwnerStart = node.Self()
-			if i == 0 && an.Spec.Hostname == "" {
-				// The node keeps the hostname it had, even under a new name.
-				n.Spec.Hostname = an.Hostname
-			}
-			if i == 0 {
-				// Until finishRestore, nothing may change the subtree.
-				node.Hold(n, node.BusyRestore)
-			}
-			ids[i], paths[i] = n.ID, t.PathOf(n)
-			created = append(created, n)
-		}
-		for _, n := range created {
-			if err := h.PrepareStorage(n); err != nil {
-				return err
-			}
-			if err := h.Group(t, n).Create(); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		for _, id := range ids {
-			if id != "" {
-				os.RemoveAll(h.Store.NodeDir(id))
-			}
-		}
-		return nil, nil, err
+// ctxReader is a reader that fails with its context's cause once the
+// context is cancelled: every phase of a restore reads the archive, so
+// each stops at its next read.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if c.ctx.Err() != nil {
+		return 0, context.Cause(c.ctx)
 	}
-	return ids, paths, nil
+	return c.r.Read(p)
+}
+
+// plan checks that the archive can be restored as target asks and
+// returns the spec of each node: target's name defaults to the archived
+// one, and binds come from the restoring side only (see specs).
+func plan(m *archive.Manifest, target *RestoreTarget) ([]hier.Spec, error) {
+	if target.Name == "" {
+		target.Name = m.Nodes[0].Name
+	}
+	if err := hier.ValidateName(target.Name); err != nil {
+		return nil, fmt.Errorf("--name: %w", err)
+	}
+	for i, n := range m.Nodes {
+		if err := nodeRestorable(archivedPath(m, i), n.Spec, n.Running); err != nil {
+			return nil, err
+		}
+	}
+	return target.specs(m)
+}
+
+// restoring is a restore under way, from the reservation of its nodes on.
+type restoring struct {
+	ctx   context.Context
+	h     *node.Host
+	ar    *archive.Reader
+	m     *archive.Manifest
+	res   *node.Reservation
+	o     Options
+	rep   *Report
+	stage string
+	op    *node.Op
+	dst   *destination
+}
+
+// stageDirs makes the staging directory of CRIU's images, each node's
+// images and work directories in it, and the marker that removes it if
+// this process dies.
+func (rs *restoring) stageDirs() error {
+	var need int64
+	for _, n := range rs.m.Nodes {
+		// CRIU's images are about the size of the memory it dumped.
+		need += n.Memory
+	}
+	stage, err := rs.h.StageDir("restore", need)
+	if err != nil {
+		return err
+	}
+	rs.stage = stage
+	rs.dst = &destination{h: rs.h, ids: rs.res.IDs, stage: stage}
+	if rs.op, err = rs.h.BeginOp("restore"); err != nil {
+		return err
+	}
+	rs.op.Remove = []string{stage}
+	if err := rs.h.SaveOp(rs.op); err != nil {
+		return err
+	}
+	for i := range rs.m.Nodes {
+		for _, d := range []string{"criu", "work"} {
+			if err := os.MkdirAll(filepath.Join(stage, strconv.Itoa(i), d), 0o700); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// cleanUp removes the staging directory (in the background) and the
+// marker.
+func (rs *restoring) cleanUp() {
+	if rs.op != nil {
+		rs.h.EndOp(rs.op)
+	}
+	if rs.stage != "" {
+		rs.h.RemoveLater(rs.stage)
+	}
+}
+
+// staged extracts the whole archive, verified, then restores the nodes
+// from the extracted images.
+func (rs *restoring) staged() error {
+	packStart := time.Now()
+	total := len(rs.m.Nodes)
+	rs.o.progress(Progress{Phase: "extract", NodesTotal: total})
+	if err := archive.Extract(rs.ar, rs.dst, func(n int64) {
+		rs.o.progress(Progress{Phase: "extract", NodesTotal: total, Bytes: n})
+	}); err != nil {
+		return fmt.Errorf("restore: %w", err)
+	}
+	rs.rep.Pack = Duration(time.Since(packStart))
+	criuStart := time.Now()
+	reports, err := rs.restoreNodes(nil)
+	rs.rep.Criu = Duration(time.Since(criuStart))
+	rs.rep.Nodes = reports
+	return err
+}
+
+// account completes the report from the verified archive.
+func (rs *restoring) account() {
+	for _, n := range rs.m.Nodes {
+		rs.rep.FileBytes += n.Files
+	}
+	for _, mc := range rs.ar.Checksums().Members {
+		if parts := strings.SplitN(mc.Name, "/", 4); len(parts) == 4 && parts[2] == "criu" {
+			if i, err := strconv.Atoi(parts[1]); err == nil && i < len(rs.rep.Nodes) {
+				rs.rep.Nodes[i].Images += mc.Size
+				rs.rep.ImageBytes += mc.Size
+			}
+		}
+	}
+}
+
+// reserve creates every node of the archive in the tree, in one change,
+// as Creating, with its storage and cgroup and the given specs, the
+// subtree held until Commit. A name already taken refuses the whole
+// restore before anything is created.
+func reserve(h *node.Host, m *archive.Manifest, specs []hier.Spec, target RestoreTarget) (*node.Reservation, error) {
+	nodes := make([]node.NewNode, len(m.Nodes))
+	for i, an := range m.Nodes {
+		nodes[i] = node.NewNode{Name: an.Name, Parent: an.Parent, Spec: specs[i], Created: an.Created, Archived: true}
+		if i == 0 {
+			// The node keeps the hostname it had, even under a new name.
+			nodes[i].Name, nodes[i].Hostname = target.Name, an.Hostname
+		}
+	}
+	r, err := h.Reserve(target.Parent, nodes, node.BusyRestore)
+	var ne *node.NodeError
+	if errors.As(err, &ne) {
+		return nil, fmt.Errorf("restore: %s: %w", archivedPath(m, ne.Index), ne.Err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("restore: %w", err)
+	}
+	return r, nil
 }
 
 type destination struct {
@@ -322,7 +360,8 @@ func (d *destination) ImagesDir(i int) string {
 // pages as they come rather than after its parent's restore. Nodes do not
 // depend on each other's processes (each has its own supervisor), only
 // the order of ls would show it.
-func restoreNodes(h *node.Host, m *archive.Manifest, ids []string, paths []hier.Path, stage string, o Options, gates []*os.File) ([]NodeReport, error) {
+func (rs *restoring) restoreNodes(gates []*os.File) ([]NodeReport, error) {
+	h, m, ids, paths, stage, o := rs.h, rs.m, rs.res.IDs, rs.res.Paths, rs.stage, rs.o
 	reports := make([]NodeReport, len(m.Nodes))
 	depth := make([]int, len(m.Nodes))
 	maxDepth := 0
@@ -340,6 +379,9 @@ func restoreNodes(h *node.Host, m *archive.Manifest, ids []string, paths []hier.
 	}
 	done := 0
 	for d := 0; d <= maxDepth; d++ {
+		if rs.ctx.Err() != nil {
+			return reports, fmt.Errorf("restore: %w", context.Cause(rs.ctx))
+		}
 		var wg sync.WaitGroup
 		errs := make([]error, len(m.Nodes))
 		for i, n := range m.Nodes {

@@ -10,8 +10,6 @@ import (
 
 	"github.com/crtree/crtree/internal/archive"
 	"github.com/crtree/crtree/internal/criu"
-	"github.com/crtree/crtree/internal/hier"
-	"github.com/crtree/crtree/internal/node"
 )
 
 // indexed is an archive file with an index, opened a second time for
@@ -56,10 +54,10 @@ func openIndexed(in io.Reader) (*indexed, error) {
 	return nil, err
 }
 
-// restoreStreamed restores the nodes while the archive is read: the
-// images CRIU needs first are extracted from near the end (the index),
-// every running node's CRIU is started as soon as the nodes' files are
-// in place and reads its page images from a criu.ImageServer fed by the
+// streamed restores the nodes while the archive is read: the images
+// CRIU needs first are extracted from near the end (the index), every
+// running node's CRIU is started as soon as the nodes' files are in place
+// and reads its page images from a criu.ImageServer fed by the
 // front-to-back read. CRIU holds the restored processes until the whole
 // archive has been verified (the gates), so nothing runs from an archive
 // found damaged at its end.
@@ -68,78 +66,116 @@ func openIndexed(in io.Reader) (*indexed, error) {
 // needs first come first in the read itself; CRIU starts at the first page
 // image, and nothing is checked before the end of the archive: the gates
 // still hold every process until then.
-func restoreStreamed(h *node.Host, ix *indexed, ar *archive.Reader, dst *destination, paths []hier.Path, o Options, rep *Report) ([]NodeReport, error) {
-	m := ar.Manifest()
+func (rs *restoring) streamed(ix *indexed) error {
 	packStart := time.Now()
 	var sums *archive.Checksums
 	if ix != nil {
-		if err := archive.ExtractMeta(ix.f, ix.size, ix.index, m, ix.sums, dst); err != nil {
-			return nil, fmt.Errorf("restore: %w", err)
+		if err := archive.ExtractMeta(ix.f, ix.size, ix.index, rs.m, ix.sums, rs.dst); err != nil {
+			return fmt.Errorf("restore: %w", err)
 		}
-		ar.Expect(ix.sums)
+		rs.ar.Expect(ix.sums)
 		sums = ix.sums
 	}
-	f := newFeeder(dst.stage, sums)
-	sd := &streamDest{destination: dst, feeder: f}
+	f := newFeeder(rs.stage, sums)
+	srv, err := serveImages(rs.m, rs.dst, f)
+	defer srv.close()
+	if err != nil {
+		return fmt.Errorf("restore: %w", err)
+	}
+	extracted := rs.readArchive(f, srv)
+	reports, rerr := rs.startWhenReady(f, srv)
+	rs.rep.Nodes = reports
+	xerr := <-extracted
+	f.close()
+	rs.rep.Pack = Duration(time.Since(packStart))
+	switch {
+	case xerr != nil && !errors.Is(xerr, errAborted):
+		// The archive's fault comes first: CRIU failed because of it.
+		return fmt.Errorf("restore: %w", xerr)
+	case rerr != nil:
+		return rerr
+	case xerr != nil:
+		return fmt.Errorf("restore: %w", xerr)
+	}
+	return nil
+}
 
-	// One image server and one gate per running node.
-	gates := make([]*os.File, len(m.Nodes))
-	opens := make([]*os.File, len(m.Nodes))
-	var servers []*criu.ImageServer
-	var wg sync.WaitGroup
-	reading := false
-	defer func() {
-		f.abort()
-		for _, s := range servers {
-			s.Close()
-		}
-		for i := range gates {
-			if gates[i] != nil {
-				gates[i].Close()
-				if !reading {
-					opens[i].Close()
-				}
-			}
-		}
-		wg.Wait()
-	}()
+// imageServers are the image servers and gates of a streamed restore, one
+// each per running node.
+type imageServers struct {
+	feeder  *feeder
+	servers []*criu.ImageServer
+	// gates are the read ends CRIU waits on, opens the write ends the
+	// archive's reader writes the go-ahead to (see node.FromImages.Gate).
+	gates, opens []*os.File
+	reading      bool
+	wg           sync.WaitGroup
+}
+
+// serveImages starts the image servers and makes the gates.
+func serveImages(m *archive.Manifest, dst *destination, f *feeder) (*imageServers, error) {
+	s := &imageServers{feeder: f, gates: make([]*os.File, len(m.Nodes)), opens: make([]*os.File, len(m.Nodes))}
 	for i, n := range m.Nodes {
 		if !n.Running {
 			continue
 		}
 		srv, err := criu.ListenImages(dst.ImagesDir(i))
 		if err != nil {
-			return nil, fmt.Errorf("restore: %w", err)
+			return s, err
 		}
-		servers = append(servers, srv)
-		wg.Add(1)
+		s.servers = append(s.servers, srv)
+		s.wg.Add(1)
 		go func() {
-			defer wg.Done()
+			defer s.wg.Done()
 			if err := f.serve(i, srv); err != nil && !errors.Is(err, errAborted) {
 				// CRIU's own error says more; this is for the log.
 				f.abort()
 			}
 		}()
-		if gates[i], opens[i], err = os.Pipe(); err != nil {
-			return nil, fmt.Errorf("restore: %w", err)
+		if s.gates[i], s.opens[i], err = os.Pipe(); err != nil {
+			return s, err
 		}
 	}
+	return s, nil
+}
 
-	// The front-to-back read: node files, then images, then the trailer.
+// close stops the servers and closes the gates: a CRIU still holding its
+// processes then kills them.
+func (s *imageServers) close() {
+	s.feeder.abort()
+	for _, srv := range s.servers {
+		srv.Close()
+	}
+	for i := range s.gates {
+		if s.gates[i] != nil {
+			s.gates[i].Close()
+			if !s.reading {
+				s.opens[i].Close()
+			}
+		}
+	}
+	s.wg.Wait()
+}
+
+// readArchive reads the archive front to back in the background (node
+// files, then images, then the trailer), and opens the gates once it is
+// verified; its result comes on the channel returned.
+func (rs *restoring) readArchive(f *feeder, srv *imageServers) <-chan error {
 	extracted := make(chan error, 1)
-	reading = true
+	srv.reading = true
+	total := len(rs.m.Nodes)
 	go func() {
-		err := archive.Extract(ar, sd, func(n int64) {
-			o.progress(Progress{Phase: "extract", NodesTotal: len(m.Nodes), Bytes: n})
+		err := archive.Extract(rs.ar, &streamDest{destination: rs.dst, feeder: f}, func(n int64) {
+			rs.o.progress(Progress{Phase: "extract", NodesTotal: total, Bytes: n})
 		})
 		// Verified: the restored processes may run; else the gates close
 		// and CRIU kills them.
-		for i := range opens {
-			if opens[i] != nil {
+		for _, w := range srv.opens {
+			if w != nil {
 				if err == nil {
-					opens[i].Write([]byte{'y'})
+					w.Write([]byte{'y'})
 				}
-				opens[i].Close()
+				w.Close()
 			}
 		}
 		if err != nil {
@@ -149,35 +185,26 @@ func restoreStreamed(h *node.Host, ix *indexed, ar *archive.Reader, dst *destina
 		f.readyOnce.Do(func() { close(f.ready) })
 		extracted <- err
 	}()
+	return extracted
+}
 
+// startWhenReady restores the nodes once the images CRIU reads first are
+// in place, unless the archive failed before.
+func (rs *restoring) startWhenReady(f *feeder, srv *imageServers) ([]NodeReport, error) {
 	<-f.ready
-	var reports []NodeReport
-	var rerr error
 	select {
 	case <-f.aborted:
 		// The archive failed before any image: no CRIU is started.
+		return nil, nil
 	default:
-		criuStart := time.Now()
-		reports, rerr = restoreNodes(h, m, dst.ids, paths, dst.stage, o, gates)
-		rep.Criu = Duration(time.Since(criuStart))
-		if rerr != nil {
-			f.abort()
-		}
 	}
-	xerr := <-extracted
-	f.close()
-	rep.Pack = Duration(time.Since(packStart))
-	if xerr != nil && !errors.Is(xerr, errAborted) {
-		// The archive's fault comes first: CRIU failed because of it.
-		return reports, fmt.Errorf("restore: %w", xerr)
+	criuStart := time.Now()
+	reports, err := rs.restoreNodes(srv.gates)
+	rs.rep.Criu = Duration(time.Since(criuStart))
+	if err != nil {
+		f.abort()
 	}
-	if rerr != nil {
-		return reports, rerr
-	}
-	if xerr != nil {
-		return reports, fmt.Errorf("restore: %w", xerr)
-	}
-	return reports, nil
+	return reports, err
 }
 
 // streamDest is a restore's destination whose CRIU images go to the

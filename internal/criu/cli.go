@@ -42,8 +42,9 @@ func restoreCLI(bin string, o RestoreOptions) (int, error) {
 		go gate.serve()
 	}
 	cmd := exec.Command(bin, args...)
+	cmd.SysProcAttr = ownGroup()
 	if o.CgroupFD >= 0 {
-		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: o.CgroupFD}
+		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, o.CgroupFD
 	}
 	var onStart func(int)
 	if gate != nil {
@@ -215,6 +216,9 @@ func absDirs(images, work string) (string, string, error) {
 func runCLI(cmd *exec.Cmd, op, work, keepLogs string, onStart func(int)) error {
 	var out strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &out
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = ownGroup()
+	}
 	err := cmd.Start()
 	if err == nil {
 		if onStart != nil {
@@ -237,3 +241,8 @@ func runCLI(cmd *exec.Cmd, op, work, keepLogs string, onStart func(int)) error {
 	e.Log = keepLog(log, keepLogs, op)
 	return e
 }
+
+// ownGroup starts CRIU in a process group of its own: a Ctrl-C on
+// crtree's terminal must not kill CRIU half-way (crtree cancels and lets
+// it finish or undo), and a signal to crtree's group does not reach it.
+func ownGroup() *syscall.SysProcAttr { return &syscall.SysProcAttr{Setpgid: true} }

@@ -43,8 +43,9 @@ func startSwrk(bin string, o swrkOptions) (*swrk, error) {
 	defer srv.Close()
 	cmd := exec.Command(bin, "swrk", "3")
 	cmd.ExtraFiles = []*os.File{srv}
+	cmd.SysProcAttr = ownGroup()
 	if o.CgroupFD >= 0 {
-		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: o.CgroupFD}
+		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, o.CgroupFD
 	}
 	if err := cmd.Start(); err != nil {
 		cln.Close()

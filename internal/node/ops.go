@@ -37,62 +37,31 @@ func (h *Host) Run(p hier.Path, unnamed bool, spec hier.Spec) (hier.Path, error)
 			return nil, fmt.Errorf("--bind %s: %w", b.Source, err)
 		}
 	}
-	var n *hier.Node
-	var path hier.Path
-	err := h.Store.Update(func(t *hier.Tree) error {
-		parentPath, name := p.Parent(), p.Base()
-		if unnamed {
-			parentPath = p
-		}
-		parent, err := t.Lookup(parentPath)
-		if err != nil {
-			return fmt.Errorf("parent %s: %w", parentPath, hier.ErrNotFound)
-		}
-		parentID := ""
-		if parent != nil {
-			parentID = parent.ID
-		}
-		if err := CheckFree(t, parent, false); err != nil {
-			return fmt.Errorf("run %s: %w", p, err)
-		}
-		if unnamed {
-			name = t.FreeUnnamed(parentID)
-		} else if len(p) == 0 {
-			return fmt.Errorf("%w: / is the root of the tree, not a node name", hier.ErrInvalidName)
-		}
-		if err := t.Isolate(parentID, &spec, false); err != nil {
-			return fmt.Errorf("run %s: %w", parentPath.Join(name), err)
-		}
-		n, err = t.Add(parentID, name)
-		if err != nil {
-			return err
-		}
-		n.Created = time.Now().UTC()
-		n.OwnerPid, n.OwnerStart = Self()
-		n.Spec = spec
-		if n.Spec.Hostname == "" {
-			// The hostname is fixed at start: a later mv does not change it.
-			n.Spec.Hostname = name
-		}
-		path = t.PathOf(n)
-		if err := h.PrepareStorage(n); err != nil {
-			return err
-		}
-		return h.Group(t, n).Create()
-	})
-	if err != nil {
-		if n != nil {
-			os.RemoveAll(h.Store.NodeDir(n.ID))
-		}
+	parent, name := p.Parent(), p.Base()
+	if unnamed {
+		parent, name = p, ""
+	} else if len(p) == 0 {
+		return nil, fmt.Errorf("%w: / is the root of the tree, not a node name", hier.ErrInvalidName)
+	}
+	r, err := h.Reserve(parent, []NewNode{{Name: name, Parent: -1, Spec: spec}}, "")
+	var ne *NodeError
+	var be *BusyError
+	switch {
+	case errors.As(err, &ne):
+		return nil, fmt.Errorf("run %w", ne)
+	case errors.As(err, &be):
+		return nil, fmt.Errorf("run %s: %w", p, be)
+	case err != nil:
 		return nil, err
 	}
-	if _, err := h.Start(n.ID); err != nil {
-		if derr := h.Destroy(n.ID); derr != nil {
-			err = errors.Join(err, derr)
+	// The supervisor hands the node over once its init runs.
+	if _, err := h.Start(r.IDs[0]); err != nil {
+		if aerr := r.Abort(); aerr != nil {
+			err = errors.Join(err, aerr)
 		}
-		return nil, fmt.Errorf("run %s: %w", path, err)
+		return nil, fmt.Errorf("run %s: %w", r.Paths[0], err)
 	}
-	return path, nil
+	return r.Paths[0], nil
 }
 
 // PrepareStorage creates the node's storage directory and root.

@@ -271,7 +271,7 @@ func (h *Host) recordRunning(id string, pid int, done bool) error {
 		n.Pid, n.PidStart = pid, start
 		n.SupervisorPid, n.SupervisorStart = self, selfStart
 		if done {
-			n.OwnerPid, n.OwnerStart = 0, 0
+			handOver(n)
 		}
 		return nil
 	})

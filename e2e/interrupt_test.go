@@ -1,0 +1,149 @@
+package e2e
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/crtree/crtree/internal/node"
+)
+
+// pendingOps is how many crtree commands' recovery markers are left: a
+// command that ended by itself, however it failed, leaves none.
+func (h *host) pendingOps() int {
+	hh, err := node.NewHost(h.root)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return hh.PendingOps()
+}
+
+// interruptAt starts crtree with args, sends it SIGINT after the given
+// time, and returns its exit status and stderr.
+func (h *host) interruptAt(after time.Duration, args ...string) (int, string) {
+	h.t.Helper()
+	cmd := h.cmd(args...)
+	var errb bytes.Buffer
+	cmd.Stderr = &errb
+	if err := cmd.Start(); err != nil {
+		h.t.Fatal(err)
+	}
+	time.Sleep(after)
+	cmd.Process.Signal(syscall.SIGINT)
+	cmd.Wait()
+	return cmd.ProcessState.ExitCode(), errb.String()
+}
+
+// TestInterruptDump sends SIGINT to crtree dump at several moments: it
+// undoes what it did by itself before it exits (status 130, the reason
+// on stderr, no recovery marker left for others to act on), the workload
+// runs on, unfrozen, and nothing stands in the output directory.
+func TestInterruptDump(t *testing.T) {
+	h := newHost(t)
+	h.startHog("/victim", 256)
+	h.must("run", "/victim/child", "--", "sh", "-c", "while :; do echo tick; sleep 0.1; done")
+	out := filepath.Join(t.TempDir(), "out")
+	os.MkdirAll(out, 0o755)
+	archive := filepath.Join(out, "v.crtree")
+	interrupted := 0
+	for _, after := range []time.Duration{30 * time.Millisecond, 150 * time.Millisecond, 400 * time.Millisecond, 800 * time.Millisecond} {
+		code, stderr := h.interruptAt(after, "dump", "/victim", "-o", archive)
+		if code == -1 && len(h.frozen()) == 0 {
+			// The signal came before crtree handled signals (it starts in
+			// a few milliseconds): it did nothing.
+			t.Logf("dump killed by SIGINT after %v, before it began", after)
+			continue
+		}
+		if code == 0 {
+			// Done before the signal: restore for the next round.
+			t.Logf("dump ended within %v", after)
+			h.must("restore", "--keep-binds", archive)
+			os.Remove(archive)
+			continue
+		}
+		interrupted++
+		if code != 130 || !strings.Contains(stderr, "interrupted by SIGINT") || !strings.Contains(stderr, "nothing was dumped") {
+			t.Fatalf("interrupted after %v: status %d, stderr %q; want 130 and why", after, code, stderr)
+		}
+		if n := h.pendingOps(); n != 0 {
+			t.Fatalf("interrupted after %v: %d recovery markers left: the dump did not undo by itself", after, n)
+		}
+		if f := h.frozen(); len(f) > 0 {
+			t.Fatalf("interrupted after %v: left frozen: %v", after, f)
+		}
+		ls := h.ls()
+		if ls["/victim"].State != "running" || ls["/victim/child"].State != "running" {
+			t.Fatalf("interrupted after %v: nodes %+v", after, ls)
+		}
+		if des, _ := os.ReadDir(out); len(des) != 0 {
+			t.Fatalf("interrupted after %v: left %v in the output directory", after, des)
+		}
+		h.must("exec", "/victim/child", "--", "true")
+	}
+	if interrupted == 0 {
+		t.Fatal("every dump ended before its SIGINT: nothing was tested")
+	}
+	h.must("dump", "--leave-running", "/victim", "-o", archive)
+}
+
+// TestInterruptRestore sends SIGINT to crtree restore at several
+// moments: an interrupted restore removes every node it created before
+// it exits (status 130), leaving no marker, node storage or cgroup.
+func TestInterruptRestore(t *testing.T) {
+	h := newHost(t)
+	h.startHog("/src", 256)
+	h.must("run", "/src/a", "--", "sleep", "1e5")
+	archive := filepath.Join(t.TempDir(), "src.crtree")
+	h.must("dump", "/src", "-o", archive)
+	interrupted := 0
+	for _, after := range []time.Duration{30 * time.Millisecond, 150 * time.Millisecond, 400 * time.Millisecond, 800 * time.Millisecond} {
+		code, stderr := h.interruptAt(after, "restore", "--keep-binds", archive, "--name", "r")
+		ls := h.ls()
+		if code == -1 && len(ls) == 1 {
+			// The signal came before crtree handled signals (it starts in
+			// a few milliseconds): it did nothing.
+			t.Logf("restore killed by SIGINT after %v, before it began", after)
+			continue
+		}
+		if code == 0 {
+			t.Logf("restore ended within %v", after)
+			if ls["/r"].State != "running" || ls["/r/a"].State != "running" {
+				t.Fatalf("restore finished but left %v", ls)
+			}
+			h.must("rm", "-r", "-f", "/r")
+			continue
+		}
+		interrupted++
+		if code != 130 || !strings.Contains(stderr, "interrupted by SIGINT") {
+			t.Fatalf("interrupted after %v: status %d, stderr %q; want 130 and why", after, code, stderr)
+		}
+		for p := range ls {
+			if strings.HasPrefix(p, "/r") {
+				t.Fatalf("interrupted after %v: left %s (%v)", after, p, ls)
+			}
+		}
+		if n := h.pendingOps(); n != 0 {
+			t.Fatalf("interrupted after %v: %d recovery markers left", after, n)
+		}
+		des, _ := os.ReadDir(filepath.Join(h.root, "nodes"))
+		if len(des) != 0 {
+			t.Fatalf("interrupted after %v: node storage left: %v", after, des)
+		}
+	}
+	if interrupted == 0 {
+		t.Fatal("every restore ended before its SIGINT: nothing was tested")
+	}
+	// gc may remove the state root's own cgroup, empty now; nothing else.
+	for _, line := range strings.Split(strings.TrimSpace(h.must("gc")), "\n") {
+		if line == "nothing to remove" {
+			continue
+		}
+		if strings.Contains(line, "/nodes/") || strings.Contains(line, "leftovers") || strings.Count(filepath.Base(line), "-") != 1 {
+			t.Errorf("gc found leftovers: %s", line)
+		}
+	}
+}
