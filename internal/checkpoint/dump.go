@@ -463,55 +463,34 @@ func (d *dumping) end(errp *error) {
 	}
 }
 
-// collect snapshots the subtree at p and holds it for the dump, in one
-// change of the tree.
+// collect holds the subtree at p for the dump and returns its nodes,
+// with the resident memory of their processes (what CRIU will write), and
+// the top node's cgroup.
 func collect(h *node.Host, p hier.Path) ([]*dumpNode, cgroup.Group, error) {
-	var members []*dumpNode
-	var top cgroup.Group
-	err := h.Store.Update(func(t *hier.Tree) error {
-		members = nil
-		n, err := t.Lookup(p)
-		if err != nil {
-			return err
+	held, err := h.HoldSubtree(p, node.BusyDump)
+	if errors.Is(err, hier.ErrNotFound) {
+		return nil, "", err
+	}
+	if err != nil {
+		return nil, "", fmt.Errorf("dump %s: %w", p, err)
+	}
+	var nodes []*dumpNode
+	for _, hn := range held {
+		dn := &dumpNode{
+			n: hn.Node, path: hn.Path, rel: path.Join(hn.Path[len(p):]...), parent: hn.Parent, status: hn.Status, group: hn.Group,
+			report: NodeReport{Path: hn.Path.String(), Running: hn.Status.State == hier.Running},
 		}
-		if err := node.CheckFree(t, n, true); err != nil {
-			return fmt.Errorf("dump %s: %w", p, err)
-		}
-		node.Hold(n, node.BusyDump)
-		top = h.Group(t, n)
-		index := map[string]int{}
-		for i, m := range t.Subtree(n) {
-			st := node.StatusOf(m)
-			switch st.State {
-			case hier.Creating:
-				return fmt.Errorf("dump %s: node %s is still being created", p, t.PathOf(m))
-			case hier.Incomplete:
-				return fmt.Errorf("dump %s: node %s is incomplete (its creation was interrupted; remove it with rm -r -f)", p, t.PathOf(m))
-			}
-			mp := t.PathOf(m)
-			rel := path.Join(mp[len(p):]...)
-			parent := -1
-			if i > 0 {
-				parent = index[m.Parent]
-			}
-			index[m.ID] = i
-			mem := &dumpNode{
-				n: *m, path: mp, rel: rel, parent: parent, status: st, group: h.Group(t, m),
-				report: NodeReport{Path: mp.String(), Running: st.State == hier.Running},
-			}
-			if st.State == hier.Running {
-				pids, _ := mem.group.Leaf().Procs()
-				for _, pid := range pids {
-					if info, err := node.ReadProc(pid); err == nil {
-						mem.memory += info.RSS + info.Swap
-					}
+		if hn.Status.State == hier.Running {
+			pids, _ := dn.group.Leaf().Procs()
+			for _, pid := range pids {
+				if info, err := node.ReadProc(pid); err == nil {
+					dn.memory += info.RSS + info.Swap
 				}
 			}
-			members = append(members, mem)
 		}
-		return nil
-	})
-	return members, top, err
+		nodes = append(nodes, dn)
+	}
+	return nodes, held[0].Group, nil
 }
 
 // restorable refuses a subtree whose archive this crtree could not

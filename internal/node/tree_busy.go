@@ -3,6 +3,7 @@ package node
 import (
 	"fmt"
 
+	"github.com/crtree/crtree/internal/cgroup"
 	"github.com/crtree/crtree/internal/hier"
 )
 
@@ -65,6 +66,57 @@ func CheckFree(t *hier.Tree, n *hier.Node, subtree bool) error {
 func Hold(n *hier.Node, op string) {
 	pid, start := Self()
 	n.Busy = &hier.Busy{Op: op, Pid: pid, Start: start}
+}
+
+// HeldNode is one node of a subtree HoldSubtree took, as it was then.
+type HeldNode struct {
+	Node hier.Node
+	Path hier.Path
+	// Parent is the index of the node's parent in the list, -1 for the
+	// top of the subtree.
+	Parent int
+	Status Status
+	Group  cgroup.Group
+}
+
+// HoldSubtree holds the subtree at p for op (BusyDump) and returns its
+// nodes, parents first, in one change of the tree: refused if another
+// command holds part of it, or if a node of it is still being created
+// or was left incomplete. Release(nodes[0].Node.ID) ends the hold.
+func (h *Host) HoldSubtree(p hier.Path, op string) ([]HeldNode, error) {
+	var out []HeldNode
+	err := h.Store.Update(func(t *hier.Tree) error {
+		out = nil
+		n, err := lookupNode(t, p)
+		if err != nil {
+			return err
+		}
+		if err := CheckFree(t, n, true); err != nil {
+			return err
+		}
+		index := map[string]int{}
+		for i, m := range t.Subtree(n) {
+			st := StatusOf(m)
+			switch st.State {
+			case hier.Creating:
+				return fmt.Errorf("node %s is still being created", t.PathOf(m))
+			case hier.Incomplete:
+				return fmt.Errorf("node %s is incomplete (its creation was interrupted; remove it with rm -r -f)", t.PathOf(m))
+			}
+			parent := -1
+			if i > 0 {
+				parent = index[m.Parent]
+			}
+			index[m.ID] = i
+			out = append(out, HeldNode{Node: *m, Path: t.PathOf(m), Parent: parent, Status: st, Group: h.Group(t, m)})
+		}
+		Hold(n, op)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 // Release ends this process's hold on the node with the given ID, if
