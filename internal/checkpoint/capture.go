@@ -52,17 +52,17 @@ type pagePart struct {
 	buf  []byte // to give back to free
 }
 
-func startCapture(members []*dumpNode) (*capture, error) {
+func startCapture(nodes []*dumpNode) (*capture, error) {
 	c := &capture{
 		parts: make(chan pagePart),
 		free:  make(chan []byte, captureBuffers),
 		stop:  make(chan struct{}),
-		pages: make([]int64, len(members)),
+		pages: make([]int64, len(nodes)),
 	}
 	for i := 0; i < captureBuffers; i++ {
 		c.free <- make([]byte, capturePart)
 	}
-	for i, m := range members {
+	for i, m := range nodes {
 		if m.status.State != hier.Running {
 			continue
 		}

@@ -114,10 +114,10 @@ func (c *criuDumps) wait() error {
 	return c.err
 }
 
-// countRunning is how many members CRIU dumps.
-func countRunning(members []*dumpNode) int {
+// countRunning is how many of the nodes CRIU dumps.
+func countRunning(nodes []*dumpNode) int {
 	n := 0
-	for _, m := range members {
+	for _, m := range nodes {
 		if m.status.State == hier.Running {
 			n++
 		}
@@ -127,13 +127,13 @@ func countRunning(members []*dumpNode) int {
 
 // dumpAll runs one CRIU dump per running node, in parallel, each reported
 // to run once written or ended.
-func dumpAll(h *node.Host, op *node.Op, members []*dumpNode, o Options, stream bool, run *criuRun) error {
+func dumpAll(h *node.Host, op *node.Op, nodes []*dumpNode, o Options, stream bool, run *criuRun) error {
 	var wg sync.WaitGroup
-	errs := make([]error, len(members))
+	errs := make([]error, len(nodes))
 	sem := make(chan struct{}, max(2, runtime.NumCPU()))
 	done := 0
 	var mu sync.Mutex
-	for i, m := range members {
+	for i, m := range nodes {
 		if m.status.State != hier.Running {
 			continue
 		}
@@ -153,7 +153,7 @@ func dumpAll(h *node.Host, op *node.Op, members []*dumpNode, o Options, stream b
 				m.report.Criu = Duration(time.Since(t0))
 				mu.Lock()
 				done++
-				o.progress(Progress{Phase: "criu", NodesDone: done, NodesTotal: len(members)})
+				o.progress(Progress{Phase: "criu", NodesDone: done, NodesTotal: len(nodes)})
 				mu.Unlock()
 				run.end(err)
 			}

@@ -497,8 +497,8 @@ func collect(h *node.Host, p hier.Path) ([]*dumpNode, cgroup.Group, error) {
 // restore: a dump that removes such nodes would lose them. It applies the
 // refusals of Restore that depend on the archive alone, and for a dump
 // from inside a node (inNode) those of a restore from there.
-func restorable(members []*dumpNode, inNode bool) error {
-	for _, m := range members {
+func restorable(nodes []*dumpNode, inNode bool) error {
+	for _, m := range nodes {
 		if err := nodeRestorable(m.path.String(), m.n.Spec, m.status.State == hier.Running); err != nil {
 			return err
 		}
@@ -522,8 +522,8 @@ func nodeRestorable(path string, spec hier.Spec, running bool) error {
 // refuseAttached fails when a crtree exec is still attached to a running
 // node of the subtree: what it runs is not below the node's init, and
 // CRIU would leave it out of the archive (and the dump would kill it).
-func refuseAttached(members []*dumpNode) error {
-	for _, m := range members {
+func refuseAttached(nodes []*dumpNode) error {
+	for _, m := range nodes {
 		if m.status.State != hier.Running {
 			continue
 		}

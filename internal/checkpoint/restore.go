@@ -331,6 +331,9 @@ func reserve(h *node.Host, m *archive.Manifest, specs []hier.Spec, target Restor
 	if errors.As(err, &ne) {
 		return nil, fmt.Errorf("restore: %s: %w", archivedPath(m, ne.Index), ne.Err)
 	}
+	if errors.Is(err, hier.ErrExists) {
+		return nil, fmt.Errorf("restore: %w; restore it under another name with --name, or elsewhere with --parent", err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("restore: %w", err)
 	}

@@ -51,6 +51,8 @@ func (h *Host) Run(p hier.Path, unnamed bool, spec hier.Spec) (hier.Path, error)
 		return nil, fmt.Errorf("run %w", ne)
 	case errors.As(err, &be):
 		return nil, fmt.Errorf("run %s: %w", p, be)
+	case errors.Is(err, hier.ErrExists):
+		return nil, fmt.Errorf("run %w; choose another name, or remove it first (crtree rm -r -f %s)", err, p)
 	case err != nil:
 		return nil, err
 	}
