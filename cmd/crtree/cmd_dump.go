@@ -118,15 +118,16 @@ func newDumpCmd(g *globalOptions) *cobra.Command {
 		Long: `Checkpoint the node PATH and every node below it into one zstd-compressed
 archive: the subtree is frozen at one instant, each running node is dumped by
 CRIU (in parallel), each node's own files are packed while still frozen, and
-the archive is written to FILE (through a temporary name, renamed when
+the archive is written to FILE (an unnamed file that takes the name when
 complete) or to stdout with -o -. As with tar, a symlink FILE is followed,
 and an existing FIFO or character device is written to, not replaced; a
 socket, block device or directory is refused.
 
 Only once the archive is complete are the subtree's processes killed and its
 nodes removed; with --leave-running the subtree is thawed and goes on. If
-anything fails, the subtree is thawed and keeps running and no archive is
-left under FILE.
+anything fails, or Ctrl-C (SIGINT) or SIGTERM stops the dump before the
+archive is complete, the subtree is thawed and keeps running, no archive is
+left under FILE, and crtree exits 1 (130 or 143 when stopped).
 
 Refused up front, with the reason, and nothing touched: a subtree another
 crtree command holds (being dumped or restored), one with a running
@@ -261,7 +262,8 @@ which crtree inspect lists). From inside a node, neither is allowed and an
 archive with binds is refused.
 
 A name that is already taken is refused before anything is created; if the
-restore fails at any point, every node it created is removed. No restored
+restore fails at any point, or Ctrl-C (SIGINT) or SIGTERM stops it, every
+node it created is removed (exit status 1, or 130 or 143 when stopped). No restored
 process runs before the whole archive has been verified. From a file, CRIU
 starts at once and reads the memory pages as they come off the disk; from
 stdin, the archive is unpacked first. CRTREE_NO_STREAM=1 unpacks files
