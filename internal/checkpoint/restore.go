@@ -320,10 +320,10 @@ func (rs *restoring) account() {
 func reserve(h *node.Host, m *archive.Manifest, specs []hier.Spec, target RestoreTarget) (*node.Reservation, error) {
 	nodes := make([]node.NewNode, len(m.Nodes))
 	for i, an := range m.Nodes {
-		nodes[i] = node.NewNode{Name: an.Name, Parent: an.Parent, Spec: specs[i], Created: an.Created, Archived: true}
+		// A node keeps the hostname it had, even under a new name.
+		nodes[i] = node.NewNode{Name: an.Name, Parent: an.Parent, Spec: specs[i], Created: an.Created, Hostname: an.Hostname, Archived: true}
 		if i == 0 {
-			// The node keeps the hostname it had, even under a new name.
-			nodes[i].Name, nodes[i].Hostname = target.Name, an.Hostname
+			nodes[i].Name = target.Name
 		}
 	}
 	r, err := h.Reserve(target.Parent, nodes, node.BusyRestore)
