@@ -82,9 +82,18 @@ type Node struct {
 	// the node's processes: the contents of its tmpfs mounts and of the
 	// memfd, shared memory and deleted files they hold. Absent in
 	// archives of earlier crtree versions.
-	ExtraMemory int64      `json:"extraMemory,omitempty"`
-	Files       int64      `json:"files"`
-	Mounts      []External `json:"externals,omitempty"`
+	ExtraMemory int64 `json:"extraMemory,omitempty"`
+	Files       int64 `json:"files"`
+	// ExternalMounts are the node's external mounts as the dump declared
+	// them to CRIU. No reader of this crtree acts on them: a restore
+	// declares the external mounts of the node it creates, from the
+	// restoring host's own layout and the binds the restoring user
+	// allows, never from an archive (see ExternalMount). They are
+	// carried so that an archive says, without CRIU's images being
+	// parsed, what its images expect of the restoring host (`crtree
+	// inspect --json` shows them), and because format version 2 has
+	// them.
+	ExternalMounts []ExternalMount `json:"externals,omitempty"`
 }
 
 // Proc is a process of a node at the time of the dump.
@@ -93,13 +102,15 @@ type Proc struct {
 	Cmd string `json:"cmd"`
 }
 
-// External is a mount inside a node that comes from the host: CRIU
-// recorded it under Key, and the restoring host must provide HostPath.
-type External struct {
+// ExternalMount is an external mount of a node: a mount inside the node
+// that comes from the host (its /usr and /etc, a bind, crtree's API
+// directory), which CRIU leaves out of its images. CRIU recorded the one
+// at Mountpoint under Key; HostPath is where the dumping host had it. It
+// names a host path of the dumping host, so a reader must not mount it.
+type ExternalMount struct {
 	Mountpoint string `json:"mountpoint"`
 	Key        string `json:"key"`
 	HostPath   string `json:"hostPath"`
-	ReadOnly   bool   `json:"readOnly,omitempty"`
 }
 
 // FilesPrefix returns where node i's own files live in the archive.

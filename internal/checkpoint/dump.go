@@ -89,9 +89,9 @@ type member struct {
 	parent int
 	status node.Status
 	group  cgroup.Group
-	dir    string       // staging directory of this node
-	memory int64        // resident memory of its processes, what CRIU will write
-	mounts []criu.Mount // its external mounts, for CRIU and the manifest
+	dir    string               // staging directory of this node
+	memory int64                // resident memory of its processes, what CRIU will write
+	mounts []criu.ExternalMount // its external mounts, for CRIU and the manifest
 	report NodeReport
 }
 
@@ -170,7 +170,7 @@ func Dump(h *node.Host, p hier.Path, out Output, o Options) (rep *Report, err er
 	}
 	// What costs I/O is looked up once, before the freeze.
 	for _, m := range members {
-		if m.mounts, err = h.CriuMountsFor(&m.n); err != nil {
+		if m.mounts, err = h.ExternalMountsFor(&m.n); err != nil {
 			return nil, fmt.Errorf("dump %s: %w", m.path, err)
 		}
 	}
@@ -541,7 +541,7 @@ func dumpAll(h *node.Host, op *node.Op, members []*member, o Options, stream boo
 				ImagesDir:      filepath.Join(m.dir, "criu"),
 				WorkDir:        filepath.Join(m.dir, "work"),
 				FreezeCgroup:   m.group.Leaf().Path(),
-				Externals:      m.mounts,
+				ExternalMounts: m.mounts,
 				TCPEstablished: o.TCPEstablished,
 				OwnNetwork:     m.n.Spec.Net == hier.NetNone,
 				GhostLimit:     o.ghostLimit(),
@@ -593,7 +593,7 @@ func manifestNode(m *member) archive.Node {
 		n.ExitCode = m.status.ExitCode
 	}
 	for _, c := range m.mounts {
-		n.Mounts = append(n.Mounts, archive.External{Mountpoint: c.Mountpoint, Key: c.Key, HostPath: c.HostPath})
+		n.ExternalMounts = append(n.ExternalMounts, archive.ExternalMount{Mountpoint: c.Mountpoint, Key: c.Key, HostPath: c.HostPath})
 	}
 	if n.Running {
 		pids, _ := m.group.Leaf().Procs()

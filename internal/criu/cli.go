@@ -30,7 +30,7 @@ func restoreCLI(bin string, o RestoreOptions) (int, error) {
 	if o.Stream {
 		args = append(args, "--stream")
 	}
-	for _, m := range o.Externals {
+	for _, m := range o.ExternalMounts {
 		args = append(args, "--external", "mnt["+m.Key+"]:"+m.HostPath)
 	}
 	var gate *resumeGate
@@ -115,7 +115,7 @@ func dumpArgs(o DumpOptions, images, work string) []string {
 	if o.GhostLimit > 0 {
 		args = append(args, "--ghost-limit", strconv.FormatUint(uint64(ghostLimit(o.GhostLimit)), 10))
 	}
-	for _, m := range o.Externals {
+	for _, m := range o.ExternalMounts {
 		args = append(args, "--external", "mnt["+m.Mountpoint+"]:"+m.Key)
 	}
 	return args
