@@ -583,17 +583,14 @@ func dumpHint(err error, ghostLimit int64) error {
 func manifestNode(m *member) archive.Node {
 	n := archive.Node{
 		Path: m.rel, Name: m.n.Name, Parent: m.parent, Running: m.status.State == hier.Running,
-		Spec: m.n.Spec, Hostname: m.n.Spec.Hostname, Created: m.n.Created,
-		Files: m.report.Files,
+		Spec: archiveSpec(m.n.Spec), Hostname: m.n.Spec.Hostname, Created: m.n.Created,
+		Files: m.report.Files, ExternalMounts: archiveExternalMounts(m.mounts),
 	}
 	if n.Hostname == "" {
 		n.Hostname = m.n.Name
 	}
 	if !n.Running {
 		n.ExitCode = m.status.ExitCode
-	}
-	for _, c := range m.mounts {
-		n.ExternalMounts = append(n.ExternalMounts, archive.ExternalMount{Mountpoint: c.Mountpoint, Key: c.Key, HostPath: c.HostPath})
 	}
 	if n.Running {
 		pids, _ := m.group.Leaf().Procs()

@@ -54,7 +54,7 @@ func (t RestoreTarget) specs(m *archive.Manifest) ([]hier.Spec, error) {
 	}
 	specs := make([]hier.Spec, len(m.Nodes))
 	for i, an := range m.Nodes {
-		spec := an.Spec
+		spec := hierSpec(an.Spec)
 		spec.Binds = nil
 		for _, b := range an.Spec.Binds {
 			switch src, given := t.bindSource(b.Target); {
@@ -65,7 +65,7 @@ func (t RestoreTarget) specs(m *archive.Manifest) ([]hier.Spec, error) {
 			case !t.KeepBinds:
 				return nil, fmt.Errorf("%s binds host path %s at %s; host paths come from the restoring side: give --bind SRC:%s, or --keep-binds to bind %s again (crtree inspect lists an archive's binds)", archivedPath(m, i), b.Source, b.Target, b.Target, b.Source)
 			}
-			spec.Binds = append(spec.Binds, b)
+			spec.Binds = append(spec.Binds, hier.Bind(b))
 		}
 		specs[i] = spec
 	}
@@ -123,7 +123,7 @@ func Restore(h *node.Host, in io.Reader, target RestoreTarget, o Options) (rep *
 		return nil, fmt.Errorf("restore: --name: %w", err)
 	}
 	for i, n := range m.Nodes {
-		if err := nodeRestorable(archivedPath(m, i), n.Spec, n.Running); err != nil {
+		if err := nodeRestorable(archivedPath(m, i), hierSpec(n.Spec), n.Running); err != nil {
 			return nil, fmt.Errorf("restore: %w", err)
 		}
 	}
