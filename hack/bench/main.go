@@ -126,8 +126,9 @@ func startNode(path string, mib int, kind string) (pid int, id string) {
 	return 0, ""
 }
 
-// externals are the node's host mounts, as crtree declares them to CRIU.
-func externals(id string, restore bool) []string {
+// externalMountArgs are the --external flags of the node's external mounts
+// (its mounts that come from the host), as crtree declares them to CRIU.
+func externalMountArgs(id string, restore bool) []string {
 	root := os.Getenv("CRTREE_ROOT")
 	bins, _ := filepath.Glob(filepath.Join(root, "bin", "crtree-*"))
 	self := ""
@@ -160,7 +161,7 @@ func baseline(cond string, rep int, kind string) {
 	must(os.MkdirAll(img, 0o755))
 	warm(cond)
 	t0 := time.Now()
-	run(*criuBin, append([]string{"dump", "-t", fmt.Sprint(pid), "-D", img, "--manage-cgroups=ignore", "-o", "dump.log"}, externals(id, false)...)...)
+	run(*criuBin, append([]string{"dump", "-t", fmt.Sprint(pid), "-D", img, "--manage-cgroups=ignore", "-o", "dump.log"}, externalMountArgs(id, false)...)...)
 	dDump := time.Since(t0)
 	archive := filepath.Join(*workDir, "base.tar.zst")
 	t1 := time.Now()
@@ -183,7 +184,7 @@ func baseline(cond string, rep int, kind string) {
 	os.Remove(pidfile)
 	nodeRoot := filepath.Join(os.Getenv("CRTREE_ROOT"), "nodes", id, "rootfs")
 	t4 := time.Now()
-	run(*criuBin, append([]string{"restore", "-D", img, "--root", nodeRoot, "-d", "--pidfile", pidfile, "--manage-cgroups=ignore", "-o", "restore.log"}, externals(id, true)...)...)
+	run(*criuBin, append([]string{"restore", "-D", img, "--root", nodeRoot, "-d", "--pidfile", pidfile, "--manage-cgroups=ignore", "-o", "restore.log"}, externalMountArgs(id, true)...)...)
 	dRestore := time.Since(t4)
 	record("criu restore (bare)", cond, rep, dRestore, 0, 0)
 	record("zstd -d|tar -x + criu restore", cond, rep, dUnpack+dRestore, 0, 0)

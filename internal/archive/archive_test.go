@@ -12,8 +12,6 @@ import (
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
-
-	"github.com/crtree/crtree/internal/hier"
 )
 
 type dirs struct{ files, images []string }
@@ -53,7 +51,7 @@ func makeArchive(t testing.TB) []byte {
 		t.Fatal(err)
 	}
 	m := &Manifest{Format: FormatName, Version: FormatVersion,
-		Nodes: []Node{{Name: "top", Parent: -1, Running: true, Spec: hier.Spec{Cmd: []string{"sleep", "1"}}}}}
+		Nodes: []Node{{Name: "top", Parent: -1, Running: true, Spec: Spec{Cmd: []string{"sleep", "1"}}}}}
 	var buf bytes.Buffer
 	w, err := NewWriter(&buf, zstd.SpeedFastest)
 	if err != nil {
@@ -164,7 +162,7 @@ func TestFlippedBytes(t *testing.T) {
 func TestHostileManifests(t *testing.T) {
 	good := func() *Manifest {
 		return &Manifest{Format: FormatName, Version: FormatVersion,
-			Nodes: []Node{{Name: "top", Parent: -1, Spec: hier.Spec{Cmd: []string{"x"}}}, {Name: "c", Path: "c", Parent: 0, Spec: hier.Spec{Cmd: []string{"x"}}}}}
+			Nodes: []Node{{Name: "top", Parent: -1, Spec: Spec{Cmd: []string{"x"}}}, {Name: "c", Path: "c", Parent: 0, Spec: Spec{Cmd: []string{"x"}}}}}
 	}
 	for name, mutate := range map[string]func(m *Manifest){
 		"version":        func(m *Manifest) { m.Version = 99 },

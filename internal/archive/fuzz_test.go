@@ -5,15 +5,13 @@ import (
 	"encoding/json"
 	"io"
 	"testing"
-
-	"github.com/crtree/crtree/internal/hier"
 )
 
 // FuzzManifest feeds the manifest decoder arbitrary JSON: it must never
 // panic, and what it accepts must satisfy Validate's promises.
 func FuzzManifest(f *testing.F) {
 	good, _ := json.Marshal(&Manifest{Format: FormatName, Version: FormatVersion,
-		Nodes: []Node{{Name: "a", Parent: -1, Spec: hier.Spec{Cmd: []string{"x"}}}, {Name: "b", Path: "b", Parent: 0, Spec: hier.Spec{Cmd: []string{"x"}}}}})
+		Nodes: []Node{{Name: "a", Parent: -1, Spec: Spec{Cmd: []string{"x"}}}, {Name: "b", Path: "b", Parent: 0, Spec: Spec{Cmd: []string{"x"}}}}})
 	f.Add(good)
 	f.Add([]byte(`{"format":"crtree-archive","version":1,"nodes":[{"name":"a","parent":-1,"spec":{"cmd":["x"]}}],"members":[{"name":"nodes/0/files/../../x","type":"file"}]}`))
 	f.Add([]byte(`{"format":"crtree-archive","version":2}`))

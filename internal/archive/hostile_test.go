@@ -11,8 +11,6 @@ import (
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
-
-	"github.com/crtree/crtree/internal/hier"
 )
 
 // raw is one member of a hand-made archive.
@@ -67,7 +65,7 @@ func forge(t testing.TB, m *Manifest, members []raw, tweak func(*Checksums)) []b
 
 func oneNode() *Manifest {
 	return &Manifest{Format: FormatName, Version: FormatVersion,
-		Nodes: []Node{{Name: "n", Parent: -1, Spec: hier.Spec{Cmd: []string{"x"}}}}}
+		Nodes: []Node{{Name: "n", Parent: -1, Spec: Spec{Cmd: []string{"x"}}}}}
 }
 
 func file(name, body string) raw {
@@ -104,7 +102,7 @@ func TestHostileArchives(t *testing.T) {
 		}},
 		"file twice":                           {oneNode(), []raw{dir, file(f+"/a", "x"), file(f+"/a", "y")}, nil},
 		"unknown version":                      {&Manifest{Format: FormatName, Version: 99, Nodes: oneNode().Nodes}, nil, nil},
-		"node named twice":                     {&Manifest{Format: FormatName, Version: 1, Nodes: append(oneNode().Nodes, Node{Name: "c", Path: "c", Parent: 0, Spec: hier.Spec{Cmd: []string{"x"}}}, Node{Name: "c", Path: "c", Parent: 0, Spec: hier.Spec{Cmd: []string{"x"}}})}, nil, nil},
+		"node named twice":                     {&Manifest{Format: FormatName, Version: 1, Nodes: append(oneNode().Nodes, Node{Name: "c", Path: "c", Parent: 0, Spec: Spec{Cmd: []string{"x"}}}, Node{Name: "c", Path: "c", Parent: 0, Spec: Spec{Cmd: []string{"x"}}})}, nil, nil},
 		"member of a node that does not exist": {oneNode(), []raw{file("nodes/3/files/a", "x")}, nil},
 		"fifo used as a directory": {oneNode(), []raw{dir,
 			{tar.Header{Name: f + "/p", Typeflag: tar.TypeFifo, Mode: 0o600}, ""},

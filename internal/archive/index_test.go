@@ -12,8 +12,6 @@ import (
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
-
-	"github.com/crtree/crtree/internal/hier"
 )
 
 // makeIndexed builds an archive laid out as a dump writes it: a page
@@ -28,7 +26,7 @@ func makeIndexed(t *testing.T) ([]byte, []byte) {
 	os.WriteFile(filepath.Join(src, "core-1.img"), []byte("core"), 0o600)
 	os.WriteFile(filepath.Join(src, "inventory.img"), bytes.Repeat([]byte("inv"), 1000), 0o600)
 	m := &Manifest{Format: FormatName, Version: FormatVersion,
-		Nodes: []Node{{Name: "top", Parent: -1, Running: true, Memory: int64(len(pages)), Spec: hier.Spec{Cmd: []string{"sleep", "1"}}}}}
+		Nodes: []Node{{Name: "top", Parent: -1, Running: true, Memory: int64(len(pages)), Spec: Spec{Cmd: []string{"sleep", "1"}}}}}
 	var buf bytes.Buffer
 	w, err := NewWriter(&buf, zstd.SpeedFastest)
 	if err != nil {

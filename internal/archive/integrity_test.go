@@ -19,8 +19,6 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sys/unix"
-
-	"github.com/crtree/crtree/internal/hier"
 )
 
 // makeSmall builds a small archive laid out as a dump to a file writes
@@ -62,7 +60,7 @@ func makeSmall(t testing.TB) []byte {
 	must(os.WriteFile(filepath.Join(images, "pages-1.img"), bytes.Repeat([]byte("page"), 300), 0o600))
 	must(os.WriteFile(filepath.Join(images, "core-1.img"), []byte("core"), 0o600))
 	m := &Manifest{Format: FormatName, Version: FormatVersion,
-		Nodes: []Node{{Name: "top", Parent: -1, Running: true, Memory: 1200, Spec: hier.Spec{Cmd: []string{"sleep", "1"}}}}}
+		Nodes: []Node{{Name: "top", Parent: -1, Running: true, Memory: 1200, Spec: Spec{Cmd: []string{"sleep", "1"}}}}}
 	fe, err := Scan(FilesPrefix(0), files)
 	must(err)
 	var buf bytes.Buffer

@@ -8,8 +8,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/crtree/crtree/internal/hier"
 )
 
 // FormatVersion is the version of the archive format this package writes
@@ -33,8 +31,9 @@ const MaxManifestSize = 16 << 20
 // in very deep trees, whose entries repeat long paths).
 const MaxSumsSize = 128 << 20
 
-// Manifest describes an archive: where it came from, the subtree it holds
-// and every member that follows it.
+// Manifest describes an archive: where it came from and the subtree it
+// holds. It does not list the members that follow it: checksums.json
+// (Checksums) does.
 type Manifest struct {
 	Format        string    `json:"format"`
 	Version       int       `json:"version"`
@@ -71,7 +70,7 @@ type Node struct {
 	// node that was not running is carried as configuration and files.
 	Running  bool      `json:"running"`
 	ExitCode int       `json:"exitCode,omitempty"`
-	Spec     hier.Spec `json:"spec"`
+	Spec     Spec      `json:"spec"`
 	Hostname string    `json:"hostname"`
 	Created  time.Time `json:"created"`
 	Procs    []Proc    `json:"procs,omitempty"`
@@ -82,9 +81,56 @@ type Node struct {
 	// the node's processes: the contents of its tmpfs mounts and of the
 	// memfd, shared memory and deleted files they hold. Absent in
 	// archives of earlier crtree versions.
-	ExtraMemory int64      `json:"extraMemory,omitempty"`
-	Files       int64      `json:"files"`
-	Mounts      []External `json:"externals,omitempty"`
+	ExtraMemory int64 `json:"extraMemory,omitempty"`
+	Files       int64 `json:"files"`
+	// ExternalMounts are the node's external mounts as the dump declared
+	// them to CRIU. No reader of this crtree acts on them: a restore
+	// declares the external mounts of the node it creates, from the
+	// restoring host's own layout and the binds the restoring user
+	// allows, never from an archive (see ExternalMount). They are
+	// carried so that an archive says, without CRIU's images being
+	// parsed, what its images expect of the restoring host (`crtree
+	// inspect --json` shows them), and because format version 2 has
+	// them.
+	ExternalMounts []ExternalMount `json:"externals,omitempty"`
+}
+
+// Spec is how a node was asked to run: what `crtree run` was given. It
+// is the archive's own copy of the node's configuration, with the JSON
+// names of format version 2, so that the format changes only with this
+// package.
+type Spec struct {
+	// Cmd is the command line of the node's init (never empty).
+	Cmd []string `json:"cmd"`
+	// Env is the environment of its init, NAME=VALUE.
+	Env []string `json:"env,omitempty"`
+	// Cwd is the working directory of its init inside the node.
+	Cwd string `json:"cwd,omitempty"`
+	// Hostname is the node's hostname, "" if none was set (Node.Hostname
+	// is the one it had).
+	Hostname string `json:"hostname,omitempty"`
+	// Binds are the host paths the node had bound into it. A bind's
+	// Source is where the dumping host had it: a restore uses it only
+	// if the restoring user says so.
+	Binds []Bind `json:"binds,omitempty"`
+	// Rootfs is the host directory used as the read-only base of the
+	// node's root, "" for none.
+	Rootfs string `json:"rootfs,omitempty"`
+	// Net is "" for the host's network and "none" for a network
+	// namespace of the node's own with only the loopback interface.
+	Net string `json:"net,omitempty"`
+	// Init says that a minimal init ran at the node's PID 1, with Cmd as
+	// its child (`crtree run --init`).
+	Init bool `json:"init,omitempty"`
+}
+
+// Bind is a host path (Source) bound into a node at Target, read-only
+// if ReadOnly. Bound paths are not the node's own files and are never in
+// an archive.
+type Bind struct {
+	Source   string `json:"source"`
+	Target   string `json:"target"`
+	ReadOnly bool   `json:"readOnly,omitempty"`
 }
 
 // Proc is a process of a node at the time of the dump.
@@ -93,13 +139,15 @@ type Proc struct {
 	Cmd string `json:"cmd"`
 }
 
-// External is a mount inside a node that comes from the host: CRIU
-// recorded it under Key, and the restoring host must provide HostPath.
-type External struct {
+// ExternalMount is an external mount of a node: a mount inside the node
+// that comes from the host (its /usr and /etc, a bind, crtree's API
+// directory), which CRIU leaves out of its images. CRIU recorded the one
+// at Mountpoint under Key; HostPath is where the dumping host had it. It
+// names a host path of the dumping host, so a reader must not mount it.
+type ExternalMount struct {
 	Mountpoint string `json:"mountpoint"`
 	Key        string `json:"key"`
 	HostPath   string `json:"hostPath"`
-	ReadOnly   bool   `json:"readOnly,omitempty"`
 }
 
 // FilesPrefix returns where node i's own files live in the archive.
@@ -130,7 +178,7 @@ func (m *Manifest) Validate() error {
 	}
 	paths := map[string]bool{}
 	for i, n := range m.Nodes {
-		if err := hier.ValidateName(n.Name); err != nil {
+		if err := checkName(n.Name); err != nil {
 			return fmt.Errorf("manifest node %d: %w", i, err)
 		}
 		if i == 0 {
@@ -152,6 +200,33 @@ func (m *Manifest) Validate() error {
 		paths[n.Path] = true
 		if len(n.Spec.Cmd) == 0 {
 			return fmt.Errorf("manifest node %q has no command", n.Path)
+		}
+	}
+	return nil
+}
+
+// MaxNameLen is the longest name a node of an archive may have.
+const MaxNameLen = 64
+
+// checkName applies the format's rule for node names: 1 to MaxNameLen
+// characters of [A-Za-z0-9_.-], starting with a letter or digit. (It is
+// crtree's rule for node names, stated here so that it changes with the
+// format only.)
+func checkName(name string) error {
+	if name == "" {
+		return fmt.Errorf("invalid name: empty name")
+	}
+	if len(name) > MaxNameLen {
+		return fmt.Errorf("invalid name %.20q...: longer than %d characters", name, MaxNameLen)
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		alnum := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+		if i == 0 && !alnum {
+			return fmt.Errorf("invalid name %q: must start with a letter or digit", name)
+		}
+		if !alnum && c != '_' && c != '.' && c != '-' {
+			return fmt.Errorf("invalid name %q: only letters, digits, '_', '.' and '-' are allowed", name)
 		}
 	}
 	return nil

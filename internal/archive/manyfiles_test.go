@@ -11,8 +11,6 @@ import (
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
-
-	"github.com/crtree/crtree/internal/hier"
 )
 
 // A node with many files makes a checksums.json larger than the 16 MiB a
@@ -40,7 +38,7 @@ func TestManyFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := &Manifest{Format: FormatName, Version: FormatVersion,
-		Nodes: []Node{{Name: "many", Parent: -1, Spec: hier.Spec{Cmd: []string{"true"}}}}}
+		Nodes: []Node{{Name: "many", Parent: -1, Spec: Spec{Cmd: []string{"true"}}}}}
 	var buf bytes.Buffer
 	w, err := NewWriter(&buf, zstd.SpeedFastest)
 	if err != nil {

@@ -12,8 +12,6 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sys/unix"
-
-	"github.com/crtree/crtree/internal/hier"
 )
 
 // islands are the bytes written into the sparse file, by offset.
@@ -61,7 +59,7 @@ func TestSparseAndXattrs(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := &Manifest{Format: FormatName, Version: FormatVersion,
-		Nodes: []Node{{Name: "top", Parent: -1, Spec: hier.Spec{Cmd: []string{"x"}}, Files: sumSizes(fe)}}}
+		Nodes: []Node{{Name: "top", Parent: -1, Spec: Spec{Cmd: []string{"x"}}, Files: sumSizes(fe)}}}
 	var buf bytes.Buffer
 	w, _ := NewWriter(&buf, zstd.SpeedFastest)
 	if err := w.WriteManifest(m); err != nil {
@@ -172,7 +170,7 @@ func TestDeepTree(t *testing.T) {
 		t.Fatalf("%d entries", len(fe))
 	}
 	m := &Manifest{Format: FormatName, Version: FormatVersion,
-		Nodes: []Node{{Name: "top", Parent: -1, Spec: hier.Spec{Cmd: []string{"x"}}, Files: sumSizes(fe)}}}
+		Nodes: []Node{{Name: "top", Parent: -1, Spec: Spec{Cmd: []string{"x"}}, Files: sumSizes(fe)}}}
 	var buf bytes.Buffer
 	w, _ := NewWriter(&buf, zstd.SpeedFastest)
 	w.WriteManifest(m)

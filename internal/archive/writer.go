@@ -95,11 +95,16 @@ func (w *Writer) Content() int64 { return w.written }
 
 // WriteManifest writes m as the first member.
 func (w *Writer) WriteManifest(m *Manifest) error {
-	data, err := json.MarshalIndent(m, "", "  ")
+	data, err := encodeManifest(m)
 	if err != nil {
 		return err
 	}
 	return w.writeBytes(ManifestName, data)
+}
+
+// encodeManifest is the content of manifest.json for m.
+func encodeManifest(m *Manifest) ([]byte, error) {
+	return json.MarshalIndent(m, "", "  ")
 }
 
 func (w *Writer) writeBytes(name string, data []byte) error {

@@ -172,7 +172,7 @@ func dumpAll(h *node.Host, op *node.Op, nodes []*dumpNode, o Options, stream boo
 				ImagesDir:      filepath.Join(m.dir, "criu"),
 				WorkDir:        filepath.Join(m.dir, "work"),
 				FreezeCgroup:   m.group.Leaf().Path(),
-				Externals:      m.mounts,
+				ExternalMounts: m.mounts,
 				TCPEstablished: o.TCPEstablished,
 				OwnNetwork:     m.n.Spec.Net == hier.NetNone,
 				GhostLimit:     o.ghostLimit(),

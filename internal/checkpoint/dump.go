@@ -89,9 +89,9 @@ type dumpNode struct {
 	parent int
 	status node.Status
 	group  cgroup.Group
-	dir    string       // staging directory of this node
-	memory int64        // resident memory of its processes, what CRIU will write
-	mounts []criu.Mount // its external mounts, for CRIU and the manifest
+	dir    string               // staging directory of this node
+	memory int64                // resident memory of its processes, what CRIU will write
+	mounts []criu.ExternalMount // its external mounts, for CRIU and the manifest
 	report NodeReport
 }
 
@@ -219,7 +219,7 @@ func (d *dumping) prepare() error {
 	d.stream = !d.manifest.PagesLast && !d.o.NoStream
 	// What costs I/O is looked up once, before the freeze.
 	for _, m := range d.nodes {
-		if m.mounts, err = d.h.CriuMountsFor(&m.n); err != nil {
+		if m.mounts, err = d.h.ExternalMountsFor(&m.n); err != nil {
 			return fmt.Errorf("dump %s: %w", m.path, err)
 		}
 	}
@@ -555,17 +555,14 @@ func dumpHint(err error, ghostLimit int64) error {
 func manifestNode(m *dumpNode) archive.Node {
 	n := archive.Node{
 		Path: m.rel, Name: m.n.Name, Parent: m.parent, Running: m.status.State == hier.Running,
-		Spec: m.n.Spec, Hostname: m.n.Spec.Hostname, Created: m.n.Created,
-		Files: m.report.Files,
+		Spec: archiveSpec(m.n.Spec), Hostname: m.n.Spec.Hostname, Created: m.n.Created,
+		Files: m.report.Files, ExternalMounts: archiveExternalMounts(m.mounts),
 	}
 	if n.Hostname == "" {
 		n.Hostname = m.n.Name
 	}
 	if !n.Running {
 		n.ExitCode = m.status.ExitCode
-	}
-	for _, c := range m.mounts {
-		n.Mounts = append(n.Mounts, archive.External{Mountpoint: c.Mountpoint, Key: c.Key, HostPath: c.HostPath})
 	}
 	if n.Running {
 		pids, _ := m.group.Leaf().Procs()

@@ -55,7 +55,7 @@ func (t RestoreTarget) specs(m *archive.Manifest) ([]hier.Spec, error) {
 	}
 	specs := make([]hier.Spec, len(m.Nodes))
 	for i, an := range m.Nodes {
-		spec := an.Spec
+		spec := hierSpec(an.Spec)
 		spec.Binds = nil
 		for _, b := range an.Spec.Binds {
 			switch src, given := t.bindSource(b.Target); {
@@ -66,7 +66,7 @@ func (t RestoreTarget) specs(m *archive.Manifest) ([]hier.Spec, error) {
 			case !t.KeepBinds:
 				return nil, fmt.Errorf("%s binds host path %s at %s; host paths come from the restoring side: give --bind SRC:%s, or --keep-binds to bind %s again (crtree inspect lists an archive's binds)", archivedPath(m, i), b.Source, b.Target, b.Target, b.Source)
 			}
-			spec.Binds = append(spec.Binds, b)
+			spec.Binds = append(spec.Binds, hier.Bind(b))
 		}
 		specs[i] = spec
 	}
@@ -215,7 +215,7 @@ func plan(m *archive.Manifest, target *RestoreTarget) ([]hier.Spec, error) {
 		return nil, fmt.Errorf("--name: %w", err)
 	}
 	for i, n := range m.Nodes {
-		if err := nodeRestorable(archivedPath(m, i), n.Spec, n.Running); err != nil {
+		if err := nodeRestorable(archivedPath(m, i), hierSpec(n.Spec), n.Running); err != nil {
 			return nil, err
 		}
 	}

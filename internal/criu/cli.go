@@ -12,13 +12,16 @@ import (
 )
 
 // CRIU refuses --stream in its RPC service (it cannot know that a
-// streamer runs for each request), so streamed dumps and restores run the
-// criu command instead of `criu swrk`, with the same options spelled as
-// flags. The RPC's notification becomes an action script: a shell script
-// that, before CRIU lets restored processes run, says so on one FIFO and
-// waits on another for the go-ahead (resumeGate).
+// streamer runs for each request), so streamed dumps and every restore
+// run the criu command instead of `criu swrk`, with the same options
+// spelled as flags. The RPC's notification becomes an action script: a
+// shell script that, before CRIU lets restored processes run, says so on
+// one FIFO and waits on another for the go-ahead (resumeGate), or, after
+// a dump wrote every image, asks through pipes whether to kill the
+// processes (killGate).
 
-// restoreCLI is Restore with o.Stream or o.BeforeResume.
+// restoreCLI is Restore: the criu command, held at pre-resume with
+// o.BeforeResume.
 func restoreCLI(bin string, o RestoreOptions) (int, error) {
 	images, work, err := absDirs(o.ImagesDir, o.WorkDir)
 	if err != nil {
@@ -30,7 +33,7 @@ func restoreCLI(bin string, o RestoreOptions) (int, error) {
 	if o.Stream {
 		args = append(args, "--stream")
 	}
-	for _, m := range o.Externals {
+	for _, m := range o.ExternalMounts {
 		args = append(args, "--external", "mnt["+m.Key+"]:"+m.HostPath)
 	}
 	var gate *resumeGate
@@ -116,7 +119,7 @@ func dumpArgs(o DumpOptions, images, work string) []string {
 	if o.GhostLimit > 0 {
 		args = append(args, "--ghost-limit", strconv.FormatUint(uint64(ghostLimit(o.GhostLimit)), 10))
 	}
-	for _, m := range o.Externals {
+	for _, m := range o.ExternalMounts {
 		args = append(args, "--external", "mnt["+m.Mountpoint+"]:"+m.Key)
 	}
 	return args

@@ -13,9 +13,12 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// Mount is an external mount of a node: Mountpoint inside the node,
-// recorded in the images under Key; on restore HostPath provides it.
-type Mount struct {
+// ExternalMount is an external mount of a node: a mount inside the node
+// that comes from the host, which CRIU leaves out of its images. A dump
+// records the one at Mountpoint under Key (--external mnt[Mountpoint]:Key);
+// a restore has HostPath mounted where the images say Key was
+// (--external mnt[Key]:HostPath).
+type ExternalMount struct {
 	Mountpoint string
 	Key        string
 	HostPath   string
@@ -30,8 +33,9 @@ type DumpOptions struct {
 	// FreezeCgroup is the cgroup CRIU freezes to seize the tree. If it is
 	// frozen before the dump, CRIU leaves it frozen afterwards.
 	FreezeCgroup string
-	// Externals are the node's mounts that come from the host.
-	Externals []Mount
+	// ExternalMounts are the node's external mounts, each recorded under
+	// its Key (HostPath is not used).
+	ExternalMounts []ExternalMount
 	// TCPEstablished lets CRIU dump established TCP connections.
 	TCPEstablished bool
 	// OwnNetwork says that the tree has a network namespace of its own,
@@ -73,8 +77,10 @@ const PostDump = "post-dump"
 type RestoreOptions struct {
 	ImagesDir, WorkDir string
 	// Root is the host directory that becomes the restored tree's /.
-	Root      string
-	Externals []Mount
+	Root string
+	// ExternalMounts provide the host path of each external mount of the
+	// images, by Key (Mountpoint is not used).
+	ExternalMounts []ExternalMount
 	// CgroupFD, if >= 0, is the cgroup the restored processes are born in.
 	CgroupFD       int
 	TCPEstablished bool
@@ -248,7 +254,7 @@ func dumpOpts(o DumpOptions, img, wd *os.File) *rpc.CriuOpts {
 	if o.GhostLimit > 0 {
 		opts.GhostLimit = proto.Uint32(ghostLimit(o.GhostLimit))
 	}
-	for _, m := range o.Externals {
+	for _, m := range o.ExternalMounts {
 		opts.ExtMnt = append(opts.ExtMnt, &rpc.ExtMountMap{Key: proto.String(m.Mountpoint), Val: proto.String(m.Key)})
 	}
 	return opts

@@ -55,7 +55,8 @@ func flagValue(args []string, flag string) (string, bool) {
 // The RPC options and the criu command's flags ask CRIU the same: the
 // network lock (nftables wherever CRIU locks: TCP connections or a
 // network namespace of the tree's own), the ghost limit (capped to the
-// RPC's 32 bits in both), TCP, leave-running, the log level.
+// RPC's 32 bits in both), TCP, leave-running, the log level, the
+// external mounts.
 func TestEncodingsAgree(t *testing.T) {
 	dir := t.TempDir()
 	img, wd, err := openDirs(dir, dir)
@@ -105,6 +106,21 @@ func TestEncodingsAgree(t *testing.T) {
 		if tcp != opts.GetTcpEstablished() || lr != opts.GetLeaveRunning() || lr != (o.BeforeKill == nil) {
 			t.Errorf("%+v: tcp %v/%v, leave-running %v/%v", o, tcp, opts.GetTcpEstablished(), lr, opts.GetLeaveRunning())
 		}
+	}
+	// External mounts: recorded under their keys.
+	o := DumpOptions{Pid: 7, ExternalMounts: []ExternalMount{{Mountpoint: "/usr", Key: "/usr", HostPath: "/usr"}, {Mountpoint: "/mnt/d", Key: "d", HostPath: "/data"}}}
+	var flags, rpcs []string
+	args := dumpArgs(o, dir, dir)
+	for i, a := range args {
+		if a == "--external" && i+1 < len(args) {
+			flags = append(flags, args[i+1])
+		}
+	}
+	for _, m := range dumpOpts(o, img, wd).ExtMnt {
+		rpcs = append(rpcs, "mnt["+m.GetKey()+"]:"+m.GetVal())
+	}
+	if want := []string{"mnt[/usr]:/usr", "mnt[/mnt/d]:d"}; !slices.Equal(flags, want) || !slices.Equal(rpcs, want) {
+		t.Errorf("external mounts: flags %q, RPC %q; want %q", flags, rpcs, want)
 	}
 	// A restore: the same lock.
 	for _, net := range []bool{false, true} {

@@ -107,7 +107,7 @@ func (s *swrk) close() error {
 	return err
 }
 
-// Check runs CRIU's own check of the kernel (`criu check`).
+// Check has CRIU check the kernel, as `criu check` does (an RPC request).
 func Check(bin string) error {
 	s, err := startSwrk(bin, swrkOptions{CgroupFD: -1})
 	if err != nil {

@@ -56,7 +56,9 @@ type Busy struct {
 	Start uint64 `json:"start"`
 }
 
-// Spec is how a node was asked to run: what `crtree run` was given.
+// Spec is how a node was asked to run: what `crtree run` was given. Its
+// JSON is part of tree.json, not of archives: an archive carries its own
+// copy (archive.Spec, converted in package checkpoint).
 type Spec struct {
 	Cmd      []string `json:"cmd"`
 	Env      []string `json:"env,omitempty"`

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/crtree/crtree/internal/api"
+	"github.com/crtree/crtree/internal/criu"
 	"github.com/crtree/crtree/internal/hier"
 )
 
@@ -88,17 +89,17 @@ func (h *Host) copyBinary() (string, error) {
 	return dst, os.Rename(tmp.Name(), dst)
 }
 
-// CriuMountsFor returns every external mount of node n for CRIU: its
+// ExternalMountsFor returns every external mount of node n, for CRIU: its
 // spec's (host /usr, /etc, binds) and the crtree API directory and binary.
-func (h *Host) CriuMountsFor(n *hier.Node) ([]criuMount, error) {
+func (h *Host) ExternalMountsFor(n *hier.Node) ([]criu.ExternalMount, error) {
 	bin, err := h.StableBinary()
 	if err != nil {
 		return nil, fmt.Errorf("copy the crtree binary: %w", err)
 	}
-	out := CriuMounts(n.Spec)
+	out := specExternalMounts(n.Spec)
 	return append(out,
-		criuMount{Mountpoint: api.MountPoint, Key: api.MountPoint, HostPath: h.APIDir(n.ID)},
-		criuMount{Mountpoint: api.MountPoint + "/" + api.BinaryName, Key: api.MountPoint + "/" + api.BinaryName, HostPath: bin},
+		criu.ExternalMount{Mountpoint: api.MountPoint, Key: api.MountPoint, HostPath: h.APIDir(n.ID)},
+		criu.ExternalMount{Mountpoint: api.MountPoint + "/" + api.BinaryName, Key: api.MountPoint + "/" + api.BinaryName, HostPath: bin},
 	), nil
 }
 

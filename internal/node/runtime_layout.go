@@ -33,10 +33,12 @@ var devices = []struct {
 	{"random", 1, 8}, {"urandom", 1, 9}, {"tty", 5, 0},
 }
 
-// Externals returns the mount points inside a node that come from the
-// host (and so are external for CRIU), each with the host path that
-// provides it: the read-only host directories and the node's binds.
-func Externals(binds []hier.Bind) []hier.Bind {
+// ExternalMounts returns the external mounts (mounts inside a node that
+// come from the host, which CRIU leaves out of its images) of a node with
+// these binds, each as a bind of its host path at its mount point: the
+// read-only host directories and the binds. The node's crtree API
+// directory and binary are external mounts too (Host.ExternalMountsFor).
+func ExternalMounts(binds []hier.Bind) []hier.Bind {
 	var out []hier.Bind
 	for _, d := range HostReadOnly {
 		out = append(out, hier.Bind{Source: d, Target: d, ReadOnly: true})
@@ -76,7 +78,7 @@ func buildRoot(cfg *InitConfig) error {
 			}
 		}
 	}
-	for _, m := range Externals(cfg.Binds) {
+	for _, m := range ExternalMounts(cfg.Binds) {
 		if err := bindInto(root, m); err != nil {
 			return err
 		}

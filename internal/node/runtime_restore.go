@@ -11,15 +11,14 @@ import (
 	"github.com/crtree/crtree/internal/hier"
 )
 
-type criuMount = criu.Mount
-
-// CriuMounts turns a node's external mounts into CRIU's: each is recorded
-// under its mount point as key, and provided on restore by the same host
-// path it had (the host's /usr and /etc, a bind's source).
-func CriuMounts(spec hier.Spec) []criuMount {
-	var out []criuMount
-	for _, b := range Externals(spec.Binds) {
-		out = append(out, criuMount{Mountpoint: b.Target, Key: b.Target, HostPath: b.Source})
+// specExternalMounts are the external mounts of a node's spec as CRIU
+// takes them: each is recorded under its mount point as key, and provided
+// on restore by the host path the spec names (the host's /usr and /etc, a
+// bind's source).
+func specExternalMounts(spec hier.Spec) []criu.ExternalMount {
+	var out []criu.ExternalMount
+	for _, b := range ExternalMounts(spec.Binds) {
+		out = append(out, criu.ExternalMount{Mountpoint: b.Target, Key: b.Target, HostPath: b.Source})
 	}
 	return out
 }
@@ -45,7 +44,7 @@ func (h *Host) restoreInit(id string, from *FromImages) (int, error) {
 	if n.Spec.Rootfs != "" {
 		return 0, fmt.Errorf("restoring a node with --rootfs is not supported yet")
 	}
-	mounts, err := h.CriuMountsFor(&n)
+	mounts, err := h.ExternalMountsFor(&n)
 	if err != nil {
 		return 0, err
 	}
@@ -63,7 +62,7 @@ func (h *Host) restoreInit(id string, from *FromImages) (int, error) {
 		ImagesDir:      filepath.Join(from.Dir, "criu"),
 		WorkDir:        filepath.Join(from.Dir, "work"),
 		Root:           h.RootDir(id),
-		Externals:      mounts,
+		ExternalMounts: mounts,
 		CgroupFD:       int(cg.Fd()),
 		KeepLogs:       h.LogDir(),
 		LogLevel:       from.CriuLogLevel,
