@@ -14,8 +14,9 @@
 //	               runtime_init.go), its supervisor outside the node
 //	               (runtime_supervisor.go), restoring it from CRIU images
 //	               (runtime_restore.go), entering it (runtime_exec.go), the
-//	               API it serves inside (runtime_api.go), its processes
-//	               read from /proc (runtime_proc.go)
+//	               API it serves inside (runtime_api.go), the crtree binary
+//	               and external mounts it is given (runtime_binary.go), its
+//	               processes read from /proc (runtime_proc.go)
 //	recover*.go    undoing what a crtree command killed mid-way left
 //	               (markers, staging directories) and gc
 //
