@@ -125,14 +125,21 @@ func countRunning(nodes []*dumpNode) int {
 	return n
 }
 
-// dumpAll runs one CRIU dump per running node, in parallel, each reported
-// to run once written or ended.
+// dumpAll runs one CRIU dump per running node, in parallel (as many at
+// once as there are CPUs, at least two), each reported to run once
+// written or ended.
 func dumpAll(h *node.Host, op *node.Op, nodes []*dumpNode, o Options, stream bool, run *criuRun) error {
 	var wg sync.WaitGroup
 	errs := make([]error, len(nodes))
 	sem := make(chan struct{}, max(2, runtime.NumCPU()))
-	done := 0
 	var mu sync.Mutex
+	done := 0
+	progress := func() {
+		mu.Lock()
+		defer mu.Unlock()
+		done++
+		o.progress(Progress{Phase: "criu", NodesDone: done, NodesTotal: len(nodes)})
+	}
 	for i, m := range nodes {
 		if m.status.State != hier.Running {
 			continue
@@ -144,52 +151,57 @@ func dumpAll(h *node.Host, op *node.Op, nodes []*dumpNode, o Options, stream boo
 			var freeSlot sync.Once
 			leave := func() { freeSlot.Do(func() { <-sem }) }
 			defer leave()
-			t0 := time.Now()
-			var reported atomic.Bool
-			report := func(err error) {
-				if reported.Swap(true) {
-					return
-				}
-				m.report.Criu = Duration(time.Since(t0))
-				mu.Lock()
-				done++
-				o.progress(Progress{Phase: "criu", NodesDone: done, NodesTotal: len(nodes)})
-				mu.Unlock()
-				run.end(err)
-			}
-			var beforeKill func() error
-			if run.hold {
-				beforeKill = func() error {
-					// A held CRIU waits for the whole subtree's archive:
-					// it must not keep others from starting meanwhile.
-					leave()
-					report(nil)
-					return run.wait()
-				}
-			}
-			err := criu.Dump(o.CriuBin, criu.DumpOptions{
-				Pid:            m.n.Pid,
-				ImagesDir:      filepath.Join(m.dir, "criu"),
-				WorkDir:        filepath.Join(m.dir, "work"),
-				FreezeCgroup:   m.group.Leaf().Path(),
-				ExternalMounts: m.mounts,
-				TCPEstablished: o.TCPEstablished,
-				OwnNetwork:     m.n.Spec.Net == hier.NetNone,
-				GhostLimit:     o.ghostLimit(),
-				LogLevel:       o.CriuLogLevel,
-				KeepLogs:       h.LogDir(),
-				// While CRIU runs, the dump counts as running even if
-				// this process dies: nothing is thawed or removed under it.
-				OnStart:    func(pid int) { h.AddHelper(op, pid) },
-				Stream:     stream,
-				BeforeKill: beforeKill,
-			})
-			if err != nil {
-				errs[i] = fmt.Errorf("dump %s: %w", m.path, dumpHint(err, o.ghostLimit()))
-			}
-			report(errs[i])
+			errs[i] = dumpOne(h, op, m, o, stream, run, leave, progress)
 		}()
 	}
 	wg.Wait()
 	return errors.Join(errs...)
+}
+
+// dumpOne runs CRIU on one node, and tells run once CRIU has written its
+// images (a held CRIU: then it frees its slot, leave, and waits for the
+// verdict) or has ended.
+func dumpOne(h *node.Host, op *node.Op, m *dumpNode, o Options, stream bool, run *criuRun, leave, progress func()) error {
+	t0 := time.Now()
+	var reported atomic.Bool
+	report := func(err error) {
+		if reported.Swap(true) {
+			return
+		}
+		m.report.Criu = Duration(time.Since(t0))
+		progress()
+		run.end(err)
+	}
+	var beforeKill func() error
+	if run.hold {
+		beforeKill = func() error {
+			// A held CRIU waits for the whole subtree's archive: it must
+			// not keep others from starting meanwhile.
+			leave()
+			report(nil)
+			return run.wait()
+		}
+	}
+	err := criu.Dump(o.CriuBin, criu.DumpOptions{
+		Pid:            m.n.Pid,
+		ImagesDir:      filepath.Join(m.dir, "criu"),
+		WorkDir:        filepath.Join(m.dir, "work"),
+		FreezeCgroup:   m.group.Leaf().Path(),
+		ExternalMounts: m.mounts,
+		TCPEstablished: o.TCPEstablished,
+		OwnNetwork:     m.n.Spec.Net == hier.NetNone,
+		GhostLimit:     o.ghostLimit(),
+		LogLevel:       o.CriuLogLevel,
+		KeepLogs:       h.LogDir(),
+		// While CRIU runs, the dump counts as running even if this
+		// process dies: nothing is thawed or removed under it.
+		OnStart:    func(pid int) { h.AddHelper(op, pid) },
+		Stream:     stream,
+		BeforeKill: beforeKill,
+	})
+	if err != nil {
+		err = fmt.Errorf("dump %s: %w", m.path, dumpHint(err, o.ghostLimit()))
+	}
+	report(err)
+	return err
 }

@@ -364,35 +364,27 @@ func (d *destination) ImagesDir(i int) string {
 // depend on each other's processes (each has its own supervisor), only
 // the order of ls would show it.
 func (rs *restoring) restoreNodes(gates []*os.File) ([]NodeReport, error) {
-	h, m, ids, paths, stage, o := rs.h, rs.m, rs.res.IDs, rs.res.Paths, rs.stage, rs.o
+	m := rs.m
 	reports := make([]NodeReport, len(m.Nodes))
-	depth := make([]int, len(m.Nodes))
-	maxDepth := 0
+	for i, n := range m.Nodes {
+		reports[i] = NodeReport{Path: rs.res.Paths[i].String(), Running: n.Running, Files: n.Files}
+	}
 	limit := len(m.Nodes)
 	if gates != nil {
 		limit = streamedCRIUs
 	}
 	sem := make(chan struct{}, limit)
-	for i, n := range m.Nodes {
-		if i > 0 && gates == nil {
-			depth[i] = depth[n.Parent] + 1
-		}
-		maxDepth = max(maxDepth, depth[i])
-		reports[i] = NodeReport{Path: paths[i].String(), Running: n.Running, Files: n.Files}
-	}
+	levels := restoreLevels(m, gates != nil)
 	done := 0
-	for d := 0; d <= maxDepth; d++ {
+	for _, level := range levels {
 		if rs.ctx.Err() != nil {
 			return reports, fmt.Errorf("restore: %w", context.Cause(rs.ctx))
 		}
 		var wg sync.WaitGroup
 		errs := make([]error, len(m.Nodes))
-		for i, n := range m.Nodes {
-			if depth[i] != d {
-				continue
-			}
-			if !n.Running {
-				errs[i] = h.MarkExited(ids[i], n.ExitCode)
+		for _, i := range level {
+			if !m.Nodes[i].Running {
+				errs[i] = rs.h.MarkExited(rs.res.IDs[i], m.Nodes[i].ExitCode)
 				continue
 			}
 			wg.Add(1)
@@ -400,31 +392,51 @@ func (rs *restoring) restoreNodes(gates []*os.File) ([]NodeReport, error) {
 				defer wg.Done()
 				sem <- struct{}{}
 				defer func() { <-sem }()
-				t0 := time.Now()
-				from := node.FromImages{Dir: filepath.Join(stage, strconv.Itoa(i)), CriuBin: o.CriuBin, CriuLogLevel: o.CriuLogLevel, TCPEstablished: o.TCPEstablished}
-				if gates != nil {
-					from.Stream, from.Gate = true, gates[i]
-				}
-				pid, err := h.StartRestore(ids[i], from)
-				reports[i].Criu = Duration(time.Since(t0))
-				reports[i].Pid = pid
-				if err != nil {
-					errs[i] = fmt.Errorf("restore %s: %w", paths[i], err)
-				}
+				errs[i] = rs.restoreOne(i, gates, &reports[i])
 			}()
 		}
 		wg.Wait()
 		if err := errors.Join(errs...); err != nil {
 			return reports, err
 		}
-		for i := range m.Nodes {
-			if depth[i] == d {
-				done++
-			}
-		}
-		o.progress(Progress{Phase: "restore", NodesDone: done, NodesTotal: len(m.Nodes)})
+		done += len(level)
+		rs.o.progress(Progress{Phase: "restore", NodesDone: done, NodesTotal: len(m.Nodes)})
 	}
 	return reports, nil
+}
+
+// restoreLevels returns the indexes of the archive's nodes in the order
+// they are restored: by depth, parents first, or all at once.
+func restoreLevels(m *archive.Manifest, allAtOnce bool) [][]int {
+	depth := make([]int, len(m.Nodes))
+	var levels [][]int
+	for i, n := range m.Nodes {
+		if i > 0 && !allAtOnce {
+			depth[i] = depth[n.Parent] + 1
+		}
+		for len(levels) <= depth[i] {
+			levels = append(levels, nil)
+		}
+		levels[depth[i]] = append(levels[depth[i]], i)
+	}
+	return levels
+}
+
+// restoreOne starts node i's supervisor, which restores it from its
+// images (through its image server and gate, if gates).
+func (rs *restoring) restoreOne(i int, gates []*os.File, rep *NodeReport) error {
+	t0 := time.Now()
+	from := node.FromImages{Dir: filepath.Join(rs.stage, strconv.Itoa(i)), CriuBin: rs.o.CriuBin, CriuLogLevel: rs.o.CriuLogLevel, TCPEstablished: rs.o.TCPEstablished}
+	if gates != nil {
+		from.Stream, from.Gate = true, gates[i]
+	}
+	pid, err := rs.h.StartRestore(rs.res.IDs[i], from)
+	rep.Criu = Duration(time.Since(t0))
+	rep.Pid = pid
+	if err != nil {
+		return fmt.Errorf("restore %s: %w", rs.res.Paths[i], err)
+	}
+	return nil
 }
 
 // streamedCRIUs bounds how many CRIUs a streamed restore runs at once;
