@@ -5,6 +5,7 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -194,18 +195,31 @@ func limitArg(args []string, i int, def time.Duration) time.Duration {
 	return time.Duration(s) * time.Second
 }
 
-// waitlog PATH REGEXP [SECONDS]: wait until the node's log matches.
+// waitlog [-after FILE] PATH REGEXP [SECONDS]: wait until the node's log
+// matches. With -after, the log must begin with FILE's content (it went
+// on from there, nothing rewritten), and what follows must match.
 func cmdWaitlog(ts *testscript.TestScript, neg bool, args []string) {
+	var prefix []byte
+	if len(args) > 1 && args[0] == "-after" {
+		var err error
+		prefix, err = os.ReadFile(ts.MkAbs(args[1]))
+		ts.Check(err)
+		args = args[2:]
+	}
 	if len(args) < 2 || len(args) > 3 {
-		ts.Fatalf("usage: waitlog PATH REGEXP [SECONDS]")
+		ts.Fatalf("usage: waitlog [-after FILE] PATH REGEXP [SECONDS]")
 	}
 	re := regexp.MustCompile(args[1])
 	limit := limitArg(args, 2, 15*time.Second)
 	var out []byte
 	matched := poll(limit, 100*time.Millisecond, func() bool {
 		out, _ = crtree(ts, "logs", args[0])
-		return re.Match(out)
+		rest, ok := bytes.CutPrefix(out, prefix)
+		return ok && re.Match(rest)
 	})
+	if prefix != nil && !bytes.HasPrefix(out, prefix) {
+		ts.Fatalf("log of %s does not begin with what it held before:\n%s\nnow:\n%s", args[0], prefix, out)
+	}
 	switch {
 	case matched && neg:
 		ts.Fatalf("log of %s matches %s:\n%s", args[0], re, out)
