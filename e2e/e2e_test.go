@@ -21,6 +21,7 @@ import (
 
 	"github.com/rogpeppe/go-internal/testscript"
 
+	"github.com/crtree/crtree/internal/cgroup"
 	"github.com/crtree/crtree/internal/hier"
 	"github.com/crtree/crtree/internal/node"
 	"github.com/crtree/crtree/internal/testutil"
@@ -61,15 +62,17 @@ func TestScripts(t *testing.T) {
 		RequireExplicitExec: true,
 		Setup:               setup,
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
-			"waitlog":  cmdWaitlog,
-			"nodepid":  cmdNodepid,
-			"pidalive": cmdPidalive,
-			"sleep":    cmdSleep,
-			"httpget":  cmdHttpget,
-			"flipbyte": cmdFlipbyte,
-			"waitfile": cmdWaitfile,
-			"waitbusy": cmdWaitbusy,
-			"locked":   cmdLocked,
+			"waitlog":      cmdWaitlog,
+			"nodepid":      cmdNodepid,
+			"pidalive":     cmdPidalive,
+			"sleep":        cmdSleep,
+			"httpget":      cmdHttpget,
+			"flipbyte":     cmdFlipbyte,
+			"waitfile":     cmdWaitfile,
+			"waitbusy":     cmdWaitbusy,
+			"locked":       cmdLocked,
+			"waitcrtree":   cmdWaitcrtree,
+			"waitunstaged": cmdWaitunstaged,
 		},
 	})
 }
@@ -271,6 +274,63 @@ func cmdWaitbusy(ts *testscript.TestScript, neg bool, args []string) {
 		return false
 	}) {
 		ts.Fatalf("%s is not %s after 30s:\n%s", args[0], re, last)
+	}
+}
+
+// waitcrtree [-count=N] REGEXP ARGS...: wait until the output of
+// crtree ARGS matches REGEXP (with -count, exactly N times), for states
+// that come a moment after the command that causes them (a node's exit,
+// a double fork).
+func cmdWaitcrtree(ts *testscript.TestScript, neg bool, args []string) {
+	count := 0
+	if len(args) > 0 && strings.HasPrefix(args[0], "-count=") {
+		n, err := strconv.Atoi(strings.TrimPrefix(args[0], "-count="))
+		ts.Check(err)
+		count, args = n, args[1:]
+	}
+	if neg || len(args) < 2 {
+		ts.Fatalf("usage: waitcrtree [-count=N] REGEXP ARGS...")
+	}
+	re := regexp.MustCompile("(?m)" + args[0])
+	var out []byte
+	if !poll(15*time.Second, 50*time.Millisecond, func() bool {
+		out, _ = crtree(ts, args[1:]...)
+		if count > 0 {
+			return len(re.FindAllIndex(out, -1)) == count
+		}
+		return re.Match(out)
+	}) {
+		ts.Fatalf("crtree %s does not match %s (count %d) after 15s:\n%s", strings.Join(args[1:], " "), re, count, out)
+	}
+}
+
+// waitunstaged: wait until the state root has no staging directory left
+// (a command removes its own in the background, once it has answered).
+func cmdWaitunstaged(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 0 {
+		ts.Fatalf("usage: waitunstaged")
+	}
+	root, err := filepath.Abs(ts.Getenv("CRTREE_ROOT"))
+	ts.Check(err)
+	// Named as node.StageDir names them, in the places it puts them.
+	prefix := filepath.Base(cgroup.BaseFor("/", root)) + "-"
+	var left []string
+	if !poll(30*time.Second, 50*time.Millisecond, func() bool {
+		left = nil
+		for _, dir := range []string{filepath.Join(root, "tmp"), "/dev/shm", ts.Getenv("CRTREE_STAGE_DIR")} {
+			if dir == "" {
+				continue
+			}
+			des, _ := os.ReadDir(dir)
+			for _, d := range des {
+				if strings.HasPrefix(d.Name(), prefix) {
+					left = append(left, filepath.Join(dir, d.Name()))
+				}
+			}
+		}
+		return len(left) == 0
+	}) {
+		ts.Fatalf("staging directories left after 30s: %v", left)
 	}
 }
 
