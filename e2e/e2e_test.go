@@ -5,6 +5,7 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/rogpeppe/go-internal/testscript"
 
+	"github.com/crtree/crtree/internal/cgroup"
 	"github.com/crtree/crtree/internal/hier"
 	"github.com/crtree/crtree/internal/node"
 	"github.com/crtree/crtree/internal/testutil"
@@ -60,15 +62,17 @@ func TestScripts(t *testing.T) {
 		RequireExplicitExec: true,
 		Setup:               setup,
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
-			"waitlog":  cmdWaitlog,
-			"nodepid":  cmdNodepid,
-			"pidalive": cmdPidalive,
-			"sleep":    cmdSleep,
-			"httpget":  cmdHttpget,
-			"flipbyte": cmdFlipbyte,
-			"waitfile": cmdWaitfile,
-			"waitbusy": cmdWaitbusy,
-			"locked":   cmdLocked,
+			"waitlog":      cmdWaitlog,
+			"nodepid":      cmdNodepid,
+			"pidalive":     cmdPidalive,
+			"sleep":        cmdSleep,
+			"httpget":      cmdHttpget,
+			"flipbyte":     cmdFlipbyte,
+			"waitfile":     cmdWaitfile,
+			"waitbusy":     cmdWaitbusy,
+			"locked":       cmdLocked,
+			"waitcrtree":   cmdWaitcrtree,
+			"waitunstaged": cmdWaitunstaged,
 		},
 	})
 }
@@ -194,18 +198,31 @@ func limitArg(args []string, i int, def time.Duration) time.Duration {
 	return time.Duration(s) * time.Second
 }
 
-// waitlog PATH REGEXP [SECONDS]: wait until the node's log matches.
+// waitlog [-after FILE] PATH REGEXP [SECONDS]: wait until the node's log
+// matches. With -after, the log must begin with FILE's content (it went
+// on from there, nothing rewritten), and what follows must match.
 func cmdWaitlog(ts *testscript.TestScript, neg bool, args []string) {
+	var prefix []byte
+	if len(args) > 1 && args[0] == "-after" {
+		var err error
+		prefix, err = os.ReadFile(ts.MkAbs(args[1]))
+		ts.Check(err)
+		args = args[2:]
+	}
 	if len(args) < 2 || len(args) > 3 {
-		ts.Fatalf("usage: waitlog PATH REGEXP [SECONDS]")
+		ts.Fatalf("usage: waitlog [-after FILE] PATH REGEXP [SECONDS]")
 	}
 	re := regexp.MustCompile(args[1])
 	limit := limitArg(args, 2, 15*time.Second)
 	var out []byte
 	matched := poll(limit, 100*time.Millisecond, func() bool {
 		out, _ = crtree(ts, "logs", args[0])
-		return re.Match(out)
+		rest, ok := bytes.CutPrefix(out, prefix)
+		return ok && re.Match(rest)
 	})
+	if prefix != nil && !bytes.HasPrefix(out, prefix) {
+		ts.Fatalf("log of %s does not begin with what it held before:\n%s\nnow:\n%s", args[0], prefix, out)
+	}
 	switch {
 	case matched && neg:
 		ts.Fatalf("log of %s matches %s:\n%s", args[0], re, out)
@@ -257,6 +274,63 @@ func cmdWaitbusy(ts *testscript.TestScript, neg bool, args []string) {
 		return false
 	}) {
 		ts.Fatalf("%s is not %s after 30s:\n%s", args[0], re, last)
+	}
+}
+
+// waitcrtree [-count=N] REGEXP ARGS...: wait until the output of
+// crtree ARGS matches REGEXP (with -count, exactly N times), for states
+// that come a moment after the command that causes them (a node's exit,
+// a double fork).
+func cmdWaitcrtree(ts *testscript.TestScript, neg bool, args []string) {
+	count := 0
+	if len(args) > 0 && strings.HasPrefix(args[0], "-count=") {
+		n, err := strconv.Atoi(strings.TrimPrefix(args[0], "-count="))
+		ts.Check(err)
+		count, args = n, args[1:]
+	}
+	if neg || len(args) < 2 {
+		ts.Fatalf("usage: waitcrtree [-count=N] REGEXP ARGS...")
+	}
+	re := regexp.MustCompile("(?m)" + args[0])
+	var out []byte
+	if !poll(15*time.Second, 50*time.Millisecond, func() bool {
+		out, _ = crtree(ts, args[1:]...)
+		if count > 0 {
+			return len(re.FindAllIndex(out, -1)) == count
+		}
+		return re.Match(out)
+	}) {
+		ts.Fatalf("crtree %s does not match %s (count %d) after 15s:\n%s", strings.Join(args[1:], " "), re, count, out)
+	}
+}
+
+// waitunstaged: wait until the state root has no staging directory left
+// (a command removes its own in the background, once it has answered).
+func cmdWaitunstaged(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 0 {
+		ts.Fatalf("usage: waitunstaged")
+	}
+	root, err := filepath.Abs(ts.Getenv("CRTREE_ROOT"))
+	ts.Check(err)
+	// Named as node.StageDir names them, in the places it puts them.
+	prefix := filepath.Base(cgroup.BaseFor("/", root)) + "-"
+	var left []string
+	if !poll(30*time.Second, 50*time.Millisecond, func() bool {
+		left = nil
+		for _, dir := range []string{filepath.Join(root, "tmp"), "/dev/shm", ts.Getenv("CRTREE_STAGE_DIR")} {
+			if dir == "" {
+				continue
+			}
+			des, _ := os.ReadDir(dir)
+			for _, d := range des {
+				if strings.HasPrefix(d.Name(), prefix) {
+					left = append(left, filepath.Join(dir, d.Name()))
+				}
+			}
+		}
+		return len(left) == 0
+	}) {
+		ts.Fatalf("staging directories left after 30s: %v", left)
 	}
 }
 

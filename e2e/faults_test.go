@@ -107,6 +107,30 @@ func (h *host) frozen() []string {
 	return out
 }
 
+// waitHelpersGone waits until no process that a crtree command recorded
+// as its helper (CRIU, which outlives a killed crtree to finish cleanly)
+// runs, and returns those still running after limit.
+func (h *host) waitHelpersGone(limit time.Duration) []node.Proc {
+	var running []node.Proc
+	poll(limit, 50*time.Millisecond, func() bool {
+		running = nil
+		markers, _ := filepath.Glob(filepath.Join(h.root, "ops", "*.json"))
+		for _, m := range markers {
+			var op node.Op
+			if data, err := os.ReadFile(m); err != nil || json.Unmarshal(data, &op) != nil {
+				continue
+			}
+			for _, p := range op.Helpers {
+				if node.Alive(p.Pid, p.Start) {
+					running = append(running, p)
+				}
+			}
+		}
+		return len(running) == 0
+	})
+	return running
+}
+
 // TestKillDuringDump kills crtree dump at several moments: the workload
 // never stays frozen (the supervisor thaws it by itself), it keeps
 // running, and no archive or partial archive is left.
@@ -121,6 +145,8 @@ func TestKillDuringDump(t *testing.T) {
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
+		// No condition to wait for: the moment of the kill, at several
+		// points of the dump, is what is tested.
 		time.Sleep(after)
 		cmd.Process.Signal(syscall.SIGKILL)
 		cmd.Wait()
@@ -149,9 +175,14 @@ func TestKillDuringDump(t *testing.T) {
 		if ticks() <= before+2 {
 			t.Fatalf("killed after %v: the workload does not run within 15s (frozen: %v)", after, h.frozen())
 		}
-		time.Sleep(1500 * time.Millisecond)
-		if f := h.frozen(); len(f) > 0 {
-			t.Fatalf("killed after %v: frozen again: %v", after, f)
+		// Once the CRIU of the killed dump has left (it may freeze the
+		// node once more as it goes), the node ends up thawed, still
+		// without any crtree command.
+		if helpers := h.waitHelpersGone(30 * time.Second); len(helpers) > 0 {
+			t.Fatalf("killed after %v: the dump's CRIU %v still runs after 30s", after, helpers)
+		}
+		if !poll(10*time.Second, 100*time.Millisecond, func() bool { return len(h.frozen()) == 0 }) {
+			t.Fatalf("killed after %v: frozen again: %v", after, h.frozen())
 		}
 		ls := h.ls()
 		if ls["/victim"].State != "running" || ls["/victim/child"].State != "running" {
@@ -182,6 +213,8 @@ func TestKillDuringRestore(t *testing.T) {
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
+		// No condition to wait for: the moment of the kill, at several
+		// points of the restore, is what is tested.
 		time.Sleep(after)
 		cmd.Process.Signal(syscall.SIGKILL)
 		cmd.Wait()

@@ -164,18 +164,21 @@ func TestHostileManifests(t *testing.T) {
 		return &Manifest{Format: FormatName, Version: FormatVersion,
 			Nodes: []Node{{Name: "top", Parent: -1, Spec: Spec{Cmd: []string{"x"}}}, {Name: "c", Path: "c", Parent: 0, Spec: Spec{Cmd: []string{"x"}}}}}
 	}
-	for name, mutate := range map[string]func(m *Manifest){
-		"version":        func(m *Manifest) { m.Version = 99 },
-		"format":         func(m *Manifest) { m.Format = "tar" },
-		"no nodes":       func(m *Manifest) { m.Nodes = nil },
-		"twice":          func(m *Manifest) { m.Nodes = append(m.Nodes, m.Nodes[1]) },
-		"bad name":       func(m *Manifest) { m.Nodes[1].Name, m.Nodes[1].Path = "..", ".." },
-		"forward parent": func(m *Manifest) { m.Nodes[1].Parent = 1 },
+	for name, tc := range map[string]struct {
+		mutate func(m *Manifest)
+		want   string // in the error
+	}{
+		"version":        {func(m *Manifest) { m.Version = 99 }, "unsupported archive: format version 99"},
+		"format":         {func(m *Manifest) { m.Format = "tar" }, `not a crtree archive (format "tar")`},
+		"no nodes":       {func(m *Manifest) { m.Nodes = nil }, "manifest lists no node"},
+		"twice":          {func(m *Manifest) { m.Nodes = append(m.Nodes, m.Nodes[1]) }, `manifest names node "c" twice`},
+		"bad name":       {func(m *Manifest) { m.Nodes[1].Name, m.Nodes[1].Path = "..", ".." }, `manifest node 1: invalid name ".."`},
+		"forward parent": {func(m *Manifest) { m.Nodes[1].Parent = 1 }, "manifest node 1: parent 1 does not come before it"},
 	} {
 		m := good()
-		mutate(m)
-		if err := m.Validate(); err == nil {
-			t.Errorf("%s: manifest accepted", name)
+		tc.mutate(m)
+		if err := m.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want %q", name, err, tc.want)
 		}
 	}
 	if err := good().Validate(); err != nil {

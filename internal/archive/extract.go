@@ -220,8 +220,14 @@ func (x *extractor) member(hdr *tar.Header, body io.Reader) error {
 			return err
 		}
 	case tar.TypeLink:
-		lnode, lsection, lrel := split(path.Clean(hdr.Linkname))
-		if !strings.HasPrefix(hdr.Linkname, "nodes/") || lnode != node || lsection != section || lrel == "." {
+		// The target must be a member name of this node and section
+		// (split needs one: "x" or "nodes/0" would make it panic).
+		target := path.Clean(hdr.Linkname)
+		if checkMemberName(target, node+1) != nil {
+			return fmt.Errorf("hard link to %q leaves the node's files", hdr.Linkname)
+		}
+		lnode, lsection, lrel := split(target)
+		if lnode != node || lsection != section || lrel == "." {
 			return fmt.Errorf("hard link to %q leaves the node's files", hdr.Linkname)
 		}
 		fi, err := root.Lstat(lrel)
