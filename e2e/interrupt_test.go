@@ -103,7 +103,7 @@ func TestInterruptRestore(t *testing.T) {
 	for _, after := range []time.Duration{30 * time.Millisecond, 150 * time.Millisecond, 400 * time.Millisecond, 800 * time.Millisecond} {
 		code, stderr := h.interruptAt(after, "restore", "--keep-binds", archive, "--name", "r")
 		ls := h.ls()
-		if code == -1 && len(ls) == 1 {
+		if _, made := ls["/r"]; code == -1 && !made {
 			// The signal came before crtree handled signals (it starts in
 			// a few milliseconds): it did nothing.
 			t.Logf("restore killed by SIGINT after %v, before it began", after)
