@@ -114,7 +114,11 @@ func printManifest(w io.Writer, m *archive.Manifest, verified bool, members int)
 		fmt.Fprintln(w, "established TCP connections: dumped with --tcp-established (restore applies it)")
 	}
 	if verified {
-		fmt.Fprintf(w, "verified: %d members, every checksum matches\n", members)
+		note := ""
+		if u := m.Unchecked(); u != "" {
+			note = fmt.Sprintf(" (format version %d: %s)", m.Version, u)
+		}
+		fmt.Fprintf(w, "verified: %d members, every checksum matches%s\n", members, note)
 	}
 }
 

@@ -159,7 +159,10 @@ func TestFlippedBytes(t *testing.T) {
 	}
 }
 
+// TestHostileManifests: a manifest that breaks the rules is refused, in
+// either format version.
 func TestHostileManifests(t *testing.T) {
+<<<<<<< HEAD
 	good := func() *Manifest {
 		return &Manifest{Format: FormatName, Version: FormatVersion,
 			Nodes: []Node{{Name: "top", Parent: -1, Spec: Spec{Cmd: []string{"x"}}}, {Name: "c", Path: "c", Parent: 0, Spec: Spec{Cmd: []string{"x"}}}}}
@@ -179,10 +182,32 @@ func TestHostileManifests(t *testing.T) {
 		tc.mutate(m)
 		if err := m.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want %q", name, err, tc.want)
+=======
+	for _, v := range []int{1, 2} {
+		good := func() *Manifest {
+			return &Manifest{Format: FormatName, Version: v,
+				Nodes: []Node{{Name: "top", Parent: -1, Spec: Spec{Cmd: []string{"x"}}}, {Name: "c", Path: "c", Parent: 0, Spec: Spec{Cmd: []string{"x"}}}}}
 		}
-	}
-	if err := good().Validate(); err != nil {
-		t.Errorf("good manifest refused: %v", err)
+		for name, mutate := range map[string]func(m *Manifest){
+			"version":        func(m *Manifest) { m.Version = 99 },
+			"version 0":      func(m *Manifest) { m.Version = 0 },
+			"format":         func(m *Manifest) { m.Format = "tar" },
+			"no nodes":       func(m *Manifest) { m.Nodes = nil },
+			"twice":          func(m *Manifest) { m.Nodes = append(m.Nodes, m.Nodes[1]) },
+			"bad name":       func(m *Manifest) { m.Nodes[1].Name, m.Nodes[1].Path = "..", ".." },
+			"forward parent": func(m *Manifest) { m.Nodes[1].Parent = 1 },
+			"no command":     func(m *Manifest) { m.Nodes[1].Spec.Cmd = nil },
+		} {
+			m := good()
+			mutate(m)
+			if err := m.Validate(); err == nil {
+				t.Errorf("version %d, %s: manifest accepted", v, name)
+			}
+		}
+		if err := good().Validate(); err != nil {
+			t.Errorf("good manifest of version %d refused: %v", v, err)
+>>>>>>> accept-v1
+		}
 	}
 }
 

@@ -25,22 +25,27 @@ type Checksums struct {
 	PieceSize int64            `json:"pieceSize"`
 	Members   []MemberChecksum `json:"members"`
 	// Index is the index an archive written to a file ends with; nil
-	// for an archive without one.
+	// for an archive without one (and in format version 1, which does
+	// not list it).
 	Index *Index `json:"index,omitempty"`
+	// version is the format version the trailer was read as
+	// (version.decodeSums); 0 for one written.
+	version int
 }
 
 // MemberChecksum is one member: its name, type ("file", "dir",
 // "symlink", "hardlink" or "fifo"), content size and piece digests in hex,
 // and the SHA-256 of its tar header blocks (Header): every byte of its
 // metadata (mode, owner, times, link target, extended attributes, the
-// sparse map). A CRIU image may be split into several members of the same
-// name, whose contents are concatenated in archive order.
+// sparse map); format version 1 has no Header. A CRIU image may be split
+// into several members of the same name, whose contents are concatenated
+// in archive order.
 type MemberChecksum struct {
 	Name   string   `json:"name"`
 	Type   string   `json:"type"`
 	Size   int64    `json:"size"`
 	SHA256 []string `json:"sha256"`
-	Header string   `json:"header"`
+	Header string   `json:"header,omitempty"`
 }
 
 // sameMember reports whether two records of a member agree in every field.

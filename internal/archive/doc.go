@@ -20,7 +20,10 @@
 // first (ReadIndex, ReadTrailer, ExtractMeta).
 //
 // The format is specified in docs/ARCHIVE.md; FormatVersion changes with
-// any change a reader of an older version could not handle. The manifest's
+// any change a reader of an older version could not handle. The writer
+// writes FormatVersion; a Reader reads it and format version 1, whose
+// checksums do not cover tar headers (versions.go holds every difference
+// between the versions read). The manifest's
 // types (Manifest, Node, Spec, ExternalMount...) are the format's own,
 // converted from and to crtree's runtime types outside this package: their
 // JSON is the format, whatever those types become.

@@ -64,20 +64,28 @@ func ReadIndex(ra io.ReaderAt, size int64) (*Index, error) {
 	if _, err := ra.ReadAt(b, size-int64(indexFrameSize)); err != nil {
 		return nil, fmt.Errorf("read index: %w", err)
 	}
-	if binary.LittleEndian.Uint32(b) != skippableMagic || int(binary.LittleEndian.Uint32(b[4:])) != indexFrameSize-8 || string(b[8:8+len(indexTag)]) != indexTag {
+	x := parseIndexFrame(b)
+	if x == nil {
 		return nil, ErrNoIndex
-	}
-	v := b[8+len(indexTag):]
-	x := &Index{
-		Meta:       int64(binary.LittleEndian.Uint64(v)),
-		MetaMember: int64(binary.LittleEndian.Uint64(v[8:])),
-		Sums:       int64(binary.LittleEndian.Uint64(v[16:])),
 	}
 	end := size - int64(indexFrameSize)
 	if x.Meta <= 0 || x.Meta > x.Sums || x.Sums >= end || x.MetaMember <= 0 || x.MetaMember > 1<<30 {
 		return nil, corrupt("index points outside the archive")
 	}
 	return x, nil
+}
+
+// parseIndexFrame returns the index the frame b is, nil if b is not one.
+func parseIndexFrame(b []byte) *Index {
+	if len(b) != indexFrameSize || binary.LittleEndian.Uint32(b) != skippableMagic || int(binary.LittleEndian.Uint32(b[4:])) != indexFrameSize-8 || string(b[8:8+len(indexTag)]) != indexTag {
+		return nil
+	}
+	v := b[8+len(indexTag):]
+	return &Index{
+		Meta:       int64(binary.LittleEndian.Uint64(v)),
+		MetaMember: int64(binary.LittleEndian.Uint64(v[8:])),
+		Sums:       int64(binary.LittleEndian.Uint64(v[16:])),
+	}
 }
 
 // sectionReader decodes the tar stream that starts at off; in hashes its
@@ -89,8 +97,10 @@ func sectionReader(ra io.ReaderAt, off, end int64) (*tar.Reader, *tarInput, *fra
 }
 
 // ReadTrailer reads the checksums trailer the index points at, before the
-// rest of the archive. What it says is only trusted once a Reader has
-// matched it against every member (Reader.Expect).
+// rest of the archive, in the format version its tar header shows
+// (trailerVersion), which ExtractMeta holds to the manifest's. What it
+// says is only trusted once a Reader has matched it against every member
+// (Reader.Expect).
 func ReadTrailer(ra io.ReaderAt, size int64, x *Index) (*Checksums, error) {
 	tr, in, zr := sectionReader(ra, x.Sums, size-int64(indexFrameSize))
 	defer zr.Close()
@@ -107,14 +117,12 @@ func ReadTrailer(ra io.ReaderAt, size int64, x *Index) (*Checksums, error) {
 	if err != nil || int64(len(data)) != hdr.Size {
 		return nil, corrupt("read %s: archive is truncated", SumsName)
 	}
-	if err := checkSums(in.sum.take(), data); err != nil {
+	v := trailerVersion(hdr)
+	sums, err := v.decodeSums(in.sum.take(), data)
+	if err != nil {
 		return nil, err
 	}
-	sums, err := decodeChecksums(data)
-	if err != nil {
-		return nil, corrupt("%v", err)
-	}
-	if sums.Index == nil || *sums.Index != *x {
+	if v.listedIndex && (sums.Index == nil || *sums.Index != *x) {
 		return nil, corrupt("the index differs from the one %s lists", SumsName)
 	}
 	if x.MetaMember >= int64(len(sums.Members)) {
@@ -152,10 +160,15 @@ func VerifyIndex(ra io.ReaderAt, size int64, m *Manifest) error {
 
 // ExtractMeta extracts the CRIU images that follow the index's Meta
 // offset, up to the first page image, into dst's image directories (or
-// only checks them, if dst is nil). Each must be the member sums lists at
-// its place, with the same header and checksums; anything else is an
-// ErrCorrupt error.
+// only checks them, if dst is nil). sums must be of the manifest's format
+// version, and each image the member sums lists at its place, with the
+// same header (in a version with header digests) and checksums; anything
+// else is an ErrCorrupt error.
 func ExtractMeta(ra io.ReaderAt, size int64, x *Index, m *Manifest, sums *Checksums, dst Destination) error {
+	v := versions[m.Version]
+	if v == nil || sums.version != v.number {
+		return corrupt("the index points at a %s of format version %d, the manifest is of version %d", SumsName, sums.version, m.Version)
+	}
 	tr, in, zr := sectionReader(ra, x.Meta, x.Sums)
 	defer zr.Close()
 	ex := &extractor{dst: dst, roots: map[string]*os.Root{}, limit: ExpansionLimit(m)}
@@ -174,7 +187,7 @@ func ExtractMeta(ra io.ReaderAt, size int64, x *Index, m *Manifest, sums *Checks
 		if err := checkMemberName(hdr.Name, len(m.Nodes)); err != nil {
 			return corrupt("%v", err)
 		}
-		if err := checkRecords(hdr); err != nil {
+		if err := v.checkRecords(hdr); err != nil {
 			return corrupt("%v", err)
 		}
 		if isImage(hdr.Name) && IsPageImage(hdr.Name) {
@@ -187,7 +200,7 @@ func ExtractMeta(ra io.ReaderAt, size int64, x *Index, m *Manifest, sums *Checks
 		if !isImage(hdr.Name) || hdr.Typeflag != tar.TypeReg || hdr.Name != want.Name || want.Type != "file" || hdr.Size != want.Size {
 			return corrupt("member %q after the index is not what %s lists", hdr.Name, SumsName)
 		}
-		if digest != want.Header {
+		if !v.headerMatches(want.Header, digest) {
 			return corrupt("the tar header of %q differs from %s", hdr.Name, SumsName)
 		}
 		h := &hashingReader{name: hdr.Name, r: tr, left: hdr.Size, size: hdr.Size, hash: true}

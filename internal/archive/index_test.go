@@ -180,7 +180,7 @@ func TestIndexedArchiveDamage(t *testing.T) {
 		}
 		sums, err := ReadTrailer(ra, int64(len(forged)), got)
 		if err == nil {
-			err = ExtractMeta(ra, int64(len(forged)), got, &Manifest{Nodes: []Node{{}}}, sums, dirs{files: []string{t.TempDir()}, images: []string{t.TempDir()}})
+			err = ExtractMeta(ra, int64(len(forged)), got, &Manifest{Version: FormatVersion, Nodes: []Node{{}}}, sums, dirs{files: []string{t.TempDir()}, images: []string{t.TempDir()}})
 		}
 		if !errors.Is(err, ErrCorrupt) {
 			t.Fatalf("forged index %+v: %v, want ErrCorrupt", x, err)

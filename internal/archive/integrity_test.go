@@ -109,6 +109,15 @@ func (s metaSink) Image(node int, name string, size int64, body io.Reader) error
 // there is one, then front to back. It returns a description of every
 // node extracted, or the refusal.
 func restoreLike(t testing.TB, data []byte) (string, error) {
+	d, err := restoreInto(t, data)
+	if err != nil {
+		return "", err
+	}
+	return snapshot(t, d.files[0], true) + snapshot(t, d.images[0], false), nil
+}
+
+// restoreInto is restoreLike, returning where it extracted the node.
+func restoreInto(t testing.TB, data []byte) (dirs, error) {
 	d := metaSink{dirs: dirs{files: []string{t.TempDir()}, images: []string{t.TempDir()}}}
 	ra := bytes.NewReader(data)
 	size := int64(len(data))
@@ -118,24 +127,21 @@ func restoreLike(t testing.TB, data []byte) (string, error) {
 		sums, err = ReadTrailer(ra, size, x)
 	}
 	if err != nil && !errors.Is(err, ErrNoIndex) {
-		return "", err
+		return d.dirs, err
 	}
 	ar, err := NewReader(bytes.NewReader(data))
 	if err != nil {
-		return "", err
+		return d.dirs, err
 	}
 	defer ar.Close()
 	if sums != nil {
 		if err := ExtractMeta(ra, size, x, ar.Manifest(), sums, d); err != nil {
-			return "", err
+			return d.dirs, err
 		}
 		ar.Expect(sums)
 		d.indexed = true
 	}
-	if err := Extract(ar, d, nil); err != nil {
-		return "", err
-	}
-	return snapshot(t, d.files[0], true) + snapshot(t, d.images[0], false), nil
+	return d.dirs, Extract(ar, d, nil)
 }
 
 // verifyLike checks data as crtree inspect --verify does.

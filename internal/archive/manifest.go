@@ -10,8 +10,8 @@ import (
 	"time"
 )
 
-// FormatVersion is the version of the archive format this package writes
-// and the only one it reads.
+// FormatVersion is the version of the archive format this package writes.
+// It reads this version and version 1 (see version).
 const FormatVersion = 2
 
 // FormatName identifies a crtree archive in its manifest.
@@ -167,11 +167,8 @@ func (m *Manifest) Validate() error {
 	if m.Format != FormatName {
 		return fmt.Errorf("not a crtree archive (format %q)", m.Format)
 	}
-	if m.Version == 1 {
-		return fmt.Errorf("%w: format version 1 (this crtree reads version %d), whose checksums do not cover file modes, owners and times, so an edited archive cannot be told from a sound one; restore it with the crtree that wrote it and dump it again", ErrVersion, FormatVersion)
-	}
-	if m.Version != FormatVersion {
-		return fmt.Errorf("%w: format version %d (this crtree reads version %d)", ErrVersion, m.Version, FormatVersion)
+	if versions[m.Version] == nil {
+		return fmt.Errorf("%w: format version %d (this crtree reads versions 1 and %d)", ErrVersion, m.Version, FormatVersion)
 	}
 	if len(m.Nodes) == 0 {
 		return fmt.Errorf("manifest lists no node")

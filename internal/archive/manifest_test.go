@@ -55,13 +55,14 @@ func TestManifestFormat(t *testing.T) {
 	}
 }
 
-// The manifests of the known-good archives read and write back byte for
-// byte.
+// The manifests of the known-good archives, of format versions 2 and 1,
+// read and write back byte for byte.
 func TestGoodArchiveManifests(t *testing.T) {
 	files, _ := filepath.Glob("../../testdata/archives/good-*.crtree")
 	if len(files) == 0 {
 		t.Fatal("no known-good archive in testdata/archives")
 	}
+	files = append(files, "../../testdata/archives/format1-exited.crtree")
 	for _, file := range files {
 		t.Run(filepath.Base(file), func(t *testing.T) {
 			f, err := os.Open(file)

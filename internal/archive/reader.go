@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"hash"
 	"io"
-	"strings"
 	"unsafe"
 
 	"github.com/klauspost/compress/zstd"
@@ -34,8 +33,9 @@ func decoderOptions() []zstd.DOption {
 // member must have an allowed name (inside its node's files or images)
 // and type, appear once (only CRIU images may come in several parts), and
 // when the trailer arrives, every member must be listed there, in order,
-// with its type, size and checksums. Only when Next returns io.EOF has the
-// whole archive been verified.
+// with its type, size and checksums (and header digest, in a version that
+// has them: see version). Only when Next returns io.EOF has the whole
+// archive been verified.
 type Reader struct {
 	zr *frameReader
 	tr *tar.Reader
@@ -43,6 +43,8 @@ type Reader struct {
 	// headers are the header digests of the members read, in order.
 	headers  []string
 	manifest *Manifest
+	// v is the manifest's format version: what its checksums cover.
+	v *version
 	// pool records every member read, in order, with its digests; the
 	// content of a regular file the extractor writes out is hashed from
 	// what it wrote (hashElsewhere), any other in memory as it is read.
@@ -102,6 +104,7 @@ func NewReader(r io.Reader) (*Reader, error) {
 	ar.pool.addBytes(ManifestName, "file", int64(len(data)), data)
 	ar.in.sum.endContent(hdr.Size)
 	ar.manifest = m
+	ar.v = versions[m.Version]
 	ar.limit = ExpansionLimit(m)
 	return ar, nil
 }
@@ -191,7 +194,7 @@ func (r *Reader) Next() (*tar.Header, io.Reader, error) {
 	if hdr.Size < 0 {
 		return nil, nil, corrupt("member %q has a negative size", hdr.Name)
 	}
-	if err := checkRecords(hdr); err != nil {
+	if err := r.v.checkRecords(hdr); err != nil {
 		return nil, nil, corrupt("%v", err)
 	}
 	if hdr.Size > r.limit-r.content {
@@ -209,23 +212,6 @@ func (r *Reader) Next() (*tar.Header, io.Reader, error) {
 	return hdr, r.cur, nil
 }
 
-// checkRecords refuses a member's extended attributes other than those
-// crtree archives, on anything but a file or directory, and a malformed
-// sparse map or one on a CRIU image.
-func checkRecords(hdr *tar.Header) error {
-	for k := range hdr.PAXRecords {
-		name, ok := strings.CutPrefix(k, xattrPrefix)
-		if ok && (!archivedXattr(name) || hdr.Typeflag != tar.TypeReg && hdr.Typeflag != tar.TypeDir) {
-			return fmt.Errorf("member %q: extended attribute %q is not allowed", hdr.Name, name)
-		}
-	}
-	spans, _, err := sparseSpans(hdr)
-	if err == nil && spans != nil && isImage(hdr.Name) {
-		err = fmt.Errorf("member %q: a CRIU image cannot be sparse", hdr.Name)
-	}
-	return err
-}
-
 // expected checks the header just read against the trailer read ahead,
 // if any, before the member is used.
 func (r *Reader) expected(hdr *tar.Header) error {
@@ -240,7 +226,7 @@ func (r *Reader) expected(hdr *tar.Header) error {
 	if w.Name != hdr.Name || w.Type != typeOf(hdr.Typeflag) || w.Size != hdr.Size {
 		return corrupt("member %d is %s %q of %d bytes, %s lists %s %q of %d bytes", r.pos, typeOf(hdr.Typeflag), hdr.Name, hdr.Size, SumsName, w.Type, w.Name, w.Size)
 	}
-	if w.Header != r.headers[r.pos] {
+	if !r.v.headerMatches(w.Header, r.headers[r.pos]) {
 		return corrupt("the tar header of %q differs from %s", hdr.Name, SumsName)
 	}
 	return nil
@@ -324,12 +310,12 @@ func (r *Reader) verifyTrailer(hdr *tar.Header) error {
 	if err != nil || int64(len(data)) != hdr.Size {
 		return corrupt("read %s: archive is truncated", SumsName)
 	}
-	if err := checkSums(r.headers[len(r.headers)-1], data); err != nil {
-		return err
+	if v := trailerVersion(hdr); v != r.v {
+		return corrupt("%s has the tar header of format version %d, the manifest is of version %d", SumsName, v.number, r.v.number)
 	}
-	want, err := decodeChecksums(data)
+	want, err := r.v.decodeSums(r.headers[len(r.headers)-1], data)
 	if err != nil {
-		return corrupt("%v", err)
+		return err
 	}
 	if e := r.expect; e != nil && !sameChecksums(e, want) {
 		// What was read ahead through the index must be this trailer.
@@ -347,7 +333,7 @@ func (r *Reader) verifyTrailer(hdr *tar.Header) error {
 		if w.Name != g.Name || w.Type != g.Type || w.Size != g.Size {
 			return corrupt("member %d is %s %q of %d bytes, %s lists %s %q of %d bytes", i, g.Type, g.Name, g.Size, SumsName, w.Type, w.Name, w.Size)
 		}
-		if w.Header != r.headers[i] {
+		if !r.v.headerMatches(w.Header, r.headers[i]) {
 			return corrupt("the tar header of %q differs from %s", g.Name, SumsName)
 		}
 		if len(w.SHA256) != len(g.SHA256) {
@@ -365,13 +351,13 @@ func (r *Reader) verifyTrailer(hdr *tar.Header) error {
 	if _, err := r.nextHeader(); err != io.EOF {
 		return corrupt("data after %s", SumsName)
 	}
-	// The zstd stream must end too, with the index the trailer lists if
-	// any, and no other skippable frame: trailing garbage is damage.
+	// The zstd stream must end too, with no skippable frame but the
+	// index (see version.checkSkipped): trailing garbage is damage.
 	var one [1]byte
 	if n, err := r.zr.Read(one[:]); n != 0 || err != io.EOF {
 		return corrupt("data after the end of the archive")
 	}
-	if err := r.zr.checkSkipped(want.Index); err != nil {
+	if err := r.v.checkSkipped(r.zr, want.Index); err != nil {
 		return err
 	}
 	r.done = true
@@ -537,7 +523,7 @@ func Verify(r io.Reader) (*Manifest, int, error) {
 }
 
 func sameChecksums(a, b *Checksums) bool {
-	if a.PieceSize != b.PieceSize || len(a.Members) != len(b.Members) {
+	if a.version != b.version || a.PieceSize != b.PieceSize || len(a.Members) != len(b.Members) {
 		return false
 	}
 	for i := range a.Members {
