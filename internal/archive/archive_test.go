@@ -162,51 +162,32 @@ func TestFlippedBytes(t *testing.T) {
 // TestHostileManifests: a manifest that breaks the rules is refused, in
 // either format version.
 func TestHostileManifests(t *testing.T) {
-<<<<<<< HEAD
-	good := func() *Manifest {
-		return &Manifest{Format: FormatName, Version: FormatVersion,
-			Nodes: []Node{{Name: "top", Parent: -1, Spec: Spec{Cmd: []string{"x"}}}, {Name: "c", Path: "c", Parent: 0, Spec: Spec{Cmd: []string{"x"}}}}}
-	}
-	for name, tc := range map[string]struct {
-		mutate func(m *Manifest)
-		want   string // in the error
-	}{
-		"version":        {func(m *Manifest) { m.Version = 99 }, "unsupported archive: format version 99"},
-		"format":         {func(m *Manifest) { m.Format = "tar" }, `not a crtree archive (format "tar")`},
-		"no nodes":       {func(m *Manifest) { m.Nodes = nil }, "manifest lists no node"},
-		"twice":          {func(m *Manifest) { m.Nodes = append(m.Nodes, m.Nodes[1]) }, `manifest names node "c" twice`},
-		"bad name":       {func(m *Manifest) { m.Nodes[1].Name, m.Nodes[1].Path = "..", ".." }, `manifest node 1: invalid name ".."`},
-		"forward parent": {func(m *Manifest) { m.Nodes[1].Parent = 1 }, "manifest node 1: parent 1 does not come before it"},
-	} {
-		m := good()
-		tc.mutate(m)
-		if err := m.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("%s: %v, want %q", name, err, tc.want)
-=======
 	for _, v := range []int{1, 2} {
 		good := func() *Manifest {
 			return &Manifest{Format: FormatName, Version: v,
 				Nodes: []Node{{Name: "top", Parent: -1, Spec: Spec{Cmd: []string{"x"}}}, {Name: "c", Path: "c", Parent: 0, Spec: Spec{Cmd: []string{"x"}}}}}
 		}
-		for name, mutate := range map[string]func(m *Manifest){
-			"version":        func(m *Manifest) { m.Version = 99 },
-			"version 0":      func(m *Manifest) { m.Version = 0 },
-			"format":         func(m *Manifest) { m.Format = "tar" },
-			"no nodes":       func(m *Manifest) { m.Nodes = nil },
-			"twice":          func(m *Manifest) { m.Nodes = append(m.Nodes, m.Nodes[1]) },
-			"bad name":       func(m *Manifest) { m.Nodes[1].Name, m.Nodes[1].Path = "..", ".." },
-			"forward parent": func(m *Manifest) { m.Nodes[1].Parent = 1 },
-			"no command":     func(m *Manifest) { m.Nodes[1].Spec.Cmd = nil },
+		for name, tc := range map[string]struct {
+			mutate func(m *Manifest)
+			want   string // in the error
+		}{
+			"version":        {func(m *Manifest) { m.Version = 99 }, "unsupported archive: format version 99"},
+			"version 0":      {func(m *Manifest) { m.Version = 0 }, "unsupported archive: format version 0"},
+			"format":         {func(m *Manifest) { m.Format = "tar" }, `not a crtree archive (format "tar")`},
+			"no nodes":       {func(m *Manifest) { m.Nodes = nil }, "manifest lists no node"},
+			"twice":          {func(m *Manifest) { m.Nodes = append(m.Nodes, m.Nodes[1]) }, `manifest names node "c" twice`},
+			"bad name":       {func(m *Manifest) { m.Nodes[1].Name, m.Nodes[1].Path = "..", ".." }, `manifest node 1: invalid name ".."`},
+			"forward parent": {func(m *Manifest) { m.Nodes[1].Parent = 1 }, "manifest node 1: parent 1 does not come before it"},
+			"no command":     {func(m *Manifest) { m.Nodes[1].Spec.Cmd = nil }, `manifest node "c" has no command`},
 		} {
 			m := good()
-			mutate(m)
-			if err := m.Validate(); err == nil {
-				t.Errorf("version %d, %s: manifest accepted", v, name)
+			tc.mutate(m)
+			if err := m.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("version %d, %s: %v, want %q", v, name, err, tc.want)
 			}
 		}
 		if err := good().Validate(); err != nil {
 			t.Errorf("good manifest of version %d refused: %v", v, err)
->>>>>>> accept-v1
 		}
 	}
 }
