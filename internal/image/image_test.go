@@ -1,0 +1,246 @@
+package image
+
+import (
+	"archive/tar"
+	"bytes"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"golang.org/x/sys/unix"
+)
+
+// entry is one member of a test layer.
+type entry struct {
+	hdr  tar.Header
+	body string
+}
+
+func reg(name, body string) entry {
+	return entry{tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(body))}, body}
+}
+
+func dir(name string) entry {
+	return entry{tar.Header{Name: name, Typeflag: tar.TypeDir, Mode: 0o755}, ""}
+}
+
+// layerOf makes a layer of the entries.
+func layerOf(t *testing.T, es ...entry) v1.Layer {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, e := range es {
+		h := e.hdr
+		if err := tw.WriteHeader(&h); err != nil {
+			t.Fatal(err)
+		}
+		io.WriteString(tw, e.body)
+	}
+	tw.Close()
+	data := buf.Bytes()
+	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// testImage is two layers: a base with /etc/os-release, /bin/tool and a
+// directory /d with two files; on top, a whiteout of /d/gone and an
+// opaque /o.
+func testImage(t *testing.T) v1.Image {
+	t.Helper()
+	base := layerOf(t, dir("etc/"), reg("etc/os-release", "ID=test\n"), dir("bin/"),
+		entry{tar.Header{Name: "bin/tool", Typeflag: tar.TypeReg, Mode: 0o4755, Size: 2}, "#!"},
+		dir("d/"), reg("d/gone", "x"), reg("d/kept", "y"), dir("o/"), reg("o/hidden", "z"),
+		entry{tar.Header{Name: "bin/link", Typeflag: tar.TypeLink, Linkname: "bin/tool"}, ""},
+		entry{tar.Header{Name: "dev/null", Typeflag: tar.TypeChar, Devmajor: 1, Devminor: 3, Mode: 0o666}, ""})
+	top := layerOf(t, reg("d/.wh.gone", ""), dir("o/"), reg("o/.wh..wh..opq", ""), reg("o/new", "n"))
+	img, err := mutate.AppendLayers(empty.Image, base, top)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err = mutate.Config(img, v1.Config{Env: []string{"PATH=/bin"}, Cmd: []string{"/bin/tool"}, WorkingDir: "/d"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+// writeLayout writes img as an OCI layout named ref.
+func writeLayout(t *testing.T, img v1.Image, ref string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "layout")
+	l, err := layout.Write(p, empty.Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.AppendImage(img, layout.WithAnnotations(map[string]string{"org.opencontainers.image.ref.name": ref})); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// An image imports the same from an OCI layout, an OCI archive and a
+// docker archive: one ID, its layers unpacked once, its whiteouts and
+// opaque directories in overlayfs's form, device nodes left out.
+func TestImportFormats(t *testing.T) {
+	img := testImage(t)
+	s := Open(t.TempDir())
+	lay := writeLayout(t, img, "example/test:1")
+	im, err := s.Import(lay, ImportOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if im.Name != "example/test:1" || len(im.Layers) != 2 || im.Config.WorkingDir != "/d" || im.Config.Cmd[0] != "/bin/tool" {
+		t.Fatalf("imported %+v", im)
+	}
+	want, _ := img.ConfigName()
+	if im.ID != want.String() {
+		t.Fatalf("ID %s, want the config's digest %s", im.ID, want)
+	}
+	// The OCI archive: a tar of the layout.
+	ociTar := filepath.Join(t.TempDir(), "img.tar")
+	if err := tarDir(lay, ociTar); err != nil {
+		t.Fatal(err)
+	}
+	dockerTar := filepath.Join(t.TempDir(), "docker.tar")
+	tag, _ := name.NewTag("example/docker:2")
+	if err := tarball.WriteToFile(dockerTar, tag, img); err != nil {
+		t.Fatal(err)
+	}
+	for src, wantName := range map[string]string{ociTar: "example/test:1", dockerTar: "example/docker:2"} {
+		got, err := s.Import(src, ImportOptions{})
+		if err != nil {
+			t.Fatalf("%s: %v", filepath.Base(src), err)
+		}
+		if got.ID != im.ID || got.Name != wantName || strings.Join(got.Layers, " ") != strings.Join(im.Layers, " ") {
+			t.Errorf("%s: imported %+v, want ID %s and the same layers", filepath.Base(src), got, im.ID)
+		}
+	}
+	ims, _ := s.List()
+	if len(ims) != 2 {
+		t.Errorf("%d images, want 2 (the OCI archive's replaced the layout's, of the same name)", len(ims))
+	}
+	base, top := s.LayerDir(im.Layers[0]), s.LayerDir(im.Layers[1])
+	if data, _ := os.ReadFile(filepath.Join(base, "etc/os-release")); string(data) != "ID=test\n" {
+		t.Errorf("os-release: %q", data)
+	}
+	if fi, err := os.Stat(filepath.Join(base, "bin/tool")); err != nil || fi.Mode()&os.ModeSetuid == 0 {
+		t.Errorf("bin/tool: %v %v, want setuid", fi, err)
+	}
+	var a, b unix.Stat_t
+	unix.Stat(filepath.Join(base, "bin/tool"), &a)
+	unix.Stat(filepath.Join(base, "bin/link"), &b)
+	if a.Ino != b.Ino {
+		t.Errorf("bin/link is not a hard link of bin/tool")
+	}
+	if _, err := os.Lstat(filepath.Join(base, "dev/null")); err == nil {
+		t.Errorf("a device node was unpacked")
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(filepath.Join(top, "d/gone"), &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFCHR || st.Rdev != 0 {
+		t.Errorf("d/gone in the top layer: %v, mode %o rdev %d; want a 0/0 whiteout", err, st.Mode, st.Rdev)
+	}
+	if _, err := os.Lstat(filepath.Join(top, "d/.wh.gone")); err == nil {
+		t.Errorf("the OCI whiteout file itself was unpacked")
+	}
+	buf := make([]byte, 8)
+	if n, err := unix.Lgetxattr(filepath.Join(top, "o"), opaqueXattr, buf); err != nil || string(buf[:n]) != "y" {
+		t.Errorf("o is not opaque: %v", err)
+	}
+	if lower := s.Lower(im); lower != top+":"+base {
+		t.Errorf("Lower = %q", lower)
+	}
+}
+
+// A layer is refused when its content does not match its digest, or
+// when an entry would leave the layer's directory; nothing is recorded.
+func TestImportRefusals(t *testing.T) {
+	outside := t.TempDir()
+	for why, es := range map[string][]entry{
+		"leaves the layer": {reg("../escape", "x")},
+		"path escapes":     {entry{tar.Header{Name: "up", Typeflag: tar.TypeSymlink, Linkname: outside}, ""}, reg("up/pwned", "x")},
+		"bad whiteout":     {reg(".wh...", "")},
+	} {
+		img, err := mutate.AppendLayers(empty.Image, layerOf(t, es...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := Open(t.TempDir())
+		_, err = s.Import(writeLayout(t, img, "bad"), ImportOptions{})
+		if err == nil || !strings.Contains(err.Error(), why) {
+			t.Errorf("%s: %v", why, err)
+		}
+		if ims, _ := s.List(); len(ims) != 0 {
+			t.Errorf("%s: recorded %v", why, ims)
+		}
+		if des, _ := os.ReadDir(outside); len(des) != 0 {
+			t.Fatalf("%s: wrote outside: %v", why, des)
+		}
+	}
+	// An image whose config gives a layer another digest than its
+	// content has. (A layer the store has already is taken from the
+	// store, verified when it came: the content that claims its digest
+	// is not used at all.)
+	img := testImage(t)
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg = cfg.DeepCopy()
+	cfg.RootFS.DiffIDs[0] = cfg.RootFS.DiffIDs[1]
+	bad, err := mutate.ConfigFile(img, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := Open(t.TempDir())
+	if _, err := s.Import(writeLayout(t, bad, "lying"), ImportOptions{}); err == nil || !strings.Contains(err.Error(), "layer 1") || !strings.Contains(err.Error(), "does not match its digest") {
+		t.Errorf("a layer that is not what the config says: %v", err)
+	}
+	if ims, _ := s.List(); len(ims) != 0 {
+		t.Errorf("recorded %v", ims)
+	}
+}
+
+// Remove refuses an image in use, and removes only layers no other image
+// uses.
+func TestRemove(t *testing.T) {
+	s := Open(t.TempDir())
+	lay := writeLayout(t, testImage(t), "a")
+	im, err := s.Import(lay, ImportOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Import(lay, ImportOptions{Name: "b"}); err != nil {
+		t.Fatal(err)
+	}
+	err = s.Remove("a", func(id string) []string { return []string{"/n1"} })
+	if err == nil || !strings.Contains(err.Error(), "image a is used by /n1") {
+		t.Fatalf("remove of a used image: %v", err)
+	}
+	none := func(string) []string { return nil }
+	if err := s.Remove("a", none); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(s.LayerDir(im.Layers[0])); err != nil {
+		t.Fatalf("a layer b uses was removed: %v", err)
+	}
+	if err := s.Remove(im.ShortID(), none); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(s.LayerDir(im.Layers[0])); err == nil {
+		t.Fatalf("a layer no image uses was kept")
+	}
+	if _, err := s.Get("b"); err == nil {
+		t.Fatalf("b is still there")
+	}
+}

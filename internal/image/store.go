@@ -1,0 +1,215 @@
+package image
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// ErrNotFound is returned for an image the store does not hold.
+var ErrNotFound = errors.New("no such image")
+
+// Image is an imported image.
+type Image struct {
+	// Name is what users call it (localhost/py:latest, or the file's
+	// name when the image names none).
+	Name string `json:"name"`
+	// ID is the digest of the image's config ("sha256:..."), the same
+	// whichever format it came in: nodes refer to their image by it.
+	ID string `json:"id"`
+	// Layers are the digests of the uncompressed layers, bottom first.
+	Layers []string `json:"layers"`
+	Config Config   `json:"config"`
+	// Size is the layers' uncompressed size, in bytes.
+	Size     int64     `json:"size"`
+	Imported time.Time `json:"imported"`
+}
+
+// Config is what crtree honours of an image's config.
+type Config struct {
+	Env        []string `json:"env,omitempty"`
+	WorkingDir string   `json:"workingDir,omitempty"`
+	Entrypoint []string `json:"entrypoint,omitempty"`
+	Cmd        []string `json:"cmd,omitempty"`
+	User       string   `json:"user,omitempty"`
+}
+
+// ShortID is the first 12 hex digits of the ID, as tables show it.
+func (im *Image) ShortID() string {
+	h := strings.TrimPrefix(im.ID, "sha256:")
+	if len(h) > 12 {
+		h = h[:12]
+	}
+	return h
+}
+
+// Store is the image store of a state root.
+type Store struct {
+	dir string
+}
+
+// Open returns the image store of the state root at root, which it does
+// not create until something is imported.
+func Open(root string) *Store { return &Store{dir: filepath.Join(root, "images")} }
+
+func (s *Store) indexFile() string { return filepath.Join(s.dir, "images.json") }
+
+// LayerDir is where the layer with the given digest is unpacked: an
+// overlayfs lower directory.
+func (s *Store) LayerDir(digest string) string {
+	return filepath.Join(s.dir, "layers", strings.TrimPrefix(digest, "sha256:"), "root")
+}
+
+// layerBlob is the layer as imported, uncompressed.
+func (s *Store) layerBlob(digest string) string {
+	return filepath.Join(s.dir, "layers", strings.TrimPrefix(digest, "sha256:"), "layer.tar")
+}
+
+// Lower returns the overlayfs lowerdir option of im: its layers, top
+// first.
+func (s *Store) Lower(im *Image) string {
+	dirs := make([]string, len(im.Layers))
+	for i, l := range im.Layers {
+		dirs[len(im.Layers)-1-i] = s.LayerDir(l)
+	}
+	return strings.Join(dirs, ":")
+}
+
+// lock takes the store's lock (shared or exclusive) for a change of
+// images.json or the layers.
+func (s *Store) lock(how int) (func(), error) {
+	if err := os.MkdirAll(s.dir, 0o700); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(filepath.Join(s.dir, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(f.Fd()), how); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { f.Close() }, nil
+}
+
+// List returns the imported images.
+func (s *Store) List() ([]Image, error) {
+	data, err := os.ReadFile(s.indexFile())
+	if errors.Is(err, os.ErrNotExist) {
+		return []Image{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var ims []Image
+	if err := json.Unmarshal(data, &ims); err != nil {
+		return nil, fmt.Errorf("%s: %w", s.indexFile(), err)
+	}
+	return ims, nil
+}
+
+// Get returns the image called ref: by name, by ID, or by a prefix of at
+// least 12 hex digits of its ID.
+func (s *Store) Get(ref string) (*Image, error) {
+	ims, err := s.List()
+	if err != nil {
+		return nil, err
+	}
+	for i := range ims {
+		if ims[i].matches(ref) {
+			return &ims[i], nil
+		}
+	}
+	return nil, fmt.Errorf("image %s: %w (crtree image ls lists them; crtree image import FILE adds one)", ref, ErrNotFound)
+}
+
+// matches reports whether ref names im.
+func (im *Image) matches(ref string) bool {
+	if ref == im.Name || ref == im.ID {
+		return true
+	}
+	hex := strings.TrimPrefix(ref, "sha256:")
+	return len(hex) >= 12 && strings.HasPrefix(strings.TrimPrefix(im.ID, "sha256:"), hex)
+}
+
+// save writes the images' list, through a temporary name. The caller
+// holds the lock.
+func (s *Store) save(ims []Image) error {
+	data, err := json.MarshalIndent(ims, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := s.indexFile() + ".tmp"
+	if err := os.WriteFile(tmp, append(data, '\n'), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, s.indexFile())
+}
+
+// add records im, replacing an image of the same name.
+func (s *Store) add(im Image) error {
+	unlock, err := s.lock(unix.LOCK_EX)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	ims, err := s.List()
+	if err != nil {
+		return err
+	}
+	out := []Image{}
+	for _, o := range ims {
+		if o.Name != im.Name {
+			out = append(out, o)
+		}
+	}
+	return s.save(append(out, im))
+}
+
+// Remove removes the image called ref, and the layers no other image
+// uses. inUse says which nodes run on an image ID; an image in use is
+// refused, naming them.
+func (s *Store) Remove(ref string, inUse func(id string) []string) error {
+	unlock, err := s.lock(unix.LOCK_EX)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	im, err := s.Get(ref)
+	if err != nil {
+		return err
+	}
+	if users := inUse(im.ID); len(users) > 0 {
+		return fmt.Errorf("image %s is used by %s; remove those nodes first", im.Name, strings.Join(users, ", "))
+	}
+	ims, err := s.List()
+	if err != nil {
+		return err
+	}
+	var out []Image
+	kept := map[string]bool{}
+	for _, o := range ims {
+		if o.Name == im.Name {
+			continue
+		}
+		out = append(out, o)
+		for _, l := range o.Layers {
+			kept[l] = true
+		}
+	}
+	if err := s.save(out); err != nil {
+		return err
+	}
+	for _, l := range im.Layers {
+		if !kept[l] {
+			os.RemoveAll(filepath.Dir(s.LayerDir(l)))
+		}
+	}
+	return nil
+}
