@@ -13,9 +13,10 @@ all: build
 deps:
 	@hack/install-criu.sh
 
-## build: build bin/crtree
+## build: build bin/crtree (static: it runs inside nodes, whose image may
+## have no C library)
 build:
-	$(GO) build -buildvcs=auto -o $(BIN) ./cmd/crtree
+	CGO_ENABLED=0 $(GO) build -buildvcs=auto -o $(BIN) ./cmd/crtree
 
 ## vet: gofmt, go vet
 vet:

@@ -16,6 +16,8 @@ type runOptions struct {
 	Hostname string
 	Binds    []string
 	Rootfs   string
+	Image    string
+	User     string
 	Net      string
 	Init     bool
 }
@@ -33,6 +35,16 @@ The node sees its own writable root, the host's /usr and /etc read-only, a
 minimal /dev, a fresh /proc and a writable /tmp. Its output goes to its log
 (crtree logs). The new node's path is printed on stdout.
 
+With --image NAME (crtree image import adds images), the node runs on that
+image instead: its root is the image's files with the node's own writable
+layer above them, it sees nothing of the host's files but its --binds, and
+the image's config applies: its environment (under --env), working
+directory and user (unless --cwd or --user), and its entrypoint, followed
+by CMD or, without CMD, the image's command. Use the host mode (the
+default) for software the host has, as in a vserver; use an image to run
+software the host lacks, and so that an archive restores on a host that is
+not a twin of this one (crtree dump --help).
+
 A PID 1 reaps the orphans of the node; a command that never waits (sleep,
 most servers) leaves them zombies, which stay until the node ends (a dump
 carries them). With --init, PID 1 is a minimal init (crtree-init, the crtree
@@ -43,12 +55,17 @@ status. A node run with --init restores only with the same crtree binary.
 A node never gets more than its parent has: under a --net none node, a child
 has its own empty network too, and --net host is refused.`,
 		Example: `  crtree run /vserver1 -- sleep infinity
+  crtree run --image localhost/py /calc -- python3 pi.py
   crtree run /vserver1/ -- sh -c 'echo hello'      # prints /vserver1/unnamed1
   crtree run --net none --env N=4 /calc -- python3 -c 'print(1)'
   crtree run --init /web -- python3 -m http.server`,
 		Args: func(cmd *cobra.Command, args []string) error {
+			image, _ := cmd.Flags().GetString("image")
+			if image != "" && len(args) == 1 && cmd.ArgsLenAtDash() == -1 {
+				return nil // the image's command
+			}
 			if cmd.ArgsLenAtDash() != 1 || len(args) < 2 {
-				return usageError{errors.New("usage: crtree run PATH [flags] -- CMD [ARGS...]")}
+				return usageError{errors.New("usage: crtree run PATH [flags] -- CMD [ARGS...] (CMD may be left out with --image)")}
 			}
 			return nil
 		},
@@ -61,14 +78,19 @@ has its own empty network too, and --net host is refused.`,
 	f.StringVarP(&o.Cwd, "cwd", "w", "", "working directory inside the node (default /)")
 	f.StringVar(&o.Hostname, "hostname", "", "hostname of the node (default: its name)")
 	f.StringArrayVar(&o.Binds, "bind", nil, "bind a host path into the node, SRC:DST[:ro] (repeatable; never archived)")
-	f.StringVar(&o.Rootfs, "rootfs", "", "use DIR as the read-only base of the node's root (overlay)")
+	f.StringVar(&o.Rootfs, "rootfs", "", "use DIR as the read-only base of the node's root (overlay), with the host's /usr and /etc")
+	f.StringVar(&o.Image, "image", "", "run on the image NAME (or ID): its files, not the host's (see crtree image)")
+	f.StringVarP(&o.User, "user", "u", "", "run CMD as USER[:GROUP], by name or number (default: the image's user, or root)")
 	f.StringVar(&o.Net, "net", "", "network: host (share the host's) or none (own namespace, loopback only); default: host, or none under a --net none parent")
 	f.BoolVar(&o.Init, "init", false, "run CMD under a minimal init that reaps orphans and passes signals on")
 	return cmd
 }
 
 func (o *runOptions) spec(argv []string) (hier.Spec, error) {
-	s := hier.Spec{Cmd: argv, Env: o.Env, Cwd: o.Cwd, Hostname: o.Hostname, Rootfs: o.Rootfs, Net: o.Net, Init: o.Init}
+	s := hier.Spec{Cmd: argv, Env: o.Env, Cwd: o.Cwd, Hostname: o.Hostname, Rootfs: o.Rootfs, ImageName: o.Image, User: o.User, Net: o.Net, Init: o.Init}
+	if o.Image != "" && o.Rootfs != "" {
+		return s, errors.New("--image and --rootfs are two ways of giving a node its files: use one")
+	}
 	for _, kv := range o.Env {
 		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
 			return s, fmt.Errorf("--env %q: want K=V", kv)

@@ -250,6 +250,17 @@ func (x *extractor) member(hdr *tar.Header, body io.Reader) error {
 		if err != nil {
 			return err
 		}
+	case tar.TypeChar:
+		// A whiteout (the Reader lets no other device through).
+		parent, err := root.OpenFile(path.Dir(rel), os.O_RDONLY|unix.O_DIRECTORY|unix.O_NONBLOCK, 0)
+		if err != nil {
+			return err
+		}
+		err = unix.Mknodat(int(parent.Fd()), path.Base(rel), unix.S_IFCHR|0o600, 0)
+		parent.Close()
+		if err != nil {
+			return err
+		}
 	default:
 		return fmt.Errorf("member type %q is not allowed", hdr.Typeflag)
 	}

@@ -166,7 +166,7 @@ func VerifyIndex(ra io.ReaderAt, size int64, m *Manifest) error {
 // else is an ErrCorrupt error.
 func ExtractMeta(ra io.ReaderAt, size int64, x *Index, m *Manifest, sums *Checksums, dst Destination) error {
 	v := versions[m.Version]
-	if v == nil || sums.version != v.number {
+	if v == nil || sums.version != v.trailer {
 		return corrupt("the index points at a %s of format version %d, the manifest is of version %d", SumsName, sums.version, m.Version)
 	}
 	tr, in, zr := sectionReader(ra, x.Meta, x.Sums)

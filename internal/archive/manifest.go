@@ -12,7 +12,7 @@ import (
 
 // FormatVersion is the version of the archive format this package writes.
 // It reads this version and version 1 (see version).
-const FormatVersion = 2
+const FormatVersion = 3
 
 // FormatName identifies a crtree archive in its manifest.
 const FormatName = "crtree-archive"
@@ -116,6 +116,15 @@ type Spec struct {
 	// Rootfs is the host directory used as the read-only base of the
 	// node's root, "" for none.
 	Rootfs string `json:"rootfs,omitempty"`
+	// Image is the ID of the image whose layers were the read-only base
+	// of the node's root (the digest of its config, "sha256:..."), ""
+	// for none; ImageName what it was called (format version 3). The
+	// node's files are then its overlay upper layer, whiteouts included.
+	Image     string `json:"image,omitempty"`
+	ImageName string `json:"imageName,omitempty"`
+	// User is who the init ran as, "user[:group]" ("" for root; format
+	// version 3).
+	User string `json:"user,omitempty"`
 	// Net is "" for the host's network and "none" for a network
 	// namespace of the node's own with only the loopback interface.
 	Net string `json:"net,omitempty"`
@@ -168,7 +177,7 @@ func (m *Manifest) Validate() error {
 		return fmt.Errorf("not a crtree archive (format %q)", m.Format)
 	}
 	if versions[m.Version] == nil {
-		return fmt.Errorf("%w: format version %d (this crtree reads versions 1 and %d)", ErrVersion, m.Version, FormatVersion)
+		return fmt.Errorf("%w: format version %d (this crtree reads versions 1 to %d)", ErrVersion, m.Version, FormatVersion)
 	}
 	if len(m.Nodes) == 0 {
 		return fmt.Errorf("manifest lists no node")

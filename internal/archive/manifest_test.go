@@ -17,7 +17,7 @@ import (
 // hier.Spec) wrote for it.
 func fullManifest() *Manifest {
 	created := time.Date(2026, 11, 29, 13, 16, 5, 123456789, time.UTC)
-	return &Manifest{Format: FormatName, Version: FormatVersion, CrtreeVersion: "0.1.0-dev", CriuVersion: "4.2.1",
+	return &Manifest{Format: FormatName, Version: 2, CrtreeVersion: "0.1.0-dev", CriuVersion: "4.2.1",
 		Kernel: "6.18.44", Arch: "amd64", Created: created, PagesLast: true, TCPEstablished: true,
 		Nodes: []Node{
 			{Path: "", Name: "vserver1", Parent: -1, Running: true,

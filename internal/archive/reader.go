@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"strconv"
+	"strings"
 	"unsafe"
 
 	"github.com/klauspost/compress/zstd"
@@ -175,9 +177,13 @@ func (r *Reader) Next() (*tar.Header, io.Reader, error) {
 	if err := checkMemberName(hdr.Name, len(r.manifest.Nodes)); err != nil {
 		return nil, nil, corrupt("%v", err)
 	}
-	typ := typeOf(hdr.Typeflag)
+	typ := typeOf(hdr)
 	switch typ {
 	case "file", "dir", "symlink", "hardlink", "fifo":
+	case "whiteout":
+		if err := r.overlayAllowed(hdr.Name, "a whiteout"); err != nil {
+			return nil, nil, err
+		}
 	default:
 		return nil, nil, corrupt("member %q: %s is not allowed", hdr.Name, typ)
 	}
@@ -196,6 +202,11 @@ func (r *Reader) Next() (*tar.Header, io.Reader, error) {
 	}
 	if err := r.v.checkRecords(hdr); err != nil {
 		return nil, nil, corrupt("%v", err)
+	}
+	if _, ok := hdr.PAXRecords[xattrPrefix+opaqueXattr]; ok {
+		if err := r.overlayAllowed(hdr.Name, "an opaque directory"); err != nil {
+			return nil, nil, err
+		}
 	}
 	if hdr.Size > r.limit-r.content {
 		return nil, nil, corrupt("the archive holds more than the %d bytes its manifest accounts for", r.limit)
@@ -223,8 +234,8 @@ func (r *Reader) expected(hdr *tar.Header) error {
 		return corrupt("member %q is not in %s", hdr.Name, SumsName)
 	}
 	w := e.Members[r.pos]
-	if w.Name != hdr.Name || w.Type != typeOf(hdr.Typeflag) || w.Size != hdr.Size {
-		return corrupt("member %d is %s %q of %d bytes, %s lists %s %q of %d bytes", r.pos, typeOf(hdr.Typeflag), hdr.Name, hdr.Size, SumsName, w.Type, w.Name, w.Size)
+	if w.Name != hdr.Name || w.Type != typeOf(hdr) || w.Size != hdr.Size {
+		return corrupt("member %d is %s %q of %d bytes, %s lists %s %q of %d bytes", r.pos, typeOf(hdr), hdr.Name, hdr.Size, SumsName, w.Type, w.Name, w.Size)
 	}
 	if !r.v.headerMatches(w.Header, r.headers[r.pos]) {
 		return corrupt("the tar header of %q differs from %s", hdr.Name, SumsName)
@@ -243,8 +254,12 @@ func (r *Reader) Expect(sums *Checksums) { r.expect = sums }
 // itself (into r.pool), from where it wrote it.
 func (r *Reader) hashElsewhere() { r.cur.hash = false }
 
-func typeOf(flag byte) string {
-	switch flag {
+func typeOf(hdr *tar.Header) string {
+	switch flag := hdr.Typeflag; flag {
+	case tar.TypeChar:
+		if hdr.Devmajor == 0 && hdr.Devminor == 0 {
+			return "whiteout"
+		}
 	case tar.TypeReg:
 		return "file"
 	case tar.TypeDir:
@@ -256,7 +271,27 @@ func typeOf(flag byte) string {
 	case tar.TypeFifo:
 		return "fifo"
 	}
-	return fmt.Sprintf("type %q", flag)
+	return fmt.Sprintf("type %q", hdr.Typeflag)
+}
+
+// overlayAllowed refuses what (a whiteout, an opaque directory) as member
+// name unless the archive's version has them and name is in the files of
+// a node whose root is an overlay (an image or a --rootfs base): in any
+// other node they would be a device node and an attribute the node could
+// not have made.
+func (r *Reader) overlayAllowed(name, what string) error {
+	if !r.v.overlay {
+		return corrupt("member %q: %s is not allowed in format version %d", name, what, r.v.number)
+	}
+	parts := strings.SplitN(name, "/", 4)
+	i, err := strconv.Atoi(parts[1])
+	if len(parts) < 4 || parts[2] != "files" || err != nil || i >= len(r.manifest.Nodes) {
+		return corrupt("member %q: %s is allowed only among a node's files", name, what)
+	}
+	if sp := r.manifest.Nodes[i].Spec; sp.Image == "" && sp.Rootfs == "" {
+		return corrupt("member %q: %s is allowed only in a node that runs on an image or a --rootfs base", name, what)
+	}
+	return nil
 }
 
 // finishCurrent reads what the caller left of the current member and
@@ -310,7 +345,7 @@ func (r *Reader) verifyTrailer(hdr *tar.Header) error {
 	if err != nil || int64(len(data)) != hdr.Size {
 		return corrupt("read %s: archive is truncated", SumsName)
 	}
-	if v := trailerVersion(hdr); v != r.v {
+	if v := trailerVersion(hdr); v.trailer != r.v.trailer {
 		return corrupt("%s has the tar header of format version %d, the manifest is of version %d", SumsName, v.number, r.v.number)
 	}
 	want, err := r.v.decodeSums(r.headers[len(r.headers)-1], data)

@@ -40,6 +40,9 @@ const (
 	sparseMapKey = "CRTREE.sparse.map"
 	// sparseSizeKey is a sparse file's apparent size.
 	sparseSizeKey = "CRTREE.sparse.size"
+	// opaqueXattr marks an overlayfs directory as opaque: it hides what
+	// the layers below hold in it.
+	opaqueXattr = "trusted.overlay.opaque"
 	// xattrPrefix starts the PAX record of each extended attribute.
 	xattrPrefix = "SCHILY.xattr."
 )
@@ -55,6 +58,9 @@ func archivedXattr(name string) bool {
 type scanner struct {
 	out   []Entry
 	links map[[2]uint64]string
+	// overlay: the tree is an overlayfs upper directory, whose whiteouts
+	// and opaque directories are archived too (ScanUpper).
+	overlay bool
 }
 
 // Scan plans the members for the tree at dir, named prefix/<relative
@@ -64,12 +70,23 @@ type scanner struct {
 // nodes are skipped. Entries come in a stable order, each directory
 // before what it holds.
 func Scan(prefix, dir string) ([]Entry, error) {
+	return scan(prefix, dir, &scanner{links: map[[2]uint64]string{}})
+}
+
+// ScanUpper is Scan for the upper directory of a node whose root is an
+// overlay (an image or a --rootfs base): its whiteouts (character
+// devices 0/0) and opaque directories (trusted.overlay.opaque) are
+// archived too, so that what the node deleted of its base stays deleted.
+func ScanUpper(prefix, dir string) ([]Entry, error) {
+	return scan(prefix, dir, &scanner{links: map[[2]uint64]string{}, overlay: true})
+}
+
+func scan(prefix, dir string, s *scanner) ([]Entry, error) {
 	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("scan %s: %w", dir, err)
 	}
 	defer unix.Close(fd)
-	s := &scanner{links: map[[2]uint64]string{}}
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
 		return nil, fmt.Errorf("scan %s: %w", dir, err)
@@ -164,11 +181,16 @@ func (s *scanner) add(dir int, n string, st *unix.Stat_t, name, path string) err
 			}
 		}
 		e.Size = hdr.Size
+	case unix.S_IFCHR:
+		if !s.overlay || st.Rdev != 0 {
+			return nil // device nodes are never archived
+		}
+		hdr.Typeflag, e.Type = tar.TypeChar, "whiteout"
 	default:
 		return nil // sockets and device nodes are never archived
 	}
 	if e.Type == "file" || e.Type == "dir" {
-		if err := readXattrs(dir, n, hdr); err != nil {
+		if err := readXattrs(dir, n, hdr, s.overlay && e.Type == "dir"); err != nil {
 			return fmt.Errorf("read extended attributes of %s: %w", elide(name), err)
 		}
 	}
@@ -209,7 +231,7 @@ func fdPath(dir int, n string) string {
 
 // readXattrs adds the archived extended attributes of the entry n of dir
 // to hdr's PAX records.
-func readXattrs(dir int, n string, hdr *tar.Header) error {
+func readXattrs(dir int, n string, hdr *tar.Header, opaque bool) error {
 	p := fdPath(dir, n)
 	buf := make([]byte, 4096)
 	k, err := unix.Llistxattr(p, buf)
@@ -227,7 +249,7 @@ func readXattrs(dir int, n string, hdr *tar.Header) error {
 		return err
 	}
 	for _, x := range strings.Split(strings.TrimRight(string(buf[:k]), "\x00"), "\x00") {
-		if !archivedXattr(x) {
+		if !archivedXattr(x) && !(opaque && x == opaqueXattr) {
 			continue
 		}
 		size, err := unix.Lgetxattr(p, x, nil)

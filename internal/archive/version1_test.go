@@ -317,6 +317,7 @@ func TestFormat1Index(t *testing.T) {
 	sparse := raw{tar.Header{Name: core, Typeflag: tar.TypeReg, Mode: 0o600, PAXRecords: map[string]string{sparseMapKey: "0,4", sparseSizeKey: "8"}}, "core"}
 	outside := raw{tar.Header{Name: ImagesPrefix(0) + "/../files/core", Typeflag: tar.TypeReg, Mode: 0o600}, "core"}
 	v2 := oneNode()
+	v2.Version = 2
 	v2.Nodes[0].Running = true
 	for name, tc := range map[string]struct {
 		data []byte

@@ -15,6 +15,9 @@ import (
 // index, extraction inside the destination).
 type version struct {
 	number int
+	// trailer is the version whose checksums.json this version writes:
+	// versions that differ only in what members may be share a trailer.
+	trailer int
 	// headers: checksums.json has the SHA-256 of each member's tar
 	// header ("header": mode, owner, times, link target, PAX records),
 	// and its own tar header the SHA-256 of its content (CRTREE.sha256).
@@ -29,6 +32,11 @@ type version struct {
 	// records: members may carry sparse maps and extended attributes
 	// (PAX records). Without them, a member that has one is refused.
 	records bool
+	// overlay: the files of a node that runs on an image or a --rootfs
+	// base may hold overlayfs's whiteouts (a member of type "whiteout", a
+	// character device 0/0) and opaque directories (the extended
+	// attribute trusted.overlay.opaque).
+	overlay bool
 	// unchecked says what the version's checksums do not cover of what
 	// a restore restores, "" for nothing.
 	unchecked string
@@ -37,8 +45,9 @@ type version struct {
 // versions are the format versions a reader accepts. The writer writes
 // FormatVersion only.
 var versions = map[int]*version{
-	1: {number: 1, unchecked: "file modes, owners and times are not checksummed"},
-	2: {number: 2, headers: true, listedIndex: true, records: true},
+	1: {number: 1, trailer: 1, unchecked: "file modes, owners and times are not checksummed"},
+	2: {number: 2, trailer: 2, headers: true, listedIndex: true, records: true},
+	3: {number: 3, trailer: 2, headers: true, listedIndex: true, records: true, overlay: true},
 }
 
 // Unchecked says what the checksums of an archive of m's format version
@@ -54,10 +63,11 @@ func (m *Manifest) Unchecked() string {
 // trailerVersion is the version of a checksums.json read before the
 // manifest (ReadTrailer), told by its tar header: only a version with
 // header digests has the digest of its content there. ExtractMeta and
-// the Reader refuse a trailer whose version is not the manifest's.
+// the Reader refuse a trailer whose version is not the manifest's
+// (version.trailer).
 func trailerVersion(hdr *tar.Header) *version {
 	if _, ok := hdr.PAXRecords[sumsDigestKey]; ok {
-		return versions[FormatVersion]
+		return versions[2]
 	}
 	return versions[1]
 }
@@ -82,7 +92,7 @@ func (v *version) decodeSums(header string, data []byte) (*Checksums, error) {
 	if !v.listedIndex && c.Index != nil {
 		return nil, corrupt("%s of format version %d lists an index", SumsName, v.number)
 	}
-	c.version = v.number
+	c.version = v.trailer
 	return c, nil
 }
 
@@ -102,6 +112,8 @@ func (v *version) checkRecords(hdr *tar.Header) error {
 		switch {
 		case !v.records && (xattr || k == sparseMapKey || k == sparseSizeKey):
 			return fmt.Errorf("member %q: PAX record %q is not allowed in format version %d", hdr.Name, k, v.number)
+		case xattr && name == opaqueXattr && v.overlay && hdr.Typeflag == tar.TypeDir:
+			// checked against the node's spec by the Reader
 		case xattr && (!archivedXattr(name) || hdr.Typeflag != tar.TypeReg && hdr.Typeflag != tar.TypeDir):
 			return fmt.Errorf("member %q: extended attribute %q is not allowed", hdr.Name, name)
 		}

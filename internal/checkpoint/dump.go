@@ -304,7 +304,11 @@ func (d *dumping) openArchive() error {
 	d.packStart = time.Now()
 	d.manifest.Created = time.Now().UTC()
 	for i, m := range d.nodes {
-		fe, err := archive.Scan(archive.FilesPrefix(i), d.h.UpperDir(&m.n))
+		scan := archive.Scan
+		if m.n.Spec.Image != "" || m.n.Spec.Rootfs != "" {
+			scan = archive.ScanUpper
+		}
+		fe, err := scan(archive.FilesPrefix(i), d.h.UpperDir(&m.n))
 		if err != nil {
 			return fmt.Errorf("dump %s: %w", m.path, err)
 		}
@@ -493,28 +497,16 @@ func collect(h *node.Host, p hier.Path) ([]*dumpNode, cgroup.Group, error) {
 	return nodes, held[0].Group, nil
 }
 
-// restorable refuses a subtree whose archive this crtree could not
-// restore: a dump that removes such nodes would lose them. It applies the
-// refusals of Restore that depend on the archive alone, and for a dump
-// from inside a node (inNode) those of a restore from there.
+// restorable refuses a subtree whose archive could not be restored where
+// it would have to be: a dump that removes such nodes would lose them.
+// For a dump from inside a node (inNode), that is a restore from there,
+// which cannot provide binds.
 func restorable(nodes []*dumpNode, inNode bool) error {
 	for _, m := range nodes {
-		if err := nodeRestorable(m.path.String(), m.n.Spec, m.status.State == hier.Running); err != nil {
-			return err
-		}
 		if inNode && len(m.n.Spec.Binds) > 0 {
 			b := m.n.Spec.Binds[0]
 			return fmt.Errorf("%s has a bind at %s, which a restore inside a node cannot provide", m.path, b.Target)
 		}
-	}
-	return nil
-}
-
-// nodeRestorable is what Restore requires of one archived node, named
-// path in messages.
-func nodeRestorable(path string, spec hier.Spec, running bool) error {
-	if spec.Rootfs != "" && running {
-		return fmt.Errorf("%s runs on a --rootfs base, which restore does not support yet", path)
 	}
 	return nil
 }

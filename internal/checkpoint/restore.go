@@ -68,9 +68,34 @@ func (t RestoreTarget) specs(m *archive.Manifest) ([]hier.Spec, error) {
 			}
 			spec.Binds = append(spec.Binds, hier.Bind(b))
 		}
+		// A --rootfs base is a host path too.
+		switch {
+		case spec.Rootfs != "" && t.InNode:
+			return nil, fmt.Errorf("%s runs on the host directory %s (run --rootfs), which cannot be given from inside a node", archivedPath(m, i), spec.Rootfs)
+		case spec.Rootfs != "" && !t.KeepBinds:
+			return nil, fmt.Errorf("%s runs on the host directory %s (run --rootfs); host paths come from the restoring side: give --keep-binds to use it again", archivedPath(m, i), spec.Rootfs)
+		}
 		specs[i] = spec
 	}
 	return specs, nil
+}
+
+// hasBases refuses an archive whose nodes run on an image or a --rootfs
+// base that this state root or host lacks.
+func hasBases(h *node.Host, m *archive.Manifest) error {
+	for i, n := range m.Nodes {
+		switch sp := n.Spec; {
+		case sp.Image != "":
+			if _, err := h.Images.Get(sp.Image); err != nil {
+				return fmt.Errorf("%s runs on the image %s (%s), which this state root does not have: import it (crtree image import FILE) and restore again", archivedPath(m, i), sp.ImageName, sp.Image)
+			}
+		case sp.Rootfs != "":
+			if fi, err := os.Stat(sp.Rootfs); err != nil || !fi.IsDir() {
+				return fmt.Errorf("%s runs on the host directory %s (run --rootfs), which this host lacks", archivedPath(m, i), sp.Rootfs)
+			}
+		}
+	}
+	return nil
 }
 
 // bindSource returns the host path the restoring side gives for mount
@@ -112,6 +137,9 @@ func Restore(ctx context.Context, h *node.Host, in io.Reader, target RestoreTarg
 	}()
 	specs, err := plan(m, &target)
 	if err != nil {
+		return nil, fmt.Errorf("restore: %w", err)
+	}
+	if err := hasBases(h, m); err != nil {
 		return nil, fmt.Errorf("restore: %w", err)
 	}
 	res, err := reserve(h, m, specs, target)
@@ -214,11 +242,6 @@ func plan(m *archive.Manifest, target *RestoreTarget) ([]hier.Spec, error) {
 	if err := hier.ValidateName(target.Name); err != nil {
 		return nil, fmt.Errorf("--name: %w", err)
 	}
-	for i, n := range m.Nodes {
-		if err := nodeRestorable(archivedPath(m, i), hierSpec(n.Spec), n.Running); err != nil {
-			return nil, err
-		}
-	}
 	return target.specs(m)
 }
 
@@ -251,6 +274,9 @@ func (rs *restoring) stageDirs() error {
 	}
 	rs.stage = stage
 	rs.dst = &destination{h: rs.h, ids: rs.res.IDs, stage: stage}
+	for _, n := range rs.m.Nodes {
+		rs.dst.specs = append(rs.dst.specs, n.Spec)
+	}
 	if rs.op, err = rs.h.BeginOp("restore"); err != nil {
 		return err
 	}
@@ -343,11 +369,14 @@ func reserve(h *node.Host, m *archive.Manifest, specs []hier.Spec, target Restor
 type destination struct {
 	h     *node.Host
 	ids   []string
+	specs []archive.Spec
 	stage string
 }
 
+// FilesDir is where node i's files go: its root, or the upper layer of
+// its overlay when it runs on an image or a --rootfs base.
 func (d *destination) FilesDir(i int) string {
-	return d.h.RootDir(d.ids[i])
+	return d.h.UpperDir(&hier.Node{ID: d.ids[i], Spec: hierSpec(d.specs[i])})
 }
 
 func (d *destination) ImagesDir(i int) string {

@@ -14,7 +14,7 @@ import (
 // archiveSpec is how a node's spec is written into a manifest.
 func archiveSpec(s hier.Spec) archive.Spec {
 	a := archive.Spec{Cmd: s.Cmd, Env: s.Env, Cwd: s.Cwd, Hostname: s.Hostname,
-		Rootfs: s.Rootfs, Net: s.Net, Init: s.Init}
+		Rootfs: s.Rootfs, Image: s.Image, ImageName: s.ImageName, User: s.User, Net: s.Net, Init: s.Init}
 	for _, b := range s.Binds {
 		// The conversion compiles only while both types have the same
 		// fields.
@@ -28,7 +28,7 @@ func archiveSpec(s hier.Spec) archive.Spec {
 // restore uses).
 func hierSpec(a archive.Spec) hier.Spec {
 	s := hier.Spec{Cmd: a.Cmd, Env: a.Env, Cwd: a.Cwd, Hostname: a.Hostname,
-		Rootfs: a.Rootfs, Net: a.Net, Init: a.Init}
+		Rootfs: a.Rootfs, Image: a.Image, ImageName: a.ImageName, User: a.User, Net: a.Net, Init: a.Init}
 	for _, b := range a.Binds {
 		s.Binds = append(s.Binds, hier.Bind(b))
 	}

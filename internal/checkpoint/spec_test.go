@@ -19,14 +19,15 @@ import (
 func fullSpec() hier.Spec {
 	return hier.Spec{Cmd: []string{"sh", "-c", "echo <&> \"x\""}, Env: []string{"K=V", "PATH=/bin"}, Cwd: "/srv",
 		Hostname: "pi", Binds: []hier.Bind{{Source: "/data", Target: "/mnt/data", ReadOnly: true}, {Source: "/scratch", Target: "/scratch"}},
-		Rootfs: "/images/debian", Net: "none", Init: true}
+		Rootfs: "/images/debian", Image: "sha256:0123", ImageName: "localhost/py", User: "1000:100", Net: "none", Init: true}
 }
 
-// specV2 is the JSON of fullSpec in a format version 2 manifest, as the
-// crtree before archive.Spec (which wrote hier.Spec itself) wrote it.
-const specV2 = `{"cmd":["sh","-c","echo \u003c\u0026\u003e \"x\""],"env":["K=V","PATH=/bin"],"cwd":"/srv","hostname":"pi","binds":[{"source":"/data","target":"/mnt/data","readOnly":true},{"source":"/scratch","target":"/scratch"}],"rootfs":"/images/debian","net":"none","init":true}`
+// specV3 is the JSON of fullSpec in a format version 3 manifest: as the
+// crtree before archive.Spec (which wrote hier.Spec itself) wrote format
+// version 2, with image, imageName and user, which version 3 added.
+const specV3 = `{"cmd":["sh","-c","echo \u003c\u0026\u003e \"x\""],"env":["K=V","PATH=/bin"],"cwd":"/srv","hostname":"pi","binds":[{"source":"/data","target":"/mnt/data","readOnly":true},{"source":"/scratch","target":"/scratch"}],"rootfs":"/images/debian","image":"sha256:0123","imageName":"localhost/py","user":"1000:100","net":"none","init":true}`
 
-// A spec goes into an archive as format version 2 has it, and comes back
+// A spec goes into an archive as format version 3 has it, and comes back
 // whole.
 func TestArchiveSpec(t *testing.T) {
 	s := fullSpec()
@@ -49,8 +50,8 @@ func TestArchiveSpec(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if string(got) != specV2 {
-		t.Errorf("archived spec:\n%s\nformat version 2:\n%s", got, specV2)
+	if string(got) != specV3 {
+		t.Errorf("archived spec:\n%s\nformat version 3:\n%s", got, specV3)
 	}
 	if back := hierSpec(archiveSpec(s)); !reflect.DeepEqual(back, s) {
 		t.Errorf("spec read back from the archive:\n%+v\nwant\n%+v", back, s)
@@ -102,8 +103,11 @@ func TestManifestNodeFormat(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A node of format version 2's time: nothing that version 3 added.
+	spec := fullSpec()
+	spec.Image, spec.ImageName, spec.User = "", "", ""
 	m := &dumpNode{
-		n:   hier.Node{ID: "n7", Name: "calculate_pi", Created: time.Date(2026, 11, 29, 13, 16, 5, 123456789, time.UTC), Spec: fullSpec()},
+		n:   hier.Node{ID: "n7", Name: "calculate_pi", Created: time.Date(2026, 11, 29, 13, 16, 5, 123456789, time.UTC), Spec: spec},
 		rel: "calculate_pi", parent: 0,
 		status: node.Status{State: hier.Exited, ExitCode: 3},
 		mounts: []criu.ExternalMount{{Mountpoint: "/usr", Key: "/usr", HostPath: "/usr"}, {Mountpoint: "/mnt/data", Key: "/mnt/data", HostPath: "/data"}},

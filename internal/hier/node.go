@@ -68,6 +68,16 @@ type Spec struct {
 	// Rootfs is a host directory used as the read-only base of the node's
 	// root; the node's own storage is an overlay upper layer above it.
 	Rootfs string `json:"rootfs,omitempty"`
+	// Image is the ID of the image (internal/image) whose layers are the
+	// read-only base of the node's root, "" for none; the node then sees
+	// nothing of the host's files but its binds. ImageName is what the
+	// image was called when the node was created, for messages.
+	Image     string `json:"image,omitempty"`
+	ImageName string `json:"imageName,omitempty"`
+	// User is who the command runs as: "" (root), or "user[:group]" by
+	// name or number, looked up in the node's own /etc/passwd and
+	// /etc/group (an image's config gives it).
+	User string `json:"user,omitempty"`
 	// Net is "host" (share the host's network) or "none" (a new network
 	// namespace with only the loopback interface).
 	Net string `json:"net,omitempty"`

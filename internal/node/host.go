@@ -10,6 +10,7 @@ import (
 
 	"github.com/crtree/crtree/internal/cgroup"
 	"github.com/crtree/crtree/internal/hier"
+	"github.com/crtree/crtree/internal/image"
 )
 
 // Host is one state root seen from the host: the tree, the nodes' storage
@@ -19,6 +20,8 @@ type Host struct {
 	Store *hier.Store
 	// CgroupBase is the cgroup2 group holding this state root's nodes.
 	CgroupBase cgroup.Group
+	// Images holds the images nodes run on.
+	Images *image.Store
 	// StageBase, if not "", is where StageDir makes staging directories,
 	// whatever the room in memory.
 	StageBase string
@@ -41,7 +44,7 @@ func NewHost(root string) (*Host, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Host{Store: st, CgroupBase: cgroup.Group(cgroup.BaseFor(mnt, st.Root))}, nil
+	return &Host{Store: st, CgroupBase: cgroup.Group(cgroup.BaseFor(mnt, st.Root)), Images: image.Open(st.Root)}, nil
 }
 
 // Group returns the cgroup of n; its processes are in Group(..).Leaf().
@@ -53,9 +56,10 @@ func (h *Host) Group(t *hier.Tree, n *hier.Node) cgroup.Group {
 func (h *Host) RootDir(id string) string { return filepath.Join(h.Store.NodeDir(id), "rootfs") }
 
 // UpperDir returns the directory that holds the files n wrote itself: its
-// root, or the overlay upper layer when it runs on a --rootfs base.
+// root, or the overlay upper layer when it runs on an image or a
+// --rootfs base.
 func (h *Host) UpperDir(n *hier.Node) string {
-	if n.Spec.Rootfs != "" {
+	if n.Spec.Rootfs != "" || n.Spec.Image != "" {
 		return filepath.Join(h.Store.NodeDir(n.ID), "upper")
 	}
 	return h.RootDir(n.ID)

@@ -23,6 +23,11 @@ type InitConfig struct {
 	Lower string `json:"lower,omitempty"`
 	Upper string `json:"upper,omitempty"`
 	Work  string `json:"work,omitempty"`
+	// OwnRoot says Lower is an image: the node gets nothing of the host's
+	// files (no /usr, /etc) but its binds.
+	OwnRoot bool `json:"ownRoot,omitempty"`
+	// User is who the command runs as (hier.Spec.User).
+	User string `json:"user,omitempty"`
 
 	Hostname string      `json:"hostname"`
 	Cmd      []string    `json:"cmd"`
@@ -140,6 +145,9 @@ func setupNode(cfg *InitConfig) error {
 	if err := unix.Chdir(cwd); err != nil {
 		return fmt.Errorf("working directory %s: %w", cwd, err)
 	}
+	if cfg.User != "" {
+		return switchUser(cfg.User, &cfg.Env)
+	}
 	return nil
 }
 
@@ -203,4 +211,13 @@ func loopbackUp() error {
 		return fmt.Errorf("bring up lo: %w", err)
 	}
 	return nil
+}
+
+// image is what ExternalMounts needs to know of an image: whether there
+// is one.
+func (c *InitConfig) image() string {
+	if c.OwnRoot {
+		return "own"
+	}
+	return ""
 }

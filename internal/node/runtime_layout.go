@@ -35,10 +35,14 @@ var devices = []struct {
 
 // ExternalMounts returns the external mounts (mounts inside a node that
 // come from the host, which CRIU leaves out of its images) of a node with
-// these binds, each as a bind of its host path at its mount point: the
-// read-only host directories and the binds. The node's crtree API
-// directory and binary are external mounts too (Host.ExternalMountsFor).
-func ExternalMounts(binds []hier.Bind) []hier.Bind {
+// this spec, each as a bind of its host path at its mount point: the
+// read-only host directories (unless the node runs on an image, which
+// has its own) and the binds. The node's crtree API directory and binary
+// are external mounts too (Host.ExternalMountsFor).
+func ExternalMounts(spec hier.Spec) []hier.Bind {
+	if spec.Image != "" {
+		return spec.Binds
+	}
 	var out []hier.Bind
 	for _, d := range HostReadOnly {
 		out = append(out, hier.Bind{Source: d, Target: d, ReadOnly: true})
@@ -48,7 +52,7 @@ func ExternalMounts(binds []hier.Bind) []hier.Bind {
 			out = append(out, hier.Bind{Source: l, Target: l, ReadOnly: true})
 		}
 	}
-	return append(out, binds...)
+	return append(out, spec.Binds...)
 }
 
 // buildRoot lays out the node's mounts under root, in the new mount
@@ -67,6 +71,9 @@ func buildRoot(cfg *InitConfig) error {
 		return fmt.Errorf("bind root: %w", err)
 	}
 	for _, l := range mergedUsrLinks {
+		if cfg.OwnRoot {
+			break
+		}
 		target, err := os.Readlink(l)
 		if err != nil {
 			continue
@@ -78,7 +85,7 @@ func buildRoot(cfg *InitConfig) error {
 			}
 		}
 	}
-	for _, m := range ExternalMounts(cfg.Binds) {
+	for _, m := range ExternalMounts(hier.Spec{Binds: cfg.Binds, Image: cfg.image()}) {
 		if err := bindInto(root, m); err != nil {
 			return err
 		}

@@ -9,6 +9,8 @@ import (
 	"github.com/crtree/crtree/internal/cgroup"
 	"github.com/crtree/crtree/internal/criu"
 	"github.com/crtree/crtree/internal/hier"
+
+	"golang.org/x/sys/unix"
 )
 
 // specExternalMounts are the external mounts of a node's spec as CRIU
@@ -17,7 +19,7 @@ import (
 // bind's source).
 func specExternalMounts(spec hier.Spec) []criu.ExternalMount {
 	var out []criu.ExternalMount
-	for _, b := range ExternalMounts(spec.Binds) {
+	for _, b := range ExternalMounts(spec) {
 		out = append(out, criu.ExternalMount{Mountpoint: b.Target, Key: b.Target, HostPath: b.Source})
 	}
 	return out
@@ -41,9 +43,11 @@ func (h *Host) restoreInit(id string, from *FromImages) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	if n.Spec.Rootfs != "" {
-		return 0, fmt.Errorf("restoring a node with --rootfs is not supported yet")
+	unmount, err := h.mountOverlay(&n)
+	if err != nil {
+		return 0, err
 	}
+	defer unmount()
 	mounts, err := h.ExternalMountsFor(&n)
 	if err != nil {
 		return 0, err
@@ -141,4 +145,22 @@ func (from *FromImages) waitGate() error {
 		return fmt.Errorf("the restoring command withdrew the images")
 	}
 	return nil
+}
+
+// mountOverlay mounts the overlay root of a node that runs on an image or
+// a --rootfs base (its base below its restored upper layer) at its root
+// directory, where CRIU takes the node's / from (--root). The node's
+// mount namespace keeps its own copy: unmount detaches the host's once
+// CRIU is done.
+func (h *Host) mountOverlay(n *hier.Node) (unmount func(), err error) {
+	lower := h.lowerDir(n)
+	if lower == "" {
+		return func() {}, nil
+	}
+	root := h.RootDir(n.ID)
+	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", lower, h.UpperDir(n), filepath.Join(h.Store.NodeDir(n.ID), "work"))
+	if err := unix.Mount("overlay", root, "overlay", 0, opts); err != nil {
+		return nil, fmt.Errorf("mount the node's root (%s): %w", lower, err)
+	}
+	return func() { unix.Unmount(root, unix.MNT_DETACH) }, nil
 }

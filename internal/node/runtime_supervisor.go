@@ -240,17 +240,33 @@ func (h *Host) initConfig(n *hier.Node) InitConfig {
 		Binds:    n.Spec.Binds,
 		OwnNet:   n.Spec.Net == hier.NetNone,
 		Init:     n.Spec.Init,
+		User:     n.Spec.User,
 		APIDir:   h.APIDir(n.ID),
 	}
 	if cfg.Hostname == "" {
 		cfg.Hostname = n.Name
 	}
-	if n.Spec.Rootfs != "" {
-		cfg.Lower = n.Spec.Rootfs
+	if lower := h.lowerDir(n); lower != "" {
+		cfg.Lower, cfg.OwnRoot = lower, n.Spec.Image != ""
 		cfg.Upper = h.UpperDir(n)
 		cfg.Work = filepath.Join(h.Store.NodeDir(n.ID), "work")
 	}
 	return cfg
+}
+
+// lowerDir is the read-only base of n's root as overlayfs's lowerdir: its
+// image's layers or its --rootfs directory; "" when its root is a
+// directory of its own.
+func (h *Host) lowerDir(n *hier.Node) string {
+	if n.Spec.Image != "" {
+		im, err := h.Images.Get(n.Spec.Image)
+		if err != nil {
+			// The image is gone: the mount fails and says so.
+			return "missing-image-" + n.Spec.Image
+		}
+		return h.Images.Lower(im)
+	}
+	return n.Spec.Rootfs
 }
 
 // recordRunning records the node's init; done says the node is complete

@@ -5,12 +5,14 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/crtree/crtree/internal/api"
 	"github.com/crtree/crtree/internal/hier"
+	"github.com/crtree/crtree/internal/image"
 )
 
 // ErrRunning is returned when an operation needs a node that is not
@@ -24,6 +26,13 @@ var ErrNotRunning = errors.New("node is not running")
 // of p), starts spec.Cmd in it and returns the new node's path. If the
 // node cannot be started, nothing of it is left behind.
 func (h *Host) Run(p hier.Path, unnamed bool, spec hier.Spec) (hier.Path, error) {
+	if spec.ImageName != "" {
+		im, err := h.Images.Get(spec.ImageName)
+		if err != nil {
+			return nil, fmt.Errorf("run %s: %w", p, err)
+		}
+		spec = withImage(spec, im)
+	}
 	if len(spec.Cmd) == 0 {
 		return nil, errors.New("no command given")
 	}
@@ -78,7 +87,7 @@ func (h *Host) PrepareStorage(n *hier.Node) error {
 	if err := os.WriteFile(filepath.Join(h.APIDir(n.ID), api.BinaryName), nil, 0o755); err != nil {
 		return fmt.Errorf("create node storage: %w", err)
 	}
-	if n.Spec.Rootfs != "" {
+	if n.Spec.Rootfs != "" || n.Spec.Image != "" {
 		for _, d := range []string{"upper", "work"} {
 			if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
 				return fmt.Errorf("create node storage: %w", err)
@@ -349,4 +358,41 @@ func (h *Host) MarkExited(id string, code int) error {
 		n.State, n.ExitCode = hier.Exited, code
 		return nil
 	})
+}
+
+// withImage is spec on image im, as Docker and Podman run one: the
+// image's environment under spec's, its working directory and user unless
+// spec has its own, and its entrypoint before spec's command, or before
+// the image's command when spec has none.
+func withImage(spec hier.Spec, im *image.Image) hier.Spec {
+	spec.Image, spec.ImageName = im.ID, im.Name
+	spec.Env = MergeEnv(im.Config.Env, spec.Env)
+	if spec.Cwd == "" {
+		spec.Cwd = im.Config.WorkingDir
+	}
+	if spec.User == "" {
+		spec.User = im.Config.User
+	}
+	cmd := spec.Cmd
+	if len(cmd) == 0 {
+		cmd = im.Config.Cmd
+	}
+	spec.Cmd = append(append([]string{}, im.Config.Entrypoint...), cmd...)
+	return spec
+}
+
+// NodesOnImage returns the paths of the nodes that run on the image with
+// the given ID.
+func (h *Host) NodesOnImage(id string) []string {
+	var out []string
+	h.Store.View(func(t *hier.Tree) error {
+		for _, n := range t.Nodes {
+			if n.Spec.Image == id {
+				out = append(out, t.PathOf(n).String())
+			}
+		}
+		return nil
+	})
+	sort.Strings(out)
+	return out
 }
