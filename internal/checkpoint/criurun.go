@@ -1,6 +1,7 @@
 package checkpoint
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -94,14 +95,15 @@ type criuDumps struct {
 	ended  bool
 }
 
-// startCRIUs starts one CRIU dump per running node (dumpAll).
-func startCRIUs(h *node.Host, op *node.Op, nodes []*dumpNode, o Options, stream bool) *criuDumps {
+// startCRIUs starts one CRIU dump per running node (dumpAll); once ctx is
+// cancelled, no more are started.
+func startCRIUs(ctx context.Context, h *node.Host, op *node.Op, nodes []*dumpNode, o Options, stream bool) *criuDumps {
 	c := &criuDumps{
 		run:    newCriuRun(countRunning(nodes), o.TCPEstablished && !o.LeaveRunning),
 		start:  time.Now(),
 		exited: make(chan error, 1),
 	}
-	go func() { c.exited <- dumpAll(h, op, nodes, o, stream, c.run) }()
+	go func() { c.exited <- dumpAll(ctx, h, op, nodes, o, stream, c.run) }()
 	return c
 }
 
@@ -127,8 +129,9 @@ func countRunning(nodes []*dumpNode) int {
 
 // dumpAll runs one CRIU dump per running node, in parallel (as many at
 // once as there are CPUs, at least two), each reported to run once
-// written or ended.
-func dumpAll(h *node.Host, op *node.Op, nodes []*dumpNode, o Options, stream bool, run *criuRun) error {
+// written or ended. A node whose turn comes after ctx is cancelled or
+// another CRIU failed is not dumped.
+func dumpAll(ctx context.Context, h *node.Host, op *node.Op, nodes []*dumpNode, o Options, stream bool, run *criuRun) error {
 	var wg sync.WaitGroup
 	errs := make([]error, len(nodes))
 	sem := make(chan struct{}, max(2, runtime.NumCPU()))
@@ -151,6 +154,12 @@ func dumpAll(h *node.Host, op *node.Op, nodes []*dumpNode, o Options, stream boo
 			var freeSlot sync.Once
 			leave := func() { freeSlot.Do(func() { <-sem }) }
 			defer leave()
+			if ctx.Err() != nil || run.failed() != nil {
+				// The dump fails anyway, for that reason.
+				errs[i] = context.Cause(ctx)
+				run.end(errs[i])
+				return
+			}
 			errs[i] = dumpOne(h, op, m, o, stream, run, leave, progress)
 		}()
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path"
 	"path/filepath"
@@ -50,7 +51,8 @@ type Options struct {
 	// NoStream stages CRIU's images in files instead of streaming them
 	// between CRIU and the archive (for measuring, and as a way around).
 	NoStream bool
-	// NoDirect reads and writes archives through the page cache only.
+	// NoDirect reads archives (restore) through the page cache only, never
+	// with O_DIRECT. (Writing is set by OutputOptions.NoDirect.)
 	NoDirect bool
 	// CriuLogLevel is CRIU's log level, "0" to "4"; "" is
 	// criu.DefaultLogLevel.
@@ -97,9 +99,9 @@ type dumpNode struct {
 
 // Dump checkpoints the node at p and all its descendants into out. The
 // workload is frozen while CRIU dumps it; without LeaveRunning the nodes
-// are removed once the archive is committed, and never before. On
-// failure, or when ctx is cancelled, nothing stands under out's name and
-// the workload runs on.
+// are removed once the archive is committed, and never before. On a
+// failure before the commit, or when ctx is cancelled before it, nothing
+// stands under out's name and the workload runs on.
 func Dump(ctx context.Context, h *node.Host, p hier.Path, out Output, o Options) (rep *Report, err error) {
 	d := &dumping{ctx: ctx, h: h, p: p, out: out, o: o, start: time.Now(), rep: &Report{Path: p.String()}}
 	defer d.end(&err)
@@ -319,7 +321,8 @@ func (d *dumping) openArchive() error {
 	}
 	// Large writes: the archive writer emits many small pieces (frame and
 	// block headers), which would each be a system call.
-	d.counter = &countingWriter{w: d.out}
+	// Cancelled, the next write fails: whatever step writes stops there.
+	d.counter = &countingWriter{w: ctxWriter{d.ctx, d.out}}
 	size := 1 << 20
 	if b, ok := d.out.(interface{ Buffered() bool }); ok && b.Buffered() {
 		size = 16 << 10
@@ -345,7 +348,7 @@ func (d *dumping) runCRIU() error {
 		return fmt.Errorf("dump %s: %w", d.p, err)
 	}
 	defer pipe.close()
-	d.criu = startCRIUs(d.h, d.op, d.nodes, d.o, d.stream)
+	d.criu = startCRIUs(d.ctx, d.h, d.op, d.nodes, d.o, d.stream)
 	if err := d.writeStart(); err != nil {
 		return err
 	}
@@ -445,15 +448,15 @@ func (d *dumping) finish() error {
 // archive aborted, every CRIU told and waited for, the workload thawed;
 // and in every case the hold, the marker and the staging directory go.
 func (d *dumping) end(errp *error) {
-	failed := *errp != nil && !d.committed
-	if failed {
+	if *errp != nil && !d.committed {
 		d.out.Abort()
 	}
 	if d.criu != nil {
 		d.criu.run.release(errNoArchive)
 		d.criu.wait()
 	}
-	if failed {
+	if *errp != nil {
+		// Whatever is left of the workload goes on.
 		d.thaw()
 	}
 	if d.held {
@@ -583,6 +586,20 @@ func kernelRelease() string {
 		return ""
 	}
 	return unix.ByteSliceToString(u.Release[:])
+}
+
+// ctxWriter is a writer that fails with its context's cause once the
+// context is cancelled.
+type ctxWriter struct {
+	ctx context.Context
+	w   io.Writer
+}
+
+func (c ctxWriter) Write(p []byte) (int, error) {
+	if c.ctx.Err() != nil {
+		return 0, context.Cause(c.ctx)
+	}
+	return c.w.Write(p)
 }
 
 type countingWriter struct {

@@ -114,10 +114,14 @@ func (t RestoreTarget) bindSource(target string) (string, bool) {
 // removed.
 func Restore(ctx context.Context, h *node.Host, in io.Reader, target RestoreTarget, o Options) (rep *Report, err error) {
 	start := time.Now()
+	var cleanupErr error // of removing what was created, after a failure
 	defer func() {
 		// Whatever failed once ctx was cancelled failed because of it.
 		if err != nil && ctx.Err() != nil {
 			err = fmt.Errorf("restore: %w; nothing was restored", context.Cause(ctx))
+		}
+		if cleanupErr != nil {
+			err = errors.Join(err, fmt.Errorf("clean up: %w", cleanupErr))
 		}
 	}()
 	src, err := openSource(ctx, in, o)
@@ -148,16 +152,14 @@ func Restore(ctx context.Context, h *node.Host, in io.Reader, target RestoreTarg
 	}
 	defer func() {
 		if err != nil {
-			if aerr := res.Abort(); aerr != nil {
-				err = errors.Join(err, fmt.Errorf("clean up: %w", aerr))
-			}
+			cleanupErr = res.Abort()
 		}
 	}()
 	rs := &restoring{ctx: ctx, h: h, ar: src.ar, m: m, res: res, o: o, rep: &Report{Path: res.Paths[0].String()}}
+	defer rs.cleanUp() // whatever stageDirs made
 	if err := rs.stageDirs(); err != nil {
 		return nil, fmt.Errorf("restore: %w", err)
 	}
-	defer rs.cleanUp()
 	// From a file with an index, or from a pipe when the archive was
 	// written pages last, CRIU reads the pages as they come.
 	if src.ix != nil || (m.PagesLast && !o.NoStream) {
@@ -167,6 +169,10 @@ func Restore(ctx context.Context, h *node.Host, in io.Reader, target RestoreTarg
 	}
 	if err != nil {
 		return nil, err
+	}
+	// Cancelled while CRIU restored: the nodes run, and go.
+	if ctx.Err() != nil {
+		return nil, context.Cause(ctx)
 	}
 	rs.account()
 	if err := res.Commit(); err != nil {

@@ -361,7 +361,8 @@ func (h *Host) recordExit(id string, initPid, code int) error {
 // hostEnv is the environment for crtree processes that work on the host
 // side (supervisors): the Host's, without the scope of a node.
 func (h *Host) hostEnv() []string {
-	var env []string
+	env := []string{} // never nil, which exec takes for this process's
+
 	for _, kv := range h.Env {
 		if strings.HasPrefix(kv, EnvScope+"=") || strings.HasPrefix(kv, EnvScopeCwd+"=") {
 			continue

@@ -13,13 +13,13 @@ import (
 // that creates nodes (run, restore) reserves them here, and hands them
 // over (Commit) or takes them back (Abort) here; rm, mv and the dump
 // change existing nodes through Host methods that check the same holds
-// (CheckFree, busy.go).
+// (CheckFree, tree_busy.go).
 //
 // A node's life:
 //
 //	Reserve   in the tree, with storage and cgroup, owned by the command
 //	          (OwnerPid): ls shows it "creating", and "incomplete" if the
-//	          command died, until rm -r -f or gc removes it
+//	          command died, until rm -r -f removes it
 //	start     a supervisor runs its init (Host.Start), or restores it
 //	          (Host.StartRestore)
 //	Commit    the command lets go: the node is the tree's (handOver)
@@ -160,8 +160,7 @@ func (r *Reservation) Commit() error {
 	if r.done {
 		return errors.New("reservation already ended")
 	}
-	r.done = true
-	return r.h.Store.Update(func(t *hier.Tree) error {
+	err := r.h.Store.Update(func(t *hier.Tree) error {
 		for _, id := range r.IDs {
 			if n := t.Nodes[id]; n != nil {
 				handOver(n)
@@ -169,6 +168,9 @@ func (r *Reservation) Commit() error {
 		}
 		return nil
 	})
+	// A failed hand-over leaves the nodes to Abort.
+	r.done = err == nil
+	return err
 }
 
 // Abort kills and removes the reserved nodes (and whatever runs in them).

@@ -61,7 +61,7 @@ func (h *Host) Run(p hier.Path, unnamed bool, spec hier.Spec) (hier.Path, error)
 	case errors.As(err, &be):
 		return nil, fmt.Errorf("run %s: %w", p, be)
 	case errors.Is(err, hier.ErrExists):
-		return nil, fmt.Errorf("run %w; choose another name, or remove it first (crtree rm -r -f %s)", err, p)
+		return nil, fmt.Errorf("run %w; choose another name (crtree ls %s lists what is there)", err, p.Parent())
 	case err != nil:
 		return nil, err
 	}
