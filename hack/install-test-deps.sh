@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # install-test-deps.sh installs what the end-to-end tests use besides CRIU:
 # python3 (workloads inside nodes), zstd (archive compatibility check),
-# nsenter and nft (to check and lift CRIU's TCP network locks).
+# nsenter and nft (to check and lift CRIU's TCP network locks), a static
+# busybox (the shell and tools of the images the tests build).
 # Quiet and idempotent; needs root only when something is missing.
 set -euo pipefail
 missing=()
@@ -9,6 +10,7 @@ command -v python3 >/dev/null || missing+=(python3)
 command -v zstd >/dev/null || missing+=(zstd)
 command -v nsenter >/dev/null || missing+=(util-linux)
 command -v nft >/dev/null || missing+=(nftables)
+dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
 ((${#missing[@]} == 0)) && exit 0
 echo "install-test-deps: installing ${missing[*]}" >&2
 apt-get update -qq >/dev/null

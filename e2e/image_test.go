@@ -1,0 +1,150 @@
+package e2e
+
+import (
+	"archive/tar"
+	"bytes"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+)
+
+// testImageLayout writes an OCI layout of a small image built here: a
+// static busybox with its applets, an os-release of its own, and a file
+// /etc/doomed that the workload deletes, in a base layer; a marker in a
+// second layer. The config sets PATH, the working directory and the
+// command.
+func testImageLayout(t *testing.T) string {
+	t.Helper()
+	bb, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		t.Fatalf("a static busybox is needed (make deps installs busybox-static): %v", err)
+	}
+	var base bytes.Buffer
+	tw := tar.NewWriter(&base)
+	add := func(hdr tar.Header, body []byte) {
+		hdr.Size = int64(len(body))
+		if hdr.Mode == 0 {
+			hdr.Mode = 0o644
+		}
+		if err := tw.WriteHeader(&hdr); err != nil {
+			t.Fatal(err)
+		}
+		tw.Write(body)
+	}
+	for _, d := range []string{"bin/", "etc/", "data/", "tmp/"} {
+		add(tar.Header{Name: d, Typeflag: tar.TypeDir, Mode: 0o755}, nil)
+	}
+	add(tar.Header{Name: "bin/busybox", Typeflag: tar.TypeReg, Mode: 0o755}, bb)
+	for _, a := range []string{"sh", "cat", "echo", "sleep", "rm", "ls", "test", "expr"} {
+		add(tar.Header{Name: "bin/" + a, Typeflag: tar.TypeSymlink, Linkname: "busybox"}, nil)
+	}
+	add(tar.Header{Name: "etc/os-release", Typeflag: tar.TypeReg}, []byte("ID=crtree-test-image\n"))
+	add(tar.Header{Name: "etc/passwd", Typeflag: tar.TypeReg}, []byte("root:x:0:0:root:/root:/bin/sh\n"))
+	add(tar.Header{Name: "etc/doomed", Typeflag: tar.TypeReg}, []byte("delete me\n"))
+	tw.Close()
+	var top bytes.Buffer
+	tw = tar.NewWriter(&top)
+	add(tar.Header{Name: "etc/layer2", Typeflag: tar.TypeReg}, []byte("second layer\n"))
+	tw.Close()
+	var layers []v1.Layer
+	for _, buf := range [][]byte{base.Bytes(), top.Bytes()} {
+		l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(buf)), nil })
+		if err != nil {
+			t.Fatal(err)
+		}
+		layers = append(layers, l)
+	}
+	img, err := mutate.AppendLayers(empty.Image, layers...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err = mutate.Config(img, v1.Config{Env: []string{"PATH=/bin"}, WorkingDir: "/data",
+		Cmd: []string{"sh", "-c", "rm /etc/doomed; echo kept > /data/written; i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "layout")
+	lp, err := layout.Write(dir, empty.Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := lp.AppendImage(img, layout.WithAnnotations(map[string]string{"org.opencontainers.image.ref.name": "test/busybox:1"})); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// count reads the workload's counter inside node p.
+func (h *host) count(p string) int {
+	h.t.Helper()
+	out := strings.TrimSpace(h.must("exec", p, "--", "cat", "/tmp/count"))
+	n, err := strconv.Atoi(out)
+	if err != nil {
+		h.t.Fatalf("count in %s: %q", p, out)
+	}
+	return n
+}
+
+// An image built here runs as a node that sees the image's files, not
+// the host's; its dump restores on its state root with what it wrote and
+// deleted, and on another state root only once that has the image: the
+// refusal names the image.
+func TestImageNode(t *testing.T) {
+	a, b := newHost(t), newHost(t)
+	lay := testImageLayout(t)
+	out := a.must("image", "import", lay)
+	if !strings.HasPrefix(out, "test/busybox:1 sha256:") {
+		t.Fatalf("import printed %q", out)
+	}
+	id := strings.Fields(out)[1]
+	a.must("run", "--image", "test/busybox:1", "/n")
+	if !poll(10*time.Second, 100*time.Millisecond, func() bool { _, err := a.run("exec", "/n", "--", "test", "-s", "/tmp/count"); return err == nil }) {
+		t.Fatalf("the image's command never ran: %s", a.must("logs", "/n"))
+	}
+	if got := a.must("exec", "/n", "--", "cat", "/etc/os-release", "/etc/layer2"); got != "ID=crtree-test-image\nsecond layer\n" {
+		t.Fatalf("the node sees %q, not the image's files", got)
+	}
+	if _, err := a.run("exec", "/n", "--", "test", "-e", "/usr/bin/python3"); err == nil {
+		t.Fatalf("the node sees the host's /usr")
+	}
+	if _, err := a.run("image", "rm", "test/busybox:1"); err == nil || !strings.Contains(err.Error(), "image test/busybox:1 is used by /n") {
+		t.Fatalf("image rm of a used image: %v", err)
+	}
+	archive := filepath.Join(t.TempDir(), "n.crtree")
+	before := a.count("/n")
+	a.must("dump", "/n", "-o", archive)
+
+	// Another state root without the image: refused, naming it.
+	_, err := b.run("restore", archive)
+	if err == nil || !strings.Contains(err.Error(), "restore: /n runs on the image test/busybox:1 ("+id+"), which this state root does not have: import it (crtree image import FILE) and restore again") {
+		t.Fatalf("restore without the image: %v", err)
+	}
+	if ls := b.ls(); len(ls) != 0 {
+		t.Fatalf("the refused restore left %v", ls)
+	}
+	b.must("image", "import", lay)
+	for _, h := range []*host{a, b} {
+		h.must("restore", archive)
+		if got := h.must("exec", "/n", "--", "sh", "-c", "cat /etc/os-release /data/written; test -e /etc/doomed && echo doomed is back; pwd"); got != "ID=crtree-test-image\nkept\n/data\n" {
+			t.Fatalf("restored node sees %q", got)
+		}
+		if !poll(10*time.Second, 100*time.Millisecond, func() bool { return h.count("/n") > before+2 }) {
+			t.Fatalf("the restored workload does not go on from %d", before)
+		}
+	}
+	a.must("rm", "-r", "-f", "/n")
+	a.must("image", "rm", "test/busybox:1")
+	if got := a.must("image", "ls", "--json"); strings.TrimSpace(got) != "[]" {
+		t.Fatalf("image ls after rm: %s", got)
+	}
+}
