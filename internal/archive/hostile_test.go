@@ -15,6 +15,7 @@ import (
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
+	"golang.org/x/sys/unix"
 )
 
 // raw is one member of a hand-made archive.
@@ -404,5 +405,60 @@ func TestHostileTestdata(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want %q", name, err, tc.want)
 		}
+	}
+}
+
+// Overlayfs's whiteouts (character devices 0/0) and opaque directories
+// are allowed only in the files of a node whose root is an overlay, in
+// format version 3; everywhere else they are refused for that reason, and
+// a whiteout where allowed is extracted as one.
+func TestOverlayMembers(t *testing.T) {
+	const f = "nodes/0/files"
+	dir := raw{tar.Header{Name: f, Typeflag: tar.TypeDir, Mode: 0o755}, ""}
+	whiteout := raw{tar.Header{Name: f + "/gone", Typeflag: tar.TypeChar, Mode: 0o600}, ""}
+	opaque := raw{tar.Header{Name: f + "/o", Typeflag: tar.TypeDir, Mode: 0o755, PAXRecords: map[string]string{xattrPrefix + opaqueXattr: "y"}}, ""}
+	imageNode := func(v int) *Manifest {
+		m := oneNode()
+		m.Version = v
+		m.Nodes[0].Spec.Image = "sha256:0123"
+		return m
+	}
+	for name, tc := range map[string]struct {
+		m       *Manifest
+		members []raw
+		want    string // "" for accepted
+	}{
+		"whiteout in an image node":         {imageNode(3), []raw{dir, whiteout}, ""},
+		"opaque directory in an image node": {imageNode(3), []raw{dir, opaque}, ""},
+		"whiteout in a host node":           {oneNode(), []raw{dir, whiteout}, `member "nodes/0/files/gone": a whiteout is allowed only in a node that runs on an image or a --rootfs base`},
+		"opaque directory in a host node":   {oneNode(), []raw{dir, opaque}, `member "nodes/0/files/o": an opaque directory is allowed only in a node that runs on an image or a --rootfs base`},
+		"whiteout in format version 2":      {imageNode(2), []raw{dir, whiteout}, `member "nodes/0/files/gone": a whiteout is not allowed in format version 2`},
+		"whiteout among CRIU images":        {imageNode(3), []raw{{tar.Header{Name: "nodes/0/criu/x", Typeflag: tar.TypeChar, Mode: 0o600}, ""}}, `member "nodes/0/criu/x": a whiteout is allowed only among a node's files`},
+		"device other than a whiteout":      {imageNode(3), []raw{dir, {tar.Header{Name: f + "/null", Typeflag: tar.TypeChar, Devmajor: 1, Devminor: 3, Mode: 0o666}, ""}}, `member "nodes/0/files/null": type '3' is not allowed`},
+		"opaque attribute on a file":        {imageNode(3), []raw{dir, {tar.Header{Name: f + "/x", Typeflag: tar.TypeReg, Mode: 0o644, PAXRecords: map[string]string{xattrPrefix + opaqueXattr: "y"}}, ""}}, `extended attribute "trusted.overlay.opaque" is not allowed`},
+	} {
+		t.Run(name, func(t *testing.T) {
+			data := forge(t, tc.m, tc.members, nil)
+			base := t.TempDir()
+			d := dirs{files: []string{filepath.Join(base, "files")}, images: []string{filepath.Join(base, "images")}}
+			os.MkdirAll(d.files[0], 0o755)
+			os.MkdirAll(d.images[0], 0o755)
+			r, err := NewReader(bytes.NewReader(data))
+			if err == nil {
+				err = Extract(r, d, nil)
+				r.Close()
+			}
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("got %v, want %q", err, tc.want)
+			case tc.want == "" && name == "whiteout in an image node":
+				var st unix.Stat_t
+				if err := unix.Lstat(filepath.Join(d.files[0], "gone"), &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFCHR || st.Rdev != 0 {
+					t.Fatalf("extracted whiteout: %v, mode %o, rdev %d", err, st.Mode, st.Rdev)
+				}
+			}
+		})
 	}
 }
