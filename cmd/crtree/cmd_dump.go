@@ -130,10 +130,14 @@ archive is complete, the subtree is thawed and keeps running, no archive is
 left under FILE, and crtree exits 1 (130 or 143 when stopped).
 
 Refused up front, with the reason, and nothing touched: a subtree another
-crtree command holds (being dumped or restored), one with a running
---rootfs node (restore cannot bring it back yet) unless --leave-running, a
-node with a crtree exec still attached, and inside a node the node itself
-(dump its children, or dump it from outside).
+crtree command holds (being dumped or restored), a node with a crtree exec
+still attached, and inside a node the node itself (dump its children, or
+dump it from outside) and nodes with binds (a restore from there could not
+provide them) unless --leave-running.
+
+A node on an image (run --image) is archived as its own changes to the
+image (what it wrote and deleted) with the image's ID: a restore needs that
+image on the restoring state root (crtree image import).
 
 With --tcp-established, CRIU dumps established TCP connections too. Without
 --leave-running, CRIU then kills the processes itself once the archive is
