@@ -45,11 +45,12 @@ func testImageLayout(t *testing.T) string {
 		add(tar.Header{Name: d, Typeflag: tar.TypeDir, Mode: 0o755}, nil)
 	}
 	add(tar.Header{Name: "bin/busybox", Typeflag: tar.TypeReg, Mode: 0o755}, bb)
-	for _, a := range []string{"sh", "cat", "echo", "sleep", "rm", "ls", "test", "expr"} {
+	for _, a := range []string{"sh", "cat", "echo", "sleep", "rm", "ls", "test", "expr", "id"} {
 		add(tar.Header{Name: "bin/" + a, Typeflag: tar.TypeSymlink, Linkname: "busybox"}, nil)
 	}
 	add(tar.Header{Name: "etc/os-release", Typeflag: tar.TypeReg}, []byte("ID=crtree-test-image\n"))
-	add(tar.Header{Name: "etc/passwd", Typeflag: tar.TypeReg}, []byte("root:x:0:0:root:/root:/bin/sh\n"))
+	add(tar.Header{Name: "etc/passwd", Typeflag: tar.TypeReg}, []byte("root:x:0:0:root:/root:/bin/sh\nworker:x:1234:1234:worker:/data:/bin/sh\n"))
+	add(tar.Header{Name: "etc/group", Typeflag: tar.TypeReg}, []byte("root:x:0:\nstaff:x:50:\n"))
 	add(tar.Header{Name: "etc/doomed", Typeflag: tar.TypeReg}, []byte("delete me\n"))
 	tw.Close()
 	var top bytes.Buffer
@@ -143,6 +144,22 @@ func TestImageNode(t *testing.T) {
 		}
 	}
 	a.must("rm", "-r", "-f", "/n")
+
+	// --user, by name (the image's /etc/passwd gives its group and home)
+	// and with a group by name.
+	for user, want := range map[string]string{"worker": "1234 1234 /data", "worker:staff": "1234 50 /data", "77": "77 77 /"} {
+		a.must("run", "--image", "test/busybox:1", "--user", user, "/u", "--", "sh", "-c", "echo $(id -u) $(id -g) $HOME > /tmp/who; sleep 100000")
+		if !poll(10*time.Second, 100*time.Millisecond, func() bool { _, err := a.run("exec", "/u", "--", "test", "-s", "/tmp/who"); return err == nil }) {
+			t.Fatalf("--user %s: never ran: %s", user, a.must("logs", "/u"))
+		}
+		if got := strings.TrimRight(a.must("exec", "/u", "--", "cat", "/tmp/who"), "\n"); got != want {
+			t.Errorf("--user %s: uid, gid, home %q, want %q", user, got, want)
+		}
+		a.must("rm", "-r", "-f", "/u")
+	}
+	if _, err := a.run("run", "--image", "test/busybox:1", "--user", "nosuch", "/u", "--", "true"); err == nil || !strings.Contains(err.Error(), `user nosuch: no user "nosuch" in the node's /etc/passwd`) {
+		t.Errorf("--user nosuch: %v", err)
+	}
 	a.must("image", "rm", "test/busybox:1")
 	if got := a.must("image", "ls", "--json"); strings.TrimSpace(got) != "[]" {
 		t.Fatalf("image ls after rm: %s", got)

@@ -246,6 +246,10 @@ func (h *Host) initConfig(n *hier.Node) InitConfig {
 	if cfg.Hostname == "" {
 		cfg.Hostname = n.Name
 	}
+	if n.Spec.User != "" && !hasEnv(n.Spec.Env, "HOME") {
+		// The user's home, from the node's /etc/passwd (switchUser).
+		cfg.Env = withoutEnv(cfg.Env, "HOME")
+	}
 	if lower := h.lowerDir(n); lower != "" {
 		cfg.Lower, cfg.OwnRoot = lower, n.Spec.Image != ""
 		cfg.Upper = h.UpperDir(n)

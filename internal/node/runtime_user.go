@@ -13,7 +13,8 @@ import (
 // switchUser makes this process (the node's init stage, inside the node)
 // run as spec "user[:group]", each by name or number, names looked up in
 // the node's own /etc/passwd and /etc/group; a user without a group gets
-// its passwd entry's. It sets HOME from the entry if env has none.
+// its passwd entry's. It sets HOME from the entry (/ if the user has
+// none) if env has none.
 func switchUser(spec string, env *[]string) error {
 	userPart, groupPart, hasGroup := strings.Cut(spec, ":")
 	uid, gid, home, err := lookupUser(userPart)
@@ -34,7 +35,10 @@ func switchUser(spec string, env *[]string) error {
 	if err := unix.Setuid(uid); err != nil {
 		return fmt.Errorf("user %s: setuid: %w", spec, err)
 	}
-	if home != "" && !hasEnv(*env, "HOME") {
+	if !hasEnv(*env, "HOME") {
+		if home == "" {
+			home = "/"
+		}
 		*env = append(*env, "HOME="+home)
 	}
 	return nil
@@ -104,6 +108,17 @@ func eachEntry(file string, f func([]string) bool) error {
 		}
 	}
 	return sc.Err()
+}
+
+// withoutEnv returns env without key.
+func withoutEnv(env []string, key string) []string {
+	var out []string
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, key+"=") {
+			out = append(out, kv)
+		}
+	}
+	return out
 }
 
 func hasEnv(env []string, key string) bool {
