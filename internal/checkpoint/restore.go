@@ -143,10 +143,17 @@ func Restore(ctx context.Context, h *node.Host, in io.Reader, target RestoreTarg
 	if err != nil {
 		return nil, fmt.Errorf("restore: %w", err)
 	}
+	// image rm waits until the nodes are in the tree (or are not).
+	unlock, err := h.Images.Shared()
+	if err != nil {
+		return nil, fmt.Errorf("restore: %w", err)
+	}
 	if err := hasBases(h, m); err != nil {
+		unlock()
 		return nil, fmt.Errorf("restore: %w", err)
 	}
 	res, err := reserve(h, m, specs, target)
+	unlock()
 	if err != nil {
 		return nil, err
 	}

@@ -98,6 +98,11 @@ func (s *Store) lock(how int) (func(), error) {
 	return func() { f.Close() }, nil
 }
 
+// Shared holds off Remove (and the removal of layers) until unlock: a
+// command that makes nodes on images holds it from finding their images
+// until the nodes are in the tree, where Remove's inUse sees them.
+func (s *Store) Shared() (unlock func(), err error) { return s.lock(unix.LOCK_SH) }
+
 // List returns the imported images.
 func (s *Store) List() ([]Image, error) {
 	data, err := os.ReadFile(s.indexFile())

@@ -27,10 +27,17 @@ var ErrNotRunning = errors.New("node is not running")
 // node cannot be started, nothing of it is left behind.
 func (h *Host) Run(p hier.Path, unnamed bool, spec hier.Spec) (hier.Path, error) {
 	if spec.ImageName != "" {
+		unlock, err := h.Images.Shared()
+		if err != nil {
+			return nil, err
+		}
 		im, err := h.Images.Get(spec.ImageName)
 		if err != nil {
+			unlock()
 			return nil, fmt.Errorf("run %s: %w", p, err)
 		}
+		// image rm waits until the node is in the tree (or is not).
+		defer unlock()
 		spec = withImage(spec, im)
 	}
 	if len(spec.Cmd) == 0 {
