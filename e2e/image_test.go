@@ -50,7 +50,7 @@ func testImageLayout(t *testing.T) string {
 	}
 	add(tar.Header{Name: "etc/os-release", Typeflag: tar.TypeReg}, []byte("ID=crtree-test-image\n"))
 	add(tar.Header{Name: "etc/passwd", Typeflag: tar.TypeReg}, []byte("root:x:0:0:root:/root:/bin/sh\nworker:x:1234:1234:worker:/data:/bin/sh\n"))
-	add(tar.Header{Name: "etc/group", Typeflag: tar.TypeReg}, []byte("root:x:0:\nstaff:x:50:\n"))
+	add(tar.Header{Name: "etc/group", Typeflag: tar.TypeReg}, []byte("root:x:0:\nstaff:x:50:\nextra:x:60:other,worker\n"))
 	add(tar.Header{Name: "etc/doomed", Typeflag: tar.TypeReg}, []byte("delete me\n"))
 	tw.Close()
 	var top bytes.Buffer
@@ -121,6 +121,12 @@ func TestImageNode(t *testing.T) {
 	if _, err := a.run("image", "rm", "test/busybox:1"); err == nil || !strings.Contains(err.Error(), "image test/busybox:1 is used by /n") {
 		t.Fatalf("image rm of a used image: %v", err)
 	}
+	// Nothing under it sees the host's files either, not even a node it
+	// starts itself; and crtree is on its PATH although the image's
+	// PATH is /bin.
+	if _, err := a.run("exec", "/n", "--", "crtree", "run", "/c", "--", "/bin/sh", "-c", "cat /etc/shadow"); err == nil || !strings.Contains(err.Error(), "crtree: run /c: / runs on an image and sees none of the host's files, and a node cannot have more than its parent: run it on an image too (--image)") {
+		t.Fatalf("a host node under an image node: %v", err)
+	}
 	archive := filepath.Join(t.TempDir(), "n.crtree")
 	before := a.count("/n")
 	a.must("dump", "/n", "-o", archive)
@@ -147,8 +153,8 @@ func TestImageNode(t *testing.T) {
 
 	// --user, by name (the image's /etc/passwd gives its group and home)
 	// and with a group by name.
-	for user, want := range map[string]string{"worker": "1234 1234 /data", "worker:staff": "1234 50 /data", "77": "77 77 /"} {
-		a.must("run", "--image", "test/busybox:1", "--user", user, "/u", "--", "sh", "-c", "echo $(id -u) $(id -g) $HOME > /tmp/who; sleep 100000")
+	for user, want := range map[string]string{"worker": "1234 1234 /data 1234 60", "worker:staff": "1234 50 /data 50 60", "77": "77 77 / 77"} {
+		a.must("run", "--image", "test/busybox:1", "--user", user, "/u", "--", "sh", "-c", "echo $(id -u) $(id -g) $HOME $(id -G) > /tmp/who; sleep 100000")
 		if !poll(10*time.Second, 100*time.Millisecond, func() bool { _, err := a.run("exec", "/u", "--", "test", "-s", "/tmp/who"); return err == nil }) {
 			t.Fatalf("--user %s: never ran: %s", user, a.must("logs", "/u"))
 		}

@@ -90,7 +90,7 @@ func newImageLsCmd(g *globalOptions) *cobra.Command {
 			}
 			out := []imageEntry{}
 			for _, im := range ims {
-				out = append(out, imageEntry{im, h.NodesOnImage(im.ID)})
+				out = append(out, imageEntry{im, append([]string{}, h.NodesOnImage(im.ID)...)})
 			}
 			w := cmd.OutOrStdout()
 			if g.JSON {
@@ -101,7 +101,11 @@ func newImageLsCmd(g *globalOptions) *cobra.Command {
 			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tID\tSIZE\tLAYERS\tIMPORTED\tNODES")
 			for _, e := range out {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", e.Name, e.ShortID(), humanBytes(e.Size), len(e.Layers),
+				name := e.Name
+				if name == "" {
+					name = "<none>" // replaced by a newer import of its name
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", name, e.ShortID(), humanBytes(e.Size), len(e.Layers),
 					humanAge(time.Since(e.Imported)), strings.Join(e.Nodes, ","))
 			}
 			return tw.Flush()

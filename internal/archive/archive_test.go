@@ -171,14 +171,16 @@ func TestHostileManifests(t *testing.T) {
 			mutate func(m *Manifest)
 			want   string // in the error
 		}{
-			"version":        {func(m *Manifest) { m.Version = 99 }, "unsupported archive: format version 99"},
-			"version 0":      {func(m *Manifest) { m.Version = 0 }, "unsupported archive: format version 0"},
-			"format":         {func(m *Manifest) { m.Format = "tar" }, `not a crtree archive (format "tar")`},
-			"no nodes":       {func(m *Manifest) { m.Nodes = nil }, "manifest lists no node"},
-			"twice":          {func(m *Manifest) { m.Nodes = append(m.Nodes, m.Nodes[1]) }, `manifest names node "c" twice`},
-			"bad name":       {func(m *Manifest) { m.Nodes[1].Name, m.Nodes[1].Path = "..", ".." }, `manifest node 1: invalid name ".."`},
-			"forward parent": {func(m *Manifest) { m.Nodes[1].Parent = 1 }, "manifest node 1: parent 1 does not come before it"},
-			"no command":     {func(m *Manifest) { m.Nodes[1].Spec.Cmd = nil }, `manifest node "c" has no command`},
+			"version":         {func(m *Manifest) { m.Version = 99 }, "unsupported archive: format version 99"},
+			"version 0":       {func(m *Manifest) { m.Version = 0 }, "unsupported archive: format version 0"},
+			"format":          {func(m *Manifest) { m.Format = "tar" }, `not a crtree archive (format "tar")`},
+			"no nodes":        {func(m *Manifest) { m.Nodes = nil }, "manifest lists no node"},
+			"twice":           {func(m *Manifest) { m.Nodes = append(m.Nodes, m.Nodes[1]) }, `manifest names node "c" twice`},
+			"bad name":        {func(m *Manifest) { m.Nodes[1].Name, m.Nodes[1].Path = "..", ".." }, `manifest node 1: invalid name ".."`},
+			"forward parent":  {func(m *Manifest) { m.Nodes[1].Parent = 1 }, "manifest node 1: parent 1 does not come before it"},
+			"no command":      {func(m *Manifest) { m.Nodes[1].Spec.Cmd = nil }, `manifest node "c" has no command`},
+			"image not an ID": {func(m *Manifest) { m.Version, m.Nodes[1].Spec.Image = 3, "localhost/py" }, `image "localhost/py" is not an image ID`},
+			"image before v3": {func(m *Manifest) { m.Nodes[1].Spec.Image = "sha256:" + strings.Repeat("ab", 32) }, "fields of format version 3"},
 		} {
 			m := good()
 			tc.mutate(m)

@@ -420,7 +420,11 @@ func TestOverlayMembers(t *testing.T) {
 	imageNode := func(v int) *Manifest {
 		m := oneNode()
 		m.Version = v
-		m.Nodes[0].Spec.Image = "sha256:0123"
+		if v >= 3 {
+			m.Nodes[0].Spec.Image = "sha256:" + strings.Repeat("ab", 32)
+		} else {
+			m.Nodes[0].Spec.Rootfs = "/base" // version 2 has no images
+		}
 		return m
 	}
 	for name, tc := range map[string]struct {

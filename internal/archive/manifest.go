@@ -207,6 +207,9 @@ func (m *Manifest) Validate() error {
 		if len(n.Spec.Cmd) == 0 {
 			return fmt.Errorf("manifest node %q has no command", n.Path)
 		}
+		if err := m.checkImage(n.Spec); err != nil {
+			return fmt.Errorf("manifest node %q: %w", n.Path, err)
+		}
 	}
 	return nil
 }
@@ -283,4 +286,24 @@ func decodeManifest(data []byte) (*Manifest, error) {
 		return nil, err
 	}
 	return &m, nil
+}
+
+// checkImage refuses an image field that is not an image ID
+// ("sha256:" and 64 hex digits: a restore looks the image up by exactly
+// that), or fields of format version 3 in an earlier version.
+func (m *Manifest) checkImage(s Spec) error {
+	if m.Version < 3 && (s.Image != "" || s.ImageName != "" || s.User != "") {
+		return fmt.Errorf("image, imageName and user are fields of format version 3, not %d", m.Version)
+	}
+	if s.Image == "" {
+		return nil
+	}
+	hex, ok := strings.CutPrefix(s.Image, "sha256:")
+	if !ok || len(hex) != 64 || strings.Trim(hex, "0123456789abcdef") != "" {
+		return fmt.Errorf("image %q is not an image ID (sha256: and 64 hex digits)", s.Image)
+	}
+	if s.Rootfs != "" {
+		return fmt.Errorf("both an image and a rootfs")
+	}
+	return nil
 }

@@ -202,6 +202,13 @@ func (d *dumping) prepare() error {
 	if err := refuseAttached(d.nodes); err != nil {
 		return err
 	}
+	for _, m := range d.nodes {
+		if id := m.n.Spec.Image; id != "" {
+			if _, err := d.h.Images.GetID(id); err != nil {
+				return fmt.Errorf("dump %s: %s runs on image %s, which is no longer in the image store, so no restore could give it back; nothing was dumped", d.p, m.path, id)
+			}
+		}
+	}
 	d.manifest = &archive.Manifest{
 		Format: archive.FormatName, Version: archive.FormatVersion,
 		CrtreeVersion: Version, CriuVersion: criu.FormatVersion(criuVersion),

@@ -86,7 +86,7 @@ func hasBases(h *node.Host, m *archive.Manifest) error {
 	for i, n := range m.Nodes {
 		switch sp := n.Spec; {
 		case sp.Image != "":
-			if _, err := h.Images.Get(sp.Image); err != nil {
+			if _, err := h.Images.GetID(sp.Image); err != nil {
 				return fmt.Errorf("%s runs on the image %s (%s), which this state root does not have: import it (crtree image import FILE) and restore again", archivedPath(m, i), sp.ImageName, sp.Image)
 			}
 		case sp.Rootfs != "":

@@ -164,7 +164,8 @@ func (t *Tree) Remove(id string) error {
 }
 
 // ErrIsolation is returned when a node would get more than its parent
-// has: the host's network under a parent that has none.
+// has: the host's network under a parent that has none, the host's files
+// under a parent on an image.
 var ErrIsolation = errors.New("a node cannot have more than its parent")
 
 // Isolate applies the parent's isolation to spec, the spec of a new node
@@ -172,8 +173,19 @@ var ErrIsolation = errors.New("a node cannot have more than its parent")
 // a --net none ancestor, a spec that asks for nothing gets its own empty
 // network too, and one that asks for the host's network (NetHost, or ""
 // with explicit set, as restored nodes are) is refused. A NetHost request
-// that is allowed is recorded as "".
+// that is allowed is recorded as "". Under an ancestor on an image, a
+// spec without an image (the host's files, or a --rootfs base with the
+// host's /usr and /etc) is refused.
 func (t *Tree) Isolate(parent string, spec *Spec, explicit bool) error {
+	// Files: under a node on an image, which sees none of the host's
+	// files, a child does not either.
+	if spec.Image == "" {
+		for n := t.Nodes[parent]; n != nil; n = t.Nodes[n.Parent] {
+			if n.Spec.Image != "" {
+				return fmt.Errorf("%s runs on an image and sees none of the host's files, and %w: run it on an image too (--image)", t.PathOf(n), ErrIsolation)
+			}
+		}
+	}
 	wantsHost := spec.Net == NetHost || (explicit && spec.Net == "")
 	if spec.Net == NetHost {
 		spec.Net = ""

@@ -3,6 +3,7 @@ package hier
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -127,5 +128,23 @@ func TestTryUpdate(t *testing.T) {
 	close(release)
 	if err := s.TryUpdate(time.Second, func(tr *Tree) error { return ErrUnchanged }); err != nil {
 		t.Fatalf("TryUpdate once free: %v", err)
+	}
+}
+
+// Under a node on an image, a child sees none of the host's files either:
+// one without an image is refused, one on an image is not.
+func TestIsolateFiles(t *testing.T) {
+	tr := newTree()
+	img, _ := tr.Add("", "img")
+	img.Spec.Image = "sha256:00"
+	for _, s := range []Spec{{}, {Rootfs: "/base"}} {
+		spec := s
+		if err := tr.Isolate(img.ID, &spec, false); !errors.Is(err, ErrIsolation) || !strings.Contains(err.Error(), "/img runs on an image and sees none of the host's files") {
+			t.Errorf("%+v under an image node: %v", s, err)
+		}
+	}
+	spec := Spec{Image: "sha256:11"}
+	if err := tr.Isolate(img.ID, &spec, false); err != nil {
+		t.Errorf("an image node under an image node: %v", err)
 	}
 }

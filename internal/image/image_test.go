@@ -211,8 +211,9 @@ func TestImportRefusals(t *testing.T) {
 	}
 }
 
-// Remove refuses an image in use, and removes only layers no other image
-// uses.
+// Remove refuses the last name of an image in use, and removes only
+// layers no other image uses; a newer import of a name leaves the older
+// image untagged for the nodes on it, until Prune finds none.
 func TestRemove(t *testing.T) {
 	s := Open(t.TempDir())
 	lay := writeLayout(t, testImage(t), "a")
@@ -223,24 +224,58 @@ func TestRemove(t *testing.T) {
 	if _, err := s.Import(lay, ImportOptions{Name: "b"}); err != nil {
 		t.Fatal(err)
 	}
-	err = s.Remove("a", func(id string) []string { return []string{"/n1"} })
-	if err == nil || !strings.Contains(err.Error(), "image a is used by /n1") {
-		t.Fatalf("remove of a used image: %v", err)
-	}
+	used := func(id string) []string { return []string{"/n1"} }
 	none := func(string) []string { return nil }
-	if err := s.Remove("a", none); err != nil {
+	if err := s.Remove("a", used); err != nil {
+		t.Fatalf("remove of one of two names of a used image: %v", err)
+	}
+	err = s.Remove("b", used)
+	if err == nil || !strings.Contains(err.Error(), "image b is used by /n1") {
+		t.Fatalf("remove of the last name of a used image: %v", err)
+	}
+	// Another image under the name b: the first stays, untagged.
+	other, err := mutate.Config(testImage(t), v1.Config{Cmd: []string{"/other"}})
+	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(s.LayerDir(im.Layers[0])); err != nil {
-		t.Fatalf("a layer b uses was removed: %v", err)
+	im2, err := s.Import(writeLayout(t, other, "b"), ImportOptions{})
+	if err != nil {
+		t.Fatal(err)
 	}
-	if err := s.Remove(im.ShortID(), none); err != nil {
+	if got, err := s.GetID(im.ID); err != nil || got.Name != "" {
+		t.Fatalf("the replaced image: %+v, %v; want it kept, untagged", got, err)
+	}
+	if removed, _ := s.Prune(used); len(removed) != 0 {
+		t.Fatalf("Prune removed %v of an image in use", removed)
+	}
+	if removed, _ := s.Prune(func(id string) []string {
+		if id == im2.ID {
+			return []string{"/n2"}
+		}
+		return nil
+	}); len(removed) != 1 || removed[0] != "image "+im.ID {
+		t.Fatalf("Prune removed %v, want the untagged image only", removed)
+	}
+	if _, err := os.Stat(s.LayerDir(im.Layers[0])); err != nil {
+		t.Fatalf("a layer b still uses was removed: %v", err)
+	}
+	if err := s.Remove(im2.ShortID(), none); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(s.LayerDir(im.Layers[0])); err == nil {
 		t.Fatalf("a layer no image uses was kept")
 	}
-	if _, err := s.Get("b"); err == nil {
-		t.Fatalf("b is still there")
+	if ims, _ := s.List(); len(ims) != 0 {
+		t.Fatalf("left %v", ims)
+	}
+}
+
+// An image without layers (no files at all) is refused at import: a node
+// on it would have nothing but what crtree mounts.
+func TestImportNoLayers(t *testing.T) {
+	s := Open(t.TempDir())
+	_, err := s.Import(writeLayout(t, empty.Image, "none"), ImportOptions{})
+	if err == nil || !strings.Contains(err.Error(), "the image has no layers") {
+		t.Fatalf("import of an image without layers: %v", err)
 	}
 }

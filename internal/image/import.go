@@ -32,6 +32,13 @@ type ImportOptions struct {
 // unpacked again. An image of the same name is replaced (nodes running on
 // it keep its layers).
 func (s *Store) Import(src string, o ImportOptions) (*Image, error) {
+	// One import at a time, and no Remove meanwhile: a layer found here
+	// stays until the image that lists it is recorded.
+	unlock, err := s.lock(unix.LOCK_EX)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	tmp, err := s.tempDir()
 	if err != nil {
 		return nil, err
@@ -252,6 +259,9 @@ func (s *Store) importImage(img v1.Image, name, tmp string) (*Image, error) {
 	layers, err := img.Layers()
 	if err != nil {
 		return nil, err
+	}
+	if len(layers) == 0 {
+		return nil, errors.New("the image has no layers, so no files")
 	}
 	if len(layers) != len(cfg.RootFS.DiffIDs) {
 		return nil, fmt.Errorf("the image has %d layers and its config lists %d", len(layers), len(cfg.RootFS.DiffIDs))

@@ -134,9 +134,24 @@ func (s *Store) Get(ref string) (*Image, error) {
 	return nil, fmt.Errorf("image %s: %w (crtree image ls lists them; crtree image import FILE adds one)", ref, ErrNotFound)
 }
 
+// GetID returns the image whose ID is exactly id (what a node and an
+// archive record).
+func (s *Store) GetID(id string) (*Image, error) {
+	ims, err := s.List()
+	if err != nil {
+		return nil, err
+	}
+	for i := range ims {
+		if ims[i].ID == id {
+			return &ims[i], nil
+		}
+	}
+	return nil, fmt.Errorf("image %s: %w", id, ErrNotFound)
+}
+
 // matches reports whether ref names im.
 func (im *Image) matches(ref string) bool {
-	if ref == im.Name || ref == im.ID {
+	if ref != "" && ref == im.Name || ref == im.ID {
 		return true
 	}
 	hex := strings.TrimPrefix(ref, "sha256:")
@@ -157,22 +172,23 @@ func (s *Store) save(ims []Image) error {
 	return os.Rename(tmp, s.indexFile())
 }
 
-// add records im, replacing an image of the same name.
+// add records im, which takes its name from an image of the same name:
+// that one stays, untagged (named only by its ID), for the nodes that may
+// run on it, until Remove or Prune. The caller holds the lock.
 func (s *Store) add(im Image) error {
-	unlock, err := s.lock(unix.LOCK_EX)
-	if err != nil {
-		return err
-	}
-	defer unlock()
 	ims, err := s.List()
 	if err != nil {
 		return err
 	}
 	out := []Image{}
 	for _, o := range ims {
-		if o.Name != im.Name {
-			out = append(out, o)
+		if o.ID == im.ID && (o.Name == im.Name || o.Name == "") {
+			continue // the same image, (re)named
 		}
+		if o.Name == im.Name {
+			o.Name = ""
+		}
+		out = append(out, o)
 	}
 	return s.save(append(out, im))
 }
@@ -190,31 +206,103 @@ func (s *Store) Remove(ref string, inUse func(id string) []string) error {
 	if err != nil {
 		return err
 	}
-	if users := inUse(im.ID); len(users) > 0 {
-		return fmt.Errorf("image %s is used by %s; remove those nodes first", im.Name, strings.Join(users, ", "))
-	}
 	ims, err := s.List()
 	if err != nil {
 		return err
 	}
-	var out []Image
-	kept := map[string]bool{}
+	others := 0 // other names of the same image
 	for _, o := range ims {
-		if o.Name == im.Name {
+		if o.ID == im.ID && o.Name != im.Name {
+			others++
+		}
+	}
+	if users := inUse(im.ID); len(users) > 0 && others == 0 {
+		return fmt.Errorf("image %s is used by %s; remove those nodes first", im.Ref(), strings.Join(users, ", "))
+	}
+	return s.removeLocked(func(o *Image) bool { return o.ID == im.ID && o.Name == im.Name })
+}
+
+// Prune removes the untagged images (replaced by a newer import of their
+// name) that no node runs on, and layers no image lists, and the
+// leftovers of imports that were killed. It returns what it removed. It
+// does nothing while an import runs.
+func (s *Store) Prune(inUse func(id string) []string) ([]string, error) {
+	if _, err := os.Stat(s.dir); err != nil {
+		return nil, nil
+	}
+	unlock, err := s.lock(unix.LOCK_EX | unix.LOCK_NB)
+	if err != nil {
+		return nil, nil // an import holds the store
+	}
+	defer unlock()
+	var removed []string
+	err = s.removeLocked(func(o *Image) bool {
+		if o.Name == "" && len(inUse(o.ID)) == 0 {
+			removed = append(removed, "image "+o.ID)
+			return true
+		}
+		return false
+	})
+	if err != nil {
+		return removed, err
+	}
+	ims, _ := s.List()
+	listed := map[string]bool{}
+	for _, im := range ims {
+		for _, l := range im.Layers {
+			listed[strings.TrimPrefix(l, "sha256:")] = true
+		}
+	}
+	des, _ := os.ReadDir(filepath.Join(s.dir, "layers"))
+	for _, d := range des {
+		if !listed[d.Name()] && os.RemoveAll(filepath.Join(s.dir, "layers", d.Name())) == nil {
+			removed = append(removed, "layer sha256:"+d.Name())
+		}
+	}
+	des, _ = os.ReadDir(filepath.Join(s.dir, "tmp"))
+	for _, d := range des {
+		if os.RemoveAll(filepath.Join(s.dir, "tmp", d.Name())) == nil {
+			removed = append(removed, "an unfinished import")
+		}
+	}
+	return removed, nil
+}
+
+// removeLocked removes the images drop says to, and the layers no image
+// left lists. The caller holds the lock.
+func (s *Store) removeLocked(drop func(*Image) bool) error {
+	ims, err := s.List()
+	if err != nil {
+		return err
+	}
+	out := []Image{}
+	var gone []string
+	kept := map[string]bool{}
+	for i := range ims {
+		if drop(&ims[i]) {
+			gone = append(gone, ims[i].Layers...)
 			continue
 		}
-		out = append(out, o)
-		for _, l := range o.Layers {
+		out = append(out, ims[i])
+		for _, l := range ims[i].Layers {
 			kept[l] = true
 		}
 	}
 	if err := s.save(out); err != nil {
 		return err
 	}
-	for _, l := range im.Layers {
+	for _, l := range gone {
 		if !kept[l] {
 			os.RemoveAll(filepath.Dir(s.LayerDir(l)))
 		}
 	}
 	return nil
+}
+
+// Ref is how messages name im: its name, or its ID if it has none.
+func (im *Image) Ref() string {
+	if im.Name == "" {
+		return im.ID
+	}
+	return im.Name
 }

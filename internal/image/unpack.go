@@ -64,6 +64,10 @@ func unpack(r io.Reader, dir string) (skipped int, err error) {
 			dirName = "."
 		}
 		switch {
+		case base == opaqueMarker && dirName == ".":
+			// overlayfs ignores an opaque layer root: what it means, a
+			// layer that hides all below, cannot be had.
+			return skipped, fmt.Errorf("layer entry %q: an opaque layer root is not supported", hdr.Name)
 		case base == opaqueMarker:
 			err = setOpaque(root, dirName)
 		case strings.HasPrefix(base, whiteoutPrefix):

@@ -2,6 +2,7 @@ package node
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -175,7 +176,9 @@ func (h *Host) watchFreeze(id string) {
 
 // GC removes what no node and no running command owns: markers and
 // staging of dead commands, storage and cgroups of nodes that are not in
-// the tree. It returns what it removed.
+// the tree, images replaced by a newer import that no node runs on,
+// layers no image lists and unfinished imports. It returns what it
+// removed.
 func (h *Host) GC() ([]string, error) {
 	var removed []string
 	live, undone := h.sweepOps()
@@ -209,7 +212,10 @@ func (h *Host) GC() ([]string, error) {
 		}
 		return nil
 	})
-	return removed, err
+	// Images: untagged ones no node uses, stray layers, killed imports.
+	images, ierr := h.Images.Prune(h.NodesOnImage)
+	removed = append(removed, images...)
+	return removed, errors.Join(err, ierr)
 }
 
 func (h *Host) gcGroups(t *hier.Tree, g cgroup.Group) []string {

@@ -98,7 +98,7 @@ func (h *Host) ExecCommand(p hier.Path, argv []string, extraEnv []string, cwd st
 		return nil, nil, fmt.Errorf("exec %s: open cgroup: %w", p, err)
 	}
 	cmd := exec.Command(nsenter, args...)
-	cmd.Env = MergeEnv(MergeEnv(DefaultEnv, n.Spec.Env), extraEnv)
+	cmd.Env = MergeEnv(nodeEnv(n.Spec), extraEnv)
 	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd()), Setpgid: true}
 	return cmd, func() { cg.Close() }, nil
 }

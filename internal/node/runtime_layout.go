@@ -63,7 +63,10 @@ func buildRoot(cfg *InitConfig) error {
 		return fmt.Errorf("make mounts private: %w", err)
 	}
 	if cfg.Lower != "" {
-		opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", cfg.Lower, cfg.Upper, cfg.Work)
+		opts, err := overlayOptions(cfg.Lower, cfg.Upper, cfg.Work)
+		if err != nil {
+			return err
+		}
 		if err := unix.Mount("overlay", root, "overlay", 0, opts); err != nil {
 			return fmt.Errorf("mount overlay root on %s: %w", cfg.Lower, err)
 		}
@@ -236,4 +239,20 @@ func pivot(root string) error {
 		return fmt.Errorf("detach host root: %w", err)
 	}
 	return os.Remove("/.oldroot")
+}
+
+// overlayOptions are the mount options of an overlay root: lower (layers
+// joined by ':', top first) below upper. overlayfs takes them as one
+// string of at most a page, which separates paths by ':' and ','.
+func overlayOptions(lower, upper, work string) (string, error) {
+	for _, p := range append(strings.Split(lower, ":"), upper, work) {
+		if strings.ContainsAny(p, ":,") {
+			return "", fmt.Errorf("overlayfs cannot take the path %q (it holds ':' or ','): choose a state root or --rootfs without them", p)
+		}
+	}
+	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", lower, upper, work)
+	if len(opts) >= 4096 {
+		return "", fmt.Errorf("the node's base has too many layers (%d) for overlayfs's mount options (a page): flatten the image", strings.Count(lower, ":")+1)
+	}
+	return opts, nil
 }

@@ -158,7 +158,10 @@ func (h *Host) mountOverlay(n *hier.Node) (unmount func(), err error) {
 		return func() {}, nil
 	}
 	root := h.RootDir(n.ID)
-	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", lower, h.UpperDir(n), filepath.Join(h.Store.NodeDir(n.ID), "work"))
+	opts, err := overlayOptions(lower, h.UpperDir(n), filepath.Join(h.Store.NodeDir(n.ID), "work"))
+	if err != nil {
+		return nil, err
+	}
 	if err := unix.Mount("overlay", root, "overlay", 0, opts); err != nil {
 		return nil, fmt.Errorf("mount the node's root (%s): %w", lower, err)
 	}

@@ -235,7 +235,7 @@ func (h *Host) initConfig(n *hier.Node) InitConfig {
 		RootDir:  h.RootDir(n.ID),
 		Hostname: n.Spec.Hostname,
 		Cmd:      n.Spec.Cmd,
-		Env:      MergeEnv(DefaultEnv, n.Spec.Env),
+		Env:      nodeEnv(n.Spec),
 		Cwd:      n.Spec.Cwd,
 		Binds:    n.Spec.Binds,
 		OwnNet:   n.Spec.Net == hier.NetNone,
@@ -263,7 +263,7 @@ func (h *Host) initConfig(n *hier.Node) InitConfig {
 // directory of its own.
 func (h *Host) lowerDir(n *hier.Node) string {
 	if n.Spec.Image != "" {
-		im, err := h.Images.Get(n.Spec.Image)
+		im, err := h.Images.GetID(n.Spec.Image)
 		if err != nil {
 			// The image is gone: the mount fails and says so.
 			return "missing-image-" + n.Spec.Image

@@ -6,15 +6,19 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 
-	"golang.org/x/sys/unix"
+	"github.com/crtree/crtree/internal/api"
+	"github.com/crtree/crtree/internal/hier"
 )
 
-// switchUser makes this process (the node's init stage, inside the node)
-// run as spec "user[:group]", each by name or number, names looked up in
-// the node's own /etc/passwd and /etc/group; a user without a group gets
-// its passwd entry's. It sets HOME from the entry (/ if the user has
-// none) if env has none.
+// switchUser makes this process (the node's init stage, inside the node;
+// every thread of it: the syscall package's calls, not x/sys/unix's,
+// which change one thread) run as spec "user[:group]", each by name or
+// number, names looked up in the node's own /etc/passwd and /etc/group; a
+// user without a group gets its passwd entry's, and every user the groups
+// that list it. It sets HOME from the entry (/ if the user has none) if
+// env has none.
 func switchUser(spec string, env *[]string) error {
 	userPart, groupPart, hasGroup := strings.Cut(spec, ":")
 	uid, gid, home, err := lookupUser(userPart)
@@ -26,13 +30,13 @@ func switchUser(spec string, env *[]string) error {
 			return fmt.Errorf("user %s: %w", spec, err)
 		}
 	}
-	if err := unix.Setgroups([]int{gid}); err != nil {
+	if err := syscall.Setgroups(append([]int{gid}, memberOf(userPart)...)); err != nil {
 		return fmt.Errorf("user %s: setgroups: %w", spec, err)
 	}
-	if err := unix.Setgid(gid); err != nil {
+	if err := syscall.Setgid(gid); err != nil {
 		return fmt.Errorf("user %s: setgid: %w", spec, err)
 	}
-	if err := unix.Setuid(uid); err != nil {
+	if err := syscall.Setuid(uid); err != nil {
 		return fmt.Errorf("user %s: setuid: %w", spec, err)
 	}
 	if !hasEnv(*env, "HOME") {
@@ -128,4 +132,47 @@ func hasEnv(env []string, key string) bool {
 		}
 	}
 	return false
+}
+
+// withPath returns env with dir at the end of its PATH, unless PATH has it.
+func withPath(env []string, dir string) []string {
+	out := append([]string{}, env...)
+	for i, kv := range out {
+		if v, ok := strings.CutPrefix(kv, "PATH="); ok {
+			for _, d := range strings.Split(v, ":") {
+				if d == dir {
+					return out
+				}
+			}
+			out[i] = kv + ":" + dir
+			return out
+		}
+	}
+	return append(out, "PATH="+dir)
+}
+
+// memberOf returns the GIDs of the groups of the node's /etc/group that
+// list user (by name) as a member.
+func memberOf(user string) []int {
+	var out []int
+	eachEntry("/etc/group", func(f []string) bool {
+		if len(f) < 4 {
+			return false
+		}
+		for _, m := range strings.Split(f[3], ",") {
+			if m == user {
+				if gid, err := strconv.Atoi(f[2]); err == nil {
+					out = append(out, gid)
+				}
+			}
+		}
+		return false
+	})
+	return out
+}
+
+// nodeEnv is the environment of a node's commands: DefaultEnv under the
+// spec's, with crtree's directory on PATH whatever an image's PATH says.
+func nodeEnv(spec hier.Spec) []string {
+	return withPath(MergeEnv(DefaultEnv, spec.Env), api.MountPoint)
 }
