@@ -131,6 +131,9 @@ func TestImageNode(t *testing.T) {
 	before := a.count("/n")
 	a.must("dump", "/n", "-o", archive)
 
+	if got := a.must("inspect", archive); !strings.Contains(got, "    image test/busybox:1 ("+id+"): the restoring state root needs it (crtree image import)") {
+		t.Fatalf("inspect does not name the image:\n%s", got)
+	}
 	// Another state root without the image: refused, naming it.
 	_, err := b.run("restore", archive)
 	if err == nil || !strings.Contains(err.Error(), "restore: /n runs on the image test/busybox:1 ("+id+"), which this state root does not have: import it (crtree image import FILE) and restore again") {

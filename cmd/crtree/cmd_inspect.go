@@ -103,6 +103,15 @@ func printManifest(w io.Writer, m *archive.Manifest, verified bool, members int)
 			mem += " (+" + humanBytes(n.ExtraMemory) + " tmpfs and shared)"
 		}
 		fmt.Fprintf(w, "%s%s  [%s] hostname %s, memory %s, files %s\n", indent, nodeLabel(m, i), state, n.Hostname, mem, humanBytes(n.Files))
+		if n.Spec.Image != "" {
+			fmt.Fprintf(w, "%s    image %s (%s): the restoring state root needs it (crtree image import)\n", indent, n.Spec.ImageName, n.Spec.Image)
+		}
+		if n.Spec.Rootfs != "" {
+			fmt.Fprintf(w, "%s    rootfs %s, a host directory (restore with --keep-binds)\n", indent, n.Spec.Rootfs)
+		}
+		if n.Spec.User != "" {
+			fmt.Fprintf(w, "%s    user %s\n", indent, n.Spec.User)
+		}
 		for _, b := range n.Spec.Binds {
 			fmt.Fprintf(w, "%s    bind %s at %s (restore with --bind SRC:%s or --keep-binds)\n", indent, b.Source, b.Target, b.Target)
 		}
