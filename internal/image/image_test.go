@@ -279,3 +279,45 @@ func TestImportNoLayers(t *testing.T) {
 		t.Fatalf("import of an image without layers: %v", err)
 	}
 }
+
+// A root file system directory imports with its files' extended
+// attributes (user.*, capabilities) and without other file systems
+// mounted in it.
+func TestImportRootfsDir(t *testing.T) {
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "bin"), 0o755)
+	os.WriteFile(filepath.Join(root, "bin/tool"), []byte("x"), 0o755)
+	if err := unix.Setxattr(filepath.Join(root, "bin/tool"), "user.mark", []byte("kept"), 0); err != nil {
+		t.Fatal(err)
+	}
+	os.MkdirAll(filepath.Join(root, "proc"), 0o555)
+	if err := unix.Mount("proc", filepath.Join(root, "proc"), "proc", 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(filepath.Join(root, "proc"), unix.MNT_DETACH)
+	s := Open(t.TempDir())
+	im, err := s.Import(root, ImportOptions{Name: "dir"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := s.LayerDir(im.Layers[0])
+	buf := make([]byte, 16)
+	if n, err := unix.Lgetxattr(filepath.Join(l, "bin/tool"), "user.mark", buf); err != nil || string(buf[:n]) != "kept" {
+		t.Errorf("user.mark: %q, %v", buf[:max(n, 0)], err)
+	}
+	if des, _ := os.ReadDir(filepath.Join(l, "proc")); len(des) != 0 {
+		t.Errorf("the mounted /proc was imported: %d entries", len(des))
+	}
+}
+
+// A name that is no image reference (a newline would forge a row of
+// image ls) is refused.
+func TestImportBadName(t *testing.T) {
+	s := Open(t.TempDir())
+	lay := writeLayout(t, testImage(t), "ok")
+	for _, n := range []string{"evil\nNAME  ID", "bad name", "UPPER"} {
+		if _, err := s.Import(lay, ImportOptions{Name: n}); err == nil || !strings.Contains(err.Error(), "is not an image name") {
+			t.Errorf("name %q: %v", n, err)
+		}
+	}
+}

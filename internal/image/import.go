@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	ggname "github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
@@ -50,6 +51,9 @@ func (s *Store) Import(src string, o ImportOptions) (*Image, error) {
 	}
 	if o.Name != "" {
 		name = o.Name
+	}
+	if _, err := ggname.ParseReference(name); err != nil {
+		return nil, fmt.Errorf("import %s: %q is not an image name (such as localhost/py:1): give one with --name", src, name)
 	}
 	im, err := s.importImage(img, name, tmp)
 	if err != nil {

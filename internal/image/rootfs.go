@@ -6,7 +6,10 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
@@ -29,8 +32,10 @@ func fromRootfsDir(dir, tmp string) (v1.Image, error) {
 }
 
 // tarDir writes the tree at dir as a tar file: directories, files (hard
-// links as links), symlinks and FIFOs with their owners, modes and times;
-// device nodes and sockets are left out, as a layer's would be.
+// links as links), symlinks and FIFOs with their owners, modes, times and
+// the extended attributes a layer may carry (user.*, file
+// capabilities); device nodes and sockets are left out, as a layer's
+// would be, and so are other file systems mounted below dir (a /proc).
 func tarDir(dir, out string) error {
 	f, err := os.Create(out)
 	if err != nil {
@@ -39,6 +44,10 @@ func tarDir(dir, out string) error {
 	defer f.Close()
 	tw := tar.NewWriter(f)
 	seen := map[[2]uint64]string{}
+	var top syscall.Stat_t
+	if err := syscall.Stat(dir, &top); err != nil {
+		return err
+	}
 	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -69,6 +78,15 @@ func tarDir(dir, out string) error {
 			hdr.Name += "/"
 		}
 		st := fi.Sys().(*syscall.Stat_t)
+		if st.Dev != top.Dev {
+			if fi.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if fi.Mode().IsRegular() || fi.IsDir() {
+			hdr.PAXRecords = layerXattrs(p)
+		}
 		if fi.Mode().IsRegular() && st.Nlink > 1 {
 			key := [2]uint64{st.Dev, st.Ino}
 			if first, ok := seen[key]; ok {
@@ -98,4 +116,30 @@ func tarDir(dir, out string) error {
 		return err
 	}
 	return f.Close()
+}
+
+// layerXattrs returns the extended attributes of p that a layer carries,
+// as PAX records (nil if none).
+func layerXattrs(p string) map[string]string {
+	buf := make([]byte, 64<<10)
+	n, err := unix.Llistxattr(p, buf)
+	if err != nil || n == 0 {
+		return nil
+	}
+	var out map[string]string
+	for _, x := range strings.Split(strings.TrimRight(string(buf[:n]), "\x00"), "\x00") {
+		if !strings.HasPrefix(x, "user.") && x != "security.capability" {
+			continue
+		}
+		v := make([]byte, 64<<10)
+		k, err := unix.Lgetxattr(p, x, v)
+		if err != nil {
+			continue
+		}
+		if out == nil {
+			out = map[string]string{}
+		}
+		out["SCHILY.xattr."+x] = string(v[:k])
+	}
+	return out
 }
