@@ -164,6 +164,13 @@ func TestImageNode(t *testing.T) {
 		if got := strings.TrimRight(a.must("exec", "/u", "--", "cat", "/tmp/who"), "\n"); got != want {
 			t.Errorf("--user %s: uid, gid, home %q, want %q", user, got, want)
 		}
+		// exec runs as the node's user, unless told otherwise.
+		if got := strings.TrimSpace(a.must("exec", "/u", "--", "sh", "-c", "echo $(id -u) $(id -g) $HOME $(id -G)")); got != want {
+			t.Errorf("exec in a --user %s node: %q, want %q", user, got, want)
+		}
+		if got := strings.TrimSpace(a.must("exec", "--user", "0", "/u", "--", "id", "-u")); got != "0" {
+			t.Errorf("exec --user 0: uid %q", got)
+		}
 		a.must("rm", "-r", "-f", "/u")
 	}
 	if _, err := a.run("run", "--image", "test/busybox:1", "--user", "nosuch", "/u", "--", "true"); err == nil || !strings.Contains(err.Error(), `user nosuch: no user "nosuch" in the node's /etc/passwd`) {

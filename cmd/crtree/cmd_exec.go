@@ -12,14 +12,8 @@ import (
 	"github.com/crtree/crtree/internal/node"
 )
 
-type execOptions struct {
-	TTY bool
-	Env []string
-	Cwd string
-}
-
 func newExecCmd(g *globalOptions) *cobra.Command {
-	o := &execOptions{}
+	o := &node.ExecOptions{}
 	cmd := &cobra.Command{
 		Use:   "exec PATH [flags] -- CMD [ARGS...]",
 		Short: "Run a command inside a running node",
@@ -43,7 +37,7 @@ status (126 when CMD cannot be run, 127 when it is not found).`,
 			if err != nil {
 				return err
 			}
-			c, done, err := h.ExecCommand(p, args[1:], o.Env, o.Cwd, o.TTY)
+			c, done, err := h.ExecCommand(p, args[1:], *o)
 			if err != nil {
 				return err
 			}
@@ -67,6 +61,7 @@ status (126 when CMD cannot be run, 127 when it is not found).`,
 	f.BoolVarP(&o.TTY, "tty", "t", false, "allocate a terminal for CMD")
 	f.StringArrayVarP(&o.Env, "env", "e", nil, "set an environment variable K=V (repeatable)")
 	f.StringVarP(&o.Cwd, "cwd", "w", "", "working directory inside the node")
+	f.StringVarP(&o.User, "user", "u", "", "run CMD as USER[:GROUP] (default: the node's user, as run --user or its image set it)")
 	return cmd
 }
 

@@ -46,7 +46,8 @@ func (h *Host) StartExec(p hier.Path, c *exec.Cmd) error {
 // nsenter stays outside the node, as the parent of the command, until the
 // command ends: it is in its own process group, so that a terminal's
 // signals reach crtree only, which passes them on (SignalExec).
-func (h *Host) ExecCommand(p hier.Path, argv []string, extraEnv []string, cwd string, tty bool) (*exec.Cmd, func(), error) {
+func (h *Host) ExecCommand(p hier.Path, argv []string, o ExecOptions) (*exec.Cmd, func(), error) {
+	extraEnv, cwd, tty := o.Env, o.Cwd, o.TTY
 	var n *hier.Node
 	var leaf cgroup.Group
 	err := h.Store.View(func(t *hier.Tree) error {
@@ -91,6 +92,13 @@ func (h *Host) ExecCommand(p hier.Path, argv []string, extraEnv []string, cwd st
 	if tty {
 		args = append(args, "--tty")
 	}
+	user := o.User
+	if user == "" {
+		user = n.Spec.User
+	}
+	if user != "" {
+		args = append(args, "--user="+user)
+	}
 	args = append(args, "--")
 	args = append(args, argv...)
 	cg, err := leaf.Open()
@@ -98,9 +106,22 @@ func (h *Host) ExecCommand(p hier.Path, argv []string, extraEnv []string, cwd st
 		return nil, nil, fmt.Errorf("exec %s: open cgroup: %w", p, err)
 	}
 	cmd := exec.Command(nsenter, args...)
-	cmd.Env = MergeEnv(nodeEnv(n.Spec), extraEnv)
+	cmd.Env = MergeEnv(nodeEnv(n.Spec, user), extraEnv)
 	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd()), Setpgid: true}
 	return cmd, func() { cg.Close() }, nil
+}
+
+// ExecOptions say how ExecCommand runs a command in a node.
+type ExecOptions struct {
+	// Env is added to the node's environment.
+	Env []string
+	// Cwd is the working directory, "" for the node's.
+	Cwd string
+	// TTY gives the command its stdin as controlling terminal.
+	TTY bool
+	// User is who the command runs as, "user[:group]"; "" for the node's
+	// user (hier.Spec.User: root unless run --user or its image says).
+	User string
 }
 
 // SetsidArg is the hidden command of the crtree binary that starts an
@@ -119,7 +140,7 @@ func SetsidMain(args, env []string) {
 		fmt.Fprintln(os.Stderr, "crtree:", err)
 		os.Exit(code)
 	}
-	cwd, tty, argv, err := parseSetsid(args)
+	cwd, tty, user, argv, err := parseSetsid(args)
 	if err != nil {
 		fail(126, err)
 	}
@@ -137,6 +158,11 @@ func SetsidMain(args, env []string) {
 	if err := unix.Chdir(cwd); err != nil {
 		fail(126, fmt.Errorf("exec %s: working directory %s: %w", argv[0], cwd, err))
 	}
+	if user != "" {
+		if err := switchUser(user, &env); err != nil {
+			fail(126, fmt.Errorf("exec %s: %w", argv[0], err))
+		}
+	}
 	path, err := lookPath(argv[0], env)
 	if err != nil {
 		fail(127, err)
@@ -148,24 +174,26 @@ func SetsidMain(args, env []string) {
 	fail(126, fmt.Errorf("exec %s: %w", argv[0], err))
 }
 
-func parseSetsid(args []string) (cwd string, tty bool, argv []string, err error) {
+func parseSetsid(args []string) (cwd string, tty bool, user string, argv []string, err error) {
 	cwd = "/"
 	for i, a := range args {
 		switch {
 		case a == "--":
 			if i+1 == len(args) {
-				return "", false, nil, errors.New("exec: no command")
+				return "", false, "", nil, errors.New("exec: no command")
 			}
-			return cwd, tty, args[i+1:], nil
+			return cwd, tty, user, args[i+1:], nil
 		case a == "--tty":
 			tty = true
 		case strings.HasPrefix(a, "--cwd="):
 			cwd = strings.TrimPrefix(a, "--cwd=")
+		case strings.HasPrefix(a, "--user="):
+			user = strings.TrimPrefix(a, "--user=")
 		default:
-			return "", false, nil, fmt.Errorf("exec: unknown option %q", a)
+			return "", false, "", nil, fmt.Errorf("exec: unknown option %q", a)
 		}
 	}
-	return "", false, nil, errors.New("exec: no command")
+	return "", false, "", nil, errors.New("exec: no command")
 }
 
 // SignalExec passes sig on to what crtree exec started through the

@@ -235,7 +235,7 @@ func (h *Host) initConfig(n *hier.Node) InitConfig {
 		RootDir:  h.RootDir(n.ID),
 		Hostname: n.Spec.Hostname,
 		Cmd:      n.Spec.Cmd,
-		Env:      nodeEnv(n.Spec),
+		Env:      nodeEnv(n.Spec, n.Spec.User),
 		Cwd:      n.Spec.Cwd,
 		Binds:    n.Spec.Binds,
 		OwnNet:   n.Spec.Net == hier.NetNone,
@@ -245,10 +245,6 @@ func (h *Host) initConfig(n *hier.Node) InitConfig {
 	}
 	if cfg.Hostname == "" {
 		cfg.Hostname = n.Name
-	}
-	if n.Spec.User != "" && !hasEnv(n.Spec.Env, "HOME") {
-		// The user's home, from the node's /etc/passwd (switchUser).
-		cfg.Env = withoutEnv(cfg.Env, "HOME")
 	}
 	if lower := h.lowerDir(n); lower != "" {
 		cfg.Lower, cfg.OwnRoot = lower, n.Spec.Image != ""

@@ -171,8 +171,14 @@ func memberOf(user string) []int {
 	return out
 }
 
-// nodeEnv is the environment of a node's commands: DefaultEnv under the
-// spec's, with crtree's directory on PATH whatever an image's PATH says.
-func nodeEnv(spec hier.Spec) []string {
-	return withPath(MergeEnv(DefaultEnv, spec.Env), api.MountPoint)
+// nodeEnv is the environment of a node's commands run as user: DefaultEnv
+// under the spec's, with crtree's directory on PATH whatever an image's
+// PATH says, and, for a user other than root, no HOME unless the spec
+// sets one (switchUser sets the user's).
+func nodeEnv(spec hier.Spec, user string) []string {
+	env := withPath(MergeEnv(DefaultEnv, spec.Env), api.MountPoint)
+	if user != "" && !hasEnv(spec.Env, "HOME") {
+		env = withoutEnv(env, "HOME")
+	}
+	return env
 }
