@@ -85,15 +85,20 @@ func testImageLayout(t *testing.T) string {
 	return dir
 }
 
-// count reads the workload's counter inside node p.
+// count reads the workload's counter inside node p (which may be caught
+// between the truncation and the write of "echo $i > /tmp/count").
 func (h *host) count(p string) int {
 	h.t.Helper()
-	out := strings.TrimSpace(h.must("exec", p, "--", "cat", "/tmp/count"))
-	n, err := strconv.Atoi(out)
-	if err != nil {
-		h.t.Fatalf("count in %s: %q", p, out)
+	var out string
+	for i := 0; i < 20; i++ {
+		out = strings.TrimSpace(h.must("exec", p, "--", "cat", "/tmp/count"))
+		if n, err := strconv.Atoi(out); err == nil {
+			return n
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
-	return n
+	h.t.Fatalf("count in %s: %q", p, out)
+	return 0
 }
 
 // An image built here runs as a node that sees the image's files, not
@@ -111,6 +116,9 @@ func TestImageNode(t *testing.T) {
 	a.must("run", "--image", "test/busybox:1", "/n")
 	if !poll(10*time.Second, 100*time.Millisecond, func() bool { _, err := a.run("exec", "/n", "--", "test", "-s", "/tmp/count"); return err == nil }) {
 		t.Fatalf("the image's command never ran: %s", a.must("logs", "/n"))
+	}
+	if got := a.must("ls", "--json"); !strings.Contains(got, `"image": "test/busybox:1"`) {
+		t.Fatalf("ls --json does not show the image:\n%s", got)
 	}
 	if got := a.must("exec", "/n", "--", "cat", "/etc/os-release", "/etc/layer2"); got != "ID=crtree-test-image\nsecond layer\n" {
 		t.Fatalf("the node sees %q, not the image's files", got)

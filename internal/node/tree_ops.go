@@ -250,7 +250,10 @@ type Entry struct {
 	Created       time.Time `json:"created"`
 	// Busy says what another crtree command is doing to the node's
 	// subtree ("being dumped"), if anything.
-	Busy    string `json:"busy,omitempty"`
+	Busy string `json:"busy,omitempty"`
+	// Image is the image the node runs on, as it was called when the
+	// node was created ("" for none).
+	Image   string `json:"image,omitempty"`
 	Display string `json:"-"`
 	Depth   int    `json:"-"`
 }
@@ -287,7 +290,7 @@ func (h *Host) List(p hier.Path, recursive bool) ([]Entry, error) {
 
 func (h *Host) entry(t *hier.Tree, n *hier.Node, depth int) Entry {
 	st := StatusOf(n)
-	e := Entry{ID: n.ID, Path: t.PathOf(n).String(), Name: n.Name, State: string(st.State), Display: st.String(), Created: n.Created, Depth: depth}
+	e := Entry{ID: n.ID, Path: t.PathOf(n).String(), Name: n.Name, State: string(st.State), Display: st.String(), Created: n.Created, Depth: depth, Image: n.Spec.ImageName}
 	if op, _, held := heldBy(n); held && n.Busy != nil {
 		e.Busy = "being " + op
 	}
