@@ -202,12 +202,8 @@ func (d *dumping) prepare() error {
 	if err := refuseAttached(d.nodes); err != nil {
 		return err
 	}
-	for _, m := range d.nodes {
-		if id := m.n.Spec.Image; id != "" {
-			if _, err := d.h.Images.GetID(id); err != nil {
-				return fmt.Errorf("dump %s: %s runs on image %s, which is no longer in the image store, so no restore could give it back; nothing was dumped", d.p, m.path, id)
-			}
-		}
+	if err := d.imagesKept(); err != nil {
+		return err
 	}
 	d.manifest = &archive.Manifest{
 		Format: archive.FormatName, Version: archive.FormatVersion,
@@ -230,6 +226,19 @@ func (d *dumping) prepare() error {
 	for _, m := range d.nodes {
 		if m.mounts, err = d.h.ExternalMountsFor(&m.n); err != nil {
 			return fmt.Errorf("dump %s: %w", m.path, err)
+		}
+	}
+	return nil
+}
+
+// imagesKept refuses nodes whose image is no longer in the store: no
+// restore could give them back.
+func (d *dumping) imagesKept() error {
+	for _, m := range d.nodes {
+		if id := m.n.Spec.Image; id != "" {
+			if _, err := d.h.Images.GetID(id); err != nil {
+				return fmt.Errorf("dump %s: %s runs on image %s, which is no longer in the image store, so no restore could give it back; nothing was dumped", d.p, m.path, id)
+			}
 		}
 	}
 	return nil

@@ -143,17 +143,7 @@ func Restore(ctx context.Context, h *node.Host, in io.Reader, target RestoreTarg
 	if err != nil {
 		return nil, fmt.Errorf("restore: %w", err)
 	}
-	// image rm waits until the nodes are in the tree (or are not).
-	unlock, err := h.Images.Shared()
-	if err != nil {
-		return nil, fmt.Errorf("restore: %w", err)
-	}
-	if err := hasBases(h, m); err != nil {
-		unlock()
-		return nil, fmt.Errorf("restore: %w", err)
-	}
-	res, err := reserve(h, m, specs, target)
-	unlock()
+	res, err := reserveOnBases(h, m, specs, target)
 	if err != nil {
 		return nil, err
 	}
@@ -167,19 +157,8 @@ func Restore(ctx context.Context, h *node.Host, in io.Reader, target RestoreTarg
 	if err := rs.stageDirs(); err != nil {
 		return nil, fmt.Errorf("restore: %w", err)
 	}
-	// From a file with an index, or from a pipe when the archive was
-	// written pages last, CRIU reads the pages as they come.
-	if src.ix != nil || (m.PagesLast && !o.NoStream) {
-		err = rs.streamed(src.ix)
-	} else {
-		err = rs.staged()
-	}
-	if err != nil {
+	if err := rs.run(src.ix); err != nil {
 		return nil, err
-	}
-	// Cancelled while CRIU restored: the nodes run, and go.
-	if ctx.Err() != nil {
-		return nil, context.Cause(ctx)
 	}
 	rs.account()
 	if err := res.Commit(); err != nil {
@@ -318,6 +297,23 @@ func (rs *restoring) cleanUp() {
 	}
 }
 
+// run restores the nodes: from a file with an index, or from a pipe when
+// the archive was written pages last, CRIU reads the pages as they come
+// (streamed); else the archive is extracted first (staged). Cancelled
+// meanwhile, it fails even if the nodes run (they are removed).
+func (rs *restoring) run(ix *indexed) error {
+	var err error
+	if ix != nil || (rs.m.PagesLast && !rs.o.NoStream) {
+		err = rs.streamed(ix)
+	} else {
+		err = rs.staged()
+	}
+	if err == nil && rs.ctx.Err() != nil {
+		err = context.Cause(rs.ctx)
+	}
+	return err
+}
+
 // staged extracts the whole archive, verified, then restores the nodes
 // from the extracted images.
 func (rs *restoring) staged() error {
@@ -350,6 +346,21 @@ func (rs *restoring) account() {
 			}
 		}
 	}
+}
+
+// reserveOnBases reserves the archive's nodes (reserve) once it has found
+// the images and --rootfs bases they run on; image rm waits until the
+// nodes are in the tree (or are not).
+func reserveOnBases(h *node.Host, m *archive.Manifest, specs []hier.Spec, target RestoreTarget) (*node.Reservation, error) {
+	unlock, err := h.Images.Shared()
+	if err != nil {
+		return nil, fmt.Errorf("restore: %w", err)
+	}
+	defer unlock()
+	if err := hasBases(h, m); err != nil {
+		return nil, fmt.Errorf("restore: %w", err)
+	}
+	return reserve(h, m, specs, target)
 }
 
 // reserve creates every node of the archive in the tree, in one change,

@@ -42,80 +42,96 @@ func tarDir(dir, out string) error {
 		return err
 	}
 	defer f.Close()
-	tw := tar.NewWriter(f)
-	seen := map[[2]uint64]string{}
-	var top syscall.Stat_t
-	if err := syscall.Stat(dir, &top); err != nil {
+	t := &dirTar{tw: tar.NewWriter(f), dir: dir, seen: map[[2]uint64]string{}}
+	if err := syscall.Stat(dir, &t.top); err != nil {
 		return err
 	}
-	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, err := filepath.Rel(dir, p)
-		if err != nil || rel == "." {
-			return err
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		if fi.Mode()&(fs.ModeDevice|fs.ModeCharDevice|fs.ModeSocket) != 0 {
-			return nil
-		}
-		link := ""
-		if fi.Mode()&fs.ModeSymlink != 0 {
-			if link, err = os.Readlink(p); err != nil {
-				return err
-			}
-		}
-		hdr, err := tar.FileInfoHeader(fi, link)
-		if err != nil {
-			return err
-		}
-		hdr.Name, hdr.Uname, hdr.Gname = filepath.ToSlash(rel), "", ""
-		if fi.IsDir() {
-			hdr.Name += "/"
-		}
-		st := fi.Sys().(*syscall.Stat_t)
-		if st.Dev != top.Dev {
-			if fi.IsDir() {
-				return filepath.SkipDir
-			}
-			return nil
-		}
-		if fi.Mode().IsRegular() || fi.IsDir() {
-			hdr.PAXRecords = layerXattrs(p)
-		}
-		if fi.Mode().IsRegular() && st.Nlink > 1 {
-			key := [2]uint64{st.Dev, st.Ino}
-			if first, ok := seen[key]; ok {
-				hdr.Typeflag, hdr.Linkname, hdr.Size = tar.TypeLink, first, 0
-			} else {
-				seen[key] = hdr.Name
-			}
-		}
-		if err := tw.WriteHeader(hdr); err != nil {
-			return err
-		}
-		if hdr.Typeflag != tar.TypeReg {
-			return nil
-		}
-		src, err := os.Open(p)
-		if err != nil {
-			return err
-		}
-		defer src.Close()
-		_, err = io.Copy(tw, src)
-		return err
-	})
-	if err != nil {
+	if err := filepath.WalkDir(dir, t.add); err != nil {
 		return err
 	}
-	if err := tw.Close(); err != nil {
+	if err := t.tw.Close(); err != nil {
 		return err
 	}
 	return f.Close()
+}
+
+// dirTar is a tar of a directory being written (tarDir).
+type dirTar struct {
+	tw   *tar.Writer
+	dir  string
+	top  syscall.Stat_t       // dir's, to stay on its file system
+	seen map[[2]uint64]string // files with several links, by inode
+}
+
+// add writes the entry at p (a filepath.WalkDirFunc).
+func (t *dirTar) add(p string, d fs.DirEntry, err error) error {
+	if err != nil {
+		return err
+	}
+	rel, err := filepath.Rel(t.dir, p)
+	if err != nil || rel == "." {
+		return err
+	}
+	fi, err := d.Info()
+	if err != nil {
+		return err
+	}
+	st := fi.Sys().(*syscall.Stat_t)
+	switch {
+	case st.Dev != t.top.Dev && fi.IsDir():
+		return filepath.SkipDir
+	case st.Dev != t.top.Dev, fi.Mode()&(fs.ModeDevice|fs.ModeCharDevice|fs.ModeSocket) != 0:
+		return nil
+	}
+	hdr, err := t.header(p, rel, fi, st)
+	if err != nil {
+		return err
+	}
+	if err := t.tw.WriteHeader(hdr); err != nil {
+		return err
+	}
+	if hdr.Typeflag != tar.TypeReg {
+		return nil
+	}
+	src, err := os.Open(p)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	_, err = io.Copy(t.tw, src)
+	return err
+}
+
+// header is the tar header of the entry at p: a second link to a file
+// is a hard link to the first.
+func (t *dirTar) header(p, rel string, fi fs.FileInfo, st *syscall.Stat_t) (*tar.Header, error) {
+	link := ""
+	if fi.Mode()&fs.ModeSymlink != 0 {
+		var err error
+		if link, err = os.Readlink(p); err != nil {
+			return nil, err
+		}
+	}
+	hdr, err := tar.FileInfoHeader(fi, link)
+	if err != nil {
+		return nil, err
+	}
+	hdr.Name, hdr.Uname, hdr.Gname = filepath.ToSlash(rel), "", ""
+	if fi.IsDir() {
+		hdr.Name += "/"
+	}
+	if fi.Mode().IsRegular() || fi.IsDir() {
+		hdr.PAXRecords = layerXattrs(p)
+	}
+	if fi.Mode().IsRegular() && st.Nlink > 1 {
+		key := [2]uint64{st.Dev, st.Ino}
+		if first, ok := t.seen[key]; ok {
+			hdr.Typeflag, hdr.Linkname, hdr.Size = tar.TypeLink, first, 0
+		} else {
+			t.seen[key] = hdr.Name
+		}
+	}
+	return hdr, nil
 }
 
 // layerXattrs returns the extended attributes of p that a layer carries,
