@@ -159,12 +159,15 @@ func TestInterruptRestore(t *testing.T) {
 func TestInterruptDumpToPipe(t *testing.T) {
 	h := newHost(t)
 	h.startHog("/p", 256)
-	for _, after := range []time.Duration{200 * time.Millisecond, 450 * time.Millisecond, 700 * time.Millisecond} {
+	interrupted := 0
+	// --leave-running, so that a dump that ends before its signal leaves
+	// the node for the next round.
+	for _, after := range []time.Duration{150 * time.Millisecond, 300 * time.Millisecond, 450 * time.Millisecond, 700 * time.Millisecond} {
 		r, w, err := os.Pipe()
 		if err != nil {
 			t.Fatal(err)
 		}
-		dump := h.cmd("dump", "/p", "-o", "-")
+		dump := h.cmd("dump", "--leave-running", "/p", "-o", "-")
 		dump.Stdout = w
 		var errb bytes.Buffer
 		dump.Stderr = &errb
@@ -186,8 +189,10 @@ func TestInterruptDumpToPipe(t *testing.T) {
 		reader.Wait()
 		code := dump.ProcessState.ExitCode()
 		if code == 0 {
-			t.Fatalf("after %v: the dump ended although its reader was gone", after)
+			t.Logf("after %v: the dump had ended", after)
+			continue
 		}
+		interrupted++
 		if code == -1 {
 			t.Fatalf("after %v: crtree was killed by %v; stderr %q", after, dump.ProcessState.Sys(), errb.String())
 		}
@@ -200,5 +205,8 @@ func TestInterruptDumpToPipe(t *testing.T) {
 		if st := h.ls()["/p"].State; st != "running" {
 			t.Fatalf("after %v: /p is %q", after, st)
 		}
+	}
+	if interrupted == 0 {
+		t.Fatal("every dump ended before its SIGINT: nothing was tested")
 	}
 }

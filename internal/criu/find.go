@@ -31,14 +31,24 @@ func Find(path string) (string, error) {
 }
 
 // Version returns CRIU's version, encoded as major*10000+minor*100+sub.
+// It asks a `criu swrk` of its own (startSwrk), in a process group of its
+// own like every CRIU crtree starts, so that a Ctrl-C meant for crtree
+// does not kill it.
 func Version(bin string) (int, error) {
-	c := gocriu.MakeCriu()
-	c.SetCriuPath(bin)
-	v, err := c.GetCriuVersion()
+	s, err := startSwrk(bin, swrkOptions{CgroupFD: -1})
 	if err != nil {
 		return 0, fmt.Errorf("criu version: %w", err)
 	}
-	return v, nil
+	resp, err := s.call(&rpc.CriuReq{Type: rpc.CriuReqType_VERSION.Enum()})
+	s.close()
+	if err != nil {
+		return 0, fmt.Errorf("criu version: %w", err)
+	}
+	v := resp.GetVersion()
+	if !resp.GetSuccess() || v == nil {
+		return 0, fmt.Errorf("criu version: CRIU did not say")
+	}
+	return int(v.GetMajorNumber()*10000 + v.GetMinorNumber()*100 + v.GetSublevel()), nil
 }
 
 // FormatVersion turns an encoded version into "4.2.1".
