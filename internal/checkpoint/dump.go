@@ -10,6 +10,7 @@ import (
 	"path"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 
 	"time"
@@ -234,11 +235,19 @@ func (d *dumping) prepare() error {
 // imagesKept refuses nodes whose image is no longer in the store: no
 // restore could give them back.
 func (d *dumping) imagesKept() error {
+	var ids []string
 	for _, m := range d.nodes {
-		if id := m.n.Spec.Image; id != "" {
-			if _, err := d.h.Images.GetID(id); err != nil {
-				return fmt.Errorf("dump %s: %s runs on image %s, which is no longer in the image store, so no restore could give it back; nothing was dumped", d.p, m.path, id)
-			}
+		if m.n.Spec.Image != "" {
+			ids = append(ids, m.n.Spec.Image)
+		}
+	}
+	missing, err := d.h.Images.Missing(ids)
+	if err != nil {
+		return fmt.Errorf("dump %s: %w", d.p, err)
+	}
+	for _, m := range d.nodes {
+		if id := m.n.Spec.Image; id != "" && slices.Contains(missing, id) {
+			return fmt.Errorf("dump %s: %s runs on image %s, which is no longer in the image store, so no restore could give it back; nothing was dumped", d.p, m.path, id)
 		}
 	}
 	return nil

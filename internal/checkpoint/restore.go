@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -83,10 +84,20 @@ func (t RestoreTarget) specs(m *archive.Manifest) ([]hier.Spec, error) {
 // hasBases refuses an archive whose nodes run on an image or a --rootfs
 // base that this state root or host lacks.
 func hasBases(h *node.Host, m *archive.Manifest) error {
+	var ids []string
+	for _, n := range m.Nodes {
+		if n.Spec.Image != "" {
+			ids = append(ids, n.Spec.Image)
+		}
+	}
+	missing, err := h.Images.Missing(ids)
+	if err != nil {
+		return err
+	}
 	for i, n := range m.Nodes {
 		switch sp := n.Spec; {
 		case sp.Image != "":
-			if _, err := h.Images.GetID(sp.Image); err != nil {
+			if slices.Contains(missing, sp.Image) {
 				return fmt.Errorf("%s runs on the image %s (%s), which this state root does not have: import it (crtree image import FILE) and restore again", archivedPath(m, i), sp.ImageName, sp.Image)
 			}
 		case sp.Rootfs != "":

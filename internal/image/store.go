@@ -131,7 +131,12 @@ func (s *Store) Get(ref string) (*Image, error) {
 			return &ims[i], nil
 		}
 	}
-	return nil, fmt.Errorf("image %s: %w (crtree image ls lists them; crtree image import FILE adds one)", ref, ErrNotFound)
+	return nil, notFound(ref)
+}
+
+// notFound is the error for an image ref names none.
+func notFound(ref string) error {
+	return fmt.Errorf("image %s: %w (crtree image ls lists them; crtree image import FILE adds one)", ref, ErrNotFound)
 }
 
 // GetID returns the image whose ID is exactly id (what a node and an
@@ -141,12 +146,36 @@ func (s *Store) GetID(id string) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	for i := range ims {
-		if ims[i].ID == id {
-			return &ims[i], nil
-		}
+	if im := find(ims, id); im != nil {
+		return im, nil
 	}
 	return nil, fmt.Errorf("image %s: %w", id, ErrNotFound)
+}
+
+// Missing returns those of ids (image IDs) the store lacks, reading the
+// store once.
+func (s *Store) Missing(ids []string) ([]string, error) {
+	ims, err := s.List()
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, id := range ids {
+		if find(ims, id) == nil {
+			out = append(out, id)
+		}
+	}
+	return out, nil
+}
+
+// find returns the image of ims whose ID is exactly id, nil if none.
+func find(ims []Image, id string) *Image {
+	for i := range ims {
+		if ims[i].ID == id {
+			return &ims[i]
+		}
+	}
+	return nil
 }
 
 // matches reports whether ref names im.
@@ -202,13 +231,19 @@ func (s *Store) Remove(ref string, inUse func(id string) []string) error {
 		return err
 	}
 	defer unlock()
-	im, err := s.Get(ref)
-	if err != nil {
-		return err
-	}
 	ims, err := s.List()
 	if err != nil {
 		return err
+	}
+	var im *Image
+	for i := range ims {
+		if ims[i].matches(ref) {
+			im = &ims[i]
+			break
+		}
+	}
+	if im == nil {
+		return notFound(ref)
 	}
 	others := 0 // other names of the same image
 	for _, o := range ims {

@@ -212,12 +212,3 @@ func loopbackUp() error {
 	}
 	return nil
 }
-
-// image is what ExternalMounts needs to know of an image: whether there
-// is one.
-func (c *InitConfig) image() string {
-	if c.OwnRoot {
-		return "own"
-	}
-	return ""
-}

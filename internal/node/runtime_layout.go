@@ -35,13 +35,13 @@ var devices = []struct {
 
 // ExternalMounts returns the external mounts (mounts inside a node that
 // come from the host, which CRIU leaves out of its images) of a node with
-// this spec, each as a bind of its host path at its mount point: the
-// read-only host directories (unless the node runs on an image, which
-// has its own) and the binds. The node's crtree API directory and binary
-// are external mounts too (Host.ExternalMountsFor).
-func ExternalMounts(spec hier.Spec) []hier.Bind {
-	if spec.Image != "" {
-		return spec.Binds
+// these binds, each as a bind of its host path at its mount point: the
+// read-only host directories (unless ownRoot: the node runs on an image,
+// which has its own) and the binds. The node's crtree API directory and
+// binary are external mounts too (Host.ExternalMountsFor).
+func ExternalMounts(binds []hier.Bind, ownRoot bool) []hier.Bind {
+	if ownRoot {
+		return binds
 	}
 	var out []hier.Bind
 	for _, d := range HostReadOnly {
@@ -52,7 +52,7 @@ func ExternalMounts(spec hier.Spec) []hier.Bind {
 			out = append(out, hier.Bind{Source: l, Target: l, ReadOnly: true})
 		}
 	}
-	return append(out, spec.Binds...)
+	return append(out, binds...)
 }
 
 // buildRoot lays out the node's mounts under root, in the new mount
@@ -88,7 +88,7 @@ func buildRoot(cfg *InitConfig) error {
 			}
 		}
 	}
-	for _, m := range ExternalMounts(hier.Spec{Binds: cfg.Binds, Image: cfg.image()}) {
+	for _, m := range ExternalMounts(cfg.Binds, cfg.OwnRoot) {
 		if err := bindInto(root, m); err != nil {
 			return err
 		}

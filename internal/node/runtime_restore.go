@@ -19,7 +19,7 @@ import (
 // bind's source).
 func specExternalMounts(spec hier.Spec) []criu.ExternalMount {
 	var out []criu.ExternalMount
-	for _, b := range ExternalMounts(spec) {
+	for _, b := range ExternalMounts(spec.Binds, spec.Image != "") {
 		out = append(out, criu.ExternalMount{Mountpoint: b.Target, Key: b.Target, HostPath: b.Source})
 	}
 	return out
@@ -153,9 +153,9 @@ func (from *FromImages) waitGate() error {
 // mount namespace keeps its own copy: unmount detaches the host's once
 // CRIU is done.
 func (h *Host) mountOverlay(n *hier.Node) (unmount func(), err error) {
-	lower := h.lowerDir(n)
-	if lower == "" {
-		return func() {}, nil
+	lower, err := h.lowerDir(n)
+	if err != nil || lower == "" {
+		return func() {}, err
 	}
 	root := h.RootDir(n.ID)
 	opts, err := overlayOptions(lower, h.UpperDir(n), filepath.Join(h.Store.NodeDir(n.ID), "work"))

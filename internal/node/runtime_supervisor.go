@@ -175,9 +175,10 @@ func (h *Host) startInit(id string) (int, error) {
 		if n == nil {
 			return fmt.Errorf("node %s: %w", id, hier.ErrNotFound)
 		}
-		cfg = h.initConfig(n)
 		leaf = h.Group(t, n).Leaf()
-		return nil
+		var err error
+		cfg, err = h.initConfig(n)
+		return err
 	})
 	if err != nil {
 		return 0, err
@@ -230,7 +231,7 @@ func (h *Host) startInit(id string) (int, error) {
 }
 
 // initConfig turns a node's spec into what the init stage needs.
-func (h *Host) initConfig(n *hier.Node) InitConfig {
+func (h *Host) initConfig(n *hier.Node) (InitConfig, error) {
 	cfg := InitConfig{
 		RootDir:  h.RootDir(n.ID),
 		Hostname: n.Spec.Hostname,
@@ -246,27 +247,30 @@ func (h *Host) initConfig(n *hier.Node) InitConfig {
 	if cfg.Hostname == "" {
 		cfg.Hostname = n.Name
 	}
-	if lower := h.lowerDir(n); lower != "" {
+	lower, err := h.lowerDir(n)
+	if err != nil {
+		return cfg, err
+	}
+	if lower != "" {
 		cfg.Lower, cfg.OwnRoot = lower, n.Spec.Image != ""
 		cfg.Upper = h.UpperDir(n)
 		cfg.Work = filepath.Join(h.Store.NodeDir(n.ID), "work")
 	}
-	return cfg
+	return cfg, nil
 }
 
 // lowerDir is the read-only base of n's root as overlayfs's lowerdir: its
 // image's layers or its --rootfs directory; "" when its root is a
 // directory of its own.
-func (h *Host) lowerDir(n *hier.Node) string {
+func (h *Host) lowerDir(n *hier.Node) (string, error) {
 	if n.Spec.Image != "" {
 		im, err := h.Images.GetID(n.Spec.Image)
 		if err != nil {
-			// The image is gone: the mount fails and says so.
-			return "missing-image-" + n.Spec.Image
+			return "", err
 		}
-		return h.Images.Lower(im)
+		return h.Images.Lower(im), nil
 	}
-	return n.Spec.Rootfs
+	return n.Spec.Rootfs, nil
 }
 
 // recordRunning records the node's init; done says the node is complete
