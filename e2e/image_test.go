@@ -3,6 +3,7 @@ package e2e
 import (
 	"archive/tar"
 	"bytes"
+	"encoding/json"
 	"io"
 	"os"
 	"path/filepath"
@@ -16,6 +17,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/crtree/crtree/internal/archive"
 )
 
 // testImageLayout writes an OCI layout of a small image built here: a
@@ -139,12 +142,12 @@ func TestImageNode(t *testing.T) {
 	before := a.count("/n")
 	a.must("dump", "/n", "-o", archive)
 
-	if got := a.must("inspect", archive); !strings.Contains(got, "    image test/busybox:1 ("+id+"): the restoring state root needs it (crtree image import)") {
+	if got := a.must("inspect", archive); !strings.Contains(got, "    image test/busybox:1 ("+id+"): the restoring state root needs it (crtree image import, or dump --with-image)") {
 		t.Fatalf("inspect does not name the image:\n%s", got)
 	}
 	// Another state root without the image: refused, naming it.
 	_, err := b.run("restore", archive)
-	if err == nil || !strings.Contains(err.Error(), "restore: /n runs on the image test/busybox:1 ("+id+"), which this state root does not have: import it (crtree image import FILE) and restore again") {
+	if err == nil || !strings.Contains(err.Error(), "restore: /n runs on the image test/busybox:1 ("+id+"), which this state root does not have and the archive does not carry: import it (crtree image import FILE) and restore again, or dump with --with-image") {
 		t.Fatalf("restore without the image: %v", err)
 	}
 	if ls := b.ls(); len(ls) != 0 {
@@ -187,5 +190,166 @@ func TestImageNode(t *testing.T) {
 	a.must("image", "rm", "test/busybox:1")
 	if got := a.must("image", "ls", "--json"); strings.TrimSpace(got) != "[]" {
 		t.Fatalf("image ls after rm: %s", got)
+	}
+}
+
+// carriedMembers counts the members of an archive under images/config/
+// and images/layers/.
+func carriedMembers(t *testing.T, file string) (configs, layers int) {
+	t.Helper()
+	f, err := os.Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	r, err := archive.NewReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	for {
+		hdr, _, err := r.Next()
+		if err == io.EOF {
+			return configs, layers
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case strings.HasPrefix(hdr.Name, "images/config/"):
+			configs++
+		case strings.HasPrefix(hdr.Name, "images/layers/"):
+			layers++
+		}
+	}
+}
+
+// An archive dumped --with-image carries the image its nodes run on,
+// each layer once however many nodes share it: a state root that never
+// saw the image restores it from that one file, importing the image
+// (same ID and name), and the node sees the image's files, its own writes
+// and what it deleted still deleted; a second restore imports nothing; a
+// state root where the image's name is another image's keeps it so; a
+// restore that fails leaves no image behind.
+func TestImageCarried(t *testing.T) {
+	a, b := newHost(t), newHost(t)
+	lay := testImageLayout(t)
+	id := strings.Fields(a.must("image", "import", lay))[1]
+	a.must("run", "--image", "test/busybox:1", "/n")
+	a.must("run", "--image", "test/busybox:1", "/n/c", "--", "sleep", "100000")
+	if !poll(10*time.Second, 100*time.Millisecond, func() bool { _, err := a.run("exec", "/n", "--", "test", "-s", "/data/written"); return err == nil }) {
+		t.Fatalf("the image's command never ran: %s", a.must("logs", "/n"))
+	}
+	dir := t.TempDir()
+	plain, carried := filepath.Join(dir, "plain.crtree"), filepath.Join(dir, "carried.crtree")
+	a.must("dump", "--leave-running", "/n", "-o", plain)
+	before := a.count("/n")
+	var rep struct {
+		CarriedBytes int64    `json:"carriedBytes"`
+		Imported     []string `json:"imported"`
+	}
+	if err := json.Unmarshal([]byte(a.must("dump", "--with-image", "--json", "/n", "-o", carried)), &rep); err != nil || rep.CarriedBytes < 1<<20 {
+		t.Fatalf("dump --with-image reports %d bytes carried (%v); busybox alone is more", rep.CarriedBytes, err)
+	}
+	if configs, layers := carriedMembers(t, carried); configs != 1 || layers != 2 {
+		t.Fatalf("the archive carries %d configs and %d layers, want 1 and 2 (two nodes share one image of two layers)", configs, layers)
+	}
+	if configs, layers := carriedMembers(t, plain); configs != 0 || layers != 0 {
+		t.Fatalf("an archive without --with-image carries %d configs and %d layers", configs, layers)
+	}
+	if got := a.must("inspect", carried); !strings.Contains(got, "    image test/busybox:1 ("+id+"): carried in the archive (") {
+		t.Fatalf("inspect does not say the archive carries the image:\n%s", got)
+	}
+
+	// b never saw the image: the plain archive is refused, the carried
+	// one restores, importing it.
+	if _, err := b.run("restore", plain); err == nil || !strings.Contains(err.Error(), "which this state root does not have and the archive does not carry") {
+		t.Fatalf("restore of the plain archive on b: %v", err)
+	}
+	cmd := b.cmd("restore", carried)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("restore --with-image archive on b: %v: %s", err, stderr.String())
+	}
+	if stdout.String() != "/n\n" || !strings.HasPrefix(stderr.String(), "imported image "+id+" from the archive (") {
+		t.Fatalf("restore printed %q and %q", stdout.String(), stderr.String())
+	}
+	var ims []struct{ Name, ID string }
+	if err := json.Unmarshal([]byte(b.must("image", "ls", "--json")), &ims); err != nil || len(ims) != 1 || ims[0].Name != "test/busybox:1" || ims[0].ID != id {
+		t.Fatalf("b's images after the restore: %+v (%v)", ims, err)
+	}
+	// /n deleted /etc/doomed, /n/c (a root of its own) did not.
+	for p, want := range map[string]string{"/n": "", "/n/c": "doomed is here\n"} {
+		want = "ID=crtree-test-image\nsecond layer\n" + want
+		if got := b.must("exec", p, "--", "sh", "-c", "cat /etc/os-release /etc/layer2; test -e /etc/doomed && echo doomed is here; test -e /usr/bin/python3 && echo host files; true"); got != want {
+			t.Fatalf("restored %s sees %q, want %q", p, got, want)
+		}
+	}
+	if got := b.must("exec", "/n", "--", "cat", "/data/written"); got != "kept\n" {
+		t.Fatalf("restored node lost its write: %q", got)
+	}
+	if !poll(10*time.Second, 100*time.Millisecond, func() bool { return b.count("/n") > before+2 }) {
+		t.Fatalf("the restored workload does not go on from %d", before)
+	}
+	// Again: b has the image now, and the restore imports nothing.
+	if err := json.Unmarshal([]byte(b.must("restore", "--json", "--name", "n2", carried)), &rep); err != nil || len(rep.Imported) != 0 {
+		t.Fatalf("second restore imported %v (%v)", rep.Imported, err)
+	}
+	// The image is used: image rm refuses; gone with its nodes, it goes.
+	if _, err := b.run("image", "rm", id); err == nil || !strings.Contains(err.Error(), "is used by") {
+		t.Fatalf("image rm of the imported image: %v", err)
+	}
+
+	// c calls another image test/busybox:1: the carried one comes in
+	// without that name.
+	c := newHost(t)
+	rootfs := t.TempDir()
+	os.WriteFile(filepath.Join(rootfs, "mine"), []byte("c's own\n"), 0o644)
+	mine := strings.Fields(c.must("image", "import", "--name", "test/busybox:1", rootfs))[1]
+	// From a pipe, as a migration reads it.
+	cmd = c.cmd("restore", "-")
+	in, err := os.Open(carried)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	cmd.Stdin = in
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("restore - on c: %v: %s", err, out)
+	}
+	ims = nil
+	if err := json.Unmarshal([]byte(c.must("image", "ls", "--json")), &ims); err != nil || len(ims) != 2 {
+		t.Fatalf("c's images: %+v (%v)", ims, err)
+	}
+	for _, im := range ims {
+		if im.ID == mine && im.Name != "test/busybox:1" || im.ID == id && im.Name != "" {
+			t.Fatalf("c's images after the restore: %+v; its own should keep the name, the carried one have none", ims)
+		}
+	}
+	if got := c.must("exec", "/n", "--", "cat", "/etc/os-release"); got != "ID=crtree-test-image\n" {
+		t.Fatalf("restored node on c sees %q", got)
+	}
+
+	// A restore that fails (the archive cut short) leaves no image, and
+	// nothing unpacked.
+	d := newHost(t)
+	data, err := os.ReadFile(carried)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cut := filepath.Join(dir, "cut.crtree")
+	os.WriteFile(cut, data[:len(data)-200], 0o600)
+	if _, err := d.run("restore", cut); err == nil || !strings.Contains(err.Error(), "truncated") {
+		t.Fatalf("restore of a cut archive: %v", err)
+	}
+	if got := strings.TrimSpace(d.must("image", "ls", "--json")); got != "[]" {
+		t.Fatalf("the failed restore left images: %s", got)
+	}
+	if des, _ := os.ReadDir(filepath.Join(d.root, "images", "tmp")); len(des) != 0 {
+		t.Fatalf("the failed restore left %d entries in images/tmp", len(des))
+	}
+	if des, _ := os.ReadDir(filepath.Join(d.root, "images", "layers")); len(des) != 0 {
+		t.Fatalf("the failed restore left %d layers", len(des))
 	}
 }

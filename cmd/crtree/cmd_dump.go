@@ -28,6 +28,7 @@ type cpOptions struct {
 	Binds          []string
 	KeepBinds      bool
 	GhostLimit     sizeValue
+	WithImage      bool
 }
 
 // maxGhostLimit is the largest --ghost-limit (what CRIU's RPC carries).
@@ -101,7 +102,7 @@ func (o *cpOptions) prepare(g *globalOptions) (*node.Host, checkpoint.Options, *
 		return nil, checkpoint.Options{}, nil, err
 	}
 	co := checkpoint.Options{CriuBin: bin, LeaveRunning: o.LeaveRunning, TCPEstablished: o.TCPEstablished, InNode: g.scope != nil, GhostLimit: int64(o.GhostLimit),
-		NoStream: g.env.NoStream, NoDirect: g.env.NoDirect, CriuLogLevel: g.env.CriuLogLevel}
+		WithImage: o.WithImage, NoStream: g.env.NoStream, NoDirect: g.env.NoDirect, CriuLogLevel: g.env.CriuLogLevel}
 	var pp *progressPrinter
 	if !o.Quiet && term.IsTerminal(int(os.Stderr.Fd())) {
 		pp = newProgressPrinter(os.Stderr)
@@ -137,7 +138,12 @@ provide them) unless --leave-running.
 
 A node on an image (run --image) is archived as its own changes to the
 image (what it wrote and deleted) with the image's ID: a restore needs that
-image on the restoring state root (crtree image import).
+image on the restoring state root (crtree image import), unless the dump
+ran with --with-image. That carries the images the subtree's nodes run on
+(their layers, uncompressed before the archive's compression, each once
+however many nodes share it) after everything else, so that one file
+restores on a state root or host that never saw them; it costs the layers'
+size, not frozen time.
 
 With --tcp-established, CRIU dumps established TCP connections too. Without
 --leave-running, CRIU then kills the processes itself once the archive is
@@ -156,6 +162,7 @@ directory in memory first, so that the subtree is frozen no longer than
 CRIU takes. CRTREE_NO_STREAM=1 stages them in every case.`,
 		Example: `  crtree dump /vserver1 -o v1.crtree
   crtree dump --leave-running /vserver1/calculate_pi -o pi.crtree
+  crtree dump --with-image /calc -o calc.crtree     # restores where the image is not
   crtree dump /a -o - | ssh hostB crtree restore - --parent /b`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -210,6 +217,7 @@ CRIU takes. CRTREE_NO_STREAM=1 stages them in every case.`,
 	f.BoolVar(&o.TCPEstablished, "tcp-established", false, "checkpoint established TCP connections too (locked until restored)")
 	o.GhostLimit = checkpoint.DefaultGhostLimit
 	f.Var(&o.GhostLimit, "ghost-limit", "largest deleted-but-open file carried in the archive, such as 64M or 2G (at most 4G)")
+	f.BoolVar(&o.WithImage, "with-image", false, "carry the images the nodes run on, so that a state root without them can restore the archive")
 	f.BoolVarP(&o.Quiet, "quiet", "q", false, "print no progress and no summary")
 	addJSONFlag(cmd, g)
 	return cmd
@@ -236,6 +244,9 @@ func printReport(w io.Writer, g *globalOptions, quiet bool, verb string, rep *ch
 		return nil
 	}
 	fmt.Fprintf(w, "%s %s: %d node(s), %s of images and %s of files", verb, rep.Path, len(rep.Nodes), humanBytes(rep.ImageBytes), humanBytes(rep.FileBytes))
+	if rep.CarriedBytes > 0 {
+		fmt.Fprintf(w, ", %s of container images", humanBytes(rep.CarriedBytes))
+	}
 	if rep.ArchiveBytes > 0 {
 		fmt.Fprintf(w, " in a %s archive", humanBytes(rep.ArchiveBytes))
 	}
@@ -271,7 +282,14 @@ node it created is removed (exit status 1, or 130 or 143 when stopped). No resto
 process runs before the whole archive has been verified. From a file, CRIU
 starts at once and reads the memory pages as they come off the disk; from
 stdin, the archive is unpacked first. CRTREE_NO_STREAM=1 unpacks files
-first too.`,
+first too.
+
+A node on an image needs that image on this state root (crtree image ls):
+the archive's own copy if it carries it (dump --with-image), which is then
+imported (each layer checked against its digest; an image name already
+used here is not taken over: the image is then known by its ID only), or
+one imported before. Otherwise the restore is refused, naming the image.
+An archive that brings an image is unpacked first, then restored.`,
 		Example: `  crtree restore v1.crtree --parent /pool
   crtree restore v1.crtree --name v1clone
   crtree restore --bind /srv/data:/data web.crtree     # its bind at /data, from /srv/data
@@ -304,6 +322,9 @@ first too.`,
 				return err
 			}
 			if !g.JSON && !o.Quiet {
+				for _, id := range rep.Imported {
+					fmt.Fprintf(cmd.ErrOrStderr(), "imported image %s from the archive (%.2fs)\n", id, rep.ImportTime.Seconds())
+				}
 				fmt.Fprintln(cmd.OutOrStdout(), g.display(rep.Path))
 				return nil
 			}

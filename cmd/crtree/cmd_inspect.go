@@ -85,6 +85,20 @@ func verifyIndex(in io.Reader, m *archive.Manifest) error {
 	return archive.VerifyIndex(again, fi.Size(), m)
 }
 
+// imageWhere says where a restore of m finds the image id.
+func imageWhere(m *archive.Manifest, id string) string {
+	for _, im := range m.Images {
+		if im.ID == id {
+			var size int64
+			for _, l := range im.Layers {
+				size += l.Size
+			}
+			return fmt.Sprintf("carried in the archive (%s of layers)", humanBytes(size))
+		}
+	}
+	return "the restoring state root needs it (crtree image import, or dump --with-image)"
+}
+
 func printManifest(w io.Writer, m *archive.Manifest, verified bool, members int) {
 	fmt.Fprintf(w, "crtree archive, format %d, created %s\n", m.Version, m.Created.Format("2006-01-02 15:04:05 MST"))
 	fmt.Fprintf(w, "crtree %s, CRIU %s, kernel %s, %s\n", m.CrtreeVersion, m.CriuVersion, m.Kernel, m.Arch)
@@ -104,7 +118,7 @@ func printManifest(w io.Writer, m *archive.Manifest, verified bool, members int)
 		}
 		fmt.Fprintf(w, "%s%s  [%s] hostname %s, memory %s, files %s\n", indent, nodeLabel(m, i), state, n.Hostname, mem, humanBytes(n.Files))
 		if n.Spec.Image != "" {
-			fmt.Fprintf(w, "%s    image %s (%s): the restoring state root needs it (crtree image import)\n", indent, n.Spec.ImageName, n.Spec.Image)
+			fmt.Fprintf(w, "%s    image %s (%s): %s\n", indent, n.Spec.ImageName, n.Spec.Image, imageWhere(m, n.Spec.Image))
 		}
 		if n.Spec.Rootfs != "" {
 			fmt.Fprintf(w, "%s    rootfs %s, a host directory (restore with --keep-binds)\n", indent, n.Spec.Rootfs)

@@ -31,6 +31,15 @@ type ImageSink interface {
 	Image(node int, name string, size int64, body io.Reader) error
 }
 
+// CarriedSink, when a Destination implements it, takes the images the
+// archive carries (Manifest.Images): each config and each layer, which
+// the reader hashes as the sink reads them. Without it, they are read,
+// verified and dropped.
+type CarriedSink interface {
+	ImageConfig(id string, body io.Reader) error
+	ImageLayer(digest string, body io.Reader) error
+}
+
 // ErrExtractImage is what an ImageSink returns for an image it leaves to
 // the extraction.
 var ErrExtractImage = errors.New("extract this image")
@@ -55,6 +64,12 @@ func Extract(r *Reader, dst Destination, progress func(n int64)) error {
 		}
 		if err != nil {
 			return err
+		}
+		if IsCarried(hdr.Name) {
+			if err := x.carried(r.Manifest(), hdr, body); err != nil {
+				return fmt.Errorf("extract %s: %w", hdr.Name, err)
+			}
+			continue
 		}
 		if sink != nil && isImage(hdr.Name) && hdr.Typeflag == tar.TypeReg {
 			if x.total+hdr.Size > x.limit {
@@ -82,6 +97,27 @@ func Extract(r *Reader, dst Destination, progress func(n int64)) error {
 			return fmt.Errorf("extract %s: %w", hdr.Name, err)
 		}
 	}
+}
+
+// carried hands a carried image's config or layer to the destination,
+// if it takes them (CarriedSink); the Reader already checked that the
+// manifest lists it.
+func (x *extractor) carried(m *Manifest, hdr *tar.Header, body io.Reader) error {
+	sink, ok := x.dst.(CarriedSink)
+	if !ok {
+		return nil
+	}
+	for _, im := range m.Images {
+		if hdr.Name == ConfigMember(im.ID) {
+			return sink.ImageConfig(im.ID, body)
+		}
+		for _, l := range im.Layers {
+			if hdr.Name == LayerMember(l.Digest) {
+				return sink.ImageLayer(l.Digest, body)
+			}
+		}
+	}
+	return nil
 }
 
 type dirTimes struct {
@@ -119,6 +155,9 @@ func ExpansionLimit(m *Manifest) int64 {
 	var limit int64
 	for _, n := range m.Nodes {
 		limit += metadataAllowance + 2*(max(n.Memory, 0)+max(n.ExtraMemory, 0)+max(n.Files, 0))
+	}
+	for _, size := range m.carriedMembers() {
+		limit += size
 	}
 	return limit
 }

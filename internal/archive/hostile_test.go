@@ -7,6 +7,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -461,6 +462,93 @@ func TestOverlayMembers(t *testing.T) {
 				var st unix.Stat_t
 				if err := unix.Lstat(filepath.Join(d.files[0], "gone"), &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFCHR || st.Rdev != 0 {
 					t.Fatalf("extracted whiteout: %v, mode %o, rdev %d", err, st.Mode, st.Rdev)
+				}
+			}
+		})
+	}
+}
+
+// carrySink records the carried members a Destination is handed.
+type carrySink struct {
+	dirs
+	got []string
+}
+
+func (c *carrySink) ImageConfig(id string, body io.Reader) error {
+	b, _ := io.ReadAll(body)
+	c.got = append(c.got, "config "+id+" "+string(b))
+	return nil
+}
+
+func (c *carrySink) ImageLayer(digest string, body io.Reader) error {
+	b, _ := io.ReadAll(body)
+	c.got = append(c.got, "layer "+digest+" "+string(b))
+	return nil
+}
+
+// The images an archive carries are members under images/ that its
+// manifest lists, with their sizes; a reader hands them to a
+// CarriedSink and refuses any other member there, one of another size
+// or type or with crtree's records, one missing, and manifests that
+// carry what no node runs on or of a version before 3.
+func TestCarriedMembers(t *testing.T) {
+	id := "sha256:" + strings.Repeat("ab", 32)
+	l1, l2 := "sha256:"+strings.Repeat("01", 32), "sha256:"+strings.Repeat("02", 32)
+	carrying := func(mod func(*Manifest)) *Manifest {
+		m := oneNode()
+		m.Version = 3
+		m.Nodes[0].Spec.Image = id
+		m.Images = []Image{{ID: id, Name: "test/x:1", ConfigSize: 2, Layers: []Layer{{l1, 3}, {l2, 4}}}}
+		if mod != nil {
+			mod(m)
+		}
+		return m
+	}
+	file := func(name, body string) raw {
+		return raw{tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o600}, body}
+	}
+	dir := raw{tar.Header{Name: "nodes/0/files", Typeflag: tar.TypeDir, Mode: 0o755}, ""}
+	good := []raw{dir, file(ConfigMember(id), "{}"), file(LayerMember(l1), "one"), file(LayerMember(l2), "twoo")}
+	for name, tc := range map[string]struct {
+		m       *Manifest
+		members []raw
+		want    string // "" for accepted
+	}{
+		"carried":               {carrying(nil), good, ""},
+		"member not listed":     {carrying(nil), append(good[:4:4], file("images/layers/"+strings.Repeat("03", 32), "x")), `the manifest carries no such image config or layer`},
+		"other section":         {carrying(nil), append(good[:4:4], file("images/x", "x")), `the manifest carries no such image config or layer`},
+		"wrong size":            {carrying(nil), []raw{dir, file(ConfigMember(id), "{}"), file(LayerMember(l1), "one!"), file(LayerMember(l2), "twoo")}, `holds 4 bytes, the manifest says 3`},
+		"layer missing":         {carrying(nil), good[:3], `the manifest carries images/layers/` + strings.Repeat("02", 32) + `, which the archive lacks`},
+		"layer twice":           {carrying(nil), append(good[:4:4], file(LayerMember(l1), "one")), `appears twice`},
+		"a symlink":             {carrying(nil), []raw{dir, file(ConfigMember(id), "{}"), {tar.Header{Name: LayerMember(l1), Typeflag: tar.TypeSymlink, Linkname: "/etc/passwd"}, ""}, file(LayerMember(l2), "twoo")}, `must be a file`},
+		"sparse layer":          {carrying(nil), []raw{dir, file(ConfigMember(id), "{}"), {tar.Header{Name: LayerMember(l1), Typeflag: tar.TypeReg, Mode: 0o600, PAXRecords: map[string]string{sparseMapKey: "0,3", sparseSizeKey: "3"}}, "one"}, file(LayerMember(l2), "twoo")}, `is not allowed on an image config or layer`},
+		"image no node runs on": {carrying(func(m *Manifest) { m.Nodes[0].Spec.Image = "" }), good, `carries image ` + id + `, which no node runs on`},
+		"image ID malformed":    {carrying(func(m *Manifest) { m.Images[0].ID = "sha256:../../x" }), good, `is not an image ID`},
+		"layer size disagrees":  {carrying(func(m *Manifest) { m.Images[0].Layers = append(m.Images[0].Layers, Layer{l1, 5}) }), good, `gives layer ` + l1 + ` two sizes`},
+		"in format version 2":   {carrying(func(m *Manifest) { m.Version = 2; m.Nodes[0].Spec.Image = ""; m.Nodes[0].Spec.Rootfs = "/b" }), good, `images are carried from format version 3 on, not 2`},
+		"config larger than 4M": {carrying(func(m *Manifest) { m.Images[0].ConfigSize = 5 << 20 }), good, `config size 5242880 out of range`},
+		"image carried twice":   {carrying(func(m *Manifest) { m.Images = append(m.Images, m.Images[0]) }), good, `carries image ` + id + ` twice`},
+	} {
+		t.Run(name, func(t *testing.T) {
+			data := forge(t, tc.m, tc.members, nil)
+			base := t.TempDir()
+			d := &carrySink{dirs: dirs{files: []string{filepath.Join(base, "files")}, images: []string{filepath.Join(base, "images")}}}
+			os.MkdirAll(d.files[0], 0o755)
+			os.MkdirAll(d.images[0], 0o755)
+			r, err := NewReader(bytes.NewReader(data))
+			if err == nil {
+				err = Extract(r, d, nil)
+				r.Close()
+			}
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("got %v, want %q", err, tc.want)
+			case tc.want == "":
+				want := []string{"config " + id + " {}", "layer " + l1 + " one", "layer " + l2 + " twoo"}
+				if strings.Join(d.got, "|") != strings.Join(want, "|") {
+					t.Fatalf("sink got %q, want %q", d.got, want)
 				}
 			}
 		})

@@ -1,6 +1,7 @@
 package archive
 
 import (
+	"archive/tar"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -55,6 +56,35 @@ type Manifest struct {
 	// images may hold established TCP connections, which CRIU restores
 	// only with the same option. Absent in archives of earlier versions.
 	TCPEstablished bool `json:"tcpEstablished,omitempty"`
+	// Images are the images the archive carries (dump --with-image), so
+	// that a state root without them can restore the nodes that run on
+	// them: each image's config and its layers are members of their own
+	// (ConfigMember, LayerMember), after every node's. Format version 3.
+	Images []Image `json:"images,omitempty"`
+}
+
+// Image is an image an archive carries: the config whose SHA-256 is ID,
+// of ConfigSize bytes, and the layers it lists, bottom first.
+type Image struct {
+	ID         string  `json:"id"`
+	Name       string  `json:"name,omitempty"`
+	ConfigSize int64   `json:"configSize"`
+	Layers     []Layer `json:"layers"`
+}
+
+// Layer is an image layer an archive carries: the uncompressed layer (a
+// tar stream) whose SHA-256 is Digest, of Size bytes.
+type Layer struct {
+	Digest string `json:"digest"`
+	Size   int64  `json:"size"`
+}
+
+// ConfigMember is the member that holds the config of the image id.
+func ConfigMember(id string) string { return "images/config/" + strings.TrimPrefix(id, "sha256:") }
+
+// LayerMember is the member that holds the layer with the given digest.
+func LayerMember(digest string) string {
+	return "images/layers/" + strings.TrimPrefix(digest, "sha256:")
 }
 
 // Node is one node of the archived subtree.
@@ -211,8 +241,120 @@ func (m *Manifest) Validate() error {
 			return fmt.Errorf("manifest node %q: %w", n.Path, err)
 		}
 	}
+	return m.checkImages()
+}
+
+// maxConfigSize and maxLayerSize bound what one config or layer an
+// archive carries may say it holds.
+const (
+	maxConfigSize = 4 << 20
+	maxLayerSize  = 1 << 40
+)
+
+// checkImages refuses carried images that are not well formed, not of
+// version 3, that no node runs on, or that disagree about a layer's
+// size.
+func (m *Manifest) checkImages() error {
+	if len(m.Images) > 0 && m.Version < 3 {
+		return fmt.Errorf("images are carried from format version 3 on, not %d", m.Version)
+	}
+	used := map[string]bool{}
+	for _, n := range m.Nodes {
+		used[n.Spec.Image] = true
+	}
+	seen := map[string]bool{}
+	sizes := map[string]int64{}
+	for _, im := range m.Images {
+		switch {
+		case !isDigest(im.ID):
+			return fmt.Errorf("manifest image %q is not an image ID (sha256: and 64 hex digits)", im.ID)
+		case seen[im.ID]:
+			return fmt.Errorf("manifest carries image %s twice", im.ID)
+		case !used[im.ID]:
+			return fmt.Errorf("manifest carries image %s, which no node runs on", im.ID)
+		case len(im.Name) > 255 || strings.ContainsFunc(im.Name, func(r rune) bool { return r < ' ' || r == 0x7f }):
+			return fmt.Errorf("manifest image %s: malformed name", im.ID)
+		case im.ConfigSize < 0 || im.ConfigSize > maxConfigSize:
+			return fmt.Errorf("manifest image %s: config size %d out of range", im.ID, im.ConfigSize)
+		case len(im.Layers) == 0:
+			return fmt.Errorf("manifest image %s has no layer", im.ID)
+		}
+		seen[im.ID] = true
+		for _, l := range im.Layers {
+			if !isDigest(l.Digest) || l.Size < 0 || l.Size > maxLayerSize {
+				return fmt.Errorf("manifest image %s: malformed layer %q of %d bytes", im.ID, l.Digest, l.Size)
+			}
+			if size, ok := sizes[l.Digest]; ok && size != l.Size {
+				return fmt.Errorf("manifest gives layer %s two sizes", l.Digest)
+			}
+			sizes[l.Digest] = l.Size
+		}
+	}
 	return nil
 }
+
+// isDigest reports whether d is "sha256:" and 64 lowercase hex digits.
+func isDigest(d string) bool {
+	hex, ok := strings.CutPrefix(d, "sha256:")
+	return ok && len(hex) == 64 && strings.Trim(hex, "0123456789abcdef") == ""
+}
+
+// carried returns the size the manifest gives the carried member called
+// name (ConfigMember, LayerMember), and whether it lists one.
+func (m *Manifest) carried(name string) (int64, bool) {
+	for _, im := range m.Images {
+		if name == ConfigMember(im.ID) {
+			return im.ConfigSize, true
+		}
+		for _, l := range im.Layers {
+			if name == LayerMember(l.Digest) {
+				return l.Size, true
+			}
+		}
+	}
+	return 0, false
+}
+
+// carriedMembers returns every member the manifest's images need, each
+// once, with its size: the configs, then the layers not listed before.
+func (m *Manifest) carriedMembers() map[string]int64 {
+	out := map[string]int64{}
+	for _, im := range m.Images {
+		out[ConfigMember(im.ID)] = im.ConfigSize
+		for _, l := range im.Layers {
+			out[LayerMember(l.Digest)] = l.Size
+		}
+	}
+	return out
+}
+
+// checkMember refuses a member name that is neither a node's
+// (checkMemberName) nor a carried image's that the manifest lists, as a
+// plain file of the size it gives, without PAX records of crtree's.
+func (m *Manifest) checkMember(hdr *tar.Header) error {
+	if !IsCarried(hdr.Name) {
+		return checkMemberName(hdr.Name, len(m.Nodes))
+	}
+	size, ok := m.carried(hdr.Name)
+	switch {
+	case !ok:
+		return fmt.Errorf("member %q: the manifest carries no such image config or layer", hdr.Name)
+	case hdr.Typeflag != tar.TypeReg:
+		return fmt.Errorf("member %q: an image config or layer must be a file", hdr.Name)
+	case hdr.Size != size:
+		return fmt.Errorf("member %q holds %d bytes, the manifest says %d", hdr.Name, hdr.Size, size)
+	}
+	for k := range hdr.PAXRecords {
+		if strings.HasPrefix(k, xattrPrefix) || strings.HasPrefix(k, "CRTREE.") {
+			return fmt.Errorf("member %q: PAX record %q is not allowed on an image config or layer", hdr.Name, k)
+		}
+	}
+	return nil
+}
+
+// IsCarried reports whether a member name is under images/: a config
+// or layer of a carried image (valid only if the manifest lists it).
+func IsCarried(name string) bool { return strings.HasPrefix(name, "images/") }
 
 // MaxNameLen is the longest name a node of an archive may have.
 const MaxNameLen = 64
@@ -298,8 +440,7 @@ func (m *Manifest) checkImage(s Spec) error {
 	if s.Image == "" {
 		return nil
 	}
-	hex, ok := strings.CutPrefix(s.Image, "sha256:")
-	if !ok || len(hex) != 64 || strings.Trim(hex, "0123456789abcdef") != "" {
+	if !isDigest(s.Image) {
 		return fmt.Errorf("image %q is not an image ID (sha256: and 64 hex digits)", s.Image)
 	}
 	if s.Rootfs != "" {

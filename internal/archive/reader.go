@@ -174,7 +174,7 @@ func (r *Reader) Next() (*tar.Header, io.Reader, error) {
 	if hdr.Name == SumsName {
 		return nil, nil, r.verifyTrailer(hdr)
 	}
-	if err := checkMemberName(hdr.Name, len(r.manifest.Nodes)); err != nil {
+	if err := r.manifest.checkMember(hdr); err != nil {
 		return nil, nil, corrupt("%v", err)
 	}
 	typ := typeOf(hdr)
@@ -378,6 +378,11 @@ func (r *Reader) verifyTrailer(hdr *tar.Header) error {
 			if w.SHA256[k] != g.SHA256[k] {
 				return corrupt("checksum mismatch for %q", g.Name)
 			}
+		}
+	}
+	for name := range r.manifest.carriedMembers() {
+		if r.seen[name] == "" {
+			return corrupt("the manifest carries %s, which the archive lacks", name)
 		}
 	}
 	r.count = len(got.Members)

@@ -26,6 +26,14 @@ type Report struct {
 	// ImageBytes and FileBytes are the uncompressed sizes.
 	ImageBytes int64 `json:"imageBytes"`
 	FileBytes  int64 `json:"fileBytes"`
+	// CarriedBytes is the size of the container images' configs and
+	// layers the archive carries (dump --with-image), uncompressed.
+	CarriedBytes int64 `json:"carriedBytes,omitempty"`
+	// Imported are the IDs of the images a restore took from the archive
+	// into the image store; ImportTime how long receiving and recording
+	// them took (part of Pack).
+	Imported   []string `json:"imported,omitempty"`
+	ImportTime Duration `json:"importTime,omitempty"`
 }
 
 // NodeReport is one node's part of a Report.

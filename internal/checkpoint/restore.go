@@ -15,6 +15,7 @@ import (
 
 	"github.com/crtree/crtree/internal/archive"
 	"github.com/crtree/crtree/internal/hier"
+	"github.com/crtree/crtree/internal/image"
 	"github.com/crtree/crtree/internal/node"
 )
 
@@ -97,8 +98,8 @@ func hasBases(h *node.Host, m *archive.Manifest) error {
 	for i, n := range m.Nodes {
 		switch sp := n.Spec; {
 		case sp.Image != "":
-			if slices.Contains(missing, sp.Image) {
-				return fmt.Errorf("%s runs on the image %s (%s), which this state root does not have: import it (crtree image import FILE) and restore again", archivedPath(m, i), sp.ImageName, sp.Image)
+			if slices.Contains(missing, sp.Image) && !carries(m, sp.Image) {
+				return fmt.Errorf("%s runs on the image %s (%s), which this state root does not have and the archive does not carry: import it (crtree image import FILE) and restore again, or dump with --with-image", archivedPath(m, i), sp.ImageName, sp.Image)
 			}
 		case sp.Rootfs != "":
 			if fi, err := os.Stat(sp.Rootfs); err != nil || !fi.IsDir() {
@@ -107,6 +108,11 @@ func hasBases(h *node.Host, m *archive.Manifest) error {
 		}
 	}
 	return nil
+}
+
+// carries reports whether the archive carries the image id.
+func carries(m *archive.Manifest, id string) bool {
+	return slices.ContainsFunc(m.Images, func(im archive.Image) bool { return im.ID == id })
 }
 
 // bindSource returns the host path the restoring side gives for mount
@@ -158,14 +164,17 @@ func Restore(ctx context.Context, h *node.Host, in io.Reader, target RestoreTarg
 	if err != nil {
 		return nil, err
 	}
+	rs := &restoring{ctx: ctx, h: h, ar: src.ar, m: m, res: res, o: o, rep: &Report{Path: res.Paths[0].String()}}
 	defer func() {
 		if err != nil {
-			cleanupErr = res.Abort()
+			cleanupErr = errors.Join(res.Abort(), rs.dropImported())
 		}
 	}()
-	rs := &restoring{ctx: ctx, h: h, ar: src.ar, m: m, res: res, o: o, rep: &Report{Path: res.Paths[0].String()}}
-	defer rs.cleanUp() // whatever stageDirs made
+	defer rs.cleanUp() // whatever stageDirs and receiveImages made
 	if err := rs.stageDirs(); err != nil {
+		return nil, fmt.Errorf("restore: %w", err)
+	}
+	if err := rs.receiveImages(); err != nil {
 		return nil, fmt.Errorf("restore: %w", err)
 	}
 	if err := rs.run(src.ix); err != nil {
@@ -260,6 +269,9 @@ type restoring struct {
 	stage string
 	op    *node.Op
 	dst   *destination
+	// recv takes the images the archive carries that the image store
+	// lacks; nil if it lacks none.
+	recv *image.Receiver
 }
 
 // stageDirs makes the staging directory of CRIU's images, each node's
@@ -297,9 +309,58 @@ func (rs *restoring) stageDirs() error {
 	return nil
 }
 
-// cleanUp removes the staging directory (in the background) and the
+// receiveImages gets ready to take into the image store the images the
+// archive carries and the store lacks, recording where they go in the
 // marker.
+func (rs *restoring) receiveImages() error {
+	var ids []string
+	for _, im := range rs.m.Images {
+		ids = append(ids, im.ID)
+	}
+	missing, err := rs.h.Images.Missing(ids)
+	if err != nil || len(missing) == 0 {
+		return err
+	}
+	if rs.recv, err = rs.h.Images.Receive(); err != nil {
+		return err
+	}
+	rs.op.Remove = append(rs.op.Remove, rs.recv.Dir())
+	return rs.h.SaveOp(rs.op)
+}
+
+// adoptImages records the images received, once the archive has been
+// verified.
+func (rs *restoring) adoptImages() error {
+	var wants []image.Want
+	for _, im := range rs.m.Images {
+		w := image.Want{ID: im.ID, Name: im.Name}
+		for _, l := range im.Layers {
+			w.Layers = append(w.Layers, l.Digest)
+		}
+		wants = append(wants, w)
+	}
+	added, err := rs.recv.Commit(wants)
+	rs.rep.Imported = added
+	rs.rep.ImportTime = Duration(rs.recv.Took)
+	return err
+}
+
+// dropImported removes the images a failed restore imported, once its
+// nodes are gone.
+func (rs *restoring) dropImported() error {
+	var errs []error
+	for _, id := range rs.rep.Imported {
+		errs = append(errs, rs.h.Images.Remove(id, rs.h.NodesOnImage))
+	}
+	return errors.Join(errs...)
+}
+
+// cleanUp removes the staging directory (in the background), what was
+// received and not recorded, and the marker.
 func (rs *restoring) cleanUp() {
+	if rs.recv != nil {
+		rs.recv.Close()
+	}
 	if rs.op != nil {
 		rs.h.EndOp(rs.op)
 	}
@@ -310,11 +371,12 @@ func (rs *restoring) cleanUp() {
 
 // run restores the nodes: from a file with an index, or from a pipe when
 // the archive was written pages last, CRIU reads the pages as they come
-// (streamed); else the archive is extracted first (staged). Cancelled
-// meanwhile, it fails even if the nodes run (they are removed).
+// (streamed); else, or when images the archive carries (which come last)
+// are to be imported first, the archive is extracted first (staged).
+// Cancelled meanwhile, it fails even if the nodes run (they are removed).
 func (rs *restoring) run(ix *indexed) error {
 	var err error
-	if ix != nil || (rs.m.PagesLast && !rs.o.NoStream) {
+	if rs.recv == nil && (ix != nil || (rs.m.PagesLast && !rs.o.NoStream)) {
 		err = rs.streamed(ix)
 	} else {
 		err = rs.staged()
@@ -331,10 +393,19 @@ func (rs *restoring) staged() error {
 	packStart := time.Now()
 	total := len(rs.m.Nodes)
 	rs.o.progress(Progress{Phase: "extract", NodesTotal: total})
-	if err := archive.Extract(rs.ar, rs.dst, func(n int64) {
+	var dst archive.Destination = rs.dst
+	if rs.recv != nil {
+		dst = &receivingDest{rs.dst, rs.recv}
+	}
+	if err := archive.Extract(rs.ar, dst, func(n int64) {
 		rs.o.progress(Progress{Phase: "extract", NodesTotal: total, Bytes: n})
 	}); err != nil {
 		return fmt.Errorf("restore: %w", err)
+	}
+	if rs.recv != nil {
+		if err := rs.adoptImages(); err != nil {
+			return fmt.Errorf("restore: %w", err)
+		}
 	}
 	rs.rep.Pack = Duration(time.Since(packStart))
 	criuStart := time.Now()
@@ -416,6 +487,21 @@ func (d *destination) FilesDir(i int) string {
 
 func (d *destination) ImagesDir(i int) string {
 	return filepath.Join(d.stage, strconv.Itoa(i), "criu")
+}
+
+// receivingDest is a restore's destination that takes the images the
+// archive carries into a Receiver.
+type receivingDest struct {
+	*destination
+	recv *image.Receiver
+}
+
+func (d *receivingDest) ImageConfig(id string, body io.Reader) error {
+	return d.recv.Config(id, body)
+}
+
+func (d *receivingDest) ImageLayer(digest string, body io.Reader) error {
+	return d.recv.Layer(digest, body)
 }
 
 // restoreNodes restores the running nodes, parents before children (all

@@ -19,5 +19,11 @@
 //	images/images.json            the imported images (Image)
 //	images/layers/HEX/root/       a layer, unpacked (an overlay lower dir)
 //	images/layers/HEX/layer.tar   the layer as imported, uncompressed
-//	images/tmp/                   imports under way
+//	images/configs/HEX.json       an image's config, as imported (HEX: its ID)
+//	images/tmp/KIND-PID-RANDOM/   imports and receives under way
+//
+// An archive can carry the images its nodes run on (dump --with-image):
+// [Store.Carry] says which files of the store it needs, and a restore
+// takes them back with a [Receiver], which verifies the config against
+// the image's ID and every layer against its digest.
 package image

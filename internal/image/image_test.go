@@ -321,3 +321,114 @@ func TestImportBadName(t *testing.T) {
 		}
 	}
 }
+
+// receive carries the image c into store s through a Receiver, as a
+// restore does, after change has had its way with the blobs; it returns
+// what Commit returned.
+func receive(t *testing.T, s *Store, c *Carried, name string, change func(config []byte, layers [][]byte)) ([]string, error) {
+	t.Helper()
+	config, err := os.ReadFile(c.Config.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var layers [][]byte
+	want := Want{ID: c.Image.ID, Name: name}
+	for _, l := range c.Layers {
+		b, err := os.ReadFile(l.Path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		layers = append(layers, b)
+		want.Layers = append(want.Layers, l.Digest)
+	}
+	if change != nil {
+		change(config, layers)
+	}
+	r, err := s.Receive()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		r.Close()
+		if des, _ := os.ReadDir(filepath.Join(s.dir, "tmp")); len(des) != 0 {
+			t.Errorf("the receiver left %d entries in the store's tmp", len(des))
+		}
+	}()
+	if err := r.Config(c.Image.ID, bytes.NewReader(config)); err != nil {
+		return nil, err
+	}
+	for i, l := range c.Layers {
+		if err := r.Layer(l.Digest, bytes.NewReader(layers[i])); err != nil {
+			return nil, err
+		}
+	}
+	return r.Commit([]Want{want})
+}
+
+// An image carried from one store to another arrives the same (ID,
+// layers, config, files), keeps its name unless the store gives it to
+// another image, and is refused for a config that is not its ID's or a
+// layer that is not its digest's, leaving nothing.
+func TestReceive(t *testing.T) {
+	src := Open(t.TempDir())
+	im, err := src.Import(writeLayout(t, testImage(t), "test/img:1"), ImportOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := src.Carry(im.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, tc := range map[string]struct {
+		change func(config []byte, layers [][]byte)
+		want   string
+	}{
+		"config not the ID's":    {func(c []byte, _ [][]byte) { c[len(c)-2] ^= 1 }, "config does not match the image's ID"},
+		"layer not its digest's": {func(_ []byte, ls [][]byte) { ls[0][bytes.Index(ls[0], []byte("ID=test"))] ^= 1 }, "content does not match its digest"},
+	} {
+		dst := Open(t.TempDir())
+		if _, err := receive(t, dst, c, "test/img:1", tc.change); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want %q", name, err, tc.want)
+		}
+		if ims, _ := dst.List(); len(ims) != 0 {
+			t.Errorf("%s: the store has %v", name, ims)
+		}
+	}
+
+	dst := Open(t.TempDir())
+	added, err := receive(t, dst, c, "test/img:1", nil)
+	if err != nil || len(added) != 1 || added[0] != im.ID {
+		t.Fatalf("receive: %v, %v", added, err)
+	}
+	got, err := dst.Get("test/img:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.ID != im.ID || strings.Join(got.Layers, ",") != strings.Join(im.Layers, ",") || got.Size != im.Size || strings.Join(got.Config.Cmd, " ") != strings.Join(im.Config.Cmd, " ") {
+		t.Fatalf("received %+v, imported %+v", got, im)
+	}
+	if b, err := os.ReadFile(filepath.Join(dst.LayerDir(im.Layers[0]), "etc/os-release")); err != nil || string(b) != "ID=test\n" {
+		t.Fatalf("received layer: %q, %v", b, err)
+	}
+	// Carried again: it has it, and takes nothing.
+	if added, err := receive(t, dst, c, "test/img:1", nil); err != nil || len(added) != 0 {
+		t.Fatalf("second receive: %v, %v", added, err)
+	}
+
+	// A store whose test/img:1 is another image keeps it so.
+	other := Open(t.TempDir())
+	img2, _ := mutate.Config(testImage(t), v1.Config{Cmd: []string{"other"}})
+	mine, err := other.Import(writeLayout(t, img2, "test/img:1"), ImportOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := receive(t, other, c, "test/img:1", nil); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := other.Get("test/img:1"); got.ID != mine.ID {
+		t.Fatalf("the received image took the name test/img:1")
+	}
+	if got, err := other.GetID(im.ID); err != nil || got.Name != "" {
+		t.Fatalf("the received image: %+v, %v", got, err)
+	}
+}

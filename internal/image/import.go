@@ -40,7 +40,7 @@ func (s *Store) Import(src string, o ImportOptions) (*Image, error) {
 		return nil, err
 	}
 	defer unlock()
-	tmp, err := s.tempDir()
+	tmp, err := s.tempDir("import")
 	if err != nil {
 		return nil, err
 	}
@@ -59,19 +59,27 @@ func (s *Store) Import(src string, o ImportOptions) (*Image, error) {
 	if err != nil {
 		return nil, fmt.Errorf("import %s: %w", src, err)
 	}
+	raw, err := img.RawConfigFile()
+	if err != nil {
+		return nil, fmt.Errorf("import %s: %w", src, err)
+	}
+	if err := s.saveConfig(im.ID, raw); err != nil {
+		return nil, fmt.Errorf("import %s: %w", src, err)
+	}
 	if err := s.add(*im); err != nil {
 		return nil, err
 	}
 	return im, nil
 }
 
-// tempDir makes a directory for one import.
-func (s *Store) tempDir() (string, error) {
+// tempDir makes a directory for one import or receive, named for this
+// process so that Prune leaves it alone while the process lives.
+func (s *Store) tempDir(kind string) (string, error) {
 	base := filepath.Join(s.dir, "tmp")
 	if err := os.MkdirAll(base, 0o700); err != nil {
 		return "", err
 	}
-	return os.MkdirTemp(base, "import-")
+	return os.MkdirTemp(base, fmt.Sprintf("%s-%d-", kind, os.Getpid()))
 }
 
 // open finds the image at src and the name it gives it; tmp is for an
@@ -289,12 +297,11 @@ func (s *Store) importImage(img v1.Image, name, tmp string) (*Image, error) {
 // importLayer unpacks one layer, unless the store has it, checking that
 // its uncompressed content has the digest want, and returns its size.
 func (s *Store) importLayer(l v1.Layer, want v1.Hash, tmp string) (int64, error) {
-	if want.Algorithm != "sha256" || len(want.Hex) != 64 {
-		return 0, fmt.Errorf("unsupported digest %s", want)
+	if err := checkDigest(want.String()); err != nil {
+		return 0, err
 	}
-	final := filepath.Dir(s.LayerDir(want.String()))
-	if fi, err := os.Stat(filepath.Join(final, "layer.tar")); err == nil {
-		return fi.Size(), nil
+	if size, ok := s.hasLayer(want.String()); ok {
+		return size, nil
 	}
 	rc, err := l.Uncompressed()
 	if err != nil {
@@ -305,6 +312,38 @@ func (s *Store) importLayer(l v1.Layer, want v1.Hash, tmp string) (int64, error)
 	if err != nil {
 		return 0, err
 	}
+	size, err := unpackLayer(rc, want.String(), work)
+	if err != nil {
+		return 0, err
+	}
+	return size, s.placeLayer(work, want.String())
+}
+
+// hasLayer reports whether the store has the layer with the given digest,
+// and its size.
+func (s *Store) hasLayer(digest string) (int64, bool) {
+	fi, err := os.Stat(s.layerBlob(digest))
+	if err != nil {
+		return 0, false
+	}
+	return fi.Size(), true
+}
+
+// checkDigest refuses a digest that is not "sha256:" and 64 hex digits
+// (what a layer's directory is named by).
+func checkDigest(d string) error {
+	hex, ok := strings.CutPrefix(d, "sha256:")
+	if !ok || len(hex) != 64 || strings.Trim(hex, "0123456789abcdef") != "" {
+		return fmt.Errorf("unsupported digest %s", d)
+	}
+	return nil
+}
+
+// unpackLayer unpacks the uncompressed layer read from r into work (an
+// empty directory): work/root, the overlay lower dir, and work/layer.tar,
+// the layer as read. It checks that the content has the digest want and
+// returns its size.
+func unpackLayer(r io.Reader, want, work string) (int64, error) {
 	if err := os.Mkdir(filepath.Join(work, "root"), 0o755); err != nil {
 		return 0, err
 	}
@@ -314,7 +353,7 @@ func (s *Store) importLayer(l v1.Layer, want v1.Hash, tmp string) (int64, error)
 	}
 	defer blob.Close()
 	sum := sha256.New()
-	counted := &countingReader{r: io.TeeReader(rc, io.MultiWriter(blob, sum))}
+	counted := &countingReader{r: io.TeeReader(r, io.MultiWriter(blob, sum))}
 	if _, err := unpack(counted, filepath.Join(work, "root")); err != nil {
 		return 0, err
 	}
@@ -322,20 +361,24 @@ func (s *Store) importLayer(l v1.Layer, want v1.Hash, tmp string) (int64, error)
 	if _, err := io.Copy(io.Discard, counted); err != nil {
 		return 0, err
 	}
-	if got := "sha256:" + hex.EncodeToString(sum.Sum(nil)); got != want.String() {
+	if got := "sha256:" + hex.EncodeToString(sum.Sum(nil)); got != want {
 		return 0, fmt.Errorf("content does not match its digest (got %s)", got)
 	}
-	if err := blob.Sync(); err != nil {
-		return 0, err
-	}
+	return counted.n, blob.Sync()
+}
+
+// placeLayer moves a layer unpacked into work (unpackLayer) to its place
+// in the store. The caller holds the lock.
+func (s *Store) placeLayer(work, digest string) error {
+	final := filepath.Dir(s.LayerDir(digest))
 	if err := os.MkdirAll(filepath.Dir(final), 0o700); err != nil {
-		return 0, err
+		return err
 	}
 	// Another import may have unpacked the same layer meanwhile.
 	if err := os.Rename(work, final); err != nil && !errors.Is(err, unix.EEXIST) && !errors.Is(err, unix.ENOTEMPTY) {
-		return 0, err
+		return err
 	}
-	return counted.n, nil
+	return nil
 }
 
 type countingReader struct {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -69,6 +70,25 @@ func (s *Store) LayerDir(digest string) string {
 // layerBlob is the layer as imported, uncompressed.
 func (s *Store) layerBlob(digest string) string {
 	return filepath.Join(s.dir, "layers", strings.TrimPrefix(digest, "sha256:"), "layer.tar")
+}
+
+// configFile is where the image config whose digest is id is kept, as
+// imported: its SHA-256 is the image's ID, so an archive that carries it
+// (dump --with-image) carries what proves the ID.
+func (s *Store) configFile(id string) string {
+	return filepath.Join(s.dir, "configs", strings.TrimPrefix(id, "sha256:")+".json")
+}
+
+// saveConfig keeps an image's config. The caller holds the lock.
+func (s *Store) saveConfig(id string, raw []byte) error {
+	if err := os.MkdirAll(filepath.Dir(s.configFile(id)), 0o700); err != nil {
+		return err
+	}
+	tmp := s.configFile(id) + ".tmp"
+	if err := os.WriteFile(tmp, raw, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, s.configFile(id))
 }
 
 // Lower returns the overlayfs lowerdir option of im: its layers, top
@@ -296,11 +316,26 @@ func (s *Store) Prune(inUse func(id string) []string) ([]string, error) {
 	}
 	des, _ = os.ReadDir(filepath.Join(s.dir, "tmp"))
 	for _, d := range des {
-		if os.RemoveAll(filepath.Join(s.dir, "tmp", d.Name())) == nil {
+		if !ownerAlive(d.Name()) && os.RemoveAll(filepath.Join(s.dir, "tmp", d.Name())) == nil {
 			removed = append(removed, "an unfinished import")
 		}
 	}
 	return removed, nil
+}
+
+// ownerAlive reports whether the process that made the temporary
+// directory called name (tempDir: KIND-PID-RANDOM) still runs: a restore
+// receives the images an archive carries there without holding the lock.
+func ownerAlive(name string) bool {
+	parts := strings.Split(name, "-")
+	if len(parts) != 3 {
+		return false
+	}
+	pid, err := strconv.Atoi(parts[1])
+	if err != nil || pid <= 0 {
+		return false
+	}
+	return unix.Kill(pid, 0) == nil
 }
 
 // removeLocked removes the images drop says to, and the layers no image
@@ -331,7 +366,19 @@ func (s *Store) removeLocked(drop func(*Image) bool) error {
 			os.RemoveAll(filepath.Dir(s.LayerDir(l)))
 		}
 	}
+	s.removeConfigs(out)
 	return nil
+}
+
+// removeConfigs removes the configs of images not in ims. The caller
+// holds the lock.
+func (s *Store) removeConfigs(ims []Image) {
+	des, _ := os.ReadDir(filepath.Join(s.dir, "configs"))
+	for _, d := range des {
+		if find(ims, "sha256:"+strings.TrimSuffix(d.Name(), ".json")) == nil {
+			os.Remove(filepath.Join(s.dir, "configs", d.Name()))
+		}
+	}
 }
 
 // Ref is how messages name im: its name, or its ID if it has none.

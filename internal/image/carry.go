@@ -1,0 +1,249 @@
+package image
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	ggname "github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"golang.org/x/sys/unix"
+)
+
+// Blob is a file of the store that an archive carries: an image's config
+// or one of its layers (uncompressed), named by its digest.
+type Blob struct {
+	Digest string
+	Path   string
+	Size   int64
+}
+
+// Carried is what an archive must hold for a restore to import the image
+// (dump --with-image): its record, its config and its layers, bottom
+// first.
+type Carried struct {
+	Image  Image
+	Config Blob
+	Layers []Blob
+}
+
+// Carry returns the files an archive needs to carry the image whose ID is
+// id. An image imported before crtree kept configs has none to carry:
+// importing it again gives it one.
+func (s *Store) Carry(id string) (*Carried, error) {
+	im, err := s.GetID(id)
+	if err != nil {
+		return nil, err
+	}
+	c := &Carried{Image: *im, Config: Blob{Digest: im.ID, Path: s.configFile(im.ID)}}
+	fi, err := os.Stat(c.Config.Path)
+	if err != nil {
+		return nil, fmt.Errorf("image %s has no config in the store (imported by an earlier crtree): import it again to carry it", im.Ref())
+	}
+	c.Config.Size = fi.Size()
+	for _, l := range im.Layers {
+		size, ok := s.hasLayer(l)
+		if !ok {
+			return nil, fmt.Errorf("image %s: layer %s is missing from the store", im.Ref(), l)
+		}
+		c.Layers = append(c.Layers, Blob{Digest: l, Path: s.layerBlob(l), Size: size})
+	}
+	return c, nil
+}
+
+// maxConfigSize bounds an image config a Receiver accepts.
+const maxConfigSize = 4 << 20
+
+// Receiver takes the images an archive carries into the store: the
+// configs and layers as the archive delivers them, each verified against
+// its digest and unpacked into a directory of its own (Dir), and the
+// images recorded only by Commit, once the whole archive has been
+// verified. Close removes what Commit did not take.
+type Receiver struct {
+	s       *Store
+	dir     string
+	configs map[string][]byte // by image ID
+	layers  map[string]int64  // received, by digest: their size
+	// Took is how long receiving took: unpacking and checking layers.
+	Took time.Duration
+}
+
+// Receive starts receiving images. Layers the store has already are not
+// received again.
+func (s *Store) Receive() (*Receiver, error) {
+	dir, err := s.tempDir("receive")
+	if err != nil {
+		return nil, err
+	}
+	return &Receiver{s: s, dir: dir, configs: map[string][]byte{}, layers: map[string]int64{}}, nil
+}
+
+// Dir is where the receiver unpacks: a crash recovery may remove it.
+func (r *Receiver) Dir() string { return r.dir }
+
+// Config takes the config of the image whose ID is id, checking that it
+// has that digest.
+func (r *Receiver) Config(id string, body io.Reader) error {
+	data, err := io.ReadAll(io.LimitReader(body, maxConfigSize+1))
+	if err != nil {
+		return err
+	}
+	if len(data) > maxConfigSize {
+		return fmt.Errorf("image %s: config larger than %d bytes", id, maxConfigSize)
+	}
+	sum := sha256.Sum256(data)
+	if got := "sha256:" + hex.EncodeToString(sum[:]); got != id {
+		return fmt.Errorf("image %s: config does not match the image's ID (got %s)", id, got)
+	}
+	r.configs[id] = data
+	return nil
+}
+
+// Layer takes the layer with the given digest (uncompressed), unless the
+// store or this receiver has it: then it reads nothing.
+func (r *Receiver) Layer(digest string, body io.Reader) error {
+	if err := checkDigest(digest); err != nil {
+		return err
+	}
+	if _, ok := r.layers[digest]; ok {
+		return nil
+	}
+	if _, ok := r.s.hasLayer(digest); ok {
+		return nil
+	}
+	start := time.Now()
+	defer func() { r.Took += time.Since(start) }()
+	work := filepath.Join(r.dir, strings.TrimPrefix(digest, "sha256:"))
+	if err := os.Mkdir(work, 0o700); err != nil {
+		return err
+	}
+	size, err := unpackLayer(body, digest, work)
+	if err != nil {
+		return fmt.Errorf("layer %s: %w", digest, err)
+	}
+	r.layers[digest] = size
+	return nil
+}
+
+// Want is an image a Receiver is to record: its ID, the name the archive
+// gives it, and the digests of its layers, bottom first.
+type Want struct {
+	ID     string
+	Name   string
+	Layers []string
+}
+
+// Commit records the images wanted that the store lacks, from the
+// configs and layers received, and returns their IDs. An image keeps the
+// archive's name only if no image of the store has it: an archive never
+// changes what a name means here; otherwise it is named by its ID alone.
+func (r *Receiver) Commit(wants []Want) ([]string, error) {
+	start := time.Now()
+	defer func() { r.Took += time.Since(start) }()
+	unlock, err := r.s.lock(unix.LOCK_EX)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	var added []string
+	for _, w := range wants {
+		ims, err := r.s.List()
+		if err != nil {
+			return added, err
+		}
+		if find(ims, w.ID) != nil {
+			continue
+		}
+		im, err := r.image(w, ims)
+		if err != nil {
+			return added, err
+		}
+		if err := r.place(im); err != nil {
+			return added, err
+		}
+		if err := r.s.add(*im); err != nil {
+			return added, err
+		}
+		added = append(added, im.ID)
+	}
+	return added, nil
+}
+
+// image is the record of the image w, from its received config, which
+// must list w's layers. ims are the store's images.
+func (r *Receiver) image(w Want, ims []Image) (*Image, error) {
+	raw, ok := r.configs[w.ID]
+	if !ok {
+		return nil, fmt.Errorf("image %s: the archive lacks its config", w.ID)
+	}
+	cfg, err := v1.ParseConfigFile(bytes.NewReader(raw))
+	if err != nil {
+		return nil, fmt.Errorf("image %s: %w", w.ID, err)
+	}
+	var diffIDs []string
+	for _, d := range cfg.RootFS.DiffIDs {
+		diffIDs = append(diffIDs, d.String())
+	}
+	if !slices.Equal(diffIDs, w.Layers) {
+		return nil, fmt.Errorf("image %s: its config lists other layers than the archive", w.ID)
+	}
+	im := &Image{Name: r.freeName(w.Name, ims), ID: w.ID, Layers: w.Layers, Imported: time.Now().UTC(), Config: Config{
+		Env: cfg.Config.Env, WorkingDir: cfg.Config.WorkingDir,
+		Entrypoint: cfg.Config.Entrypoint, Cmd: cfg.Config.Cmd, User: cfg.Config.User,
+	}}
+	for _, l := range w.Layers {
+		size, ok := r.layers[l]
+		if !ok {
+			if size, ok = r.s.hasLayer(l); !ok {
+				return nil, fmt.Errorf("image %s: the archive lacks layer %s", w.ID, l)
+			}
+		}
+		im.Size += size
+	}
+	return im, nil
+}
+
+// freeName is name if it is an image name that no image of ims has, else
+// "".
+func (r *Receiver) freeName(name string, ims []Image) string {
+	if _, err := ggname.ParseReference(name); err != nil {
+		return ""
+	}
+	for _, o := range ims {
+		if o.Name == name {
+			return ""
+		}
+	}
+	return name
+}
+
+// place moves im's received layers and its config into the store. The
+// caller holds the lock.
+func (r *Receiver) place(im *Image) error {
+	for _, l := range im.Layers {
+		if _, ok := r.s.hasLayer(l); ok {
+			continue
+		}
+		if err := r.s.placeLayer(filepath.Join(r.dir, strings.TrimPrefix(l, "sha256:")), l); err != nil {
+			return err
+		}
+	}
+	return r.s.saveConfig(im.ID, r.configs[im.ID])
+}
+
+// Close removes what was received and not committed.
+func (r *Receiver) Close() error {
+	err := os.RemoveAll(r.dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	return err
+}
