@@ -6,6 +6,7 @@ package main
 
 import (
 	"bytes"
+	"crypto/rand"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -30,6 +31,7 @@ var (
 	conds     = flag.String("conditions", "warm,cold", "memory conditions: warm (2 GiB touched and freed before each run), cold")
 	jsonOut   = flag.String("json", "bench-results.json", "file for every measurement")
 	workDir   = flag.String("work", "/var/tmp/crtree-bench", "scratch directory (on disk)")
+	imageMiB  = flag.Int("image-mib", 64, "MiB of incompressible files in the image of the image-node case (-1 to skip it)")
 )
 
 // sample is one measurement.
@@ -68,6 +70,9 @@ func main() {
 	defer cleanup()
 
 	fmt.Fprintf(os.Stderr, "bench: %d MiB workload, %d reps, conditions %s\n", *mib, *reps, *conds)
+	if *imageMiB >= 0 {
+		importImage()
+	}
 	for _, cond := range strings.Split(*conds, ",") {
 		for rep := 1; rep <= *reps; rep++ {
 			// Alternate which side goes first.
@@ -80,6 +85,9 @@ func main() {
 			}
 			frozen(cond, rep)
 			crtreeRun(cond, rep, "zero")
+			if *imageMiB >= 0 {
+				imageRun(cond, rep)
+			}
 		}
 	}
 	if *treeN > 0 {
@@ -103,7 +111,14 @@ func warm(cond string) {
 
 // startNode runs memhog in a new node and waits until it holds its memory.
 func startNode(path string, mib int, kind string) (pid int, id string) {
-	run(*crtreeBin, "run", "--bind", abs(*memhogBin)+":/memhog:ro", path, "--", "/memhog", "-mib", fmt.Sprint(mib), "-kind", kind)
+	return startWith(path, []string{"--bind", abs(*memhogBin) + ":/memhog:ro"}, mib, kind)
+}
+
+// startWith runs /memhog in a new node started with the given run flags,
+// and waits until it holds its memory.
+func startWith(path string, flags []string, mib int, kind string) (pid int, id string) {
+	args := append(append([]string{"run"}, flags...), path, "--", "/memhog", "-mib", fmt.Sprint(mib), "-kind", kind)
+	run(*crtreeBin, args...)
 	for i := 0; i < 600; i++ {
 		out := runOut(*crtreeBin, "logs", path)
 		if strings.Contains(out, "ready") {
@@ -205,6 +220,65 @@ type report_ struct {
 	Criu         float64 `json:"criu"`
 	Pack         float64 `json:"pack"`
 	ArchiveBytes int64   `json:"archiveBytes"`
+	CarriedBytes int64   `json:"carriedBytes"`
+	ImportTime   float64 `json:"importTime"`
+}
+
+// benchImage is the image of the image-node case: memhog and imageMiB
+// MiB of random files.
+const benchImage = "bench/memhog:1"
+
+// importImage imports benchImage from a directory made here.
+func importImage() {
+	dir := filepath.Join(*workDir, "imageroot")
+	must(os.MkdirAll(dir, 0o755))
+	hog, err := os.ReadFile(*memhogBin)
+	must(err)
+	must(os.WriteFile(filepath.Join(dir, "memhog"), hog, 0o755))
+	filler := make([]byte, *imageMiB<<20)
+	rand.Read(filler)
+	must(os.WriteFile(filepath.Join(dir, "filler"), filler, 0o644))
+	t0 := time.Now()
+	run(*crtreeBin, "image", "import", "--name", benchImage, dir)
+	record("crtree image import", "-", 1, time.Since(t0), dirSize(dir), 0)
+	os.RemoveAll(dir)
+}
+
+// imageRun: the same workload in a node on an image, dumped and restored
+// as crtreeRun does; then dumped --with-image and restored on a second
+// state root, which imports the image from the archive.
+func imageRun(cond string, rep int) {
+	path := "/im"
+	startWith(path, []string{"--image", benchImage}, *mib, "random")
+	archive := filepath.Join(*workDir, "im.crtree")
+	warm(cond)
+	t0 := time.Now()
+	out, rss := runRSS(*crtreeBin, "dump", "--json", path, "-o", archive)
+	var r report_
+	json.Unmarshal([]byte(out), &r)
+	record("crtree dump (image node)", cond, rep, time.Since(t0), r.ArchiveBytes, rss)
+	warm(cond)
+	t1 := time.Now()
+	_, rss = runRSS(*crtreeBin, "restore", "--json", archive)
+	record("crtree restore (image node)", cond, rep, time.Since(t1), 0, rss)
+	os.Remove(archive)
+
+	warm(cond)
+	t2 := time.Now()
+	out, rss = runRSS(*crtreeBin, "dump", "--with-image", "--json", path, "-o", archive)
+	json.Unmarshal([]byte(out), &r)
+	record("crtree dump --with-image (image node)", cond, rep, time.Since(t2), r.ArchiveBytes, rss)
+	record("  of which the image's layers", cond, rep, 0, r.CarriedBytes, 0)
+	other := "CRTREE_ROOT=" + filepath.Join(*workDir, "state2")
+	warm(cond)
+	t3 := time.Now()
+	out, rss = runRSSEnv([]string{other}, *crtreeBin, "restore", "--json", archive)
+	json.Unmarshal([]byte(out), &r)
+	record("crtree restore --with-image, importing", cond, rep, time.Since(t3), 0, rss)
+	record("  of which importing the image", cond, rep, time.Duration(r.ImportTime*float64(time.Second)), 0, 0)
+	runRSSEnv([]string{other}, *crtreeBin, "rm", "-r", "-f", path)
+	runRSSEnv([]string{other}, *crtreeBin, "image", "rm", benchImage)
+	os.Remove(archive)
 }
 
 // crtreeRun: crtree dump to a file, crtree restore from it.
@@ -334,6 +408,10 @@ func report() {
 		{"crtree restore", "criu restore (bare)", "stretch <= 1.5"},
 		{"crtree dump --leave-running: frozen", "criu dump (bare)", "<= 1.2"},
 		{"crtree dump (zero pages)", "crtree dump", "<= 1.0 (time)"},
+		{"crtree dump (image node)", "criu dump + tar|zstd", "<= 0.8"},
+		{"crtree restore (image node)", "zstd -d|tar -x + criu restore", "<= 0.9"},
+		{"crtree dump --with-image (image node)", "crtree dump (image node)", "(the layers' cost)"},
+		{"crtree restore --with-image, importing", "crtree restore (image node)", "(the import's cost)"},
 	}
 	for _, cond := range strings.Split(*conds, ",") {
 		for _, r := range rows {
@@ -342,6 +420,13 @@ func report() {
 			if ok1 && ok2 {
 				fmt.Printf("| %s | %s vs %s | %.3f | %.3f | %.2f | %s |\n", cond, r.ours, r.base, a, b, a/b, r.target)
 			}
+		}
+		if imp, _, ok := median("  of which importing the image", cond); ok {
+			_, with, _ := median("crtree dump --with-image (image node)", cond)
+			_, plain, _ := median("crtree dump (image node)", cond)
+			_, layers, _ := median("  of which the image's layers", cond)
+			fmt.Printf("| %s | --with-image: archive grows by | %s | %s of layers | %.2f | ~1 (random files) |\n", cond, human(with-plain), human(layers), float64(with-plain)/float64(layers))
+			fmt.Printf("| %s | importing the image on restore | %.3f | | | |\n", cond, imp)
 		}
 		if _, zb, ok := median("crtree dump (zero pages)", cond); ok {
 			fmt.Printf("| %s | zero-page archive size | %s | %d MiB memory | %.4f%% | <= 1%% |\n", cond, human(zb), *mib, 100*float64(zb)/float64(int64(*mib)<<20))
@@ -367,10 +452,14 @@ func report() {
 }
 
 func cleanup() {
-	for _, p := range []string{"/base", "/ct", "/fr", "/tree", "/many"} {
+	for _, p := range []string{"/base", "/ct", "/fr", "/tree", "/many", "/im"} {
 		exec.Command(*crtreeBin, "rm", "-r", "-f", p).Run()
 	}
+	exec.Command(*crtreeBin, "image", "rm", benchImage).Run()
 	exec.Command(*crtreeBin, "gc").Run()
+	other := exec.Command(*crtreeBin, "rm", "-r", "-f", "/im")
+	other.Env = append(os.Environ(), "CRTREE_ROOT="+filepath.Join(*workDir, "state2"))
+	other.Run()
 	os.RemoveAll(*workDir)
 }
 
@@ -395,7 +484,13 @@ func runOut(name string, args ...string) string {
 
 // runRSS runs a command and returns its stdout and peak RSS in KiB.
 func runRSS(name string, args ...string) (string, int64) {
+	return runRSSEnv(nil, name, args...)
+}
+
+// runRSSEnv is runRSS with env added to the environment.
+func runRSSEnv(env []string, name string, args ...string) (string, int64) {
 	cmd := exec.Command(name, args...)
+	cmd.Env = append(os.Environ(), env...)
 	var out, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &stderr
 	if err := cmd.Run(); err != nil {
