@@ -5,7 +5,7 @@ GO      ?= go
 BIN     := bin/crtree
 export PATH := $(PATH):/usr/local/go/bin:/usr/local/sbin
 
-.PHONY: all deps build test loops unit e2e demo bench fuzz vet clean
+.PHONY: all deps build test loops unit e2e demo image-demo bench fuzz vet clean
 
 all: build
 
@@ -55,6 +55,12 @@ unit:
 ## demo: build a small tree, dump it, restore it elsewhere, show it still runs
 demo: deps build
 	hack/demo.sh
+
+## image-demo: python3 from a Debian image (debootstrap, a few minutes)
+## computes pi in a node, dumped --with-image and restored on a second
+## state root that never saw the image
+image-demo: deps build
+	hack/image-demo.sh
 
 ## bench: checkpoint/restore speed against raw CRIU (see docs/PERFORMANCE.md)
 bench: deps build

@@ -331,6 +331,28 @@ func TestImageCarried(t *testing.T) {
 		t.Fatalf("restored node on c sees %q", got)
 	}
 
+	// From inside a node, the image comes in without a name: a node may
+	// not name images for the host.
+	e := newHost(t)
+	e.must("run", "/outer", "--", "sleep", "100000")
+	cmd = e.cmd("exec", "/outer", "--", "crtree", "restore", "-")
+	in2, err := os.Open(carried)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in2.Close()
+	cmd.Stdin = in2
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("restore - inside /outer: %v: %s", err, out)
+	}
+	ims = nil
+	if err := json.Unmarshal([]byte(e.must("image", "ls", "--json")), &ims); err != nil || len(ims) != 1 || ims[0].ID != id || ims[0].Name != "" {
+		t.Fatalf("images after a restore inside a node: %+v (%v); want %s without a name", ims, err, id)
+	}
+	if got := e.must("exec", "/outer/n", "--", "cat", "/etc/os-release"); got != "ID=crtree-test-image\n" {
+		t.Fatalf("node restored inside /outer sees %q", got)
+	}
+
 	// A restore that fails (the archive cut short) leaves no image, and
 	// nothing unpacked.
 	d := newHost(t)

@@ -164,7 +164,7 @@ func Restore(ctx context.Context, h *node.Host, in io.Reader, target RestoreTarg
 	if err != nil {
 		return nil, err
 	}
-	rs := &restoring{ctx: ctx, h: h, ar: src.ar, m: m, res: res, o: o, rep: &Report{Path: res.Paths[0].String()}}
+	rs := &restoring{ctx: ctx, h: h, ar: src.ar, m: m, res: res, o: o, inNode: target.InNode, rep: &Report{Path: res.Paths[0].String()}}
 	defer func() {
 		if err != nil {
 			cleanupErr = errors.Join(res.Abort(), rs.dropImported())
@@ -272,6 +272,9 @@ type restoring struct {
 	// recv takes the images the archive carries that the image store
 	// lacks; nil if it lacks none.
 	recv *image.Receiver
+	// inNode is set for a restore asked from inside a node: the images
+	// it imports get no name, which would be the host's.
+	inNode bool
 }
 
 // stageDirs makes the staging directory of CRIU's images, each node's
@@ -321,6 +324,17 @@ func (rs *restoring) receiveImages() error {
 	if err != nil || len(missing) == 0 {
 		return err
 	}
+	layers := map[string]int64{}
+	for _, im := range rs.m.Images {
+		if slices.Contains(missing, im.ID) {
+			for _, l := range im.Layers {
+				layers[l.Digest] = l.Size
+			}
+		}
+	}
+	if err := rs.h.Images.CheckRoom(layers); err != nil {
+		return err
+	}
 	if rs.recv, err = rs.h.Images.Receive(); err != nil {
 		return err
 	}
@@ -334,6 +348,9 @@ func (rs *restoring) adoptImages() error {
 	var wants []image.Want
 	for _, im := range rs.m.Images {
 		w := image.Want{ID: im.ID, Name: im.Name}
+		if rs.inNode {
+			w.Name = ""
+		}
 		for _, l := range im.Layers {
 			w.Layers = append(w.Layers, l.Digest)
 		}

@@ -62,6 +62,34 @@ func (s *Store) Carry(id string) (*Carried, error) {
 // maxConfigSize bounds an image config a Receiver accepts.
 const maxConfigSize = 4 << 20
 
+// CheckRoom refuses layers (their sizes by digest) that the store lacks
+// and has no room for: each takes about twice its size (kept as received,
+// and unpacked). A hostile archive could otherwise say a layer is large,
+// carry it in a few compressed bytes, and fill the disk before its digest
+// is found wrong.
+func (s *Store) CheckRoom(layers map[string]int64) error {
+	var need int64
+	for d, size := range layers {
+		if _, ok := s.hasLayer(d); !ok {
+			need += 2 * size
+		}
+	}
+	if need == 0 {
+		return nil
+	}
+	if err := os.MkdirAll(s.dir, 0o700); err != nil {
+		return err
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(s.dir, &st); err != nil {
+		return err
+	}
+	if free := int64(st.Bavail) * st.Bsize; need > free {
+		return fmt.Errorf("the image layers to import take about %d MiB, and the state root has %d MiB free", need>>20, free>>20)
+	}
+	return nil
+}
+
 // Receiver takes the images an archive carries into the store: the
 // configs and layers as the archive delivers them, each verified against
 // its digest and unpacked into a directory of its own (Dir), and the

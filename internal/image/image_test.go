@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -430,5 +431,56 @@ func TestReceive(t *testing.T) {
 	}
 	if got, err := other.GetID(im.ID); err != nil || got.Name != "" {
 		t.Fatalf("the received image: %+v, %v", got, err)
+	}
+}
+
+// A sparse file in a layer, which Go's tar reader would hand over as its
+// whole size of zeros, is refused in both of GNU tar's forms: a 10 KiB
+// layer of a TiB file must not fill the disk.
+func TestUnpackRefusesSparse(t *testing.T) {
+	work := t.TempDir()
+	big := filepath.Join(work, "big")
+	f, err := os.Create(big)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Truncate(64 << 20) // a TiB just as well
+	f.Close()
+	for format, why := range map[string]string{"posix": "sparse files are not supported in a layer", "gnu": "type 'S' is not allowed in a layer"} {
+		layer := filepath.Join(work, format+".tar")
+		if out, err := exec.Command("tar", "--sparse", "--format="+format, "-C", work, "-cf", layer, "big").CombinedOutput(); err != nil {
+			t.Fatalf("GNU tar: %v: %s", err, out)
+		}
+		in, err := os.Open(layer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir := t.TempDir()
+		_, err = unpack(in, dir)
+		in.Close()
+		if err == nil || !strings.Contains(err.Error(), why) {
+			t.Errorf("%s sparse layer: %v, want %q", format, err, why)
+		}
+		if fi, err := os.Stat(filepath.Join(dir, "big")); err == nil {
+			t.Errorf("%s sparse layer: unpacked a file of %d bytes", format, fi.Size())
+		}
+	}
+}
+
+// CheckRoom refuses layers the store has no room for (a hostile archive
+// can say a layer is huge and carry it as a few compressed bytes), and
+// counts only those it lacks.
+func TestCheckRoom(t *testing.T) {
+	s := Open(t.TempDir())
+	im, err := s.Import(writeLayout(t, testImage(t), "test/img:1"), ImportOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	huge := "sha256:" + strings.Repeat("7", 64)
+	if err := s.CheckRoom(map[string]int64{huge: 1 << 50}); err == nil || !strings.Contains(err.Error(), "the image layers to import take about 2147483648 MiB, and the state root has") {
+		t.Errorf("a 1 PiB layer: %v", err)
+	}
+	if err := s.CheckRoom(map[string]int64{im.Layers[0]: 1 << 50, huge: 4096}); err != nil {
+		t.Errorf("a layer the store has counted: %v", err)
 	}
 }

@@ -55,6 +55,9 @@ func unpack(r io.Reader, dir string) (skipped int, err error) {
 		if err != nil {
 			return skipped, err
 		}
+		if err := refuseSparse(hdr); err != nil {
+			return skipped, err
+		}
 		if name == "." {
 			continue
 		}
@@ -96,6 +99,19 @@ func unpack(r io.Reader, dir string) (skipped int, err error) {
 type dirTime struct {
 	name string
 	t    time.Time
+}
+
+// refuseSparse refuses a sparse file (GNU tar's PAX form: Go's reader
+// hands it over as a regular file with its holes as zeros): a few KiB of
+// layer could otherwise unpack into terabytes. (GNU tar's older form, type
+// 'S', is refused as a type.) Images do not hold them.
+func refuseSparse(hdr *tar.Header) error {
+	for k := range hdr.PAXRecords {
+		if strings.HasPrefix(k, "GNU.sparse.") {
+			return fmt.Errorf("layer entry %q: sparse files are not supported in a layer", hdr.Name)
+		}
+	}
+	return nil
 }
 
 // cleanName returns a layer entry's name relative to the layer's root,
