@@ -143,7 +143,8 @@ ran with --with-image. That carries the images the subtree's nodes run on
 (their layers, uncompressed before the archive's compression, each once
 however many nodes share it) after everything else, so that one file
 restores on a state root or host that never saw them; it costs the layers'
-size, not frozen time.
+size, and with --leave-running no frozen time (the workload runs again
+before they are written).
 
 With --tcp-established, CRIU dumps established TCP connections too. Without
 --leave-running, CRIU then kills the processes itself once the archive is
@@ -289,7 +290,8 @@ the archive's own copy if it carries it (dump --with-image), which is then
 imported (each layer checked against its digest; an image name already
 used here is not taken over: the image is then known by its ID only), or
 one imported before. Otherwise the restore is refused, naming the image.
-An archive that brings an image is unpacked first, then restored.`,
+An archive that brings an image this state root lacks is unpacked first,
+then restored; a restore from inside a node imports images without names.`,
 		Example: `  crtree restore v1.crtree --parent /pool
   crtree restore v1.crtree --name v1clone
   crtree restore --bind /srv/data:/data web.crtree     # its bind at /data, from /srv/data
@@ -322,8 +324,8 @@ An archive that brings an image is unpacked first, then restored.`,
 				return err
 			}
 			if !g.JSON && !o.Quiet {
-				for _, id := range rep.Imported {
-					fmt.Fprintf(cmd.ErrOrStderr(), "imported image %s from the archive (%.2fs)\n", id, rep.ImportTime.Seconds())
+				if len(rep.Imported) > 0 {
+					fmt.Fprintf(cmd.ErrOrStderr(), "imported %s from the archive (%.2fs)\n", strings.Join(rep.Imported, ", "), rep.ImportTime.Seconds())
 				}
 				fmt.Fprintln(cmd.OutOrStdout(), g.display(rep.Path))
 				return nil

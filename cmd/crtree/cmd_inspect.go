@@ -87,14 +87,12 @@ func verifyIndex(in io.Reader, m *archive.Manifest) error {
 
 // imageWhere says where a restore of m finds the image id.
 func imageWhere(m *archive.Manifest, id string) string {
-	for _, im := range m.Images {
-		if im.ID == id {
-			var size int64
-			for _, l := range im.Layers {
-				size += l.Size
-			}
-			return fmt.Sprintf("carried in the archive (%s of layers)", humanBytes(size))
+	if im := m.CarriedImage(id); im != nil {
+		var size int64
+		for _, l := range im.Layers {
+			size += l.Size
 		}
+		return fmt.Sprintf("carried in the archive (%s of layers)", humanBytes(size))
 	}
 	return "the restoring state root needs it (crtree image import, or dump --with-image)"
 }

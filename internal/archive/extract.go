@@ -107,17 +107,11 @@ func (x *extractor) carried(m *Manifest, hdr *tar.Header, body io.Reader) error 
 	if !ok {
 		return nil
 	}
-	for _, im := range m.Images {
-		if hdr.Name == ConfigMember(im.ID) {
-			return sink.ImageConfig(im.ID, body)
-		}
-		for _, l := range im.Layers {
-			if hdr.Name == LayerMember(l.Digest) {
-				return sink.ImageLayer(l.Digest, body)
-			}
-		}
+	c, _ := m.carried(hdr.Name)
+	if c.Config {
+		return sink.ImageConfig(c.Digest, body)
 	}
-	return nil
+	return sink.ImageLayer(c.Digest, body)
 }
 
 type dirTimes struct {
@@ -155,9 +149,6 @@ func ExpansionLimit(m *Manifest) int64 {
 	var limit int64
 	for _, n := range m.Nodes {
 		limit += metadataAllowance + 2*(max(n.Memory, 0)+max(n.ExtraMemory, 0)+max(n.Files, 0))
-	}
-	for _, size := range m.carriedMembers() {
-		limit += size
 	}
 	return limit
 }

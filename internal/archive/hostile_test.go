@@ -514,20 +514,21 @@ func TestCarriedMembers(t *testing.T) {
 		members []raw
 		want    string // "" for accepted
 	}{
-		"carried":               {carrying(nil), good, ""},
-		"member not listed":     {carrying(nil), append(good[:4:4], file("images/layers/"+strings.Repeat("03", 32), "x")), `the manifest carries no such image config or layer`},
-		"other section":         {carrying(nil), append(good[:4:4], file("images/x", "x")), `the manifest carries no such image config or layer`},
-		"wrong size":            {carrying(nil), []raw{dir, file(ConfigMember(id), "{}"), file(LayerMember(l1), "one!"), file(LayerMember(l2), "twoo")}, `holds 4 bytes, the manifest says 3`},
-		"layer missing":         {carrying(nil), good[:3], `the manifest carries images/layers/` + strings.Repeat("02", 32) + `, which the archive lacks`},
-		"layer twice":           {carrying(nil), append(good[:4:4], file(LayerMember(l1), "one")), `appears twice`},
-		"a symlink":             {carrying(nil), []raw{dir, file(ConfigMember(id), "{}"), {tar.Header{Name: LayerMember(l1), Typeflag: tar.TypeSymlink, Linkname: "/etc/passwd"}, ""}, file(LayerMember(l2), "twoo")}, `must be a file`},
-		"sparse layer":          {carrying(nil), []raw{dir, file(ConfigMember(id), "{}"), {tar.Header{Name: LayerMember(l1), Typeflag: tar.TypeReg, Mode: 0o600, PAXRecords: map[string]string{sparseMapKey: "0,3", sparseSizeKey: "3"}}, "one"}, file(LayerMember(l2), "twoo")}, `is not allowed on an image config or layer`},
-		"image no node runs on": {carrying(func(m *Manifest) { m.Nodes[0].Spec.Image = "" }), good, `carries image ` + id + `, which no node runs on`},
-		"image ID malformed":    {carrying(func(m *Manifest) { m.Images[0].ID = "sha256:../../x" }), good, `is not an image ID`},
-		"layer size disagrees":  {carrying(func(m *Manifest) { m.Images[0].Layers = append(m.Images[0].Layers, Layer{l1, 5}) }), good, `gives layer ` + l1 + ` two sizes`},
-		"in format version 2":   {carrying(func(m *Manifest) { m.Version = 2; m.Nodes[0].Spec.Image = ""; m.Nodes[0].Spec.Rootfs = "/b" }), good, `images are carried from format version 3 on, not 2`},
-		"config larger than 4M": {carrying(func(m *Manifest) { m.Images[0].ConfigSize = 5 << 20 }), good, `config size 5242880 out of range`},
-		"image carried twice":   {carrying(func(m *Manifest) { m.Images = append(m.Images, m.Images[0]) }), good, `carries image ` + id + ` twice`},
+		"carried":                {carrying(nil), good, ""},
+		"member not listed":      {carrying(nil), append(good[:4:4], file("images/layers/"+strings.Repeat("03", 32), "x")), `the manifest carries no such image config or layer`},
+		"other section":          {carrying(nil), append(good[:4:4], file("images/x", "x")), `the manifest carries no such image config or layer`},
+		"wrong size":             {carrying(nil), []raw{dir, file(ConfigMember(id), "{}"), file(LayerMember(l1), "one!"), file(LayerMember(l2), "twoo")}, `holds 4 bytes, the manifest says 3`},
+		"layer missing":          {carrying(nil), good[:3], `the manifest carries images/layers/` + strings.Repeat("02", 32) + `, which the archive lacks`},
+		"layer twice":            {carrying(nil), append(good[:4:4], file(LayerMember(l1), "one")), `appears twice`},
+		"a symlink":              {carrying(nil), []raw{dir, file(ConfigMember(id), "{}"), {tar.Header{Name: LayerMember(l1), Typeflag: tar.TypeSymlink, Linkname: "/etc/passwd"}, ""}, file(LayerMember(l2), "twoo")}, `must be a file`},
+		"sparse layer":           {carrying(nil), []raw{dir, file(ConfigMember(id), "{}"), {tar.Header{Name: LayerMember(l1), Typeflag: tar.TypeReg, Mode: 0o600, PAXRecords: map[string]string{sparseMapKey: "0,3", sparseSizeKey: "3"}}, "one"}, file(LayerMember(l2), "twoo")}, `is not allowed on an image config or layer`},
+		"image no node runs on":  {carrying(func(m *Manifest) { m.Nodes[0].Spec.Image = "" }), good, `carries image ` + id + `, which no node runs on`},
+		"image ID malformed":     {carrying(func(m *Manifest) { m.Images[0].ID = "sha256:../../x" }), good, `is not an image ID`},
+		"layer size disagrees":   {carrying(func(m *Manifest) { m.Images[0].Layers = append(m.Images[0].Layers, Layer{l1, 5}) }), good, `gives layer ` + l1 + ` two sizes`},
+		"in format version 2":    {carrying(func(m *Manifest) { m.Version = 2; m.Nodes[0].Spec.Image = ""; m.Nodes[0].Spec.Rootfs = "/b" }), good, `images are carried from format version 3 on, not 2`},
+		"config larger than 4M":  {carrying(func(m *Manifest) { m.Images[0].ConfigSize = 5 << 20 }), good, `config size 5242880 out of range`},
+		"image carried twice":    {carrying(func(m *Manifest) { m.Images = append(m.Images, m.Images[0]) }), good, `carries image ` + id + ` twice`},
+		"node member after them": {carrying(nil), append(good[:4:4], file("nodes/0/files/late", "x")), `member "nodes/0/files/late" comes after the images the archive carries`},
 	} {
 		t.Run(name, func(t *testing.T) {
 			data := forge(t, tc.m, tc.members, nil)
@@ -552,5 +553,34 @@ func TestCarriedMembers(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// The sizes a manifest gives carried layers do not raise the bound on
+// the nodes' members: a manifest that says it carries a 1 TiB layer
+// cannot let a node's file expand beyond what the node accounts for.
+func TestCarriedDoNotRaiseBound(t *testing.T) {
+	metadataAllowance = 1 << 20
+	defer func() { metadataAllowance = 160 << 20 }()
+	const f = "nodes/0/files"
+	id, l := "sha256:"+strings.Repeat("ab", 32), "sha256:"+strings.Repeat("01", 32)
+	m := oneNode()
+	m.Version = 3
+	m.Nodes[0].Spec.Image = id
+	m.Images = []Image{{ID: id, ConfigSize: 2, Layers: []Layer{{l, 1 << 40}}}}
+	data := forge(t, m, []raw{{tar.Header{Name: f, Typeflag: tar.TypeDir, Mode: 0o755}, ""},
+		file(f+"/bomb", strings.Repeat("\x00", 8<<20))}, nil)
+	d := dirs{files: []string{t.TempDir()}, images: []string{t.TempDir()}}
+	r, err := NewReader(bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = Extract(r, d, nil)
+	r.Close()
+	if err == nil || !strings.Contains(err.Error(), "manifest accounts for") {
+		t.Fatalf("bomb beside a carried 1 TiB layer: %v", err)
+	}
+	if fi, err := os.Stat(filepath.Join(d.files[0], "bomb")); err == nil && fi.Size() > 0 {
+		t.Fatalf("content written: %d bytes", fi.Size())
 	}
 }

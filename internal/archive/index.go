@@ -197,15 +197,9 @@ func ExtractMeta(ra io.ReaderAt, size int64, x *Index, m *Manifest, sums *Checks
 		if isImage(hdr.Name) && IsPageImage(hdr.Name) {
 			return nil
 		}
-		if pos >= int64(len(sums.Members)) {
-			return corrupt("%s ends before the images after the index", SumsName)
-		}
-		want := sums.Members[pos]
-		if !isImage(hdr.Name) || hdr.Typeflag != tar.TypeReg || hdr.Name != want.Name || want.Type != "file" || hdr.Size != want.Size {
-			return corrupt("member %q after the index is not what %s lists", hdr.Name, SumsName)
-		}
-		if !v.headerMatches(want.Header, digest) {
-			return corrupt("the tar header of %q differs from %s", hdr.Name, SumsName)
+		want, err := metaListed(v, sums, pos, hdr, digest)
+		if err != nil {
+			return err
 		}
 		h := &hashingReader{name: hdr.Name, r: tr, left: hdr.Size, size: hdr.Size, hash: true}
 		if dst == nil {
@@ -225,6 +219,23 @@ func ExtractMeta(ra io.ReaderAt, size int64, x *Index, m *Manifest, sums *Checks
 			return corrupt("checksum mismatch for %q", hdr.Name)
 		}
 	}
+}
+
+// metaListed returns what the trailer sums lists at position pos for the
+// member after the index whose header is hdr (of digest digest), which
+// must be a CRIU image with that name, size and header.
+func metaListed(v *version, sums *Checksums, pos int64, hdr *tar.Header, digest string) (MemberChecksum, error) {
+	if pos >= int64(len(sums.Members)) {
+		return MemberChecksum{}, corrupt("%s ends before the images after the index", SumsName)
+	}
+	want := sums.Members[pos]
+	if !isImage(hdr.Name) || hdr.Typeflag != tar.TypeReg || hdr.Name != want.Name || want.Type != "file" || hdr.Size != want.Size {
+		return MemberChecksum{}, corrupt("member %q after the index is not what %s lists", hdr.Name, SumsName)
+	}
+	if !v.headerMatches(want.Header, digest) {
+		return MemberChecksum{}, corrupt("the tar header of %q differs from %s", hdr.Name, SumsName)
+	}
+	return want, nil
 }
 
 func equalDigests(a, b []string) bool {

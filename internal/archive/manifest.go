@@ -244,11 +244,15 @@ func (m *Manifest) Validate() error {
 	return m.checkImages()
 }
 
-// maxConfigSize and maxLayerSize bound what one config or layer an
-// archive carries may say it holds.
+// Bounds on the images an archive carries: what one config or layer may
+// say it holds, how many images and layers it may carry, and the configs'
+// total (a restore holds those it imports in memory).
 const (
-	maxConfigSize = 4 << 20
-	maxLayerSize  = 1 << 40
+	maxConfigSize    = 4 << 20
+	maxLayerSize     = 1 << 40
+	maxCarriedImages = 64
+	maxImageLayers   = 256
+	maxConfigsSize   = 16 << 20
 )
 
 // checkImages refuses carried images that are not well formed, not of
@@ -258,12 +262,16 @@ func (m *Manifest) checkImages() error {
 	if len(m.Images) > 0 && m.Version < 3 {
 		return fmt.Errorf("images are carried from format version 3 on, not %d", m.Version)
 	}
+	if len(m.Images) > maxCarriedImages {
+		return fmt.Errorf("manifest carries %d images, more than the %d allowed", len(m.Images), maxCarriedImages)
+	}
 	used := map[string]bool{}
 	for _, n := range m.Nodes {
 		used[n.Spec.Image] = true
 	}
 	seen := map[string]bool{}
 	sizes := map[string]int64{}
+	var configs int64
 	for _, im := range m.Images {
 		switch {
 		case !isDigest(im.ID):
@@ -276,8 +284,11 @@ func (m *Manifest) checkImages() error {
 			return fmt.Errorf("manifest image %s: malformed name", im.ID)
 		case im.ConfigSize < 0 || im.ConfigSize > maxConfigSize:
 			return fmt.Errorf("manifest image %s: config size %d out of range", im.ID, im.ConfigSize)
-		case len(im.Layers) == 0:
-			return fmt.Errorf("manifest image %s has no layer", im.ID)
+		case len(im.Layers) == 0 || len(im.Layers) > maxImageLayers:
+			return fmt.Errorf("manifest image %s has %d layers (1 to %d allowed)", im.ID, len(im.Layers), maxImageLayers)
+		}
+		if configs += im.ConfigSize; configs > maxConfigsSize {
+			return fmt.Errorf("manifest carries more than %d bytes of image configs", maxConfigsSize)
 		}
 		seen[im.ID] = true
 		for _, l := range im.Layers {
@@ -299,20 +310,39 @@ func isDigest(d string) bool {
 	return ok && len(hex) == 64 && strings.Trim(hex, "0123456789abcdef") == ""
 }
 
-// carried returns the size the manifest gives the carried member called
-// name (ConfigMember, LayerMember), and whether it lists one.
-func (m *Manifest) carried(name string) (int64, bool) {
+// carriedMember is a member of a carried image: its config (Digest the
+// image's ID) or a layer.
+type carriedMember struct {
+	Config bool
+	Digest string
+	Size   int64
+}
+
+// carried returns the carried member the manifest lists under name
+// (ConfigMember, LayerMember), and whether it lists one.
+func (m *Manifest) carried(name string) (carriedMember, bool) {
 	for _, im := range m.Images {
 		if name == ConfigMember(im.ID) {
-			return im.ConfigSize, true
+			return carriedMember{Config: true, Digest: im.ID, Size: im.ConfigSize}, true
 		}
 		for _, l := range im.Layers {
 			if name == LayerMember(l.Digest) {
-				return l.Size, true
+				return carriedMember{Digest: l.Digest, Size: l.Size}, true
 			}
 		}
 	}
-	return 0, false
+	return carriedMember{}, false
+}
+
+// CarriedImage returns the image with the given ID that the archive
+// carries, nil if it carries none.
+func (m *Manifest) CarriedImage(id string) *Image {
+	for i := range m.Images {
+		if m.Images[i].ID == id {
+			return &m.Images[i]
+		}
+	}
+	return nil
 }
 
 // carriedMembers returns every member the manifest's images need, each
@@ -335,14 +365,14 @@ func (m *Manifest) checkMember(hdr *tar.Header) error {
 	if !IsCarried(hdr.Name) {
 		return checkMemberName(hdr.Name, len(m.Nodes))
 	}
-	size, ok := m.carried(hdr.Name)
+	c, ok := m.carried(hdr.Name)
 	switch {
 	case !ok:
 		return fmt.Errorf("member %q: the manifest carries no such image config or layer", hdr.Name)
 	case hdr.Typeflag != tar.TypeReg:
 		return fmt.Errorf("member %q: an image config or layer must be a file", hdr.Name)
-	case hdr.Size != size:
-		return fmt.Errorf("member %q holds %d bytes, the manifest says %d", hdr.Name, hdr.Size, size)
+	case hdr.Size != c.Size:
+		return fmt.Errorf("member %q holds %d bytes, the manifest says %d", hdr.Name, hdr.Size, c.Size)
 	}
 	for k := range hdr.PAXRecords {
 		if strings.HasPrefix(k, xattrPrefix) || strings.HasPrefix(k, "CRTREE.") {

@@ -63,9 +63,12 @@ type Reader struct {
 	// trailer, once matched.
 	expect *Checksums
 	sums   *Checksums
-	// content counts the regular members' bytes, which may not exceed
-	// limit (ExpansionLimit of the manifest).
+	// content counts the regular members' bytes but those of carried
+	// images, which may not exceed limit (ExpansionLimit of the manifest).
 	content, limit int64
+	// carriedSeen is set once a carried image's member has been read:
+	// no node's member may follow.
+	carriedSeen bool
 }
 
 // NewReader starts reading the archive on r and reads its manifest.
@@ -177,6 +180,12 @@ func (r *Reader) Next() (*tar.Header, io.Reader, error) {
 	if err := r.manifest.checkMember(hdr); err != nil {
 		return nil, nil, corrupt("%v", err)
 	}
+	// The images an archive carries come after every node's member.
+	carried := IsCarried(hdr.Name)
+	if r.carriedSeen && !carried {
+		return nil, nil, corrupt("member %q comes after the images the archive carries", hdr.Name)
+	}
+	r.carriedSeen = r.carriedSeen || carried
 	typ := typeOf(hdr)
 	switch typ {
 	case "file", "dir", "symlink", "hardlink", "fifo":
@@ -208,10 +217,13 @@ func (r *Reader) Next() (*tar.Header, io.Reader, error) {
 			return nil, nil, err
 		}
 	}
-	if hdr.Size > r.limit-r.content {
+	// A carried member is exactly the size the manifest gives it.
+	if !carried && hdr.Size > r.limit-r.content {
 		return nil, nil, corrupt("the archive holds more than the %d bytes its manifest accounts for", r.limit)
 	}
-	r.content += hdr.Size
+	if !carried {
+		r.content += hdr.Size
+	}
 	if hdr.Typeflag != tar.TypeReg {
 		r.pool.addBytes(hdr.Name, typ, 0, []byte(hdr.Linkname))
 	}
@@ -360,25 +372,8 @@ func (r *Reader) verifyTrailer(hdr *tar.Header) error {
 	if err != nil {
 		return err
 	}
-	if len(want.Members) != len(got.Members) {
-		return corrupt("%s lists %d members, the archive has %d", SumsName, len(want.Members), len(got.Members))
-	}
-	for i, g := range got.Members {
-		w := want.Members[i]
-		if w.Name != g.Name || w.Type != g.Type || w.Size != g.Size {
-			return corrupt("member %d is %s %q of %d bytes, %s lists %s %q of %d bytes", i, g.Type, g.Name, g.Size, SumsName, w.Type, w.Name, w.Size)
-		}
-		if !r.v.headerMatches(w.Header, r.headers[i]) {
-			return corrupt("the tar header of %q differs from %s", g.Name, SumsName)
-		}
-		if len(w.SHA256) != len(g.SHA256) {
-			return corrupt("checksum mismatch for %q", g.Name)
-		}
-		for k := range g.SHA256 {
-			if w.SHA256[k] != g.SHA256[k] {
-				return corrupt("checksum mismatch for %q", g.Name)
-			}
-		}
+	if err := r.compareMembers(want, got); err != nil {
+		return err
 	}
 	for name := range r.manifest.carriedMembers() {
 		if r.seen[name] == "" {
@@ -402,6 +397,27 @@ func (r *Reader) verifyTrailer(hdr *tar.Header) error {
 	}
 	r.done = true
 	return io.EOF
+}
+
+// compareMembers checks the members read (got) against the trailer
+// (want): names, types, sizes, header digests and content digests.
+func (r *Reader) compareMembers(want, got *Checksums) error {
+	if len(want.Members) != len(got.Members) {
+		return corrupt("%s lists %d members, the archive has %d", SumsName, len(want.Members), len(got.Members))
+	}
+	for i, g := range got.Members {
+		w := want.Members[i]
+		if w.Name != g.Name || w.Type != g.Type || w.Size != g.Size {
+			return corrupt("member %d is %s %q of %d bytes, %s lists %s %q of %d bytes", i, g.Type, g.Name, g.Size, SumsName, w.Type, w.Name, w.Size)
+		}
+		if !r.v.headerMatches(w.Header, r.headers[i]) {
+			return corrupt("the tar header of %q differs from %s", g.Name, SumsName)
+		}
+		if !equalDigests(w.SHA256, g.SHA256) {
+			return corrupt("checksum mismatch for %q", g.Name)
+		}
+	}
+	return nil
 }
 
 // hashingReader counts what is left of a member and, unless the member is

@@ -215,7 +215,21 @@ func (d *dumping) prepare() error {
 	if err := d.carryImages(); err != nil {
 		return err
 	}
-	d.manifest = &archive.Manifest{
+	d.manifest = d.newManifest(criuVersion)
+	d.stream = !d.manifest.PagesLast && !d.o.NoStream
+	// What costs I/O is looked up once, before the freeze.
+	for _, m := range d.nodes {
+		if m.mounts, err = d.h.ExternalMountsFor(&m.n); err != nil {
+			return fmt.Errorf("dump %s: %w", m.path, err)
+		}
+	}
+	return nil
+}
+
+// newManifest starts the manifest: where the archive comes from and how
+// its images are laid out; the nodes are added once they are frozen.
+func (d *dumping) newManifest(criuVersion int) *archive.Manifest {
+	return &archive.Manifest{
 		Format: archive.FormatName, Version: archive.FormatVersion,
 		CrtreeVersion: Version, CriuVersion: criu.FormatVersion(criuVersion),
 		Kernel: kernelRelease(), Arch: runtime.GOARCH,
@@ -232,14 +246,6 @@ func (d *dumping) prepare() error {
 		PagesLast: d.o.LeaveRunning, TCPEstablished: d.o.TCPEstablished,
 		Images: manifestImages(d.carried),
 	}
-	d.stream = !d.manifest.PagesLast && !d.o.NoStream
-	// What costs I/O is looked up once, before the freeze.
-	for _, m := range d.nodes {
-		if m.mounts, err = d.h.ExternalMountsFor(&m.n); err != nil {
-			return fmt.Errorf("dump %s: %w", m.path, err)
-		}
-	}
-	return nil
 }
 
 // imagesKept refuses nodes whose image is no longer in the store: no
@@ -501,8 +507,8 @@ func (d *dumping) pipeline() (imagePipeline, error) {
 // archive that holds more than its manifest accounts for: such an archive
 // must not replace the workload.
 func (d *dumping) commit() error {
-	if limit := archive.ExpansionLimit(d.manifest); d.w.Content() > limit {
-		return fmt.Errorf("dump %s: the archive holds %d bytes, more than the %d its manifest accounts for, so restore would refuse it; nothing was removed (a crtree bug: please report what the subtree holds)", d.p, d.w.Content(), limit)
+	if limit, content := archive.ExpansionLimit(d.manifest), d.w.Content()-d.rep.CarriedBytes; content > limit {
+		return fmt.Errorf("dump %s: the archive holds %d bytes, more than the %d its manifest accounts for, so restore would refuse it; nothing was removed (a crtree bug: please report what the subtree holds)", d.p, content, limit)
 	}
 	if err := d.w.Close(); err != nil {
 		return fmt.Errorf("dump %s: write archive: %w", d.p, err)

@@ -98,7 +98,7 @@ func hasBases(h *node.Host, m *archive.Manifest) error {
 	for i, n := range m.Nodes {
 		switch sp := n.Spec; {
 		case sp.Image != "":
-			if slices.Contains(missing, sp.Image) && !carries(m, sp.Image) {
+			if slices.Contains(missing, sp.Image) && m.CarriedImage(sp.Image) == nil {
 				return fmt.Errorf("%s runs on the image %s (%s), which this state root does not have and the archive does not carry: import it (crtree image import FILE) and restore again, or dump with --with-image", archivedPath(m, i), sp.ImageName, sp.Image)
 			}
 		case sp.Rootfs != "":
@@ -108,11 +108,6 @@ func hasBases(h *node.Host, m *archive.Manifest) error {
 		}
 	}
 	return nil
-}
-
-// carries reports whether the archive carries the image id.
-func carries(m *archive.Manifest, id string) bool {
-	return slices.ContainsFunc(m.Images, func(im archive.Image) bool { return im.ID == id })
 }
 
 // bindSource returns the host path the restoring side gives for mount
@@ -184,6 +179,7 @@ func Restore(ctx context.Context, h *node.Host, in io.Reader, target RestoreTarg
 	if err := res.Commit(); err != nil {
 		return nil, fmt.Errorf("restore: %w", err)
 	}
+	rs.nameImported()
 	rs.rep.Total = Duration(time.Since(start))
 	return rs.rep, nil
 }
@@ -273,7 +269,7 @@ type restoring struct {
 	// lacks; nil if it lacks none.
 	recv *image.Receiver
 	// inNode is set for a restore asked from inside a node: the images
-	// it imports get no name, which would be the host's.
+	// it imports get no name (nameImported).
 	inNode bool
 }
 
@@ -313,8 +309,8 @@ func (rs *restoring) stageDirs() error {
 }
 
 // receiveImages gets ready to take into the image store the images the
-// archive carries and the store lacks, recording where they go in the
-// marker.
+// archive carries and the store lacks (if it has room for their layers),
+// recording where they go in the marker.
 func (rs *restoring) receiveImages() error {
 	var ids []string
 	for _, im := range rs.m.Images {
@@ -324,50 +320,61 @@ func (rs *restoring) receiveImages() error {
 	if err != nil || len(missing) == 0 {
 		return err
 	}
+	var wants []image.Want
 	layers := map[string]int64{}
-	for _, im := range rs.m.Images {
-		if slices.Contains(missing, im.ID) {
-			for _, l := range im.Layers {
-				layers[l.Digest] = l.Size
-			}
+	for _, id := range missing {
+		im := rs.m.CarriedImage(id)
+		w := image.Want{ID: im.ID, Name: im.Name}
+		for _, l := range im.Layers {
+			w.Layers = append(w.Layers, l.Digest)
+			layers[l.Digest] = l.Size
 		}
+		wants = append(wants, w)
 	}
 	if err := rs.h.Images.CheckRoom(layers); err != nil {
 		return err
 	}
-	if rs.recv, err = rs.h.Images.Receive(); err != nil {
+	if rs.recv, err = rs.h.Images.Receive(wants); err != nil {
 		return err
 	}
 	rs.op.Remove = append(rs.op.Remove, rs.recv.Dir())
 	return rs.h.SaveOp(rs.op)
 }
 
-// adoptImages records the images received, once the archive has been
-// verified.
+// adoptImages records the images received, without their names yet,
+// once the archive has been verified.
 func (rs *restoring) adoptImages() error {
-	var wants []image.Want
-	for _, im := range rs.m.Images {
-		w := image.Want{ID: im.ID, Name: im.Name}
-		if rs.inNode {
-			w.Name = ""
-		}
-		for _, l := range im.Layers {
-			w.Layers = append(w.Layers, l.Digest)
-		}
-		wants = append(wants, w)
-	}
-	added, err := rs.recv.Commit(wants)
+	added, err := rs.recv.Commit()
 	rs.rep.Imported = added
 	rs.rep.ImportTime = Duration(rs.recv.Took)
 	return err
 }
 
+// nameImported gives the images the restore imported the names the
+// archive gives them, where free, now that its nodes are in the tree: an
+// image a restore that died had imported has none, and gc removes it. A
+// restore from inside a node names none: a node may not name images for
+// the host.
+func (rs *restoring) nameImported() {
+	if rs.inNode {
+		return
+	}
+	for _, id := range rs.rep.Imported {
+		if im := rs.m.CarriedImage(id); im != nil && im.Name != "" {
+			// Unnamed, the image is still there for its nodes.
+			rs.h.Images.Name(id, im.Name)
+		}
+	}
+}
+
 // dropImported removes the images a failed restore imported, once its
-// nodes are gone.
+// nodes are gone, unless another restore's nodes use them meanwhile.
 func (rs *restoring) dropImported() error {
 	var errs []error
 	for _, id := range rs.rep.Imported {
-		errs = append(errs, rs.h.Images.Remove(id, rs.h.NodesOnImage))
+		if err := rs.h.Images.Remove(id, rs.h.NodesOnImage); err != nil && !errors.Is(err, image.ErrInUse) {
+			errs = append(errs, err)
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -507,16 +514,18 @@ func (d *destination) ImagesDir(i int) string {
 }
 
 // receivingDest is a restore's destination that takes the images the
-// archive carries into a Receiver.
+// archive carries into a Receiver (an archive.CarriedSink).
 type receivingDest struct {
 	*destination
 	recv *image.Receiver
 }
 
+// ImageConfig hands the config of the image id to the receiver.
 func (d *receivingDest) ImageConfig(id string, body io.Reader) error {
 	return d.recv.Config(id, body)
 }
 
+// ImageLayer hands a layer to the receiver.
 func (d *receivingDest) ImageLayer(digest string, body io.Reader) error {
 	return d.recv.Layer(digest, body)
 }

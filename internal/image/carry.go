@@ -59,9 +59,6 @@ func (s *Store) Carry(id string) (*Carried, error) {
 	return c, nil
 }
 
-// maxConfigSize bounds an image config a Receiver accepts.
-const maxConfigSize = 4 << 20
-
 // CheckRoom refuses layers (their sizes by digest) that the store lacks
 // and has no room for: each takes about twice its size (kept as received,
 // and unpacked). A hostile archive could otherwise say a layer is large,
@@ -90,39 +87,65 @@ func (s *Store) CheckRoom(layers map[string]int64) error {
 	return nil
 }
 
+// maxConfigSize bounds an image config a Receiver takes (as the archive
+// format does).
+const maxConfigSize = 4 << 20
+
 // Receiver takes the images an archive carries into the store: the
-// configs and layers as the archive delivers them, each verified against
-// its digest and unpacked into a directory of its own (Dir), and the
-// images recorded only by Commit, once the whole archive has been
-// verified. Close removes what Commit did not take.
+// configs and layers of the images wanted, as the archive delivers them,
+// each verified against its digest and unpacked into a directory of its
+// own (Dir), and the images recorded only by Commit, once the whole
+// archive has been verified. Close removes what Commit did not take.
 type Receiver struct {
-	s       *Store
-	dir     string
+	s     *Store
+	dir   string
+	wants []Want
+	// wanted are the configs and layers of the images wanted: nothing
+	// else is taken.
+	wanted  map[string]bool
 	configs map[string][]byte // by image ID
 	layers  map[string]int64  // received, by digest: their size
 	// Took is how long receiving took: unpacking and checking layers.
 	Took time.Duration
 }
 
-// Receive starts receiving images. Layers the store has already are not
-// received again.
-func (s *Store) Receive() (*Receiver, error) {
+// Want is an image a Receiver is to take: its ID, the name the archive
+// gives it, and the digests of its layers, bottom first.
+type Want struct {
+	ID     string
+	Name   string
+	Layers []string
+}
+
+// Receive starts receiving the images wants. Layers the store has
+// already are not received again.
+func (s *Store) Receive(wants []Want) (*Receiver, error) {
 	dir, err := s.tempDir("receive")
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("receive images: %w", err)
 	}
-	return &Receiver{s: s, dir: dir, configs: map[string][]byte{}, layers: map[string]int64{}}, nil
+	r := &Receiver{s: s, dir: dir, wants: wants, wanted: map[string]bool{}, configs: map[string][]byte{}, layers: map[string]int64{}}
+	for _, w := range wants {
+		r.wanted[w.ID] = true
+		for _, l := range w.Layers {
+			r.wanted[l] = true
+		}
+	}
+	return r, nil
 }
 
 // Dir is where the receiver unpacks: a crash recovery may remove it.
 func (r *Receiver) Dir() string { return r.dir }
 
-// Config takes the config of the image whose ID is id, checking that it
-// has that digest.
+// Config takes the config of the image whose ID is id, if it is wanted,
+// checking that it has that digest.
 func (r *Receiver) Config(id string, body io.Reader) error {
+	if !r.wanted[id] {
+		return nil
+	}
 	data, err := io.ReadAll(io.LimitReader(body, maxConfigSize+1))
 	if err != nil {
-		return err
+		return fmt.Errorf("image %s: config: %w", id, err)
 	}
 	if len(data) > maxConfigSize {
 		return fmt.Errorf("image %s: config larger than %d bytes", id, maxConfigSize)
@@ -135,13 +158,14 @@ func (r *Receiver) Config(id string, body io.Reader) error {
 	return nil
 }
 
-// Layer takes the layer with the given digest (uncompressed), unless the
-// store or this receiver has it: then it reads nothing.
+// Layer takes the layer with the given digest (uncompressed), if an
+// image wanted lists it, unless the store or this receiver has it: else
+// it reads nothing.
 func (r *Receiver) Layer(digest string, body io.Reader) error {
 	if err := checkDigest(digest); err != nil {
 		return err
 	}
-	if _, ok := r.layers[digest]; ok {
+	if _, ok := r.layers[digest]; ok || !r.wanted[digest] {
 		return nil
 	}
 	if _, ok := r.s.hasLayer(digest); ok {
@@ -151,7 +175,7 @@ func (r *Receiver) Layer(digest string, body io.Reader) error {
 	defer func() { r.Took += time.Since(start) }()
 	work := filepath.Join(r.dir, strings.TrimPrefix(digest, "sha256:"))
 	if err := os.Mkdir(work, 0o700); err != nil {
-		return err
+		return fmt.Errorf("layer %s: %w", digest, err)
 	}
 	size, err := unpackLayer(body, digest, work)
 	if err != nil {
@@ -161,53 +185,45 @@ func (r *Receiver) Layer(digest string, body io.Reader) error {
 	return nil
 }
 
-// Want is an image a Receiver is to record: its ID, the name the archive
-// gives it, and the digests of its layers, bottom first.
-type Want struct {
-	ID     string
-	Name   string
-	Layers []string
-}
-
 // Commit records the images wanted that the store lacks, from the
-// configs and layers received, and returns their IDs. An image keeps the
-// archive's name only if no image of the store has it: an archive never
-// changes what a name means here; otherwise it is named by its ID alone.
-func (r *Receiver) Commit(wants []Want) ([]string, error) {
+// configs and layers received, and returns their IDs. They have no name
+// yet (Name gives them theirs once the nodes on them are in the tree):
+// until then, gc removes them if the process dies.
+func (r *Receiver) Commit() ([]string, error) {
 	start := time.Now()
 	defer func() { r.Took += time.Since(start) }()
 	unlock, err := r.s.lock(unix.LOCK_EX)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("receive images: %w", err)
 	}
 	defer unlock()
 	var added []string
-	for _, w := range wants {
+	for _, w := range r.wants {
 		ims, err := r.s.List()
 		if err != nil {
-			return added, err
+			return added, fmt.Errorf("receive images: %w", err)
 		}
 		if find(ims, w.ID) != nil {
 			continue
 		}
-		im, err := r.image(w, ims)
+		im, err := r.image(w)
 		if err != nil {
 			return added, err
 		}
 		if err := r.place(im); err != nil {
-			return added, err
+			return added, fmt.Errorf("receive image %s: %w", w.ID, err)
 		}
 		if err := r.s.add(*im); err != nil {
-			return added, err
+			return added, fmt.Errorf("receive image %s: %w", w.ID, err)
 		}
 		added = append(added, im.ID)
 	}
 	return added, nil
 }
 
-// image is the record of the image w, from its received config, which
-// must list w's layers. ims are the store's images.
-func (r *Receiver) image(w Want, ims []Image) (*Image, error) {
+// image is the record of the image w, without a name, from its received
+// config, which must list w's layers.
+func (r *Receiver) image(w Want) (*Image, error) {
 	raw, ok := r.configs[w.ID]
 	if !ok {
 		return nil, fmt.Errorf("image %s: the archive lacks its config", w.ID)
@@ -223,7 +239,7 @@ func (r *Receiver) image(w Want, ims []Image) (*Image, error) {
 	if !slices.Equal(diffIDs, w.Layers) {
 		return nil, fmt.Errorf("image %s: its config lists other layers than the archive", w.ID)
 	}
-	im := &Image{Name: r.freeName(w.Name, ims), ID: w.ID, Layers: w.Layers, Imported: time.Now().UTC(), Config: Config{
+	im := &Image{ID: w.ID, Layers: w.Layers, Imported: time.Now().UTC(), Config: Config{
 		Env: cfg.Config.Env, WorkingDir: cfg.Config.WorkingDir,
 		Entrypoint: cfg.Config.Entrypoint, Cmd: cfg.Config.Cmd, User: cfg.Config.User,
 	}}
@@ -239,18 +255,48 @@ func (r *Receiver) image(w Want, ims []Image) (*Image, error) {
 	return im, nil
 }
 
-// freeName is name if it is an image name that no image of ims has, else
-// "".
-func (r *Receiver) freeName(name string, ims []Image) string {
-	if _, err := ggname.ParseReference(name); err != nil {
-		return ""
+// Name gives the image id, which has no name, the name given if that
+// is free: an image name (not an ID or a prefix of one) that no image of
+// the store is known by. It returns the name given, "" if none: an
+// archive never changes what a name means here.
+func (s *Store) Name(id, name string) (string, error) {
+	unlock, err := s.lock(unix.LOCK_EX)
+	if err != nil {
+		return "", err
 	}
-	for _, o := range ims {
-		if o.Name == name {
-			return ""
+	defer unlock()
+	ims, err := s.List()
+	if err != nil {
+		return "", err
+	}
+	im := find(ims, id)
+	if im == nil || im.Name != "" || !freeName(name, ims) {
+		return "", nil
+	}
+	im.Name = name
+	return name, s.save(ims)
+}
+
+// freeName reports whether name may name an image of the store ims: it
+// is an image name, not something Get would take for an ID, and no image
+// answers to it.
+func freeName(name string, ims []Image) bool {
+	if _, err := ggname.ParseReference(name); err != nil || looksLikeID(name) {
+		return false
+	}
+	for i := range ims {
+		if ims[i].matches(name) {
+			return false
 		}
 	}
-	return name
+	return true
+}
+
+// looksLikeID reports whether ref would be read as an image ID or a
+// prefix of one.
+func looksLikeID(ref string) bool {
+	hex := strings.TrimPrefix(ref, "sha256:")
+	return hex != ref || len(hex) >= 12 && strings.Trim(hex, "0123456789abcdef") == ""
 }
 
 // place moves im's received layers and its config into the store. The

@@ -345,7 +345,7 @@ func receive(t *testing.T, s *Store, c *Carried, name string, change func(config
 	if change != nil {
 		change(config, layers)
 	}
-	r, err := s.Receive()
+	r, err := s.Receive([]Want{want})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -363,7 +363,16 @@ func receive(t *testing.T, s *Store, c *Carried, name string, change func(config
 			return nil, err
 		}
 	}
-	return r.Commit([]Want{want})
+	added, err := r.Commit()
+	for _, id := range added {
+		if im, _ := s.GetID(id); im == nil || im.Name != "" {
+			t.Fatalf("Commit recorded %+v: named before Name", im)
+		}
+		if _, err := s.Name(id, name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return added, err
 }
 
 // An image carried from one store to another arrives the same (ID,
@@ -431,6 +440,17 @@ func TestReceive(t *testing.T) {
 	}
 	if got, err := other.GetID(im.ID); err != nil || got.Name != "" {
 		t.Fatalf("the received image: %+v, %v", got, err)
+	}
+	// Nor does an archive's image take a name Get reads as an ID.
+	for _, name := range []string{mine.ID, mine.ShortID(), "0123456789abcdef"} {
+		third := Open(t.TempDir())
+		third.Import(writeLayout(t, img2, "test/other:1"), ImportOptions{})
+		if _, err := receive(t, third, c, name, nil); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := third.GetID(im.ID); got.Name != "" {
+			t.Errorf("the received image took the name %q", name)
+		}
 	}
 }
 

@@ -16,6 +16,15 @@ import (
 // ErrNotFound is returned for an image the store does not hold.
 var ErrNotFound = errors.New("no such image")
 
+// ErrInUse is what Remove's error for an image a node runs on is (errors.Is).
+var ErrInUse = errors.New("image in use")
+
+// inUseError is Remove's refusal of an image a node runs on, naming them.
+type inUseError string
+
+func (e inUseError) Error() string        { return string(e) }
+func (e inUseError) Is(target error) bool { return target == ErrInUse }
+
 // Image is an imported image.
 type Image struct {
 	// Name is what users call it (localhost/py:latest, or the file's
@@ -272,15 +281,16 @@ func (s *Store) Remove(ref string, inUse func(id string) []string) error {
 		}
 	}
 	if users := inUse(im.ID); len(users) > 0 && others == 0 {
-		return fmt.Errorf("image %s is used by %s; remove those nodes first", im.Ref(), strings.Join(users, ", "))
+		return inUseError(fmt.Sprintf("image %s is used by %s; remove those nodes first", im.Ref(), strings.Join(users, ", ")))
 	}
 	return s.removeLocked(func(o *Image) bool { return o.ID == im.ID && o.Name == im.Name })
 }
 
 // Prune removes the untagged images (replaced by a newer import of their
-// name) that no node runs on, and layers no image lists, and the
-// leftovers of imports that were killed. It returns what it removed. It
-// does nothing while an import runs.
+// name, or received by a restore that died) that no node runs on, and
+// layers no image lists, and the leftovers of imports and receives whose
+// process is gone. It returns what it removed. It does nothing while an
+// import runs.
 func (s *Store) Prune(inUse func(id string) []string) ([]string, error) {
 	if _, err := os.Stat(s.dir); err != nil {
 		return nil, nil
