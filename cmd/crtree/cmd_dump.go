@@ -325,7 +325,7 @@ then restored; a restore from inside a node imports images without names.`,
 			}
 			if !g.JSON && !o.Quiet {
 				if len(rep.Imported) > 0 {
-					fmt.Fprintf(cmd.ErrOrStderr(), "imported %s from the archive (%.2fs)\n", strings.Join(rep.Imported, ", "), rep.ImportTime.Seconds())
+					fmt.Fprintf(cmd.ErrOrStderr(), "imported image %s from the archive (%.2fs)\n", strings.Join(rep.Imported, ", "), rep.ImportTime.Seconds())
 				}
 				fmt.Fprintln(cmd.OutOrStdout(), g.display(rep.Path))
 				return nil
