@@ -23,22 +23,27 @@ trap cleanup EXIT
 on_hostB() { CRTREE_ROOT=$hostB crtree "$@"; }
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*" >&2; "$@"; }
 
-# Gibbons' unbounded spigot: the digits of pi, one every 20 ms, for ever.
-pi='import sys, time
-q, r, t, k, n, l = 1, 0, 1, 1, 3, 3
+# Gibbons' unbounded spigot: the digits of pi, ten to a line, one every
+# 20 ms, for ever.
+pi='import time
+q, r, t, k, n, l, line = 1, 0, 1, 1, 3, 3, ""
 while True:
     if 4*q + r - t < n*t:
-        sys.stdout.write(str(n)); sys.stdout.flush(); time.sleep(0.02)
+        line += str(n)
+        if len(line) == 10:
+            print(line, flush=True); line = ""
+        time.sleep(0.02)
         q, r, n = 10*q, 10*(r - n*t), (10*(3*q + r))//t - 10*n
     else:
         q, r, t, k, n, l = q*k, (2*q + r)*l, t*k, k + 1, (q*(7*k + 2) + r*l)//(t*l), l + 2'
+digits() { echo $(( $("$@" logs /calc | wc -l) * 10 )); }
 
 CRTREE=$PWD/bin/crtree hack/debian-image.sh debian:bookworm-python
 step crtree image ls
 step crtree run --image debian:bookworm-python /calc -- python3 -c "$pi"
 sleep 3
 step crtree exec /calc -- sh -c '. /etc/os-release; echo "inside /calc: $PRETTY_NAME, $(python3 --version)"'
-echo; echo "digits of pi so far: $(crtree logs /calc | tr -d '\n' | wc -c)"
+echo; echo "digits of pi so far: $(digits crtree)"
 step crtree dump --with-image /calc -o "$work/calc.crtree"
 step crtree inspect "$work/calc.crtree"
 echo; echo "The second state root has no image:"
@@ -46,7 +51,6 @@ step on_hostB image ls
 step on_hostB restore "$work/calc.crtree"
 step on_hostB image ls
 sleep 2
-n=$(on_hostB logs /calc | tr -d '\n' | wc -c)
-echo; echo "digits of pi on the second state root: $n, still counting:"
-on_hostB logs /calc | tr -d '\n' | cut -c1-60; echo "..."
+echo; echo "digits of pi on the second state root: $(digits on_hostB), still counting:"
+on_hostB logs /calc | head -3; echo "..."; on_hostB logs /calc | tail -2
 step on_hostB exec /calc -- sh -c '. /etc/os-release; echo "inside /calc: $PRETTY_NAME, $(python3 --version)"'

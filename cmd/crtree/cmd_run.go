@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -19,6 +20,7 @@ type runOptions struct {
 	Image    string
 	User     string
 	Net      string
+	Ports    []string
 	Init     bool
 }
 
@@ -81,7 +83,8 @@ has its own empty network too, and --net host is refused.`,
 	f.StringVar(&o.Rootfs, "rootfs", "", "use DIR as the read-only base of the node's root (overlay), with the host's /usr and /etc")
 	f.StringVar(&o.Image, "image", "", "run on the image NAME (or ID): its files, not the host's (see crtree image)")
 	f.StringVarP(&o.User, "user", "u", "", "run CMD as USER[:GROUP], by name or number (default: the image's user, or root)")
-	f.StringVar(&o.Net, "net", "", "network: host (share the host's) or none (own namespace, loopback only); default: host, or none under a --net none parent")
+	f.StringVar(&o.Net, "net", "", "network: host (share the host's), none (own namespace, loopback only) or bridge (own namespace and address on the state root's bridge); default: host, or the parent's kind under a none or bridge parent")
+	f.StringArrayVarP(&o.Ports, "publish", "p", nil, "publish a port of a --net bridge node on the host, HOST:NODE[/udp] (repeatable)")
 	f.BoolVar(&o.Init, "init", false, "run CMD under a minimal init that reaps orphans and passes signals on")
 	return cmd
 }
@@ -105,9 +108,19 @@ func (o *runOptions) spec(argv []string) (hier.Spec, error) {
 		}
 	}
 	switch o.Net {
-	case "", hier.NetHost, hier.NetNone:
+	case "", hier.NetHost, hier.NetNone, hier.NetBridge:
 	default:
-		return s, fmt.Errorf("--net %q: want host or none", o.Net)
+		return s, fmt.Errorf("--net %q: want host, none or bridge", o.Net)
+	}
+	for _, arg := range o.Ports {
+		p, err := parsePort(arg)
+		if err != nil {
+			return s, err
+		}
+		s.Ports = append(s.Ports, p)
+	}
+	if len(s.Ports) > 0 && o.Net != hier.NetBridge {
+		return s, errors.New("--publish needs --net bridge: a node on the host's network listens on the host already")
 	}
 	for _, arg := range o.Binds {
 		b, err := parseBind(arg, true)
@@ -117,6 +130,24 @@ func (o *runOptions) spec(argv []string) (hier.Spec, error) {
 		s.Binds = append(s.Binds, b)
 	}
 	return s, nil
+}
+
+// parsePort parses a --publish argument, HOST:NODE or HOST:NODE/udp.
+func parsePort(arg string) (hier.Port, error) {
+	spec, proto, _ := strings.Cut(arg, "/")
+	h, n, ok := strings.Cut(spec, ":")
+	hp, err1 := strconv.Atoi(h)
+	np, err2 := strconv.Atoi(n)
+	switch {
+	case !ok || err1 != nil || err2 != nil || hp < 1 || hp > 65535 || np < 1 || np > 65535:
+		return hier.Port{}, fmt.Errorf("--publish %q: want HOST:NODE ports (1-65535), such as 8080:80", arg)
+	case proto != "" && proto != "tcp" && proto != "udp":
+		return hier.Port{}, fmt.Errorf("--publish %q: the protocol is tcp or udp", arg)
+	}
+	if proto == "tcp" {
+		proto = ""
+	}
+	return hier.Port{Host: hp, Node: np, Proto: proto}, nil
 }
 
 // parseBind parses a --bind argument, /SRC:/DST, or /SRC:/DST:ro where

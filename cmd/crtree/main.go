@@ -7,12 +7,22 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 
 	"github.com/crtree/crtree/internal/api"
 
 	"github.com/crtree/crtree/internal/node"
 )
+
+func init() {
+	// The main goroutine keeps the main thread, so that no other
+	// goroutine runs on it: one that changes its thread's network
+	// namespace (internal/network) ends its thread when it returns, which
+	// Go cannot do with the main thread (it would stay in that namespace,
+	// and /proc/self/ns/net, which is the main thread's, with it).
+	runtime.LockOSThread()
+}
 
 // Exit codes, decided here and nowhere else.
 const (

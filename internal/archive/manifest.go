@@ -123,6 +123,8 @@ type Node struct {
 	// inspect --json` shows them), and because format version 2 has
 	// them.
 	ExternalMounts []ExternalMount `json:"externals,omitempty"`
+	// Addr is the address of a "bridge" node (Spec.Net).
+	Addr *Addr `json:"addr,omitempty"`
 }
 
 // Spec is how a node was asked to run: what `crtree run` was given. It
@@ -155,12 +157,31 @@ type Spec struct {
 	// User is who the init ran as, "user[:group]" ("" for root; format
 	// version 3).
 	User string `json:"user,omitempty"`
-	// Net is "" for the host's network and "none" for a network
-	// namespace of the node's own with only the loopback interface.
+	// Net is "" for the host's network, "none" for a network namespace
+	// of the node's own with only the loopback interface, and "bridge"
+	// for one with an address on the restoring state root's bridge.
 	Net string `json:"net,omitempty"`
+	// Ports are the ports a "bridge" node published on the host.
+	Ports []Port `json:"ports,omitempty"`
 	// Init says that a minimal init ran at the node's PID 1, with Cmd as
 	// its child (`crtree run --init`).
 	Init bool `json:"init,omitempty"`
+}
+
+// Port is a port a node published: Host on the host forwarded to Node on
+// the node's address, for Proto ("tcp" if empty, or "udp").
+type Port struct {
+	Host  int    `json:"host"`
+	Node  int    `json:"node"`
+	Proto string `json:"proto,omitempty"`
+}
+
+// Addr is where a "bridge" node was on its state root's bridge when it
+// was dumped: a restore gives it the same address and MAC if they are
+// free there.
+type Addr struct {
+	IP  string `json:"ip"`
+	MAC string `json:"mac,omitempty"`
 }
 
 // Bind is a host path (Source) bound into a node at Target, read-only

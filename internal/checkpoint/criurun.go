@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"path/filepath"
 	"runtime"
 	"sync"
@@ -198,7 +199,8 @@ func dumpOne(h *node.Host, op *node.Op, m *dumpNode, o Options, stream bool, run
 		FreezeCgroup:   m.group.Leaf().Path(),
 		ExternalMounts: m.mounts,
 		TCPEstablished: o.TCPEstablished,
-		OwnNetwork:     m.n.Spec.Net == hier.NetNone,
+		OwnNetwork:     m.n.Spec.OwnNet(),
+		ExternalNetns:  externalNetns(m),
 		GhostLimit:     o.ghostLimit(),
 		LogLevel:       o.CriuLogLevel,
 		KeepLogs:       h.LogDir(),
@@ -213,4 +215,20 @@ func dumpOne(h *node.Host, op *node.Op, m *dumpNode, o Options, stream bool, run
 	}
 	report(err)
 	return err
+}
+
+// externalNetns is the inode of a NetBridge node's network namespace,
+// which CRIU leaves out of its images (a restore makes the node a new
+// one, on the bridge, and CRIU puts the processes into it); 0 for other
+// nodes, whose namespace CRIU dumps (an empty one) or does not touch (the
+// host's).
+func externalNetns(m *dumpNode) uint64 {
+	if m.n.Spec.Net != hier.NetBridge {
+		return 0
+	}
+	var st unix.Stat_t
+	if unix.Stat(fmt.Sprintf("/proc/%d/ns/net", m.n.Pid), &st) != nil {
+		return 0
+	}
+	return st.Ino
 }

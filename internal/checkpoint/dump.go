@@ -657,6 +657,9 @@ func manifestNode(m *dumpNode) archive.Node {
 		Spec: archiveSpec(m.n.Spec), Hostname: m.n.Spec.Hostname, Created: m.n.Created,
 		Files: m.report.Files, ExternalMounts: archiveExternalMounts(m.mounts),
 	}
+	if a := m.n.Addr; a != nil && m.n.Spec.Net == hier.NetBridge {
+		n.Addr = &archive.Addr{IP: a.IP, MAC: a.MAC}
+	}
 	if n.Hostname == "" {
 		n.Hostname = m.n.Name
 	}

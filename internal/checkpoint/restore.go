@@ -478,6 +478,9 @@ func reserve(h *node.Host, m *archive.Manifest, specs []hier.Spec, target Restor
 	for i, an := range m.Nodes {
 		// A node keeps the hostname it had, even under a new name.
 		nodes[i] = node.NewNode{Name: an.Name, Parent: an.Parent, Spec: specs[i], Created: an.Created, Hostname: an.Hostname, Archived: true}
+		if a := an.Addr; a != nil {
+			nodes[i].Addr = &hier.Addr{IP: a.IP, MAC: a.MAC}
+		}
 		if i == 0 {
 			nodes[i].Name = target.Name
 		}

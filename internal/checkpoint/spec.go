@@ -20,6 +20,9 @@ func archiveSpec(s hier.Spec) archive.Spec {
 		// fields.
 		a.Binds = append(a.Binds, archive.Bind(b))
 	}
+	for _, p := range s.Ports {
+		a.Ports = append(a.Ports, archive.Port(p))
+	}
 	return a
 }
 
@@ -31,6 +34,9 @@ func hierSpec(a archive.Spec) hier.Spec {
 		Rootfs: a.Rootfs, Image: a.Image, ImageName: a.ImageName, User: a.User, Net: a.Net, Init: a.Init}
 	for _, b := range a.Binds {
 		s.Binds = append(s.Binds, hier.Bind(b))
+	}
+	for _, p := range a.Ports {
+		s.Ports = append(s.Ports, hier.Port(p))
 	}
 	return s
 }

@@ -19,13 +19,13 @@ import (
 func fullSpec() hier.Spec {
 	return hier.Spec{Cmd: []string{"sh", "-c", "echo <&> \"x\""}, Env: []string{"K=V", "PATH=/bin"}, Cwd: "/srv",
 		Hostname: "pi", Binds: []hier.Bind{{Source: "/data", Target: "/mnt/data", ReadOnly: true}, {Source: "/scratch", Target: "/scratch"}},
-		Rootfs: "/images/debian", Image: "sha256:0123", ImageName: "localhost/py", User: "1000:100", Net: "none", Init: true}
+		Rootfs: "/images/debian", Image: "sha256:0123", ImageName: "localhost/py", User: "1000:100", Net: "none", Ports: []hier.Port{{Host: 8080, Node: 80}, {Host: 53, Node: 5353, Proto: "udp"}}, Init: true}
 }
 
 // specV3 is the JSON of fullSpec in a format version 3 manifest: as the
 // crtree before archive.Spec (which wrote hier.Spec itself) wrote format
 // version 2, with image, imageName and user, which version 3 added.
-const specV3 = `{"cmd":["sh","-c","echo \u003c\u0026\u003e \"x\""],"env":["K=V","PATH=/bin"],"cwd":"/srv","hostname":"pi","binds":[{"source":"/data","target":"/mnt/data","readOnly":true},{"source":"/scratch","target":"/scratch"}],"rootfs":"/images/debian","image":"sha256:0123","imageName":"localhost/py","user":"1000:100","net":"none","init":true}`
+const specV3 = `{"cmd":["sh","-c","echo \u003c\u0026\u003e \"x\""],"env":["K=V","PATH=/bin"],"cwd":"/srv","hostname":"pi","binds":[{"source":"/data","target":"/mnt/data","readOnly":true},{"source":"/scratch","target":"/scratch"}],"rootfs":"/images/debian","image":"sha256:0123","imageName":"localhost/py","user":"1000:100","net":"none","ports":[{"host":8080,"node":80},{"host":53,"node":5353,"proto":"udp"}],"init":true}`
 
 // A spec goes into an archive as format version 3 has it, and comes back
 // whole.
@@ -105,7 +105,7 @@ func TestManifestNodeFormat(t *testing.T) {
 	}
 	// A node of format version 2's time: nothing that version 3 added.
 	spec := fullSpec()
-	spec.Image, spec.ImageName, spec.User = "", "", ""
+	spec.Image, spec.ImageName, spec.User, spec.Ports = "", "", "", nil
 	m := &dumpNode{
 		n:   hier.Node{ID: "n7", Name: "calculate_pi", Created: time.Date(2026, 11, 29, 13, 16, 5, 123456789, time.UTC), Spec: spec},
 		rel: "calculate_pi", parent: 0,

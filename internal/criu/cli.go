@@ -36,6 +36,12 @@ func restoreCLI(bin string, o RestoreOptions) (int, error) {
 	for _, m := range o.ExternalMounts {
 		args = append(args, "--external", "mnt["+m.Key+"]:"+m.HostPath)
 	}
+	var extra []*os.File
+	if o.Netns != nil {
+		// The first of cmd.ExtraFiles is the command's descriptor 3.
+		extra = append(extra, o.Netns)
+		args = append(args, "--inherit-fd", "fd[3]:"+NetnsKey)
+	}
 	var gate *resumeGate
 	if o.BeforeResume != nil {
 		if gate, err = openResumeGate(work, o.CgroupFD, o.BeforeResume); err != nil {
@@ -45,6 +51,7 @@ func restoreCLI(bin string, o RestoreOptions) (int, error) {
 		go gate.serve()
 	}
 	cmd := exec.Command(bin, args...)
+	cmd.ExtraFiles = extra
 	cmd.SysProcAttr = ownGroup()
 	if o.CgroupFD >= 0 {
 		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, o.CgroupFD
@@ -121,6 +128,9 @@ func dumpArgs(o DumpOptions, images, work string) []string {
 	}
 	for _, m := range o.ExternalMounts {
 		args = append(args, "--external", "mnt["+m.Mountpoint+"]:"+m.Key)
+	}
+	if o.ExternalNetns != 0 {
+		args = append(args, "--external", externalNetns(o.ExternalNetns))
 	}
 	return args
 }

@@ -41,6 +41,10 @@ type DumpOptions struct {
 	// OwnNetwork says that the tree has a network namespace of its own,
 	// which CRIU locks while it works.
 	OwnNetwork bool
+	// ExternalNetns, if not 0, is the inode of the tree's network
+	// namespace, which CRIU then leaves out of the images as external
+	// (NetnsKey): the restore provides one (RestoreOptions.Netns).
+	ExternalNetns uint64
 	// LogLevel is CRIU's log level, "0" to "4"; "" is DefaultLogLevel.
 	LogLevel string
 	// GhostLimit is the largest deleted file still open (a ghost file)
@@ -86,6 +90,9 @@ type RestoreOptions struct {
 	TCPEstablished bool
 	// OwnNetwork says that the tree has a network namespace of its own.
 	OwnNetwork bool
+	// Netns, if set, is the network namespace the processes of a tree
+	// dumped with ExternalNetns are restored into.
+	Netns *os.File
 	// LogLevel is CRIU's log level, "0" to "4"; "" is DefaultLogLevel.
 	LogLevel string
 	// KeepLogs is where the log of a failed run is copied.
@@ -257,8 +264,19 @@ func dumpOpts(o DumpOptions, img, wd *os.File) *rpc.CriuOpts {
 	for _, m := range o.ExternalMounts {
 		opts.ExtMnt = append(opts.ExtMnt, &rpc.ExtMountMap{Key: proto.String(m.Mountpoint), Val: proto.String(m.Key)})
 	}
+	if o.ExternalNetns != 0 {
+		opts.External = append(opts.External, externalNetns(o.ExternalNetns))
+	}
 	return opts
 }
+
+// NetnsKey is the name under which CRIU records a network namespace it
+// leaves out of the images (DumpOptions.ExternalNetns).
+const NetnsKey = "crtree-netns"
+
+// externalNetns is the --external value that leaves the network
+// namespace of inode ino out of the images.
+func externalNetns(ino uint64) string { return fmt.Sprintf("net[%d]:%s", ino, NetnsKey) }
 
 // ghostLimit is a ghost limit as both encodings pass it: at most what the
 // RPC's 32-bit field holds.

@@ -45,6 +45,16 @@ type Node struct {
 	// dump of it, a restore that creates it): nothing may be created,
 	// renamed, removed, signalled or entered in it meanwhile.
 	Busy *Busy `json:"busy,omitempty"`
+	// Addr is the node's address on the state root's bridge (Spec.Net
+	// NetBridge) while it has one; for a node being restored, the one it
+	// had, which it asks for again.
+	Addr *Addr `json:"addr,omitempty"`
+}
+
+// Addr is a node's place on the state root's bridge.
+type Addr struct {
+	IP  string `json:"ip"`
+	MAC string `json:"mac,omitempty"`
 }
 
 // Busy is a hold on a subtree by a crtree command: Op says what it does
@@ -78,12 +88,23 @@ type Spec struct {
 	// name or number, looked up in the node's own /etc/passwd and
 	// /etc/group (an image's config gives it).
 	User string `json:"user,omitempty"`
-	// Net is "host" (share the host's network) or "none" (a new network
-	// namespace with only the loopback interface).
+	// Net is "" (the host's network), NetNone (a new network namespace
+	// with only the loopback interface) or NetBridge (a namespace with an
+	// address on the state root's bridge, internal/network).
 	Net string `json:"net,omitempty"`
+	// Ports are the ports published on the host for a NetBridge node.
+	Ports []Port `json:"ports,omitempty"`
 	// Init puts a minimal init at the node's PID 1 that runs Cmd as its
 	// child, reaps orphans and passes signals on (run --init).
 	Init bool `json:"init,omitempty"`
+}
+
+// Port is a published port: Host on the host forwards to Node on the
+// node's address, for Proto ("tcp", the default, or "udp").
+type Port struct {
+	Host  int    `json:"host"`
+	Node  int    `json:"node"`
+	Proto string `json:"proto,omitempty"`
 }
 
 // Bind is a host path bound into a node. Bound paths are not the node's
@@ -102,4 +123,11 @@ const (
 	NetNone = "none"
 	// NetHost asks for the host's network; it is recorded as "".
 	NetHost = "host"
+	// NetBridge is a node with its own network namespace and an address
+	// on the state root's bridge.
+	NetBridge = "bridge"
 )
+
+// OwnNet reports whether a node of spec s has a network namespace of its
+// own (NetNone or NetBridge).
+func (s Spec) OwnNet() bool { return s.Net == NetNone || s.Net == NetBridge }

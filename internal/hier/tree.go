@@ -170,9 +170,11 @@ var ErrIsolation = errors.New("a node cannot have more than its parent")
 
 // Isolate applies the parent's isolation to spec, the spec of a new node
 // under parent ID: a node never gets more than its ancestors have. Under
-// a --net none ancestor, a spec that asks for nothing gets its own empty
-// network too, and one that asks for the host's network (NetHost, or ""
-// with explicit set, as restored nodes are) is refused. A NetHost request
+// a --net none or --net bridge ancestor, a spec that asks for nothing gets
+// the same kind of network of its own (an empty one, or its own address
+// on the bridge), and one that asks for the host's network (NetHost, or
+// "" with explicit set, as restored nodes are) is refused, as is a bridge
+// under --net none. A NetHost request
 // that is allowed is recorded as "". Under an ancestor on an image, a
 // spec without an image (the host's files, or a --rootfs base with the
 // host's /usr and /etc) is refused.
@@ -194,13 +196,18 @@ func (t *Tree) Isolate(parent string, spec *Spec, explicit bool) error {
 		return nil
 	}
 	for n := t.Nodes[parent]; n != nil; n = t.Nodes[n.Parent] {
-		if n.Spec.Net != NetNone {
+		switch {
+		case !n.Spec.OwnNet():
 			continue
+		case wantsHost:
+			return fmt.Errorf("%s has no host network (--net %s), and %w", t.PathOf(n), n.Spec.Net, ErrIsolation)
+		case n.Spec.Net == NetNone && spec.Net == NetBridge:
+			return fmt.Errorf("%s has no network (--net none), and %w", t.PathOf(n), ErrIsolation)
+		case spec.Net == "":
+			// As its nearest ancestor with a network of its own: an
+			// empty one, or an address of its own on the bridge.
+			spec.Net = n.Spec.Net
 		}
-		if wantsHost {
-			return fmt.Errorf("%s has no host network (--net none), and %w", t.PathOf(n), ErrIsolation)
-		}
-		spec.Net = NetNone
 		return nil
 	}
 	return nil

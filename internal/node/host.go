@@ -11,6 +11,7 @@ import (
 	"github.com/crtree/crtree/internal/cgroup"
 	"github.com/crtree/crtree/internal/hier"
 	"github.com/crtree/crtree/internal/image"
+	"github.com/crtree/crtree/internal/network"
 )
 
 // Host is one state root seen from the host: the tree, the nodes' storage
@@ -22,6 +23,8 @@ type Host struct {
 	CgroupBase cgroup.Group
 	// Images holds the images nodes run on.
 	Images *image.Store
+	// Net is the state root's network, for NetBridge nodes.
+	Net *network.Network
 	// StageBase, if not "", is where StageDir makes staging directories,
 	// whatever the room in memory.
 	StageBase string
@@ -44,7 +47,7 @@ func NewHost(root string) (*Host, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Host{Store: st, CgroupBase: cgroup.Group(cgroup.BaseFor(mnt, st.Root)), Images: image.Open(st.Root)}, nil
+	return &Host{Store: st, CgroupBase: cgroup.Group(cgroup.BaseFor(mnt, st.Root)), Images: image.Open(st.Root), Net: network.New(st.Root, nil)}, nil
 }
 
 // Group returns the cgroup of n; its processes are in Group(..).Leaf().
@@ -153,6 +156,9 @@ func (h *Host) destroyLocked(t *hier.Tree, n *hier.Node) error {
 	var errs []error
 	for i := len(sub) - 1; i >= 0; i-- {
 		m := sub[i]
+		if err := h.leaveNetwork(m); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", t.PathOf(m), err))
+		}
 		if err := os.RemoveAll(h.Store.NodeDir(m.ID)); err != nil {
 			errs = append(errs, fmt.Errorf("remove storage of %s: %w", t.PathOf(m), err))
 		}

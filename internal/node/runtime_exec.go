@@ -80,7 +80,7 @@ func (h *Host) ExecCommand(p hier.Path, argv []string, o ExecOptions) (*exec.Cmd
 		cwd = "/"
 	}
 	args := []string{"--target", fmt.Sprint(n.Pid), "--mount", "--uts", "--ipc", "--pid", "--root"}
-	if n.Spec.Net == hier.NetNone {
+	if n.Spec.OwnNet() {
 		args = append(args, "--net")
 	}
 	// The command's session must be one of the node's (CRIU dumps no

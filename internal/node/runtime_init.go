@@ -35,6 +35,9 @@ type InitConfig struct {
 	Cwd      string      `json:"cwd"`
 	Binds    []hier.Bind `json:"binds,omitempty"`
 	OwnNet   bool        `json:"ownNet,omitempty"`
+	// Netns is the network namespace the init starts in (a NetBridge
+	// node's, made beforehand), "" for none of its own or a new one.
+	Netns string `json:"netns,omitempty"`
 	// Init runs Cmd under a minimal init (ReaperMain) instead of as PID 1.
 	Init bool `json:"init,omitempty"`
 	// APIDir is the host directory bound at /run/crtree: the node's

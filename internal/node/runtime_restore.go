@@ -62,6 +62,13 @@ func (h *Host) restoreInit(id string, from *FromImages) (int, error) {
 		return 0, fmt.Errorf("open cgroup: %w", err)
 	}
 	defer cg.Close()
+	var netns *os.File
+	if n.Spec.Net == hier.NetBridge {
+		if netns, err = os.Open(h.NetnsPath(id)); err != nil {
+			return 0, fmt.Errorf("network namespace: %w", err)
+		}
+		defer netns.Close()
+	}
 	return criu.Restore(from.CriuBin, criu.RestoreOptions{
 		ImagesDir:      filepath.Join(from.Dir, "criu"),
 		WorkDir:        filepath.Join(from.Dir, "work"),
@@ -71,13 +78,14 @@ func (h *Host) restoreInit(id string, from *FromImages) (int, error) {
 		KeepLogs:       h.LogDir(),
 		LogLevel:       from.CriuLogLevel,
 		TCPEstablished: from.TCPEstablished,
-		OwnNetwork:     n.Spec.Net == hier.NetNone,
+		OwnNetwork:     n.Spec.OwnNet(),
+		Netns:          netns,
 		Stream:         from.Stream,
 		BeforeResume: func(criuPid int) error {
 			if err := from.waitGate(); err != nil {
 				return err
 			}
-			return isolated(leaf, criuPid, n.Spec.Net == hier.NetNone)
+			return isolated(leaf, criuPid, n.Spec.OwnNet())
 		},
 	})
 }
@@ -95,7 +103,9 @@ func isolated(leaf cgroup.Group, criuPid int, ownNet bool) error {
 	}
 	host := map[string]string{}
 	for _, k := range kinds {
-		ns, err := os.Readlink("/proc/self/ns/" + k)
+		// This thread's, not the process's: the main thread may have
+		// been left in a node's network namespace (network.NewNS).
+		ns, err := os.Readlink("/proc/thread-self/ns/" + k)
 		if err != nil {
 			return err
 		}
@@ -111,7 +121,11 @@ func isolated(leaf cgroup.Group, criuPid int, ownNet bool) error {
 		}
 		for _, k := range kinds {
 			if ns, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/ns/" + k); err == nil && ns == host[k] {
-				return fmt.Errorf("corrupt archive: its images put process %d in this host's %s namespace, which the node had of its own", pid, k)
+				cmd := ""
+				if info, err := ReadProc(pid); err == nil {
+					cmd = " (" + info.Cmd + ")"
+				}
+				return fmt.Errorf("corrupt archive: its images put process %d%s in this host's %s namespace, which the node had of its own", pid, cmd, k)
 			}
 		}
 	}

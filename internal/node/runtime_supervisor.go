@@ -16,6 +16,7 @@ import (
 
 	"github.com/crtree/crtree/internal/cgroup"
 	"github.com/crtree/crtree/internal/hier"
+	"github.com/crtree/crtree/internal/network"
 )
 
 // SelfExe is the crtree binary, re-executed for the supervisor and the
@@ -138,10 +139,12 @@ func Supervise(h *Host, id string, from *FromImages) error {
 		ready.Close()
 	}
 	var pid int
-	var err error
-	if from != nil {
+	err := h.joinNetwork(id)
+	switch {
+	case err != nil:
+	case from != nil:
 		pid, err = h.restoreInit(id, from)
-	} else {
+	default:
 		pid, err = h.startInit(id)
 	}
 	if err != nil {
@@ -211,7 +214,11 @@ func (h *Host) startInit(id string) (int, error) {
 		CgroupFD:    int(cg.Fd()),
 	}
 	cmd.Env = []string{}
-	err = cmd.Start()
+	if cfg.Netns != "" {
+		err = network.StartIn(cfg.Netns, cmd.Start)
+	} else {
+		err = cmd.Start()
+	}
 	cfgR.Close()
 	errW.Close()
 	if err != nil {
@@ -240,6 +247,7 @@ func (h *Host) initConfig(n *hier.Node) (InitConfig, error) {
 		Cwd:      n.Spec.Cwd,
 		Binds:    n.Spec.Binds,
 		OwnNet:   n.Spec.Net == hier.NetNone,
+		Netns:    h.netnsOf(n),
 		Init:     n.Spec.Init,
 		User:     n.Spec.User,
 		APIDir:   h.APIDir(n.ID),

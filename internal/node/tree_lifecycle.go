@@ -44,6 +44,9 @@ type NewNode struct {
 	// Archived says the spec comes from an archive, which says what
 	// network the node had (see hier.Tree.Isolate).
 	Archived bool
+	// Addr is the address a NetBridge node had (a restore): it gets it
+	// again if it is free.
+	Addr *hier.Addr
 }
 
 // Reservation is a set of nodes a command created and has not yet
@@ -127,7 +130,7 @@ func (r *Reservation) add(t *hier.Tree, parentID string, i int, nn NewNode) (*hi
 	if err != nil {
 		return nil, err
 	}
-	n.Spec, n.Created = spec, nn.Created
+	n.Spec, n.Created, n.Addr = spec, nn.Created, nn.Addr
 	if n.Created.IsZero() {
 		n.Created = time.Now().UTC()
 	}

@@ -253,8 +253,14 @@ type Entry struct {
 	Busy string `json:"busy,omitempty"`
 	// Image is the image the node runs on, as it was called when the
 	// node was created ("" for none).
-	Image   string `json:"image,omitempty"`
-	Display string `json:"-"`
+	Image string `json:"image,omitempty"`
+	// Net is the node's network: "host", "none" or "bridge"; IP and MAC
+	// its address on the bridge, Ports what it publishes.
+	Net     string      `json:"net"`
+	IP      string      `json:"ip,omitempty"`
+	MAC     string      `json:"mac,omitempty"`
+	Ports   []hier.Port `json:"ports,omitempty"`
+	Display string      `json:"-"`
 	Depth   int    `json:"-"`
 }
 
@@ -290,7 +296,14 @@ func (h *Host) List(p hier.Path, recursive bool) ([]Entry, error) {
 
 func (h *Host) entry(t *hier.Tree, n *hier.Node, depth int) Entry {
 	st := StatusOf(n)
-	e := Entry{ID: n.ID, Path: t.PathOf(n).String(), Name: n.Name, State: string(st.State), Display: st.String(), Created: n.Created, Depth: depth, Image: n.Spec.ImageName}
+	e := Entry{ID: n.ID, Path: t.PathOf(n).String(), Name: n.Name, State: string(st.State), Display: st.String(), Created: n.Created, Depth: depth, Image: n.Spec.ImageName,
+		Net: n.Spec.Net, Ports: n.Spec.Ports}
+	if e.Net == "" {
+		e.Net = hier.NetHost
+	}
+	if n.Addr != nil {
+		e.IP, e.MAC = n.Addr.IP, n.Addr.MAC
+	}
 	if op, _, held := heldBy(n); held && n.Busy != nil {
 		e.Busy = "being " + op
 	}

@@ -1,0 +1,369 @@
+// Package network gives nodes a network of their own (run --net bridge):
+// each such node has a network namespace kept as a file under its
+// storage (a bind mount of the namespace, so that it outlives the
+// processes in it and a restore can put processes back into one made
+// beforehand), attached to a bridge of the state root by the standard
+// CNI plugins (bridge with host-local addresses, portmap for published
+// ports), driven through libcni, as Podman and containerd drive them.
+//
+// Each state root has a network of its own, written once into
+// net/crtree.conflist under it: its own bridge name (derived from the
+// state root's path) and its own /24 subnet (chosen where the host has no
+// route), so that two state roots on one machine do not collide, and the
+// plugins keep their address leases (net/ipam) and libcni its cache
+// (net/cache) there too.
+package network
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"github.com/containernetworking/cni/libcni"
+	types100 "github.com/containernetworking/cni/pkg/types/100"
+	"golang.org/x/sys/unix"
+)
+
+// DefaultPluginDirs are where the CNI plugins are looked for: Debian's
+// containernetworking-plugins, then the upstream default.
+var DefaultPluginDirs = []string{"/usr/lib/cni", "/opt/cni/bin"}
+
+// IfName is a node's interface on the bridge.
+const IfName = "eth0"
+
+// Network is the network of one state root.
+type Network struct {
+	dir        string
+	pluginDirs []string
+
+	once sync.Once
+	list *libcni.NetworkConfigList
+	cni  *libcni.CNIConfig
+	err  error
+}
+
+// New returns the network of the state root at root; nothing is read or
+// written before a node needs it. pluginDirs are where the CNI plugins
+// are (DefaultPluginDirs if nil).
+func New(root string, pluginDirs []string) *Network {
+	if pluginDirs == nil {
+		pluginDirs = DefaultPluginDirs
+	}
+	return &Network{dir: filepath.Join(root, "net"), pluginDirs: pluginDirs}
+}
+
+// Port is a published port: Host on the host's addresses forwards to
+// Node on the node's address, for Proto ("tcp" or "udp").
+type Port struct {
+	Host  int    `json:"host"`
+	Node  int    `json:"node"`
+	Proto string `json:"proto,omitempty"`
+}
+
+// Want is what a node asks of the network: its address and MAC if it had
+// them (a restore), and its published ports.
+type Want struct {
+	IP    string
+	MAC   string
+	Ports []Port
+}
+
+// Addr is a node's place on the bridge.
+type Addr struct {
+	IP      string `json:"ip"`
+	MAC     string `json:"mac"`
+	Gateway string `json:"gateway,omitempty"`
+}
+
+// ErrNoPlugins is returned when the CNI plugins are not installed.
+var ErrNoPlugins = errors.New("the CNI plugins are not installed (Debian: apt-get install containernetworking-plugins; make deps installs them)")
+
+// load reads the state root's network config, writing it first if there
+// is none, and checks that the plugins it needs are there.
+func (n *Network) load() error {
+	n.once.Do(func() {
+		n.err = n.loadOnce()
+	})
+	return n.err
+}
+
+func (n *Network) loadOnce() error {
+	for _, p := range []string{"bridge", "host-local", "portmap"} {
+		found := false
+		for _, d := range n.pluginDirs {
+			if _, err := os.Stat(filepath.Join(d, p)); err == nil {
+				found = true
+			}
+		}
+		if !found {
+			return fmt.Errorf("network: plugin %s: %w", p, ErrNoPlugins)
+		}
+	}
+	if err := os.MkdirAll(n.dir, 0o700); err != nil {
+		return fmt.Errorf("network: %w", err)
+	}
+	data, err := n.config()
+	if err != nil {
+		return fmt.Errorf("network: %w", err)
+	}
+	if n.list, err = libcni.ConfListFromBytes(data); err != nil {
+		return fmt.Errorf("network: %s: %w", n.confFile(), err)
+	}
+	n.cni = libcni.NewCNIConfigWithCacheDir(n.pluginDirs, filepath.Join(n.dir, "cache"), nil)
+	return nil
+}
+
+func (n *Network) confFile() string { return filepath.Join(n.dir, "crtree.conflist") }
+
+// config returns the state root's CNI config, written under an exclusive
+// lock on first use.
+func (n *Network) config() ([]byte, error) {
+	lock, err := os.OpenFile(filepath.Join(n.dir, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	defer lock.Close()
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
+		return nil, err
+	}
+	if data, err := os.ReadFile(n.confFile()); err == nil {
+		return data, nil
+	}
+	subnet, err := freeSubnet(n.dir)
+	if err != nil {
+		return nil, err
+	}
+	data, err := json.MarshalIndent(confList(n.dir, subnet), "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	tmp := n.confFile() + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return nil, err
+	}
+	return data, os.Rename(tmp, n.confFile())
+}
+
+// Name is the state root's network name, and bridgeName its bridge's:
+// both derived from the state root's path, so unique to it.
+func names(dir string) (name, bridge string) {
+	sum := sha256.Sum256([]byte(filepath.Dir(dir)))
+	h := hex.EncodeToString(sum[:])
+	return "crtree-" + h[:8], "crt" + h[:8]
+}
+
+// confList is the CNI config of a state root whose network is subnet.
+func confList(dir string, subnet *net.IPNet) map[string]any {
+	name, bridge := names(dir)
+	return map[string]any{
+		"cniVersion": "1.0.0",
+		"name":       name,
+		"plugins": []any{
+			map[string]any{
+				"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": true, "hairpinMode": true,
+				"ipam": map[string]any{
+					"type":    "host-local",
+					"ranges":  [][]map[string]string{{{"subnet": subnet.String()}}},
+					"routes":  []map[string]string{{"dst": "0.0.0.0/0"}},
+					"dataDir": filepath.Join(dir, "ipam"),
+				},
+				"capabilities": map[string]bool{"ips": true, "mac": true},
+			},
+			map[string]any{"type": "portmap", "capabilities": map[string]bool{"portMappings": true}},
+		},
+	}
+}
+
+// freeSubnet picks a /24 of 10.89.0.0/16 that no route of the host
+// covers or overlaps, starting from one derived from dir.
+func freeSubnet(dir string) (*net.IPNet, error) {
+	used, err := hostRoutes()
+	if err != nil {
+		return nil, err
+	}
+	sum := sha256.Sum256([]byte(dir))
+	for i := 0; i < 256; i++ {
+		third := (int(sum[0]) + i) % 256
+		cand := &net.IPNet{IP: net.IPv4(10, 89, byte(third), 0).To4(), Mask: net.CIDRMask(24, 32)}
+		if !overlapsAny(cand, used) {
+			return cand, nil
+		}
+	}
+	return nil, errors.New("no free /24 in 10.89.0.0/16 for the state root's bridge")
+}
+
+// hostRoutes are the IPv4 destinations of the host's routes, default
+// route left out.
+func hostRoutes() ([]*net.IPNet, error) {
+	data, err := os.ReadFile("/proc/net/route")
+	if err != nil {
+		return nil, err
+	}
+	var out []*net.IPNet
+	for _, line := range strings.Split(string(data), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) < 8 {
+			continue
+		}
+		dst, err1 := parseHexIP(f[1])
+		mask, err2 := parseHexIP(f[7])
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		if ones, _ := net.IPMask(mask).Size(); ones == 0 {
+			continue
+		}
+		out = append(out, &net.IPNet{IP: dst, Mask: net.IPMask(mask)})
+	}
+	return out, nil
+}
+
+// parseHexIP reads an address of /proc/net/route: 8 hex digits, in the
+// machine's (little-endian) byte order.
+func parseHexIP(s string) (net.IP, error) {
+	b, err := hex.DecodeString(s)
+	if err != nil || len(b) != 4 {
+		return nil, fmt.Errorf("bad address %q", s)
+	}
+	return net.IPv4(b[3], b[2], b[1], b[0]).To4(), nil
+}
+
+func overlapsAny(a *net.IPNet, nets []*net.IPNet) bool {
+	for _, b := range nets {
+		if a.Contains(b.IP) || b.Contains(a.IP) {
+			return true
+		}
+	}
+	return false
+}
+
+// Attach puts the node id, whose network namespace is the file nsPath,
+// on the bridge: the address and MAC it wants if it names them and they
+// are free, else new ones (taken reports which). Published ports are
+// forwarded to it.
+func (n *Network) Attach(ctx context.Context, id, nsPath string, want Want) (addr *Addr, taken bool, err error) {
+	if err := n.load(); err != nil {
+		return nil, false, err
+	}
+	if want.IP != "" {
+		addr, err = n.add(ctx, id, nsPath, want)
+		if err == nil {
+			return addr, false, nil
+		}
+		// Most likely the address is in use (by the node this one is a
+		// clone of): release what the attempt took, and take another.
+		n.Detach(ctx, id, nsPath, want.Ports)
+		want.IP, want.MAC = "", ""
+		taken = true
+	}
+	addr, err = n.add(ctx, id, nsPath, want)
+	if err != nil {
+		n.Detach(ctx, id, nsPath, want.Ports)
+		return nil, taken, err
+	}
+	return addr, taken, nil
+}
+
+// add runs the plugins' ADD.
+func (n *Network) add(ctx context.Context, id, nsPath string, want Want) (*Addr, error) {
+	res, err := n.cni.AddNetworkList(ctx, n.list, runtimeConf(id, nsPath, want))
+	if err != nil {
+		return nil, fmt.Errorf("network: attach: %w", err)
+	}
+	r, err := types100.NewResultFromResult(res)
+	if err != nil {
+		return nil, fmt.Errorf("network: attach: %w", err)
+	}
+	addr := &Addr{}
+	for _, ip := range r.IPs {
+		if ip.Address.IP.To4() != nil {
+			addr.IP = ip.Address.IP.String()
+			if ip.Gateway != nil {
+				addr.Gateway = ip.Gateway.String()
+			}
+			break
+		}
+	}
+	for _, i := range r.Interfaces {
+		if i.Name == IfName && i.Sandbox != "" {
+			addr.MAC = i.Mac
+		}
+	}
+	if addr.IP == "" {
+		return nil, errors.New("network: attach: the plugins gave no IPv4 address")
+	}
+	return addr, nil
+}
+
+// Detach takes the node id off the bridge: its address released, its
+// ports no longer forwarded. It is idempotent, and works also when the
+// namespace is gone.
+func (n *Network) Detach(ctx context.Context, id, nsPath string, ports []Port) error {
+	if err := n.load(); err != nil {
+		return err
+	}
+	if _, err := os.Stat(nsPath); err != nil {
+		nsPath = ""
+	}
+	if err := n.cni.DelNetworkList(ctx, n.list, runtimeConf(id, nsPath, Want{Ports: ports})); err != nil {
+		return fmt.Errorf("network: detach: %w", err)
+	}
+	return nil
+}
+
+// runtimeConf is how libcni is told about the node id.
+func runtimeConf(id, nsPath string, want Want) *libcni.RuntimeConf {
+	caps := map[string]any{}
+	if len(want.Ports) > 0 {
+		var pm []map[string]any
+		for _, p := range want.Ports {
+			proto := p.Proto
+			if proto == "" {
+				proto = "tcp"
+			}
+			pm = append(pm, map[string]any{"hostPort": p.Host, "containerPort": p.Node, "protocol": proto})
+		}
+		caps["portMappings"] = pm
+	}
+	if want.IP != "" {
+		caps["ips"] = []string{want.IP}
+	}
+	if want.MAC != "" {
+		caps["mac"] = want.MAC
+	}
+	return &libcni.RuntimeConf{ContainerID: id, NetNS: nsPath, IfName: IfName, CapabilityArgs: caps}
+}
+
+// Leases returns the node IDs that hold an address of the state root's
+// network, by address: what gc compares with the tree.
+func (n *Network) Leases() (map[string]string, error) {
+	name, _ := names(n.dir)
+	des, err := os.ReadDir(filepath.Join(n.dir, "ipam", name))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]string{}
+	for _, d := range des {
+		if net.ParseIP(d.Name()) == nil {
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join(n.dir, "ipam", name, d.Name()))
+		if err != nil {
+			continue
+		}
+		// host-local writes the container ID, then the interface.
+		out[d.Name()] = strings.TrimSpace(strings.SplitN(string(data), "\n", 2)[0])
+	}
+	return out, nil
+}
