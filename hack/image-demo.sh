@@ -35,7 +35,7 @@ while True:
         time.sleep(0.02)
         q, r, n = 10*q, 10*(r - n*t), (10*(3*q + r))//t - 10*n
     else:
-        q, r, t, k, n, l = q*k, (2*q + r)*l, t*k, k + 1, (q*(7*k + 2) + r*l)//(t*l), l + 2'
+        q, r, t, k, n, l = q*k, (2*q + r)*l, t*l, k + 1, (q*(7*k + 2) + r*l)//(t*l), l + 2'
 digits() { echo $(( $("$@" logs /calc | wc -l) * 10 )); }
 
 CRTREE=$PWD/bin/crtree hack/debian-image.sh debian:bookworm-python

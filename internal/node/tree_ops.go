@@ -261,7 +261,7 @@ type Entry struct {
 	MAC     string      `json:"mac,omitempty"`
 	Ports   []hier.Port `json:"ports,omitempty"`
 	Display string      `json:"-"`
-	Depth   int    `json:"-"`
+	Depth   int         `json:"-"`
 }
 
 // List returns the children of p, or with recursive all its descendants,
