@@ -245,8 +245,8 @@ func TestImageCarried(t *testing.T) {
 	a.must("dump", "--leave-running", "/n", "-o", plain)
 	before := a.count("/n")
 	var rep struct {
-		CarriedBytes int64    `json:"carriedBytes"`
-		Imported     []string `json:"imported"`
+		CarriedBytes int64                 `json:"carriedBytes"`
+		Imported     []struct{ ID string } `json:"imported"`
 	}
 	if err := json.Unmarshal([]byte(a.must("dump", "--with-image", "--json", "/n", "-o", carried)), &rep); err != nil || rep.CarriedBytes < 1<<20 {
 		t.Fatalf("dump --with-image reports %d bytes carried (%v); busybox alone is more", rep.CarriedBytes, err)
@@ -272,7 +272,7 @@ func TestImageCarried(t *testing.T) {
 	if err := cmd.Run(); err != nil {
 		t.Fatalf("restore --with-image archive on b: %v: %s", err, stderr.String())
 	}
-	if stdout.String() != "/n\n" || !strings.HasPrefix(stderr.String(), "imported image "+id+" from the archive (") {
+	if stdout.String() != "/n\n" || !strings.HasPrefix(stderr.String(), "imported image test/busybox:1 ("+id+") from the archive (") {
 		t.Fatalf("restore printed %q and %q", stdout.String(), stderr.String())
 	}
 	var ims []struct{ Name, ID string }

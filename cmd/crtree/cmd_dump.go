@@ -224,6 +224,17 @@ CRIU takes. CRTREE_NO_STREAM=1 stages them in every case.`,
 	return cmd
 }
 
+// importedName is how the restore's summary names an image it imported.
+func importedName(im checkpoint.Imported) string {
+	switch {
+	case im.Named:
+		return im.Name + " (" + im.ID + ")"
+	case im.Name != "":
+		return im.ID + " (without its name " + im.Name + ": another image has it here, or the restore ran inside a node)"
+	}
+	return im.ID
+}
+
 // reportWriter is where a summary goes: stderr when stdout carries the
 // archive.
 func reportWriter(output string) io.Writer {
@@ -324,8 +335,8 @@ then restored; a restore from inside a node imports images without names.`,
 				return err
 			}
 			if !g.JSON && !o.Quiet {
-				if len(rep.Imported) > 0 {
-					fmt.Fprintf(cmd.ErrOrStderr(), "imported image %s from the archive (%.2fs)\n", strings.Join(rep.Imported, ", "), rep.ImportTime.Seconds())
+				for _, im := range rep.Imported {
+					fmt.Fprintf(cmd.ErrOrStderr(), "imported image %s from the archive (%.2fs)\n", importedName(im), rep.ImportTime.Seconds())
 				}
 				fmt.Fprintln(cmd.OutOrStdout(), g.display(rep.Path))
 				return nil

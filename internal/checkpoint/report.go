@@ -29,11 +29,20 @@ type Report struct {
 	// CarriedBytes is the size of the container images' configs and
 	// layers the archive carries (dump --with-image), uncompressed.
 	CarriedBytes int64 `json:"carriedBytes,omitempty"`
-	// Imported are the IDs of the images a restore took from the archive
-	// into the image store; ImportTime how long receiving and recording
-	// them took (part of Pack).
-	Imported   []string `json:"imported,omitempty"`
-	ImportTime Duration `json:"importTime,omitempty"`
+	// Imported are the images a restore took from the archive into the
+	// image store; ImportTime how long receiving and recording them took
+	// (part of Pack).
+	Imported   []Imported `json:"imported,omitempty"`
+	ImportTime Duration   `json:"importTime,omitempty"`
+}
+
+// Imported is an image a restore imported: its ID, the name the archive
+// gives it, and whether it got that name (not if another image of the
+// state root has it, or the restore ran inside a node).
+type Imported struct {
+	ID    string `json:"id"`
+	Name  string `json:"name,omitempty"`
+	Named bool   `json:"named"`
 }
 
 // NodeReport is one node's part of a Report.

@@ -345,7 +345,9 @@ func (rs *restoring) receiveImages() error {
 // once the archive has been verified.
 func (rs *restoring) adoptImages() error {
 	added, err := rs.recv.Commit()
-	rs.rep.Imported = added
+	for _, id := range added {
+		rs.rep.Imported = append(rs.rep.Imported, Imported{ID: id, Name: rs.m.CarriedImage(id).Name})
+	}
 	rs.rep.ImportTime = Duration(rs.recv.Took)
 	return err
 }
@@ -359,10 +361,11 @@ func (rs *restoring) nameImported() {
 	if rs.inNode {
 		return
 	}
-	for _, id := range rs.rep.Imported {
-		if im := rs.m.CarriedImage(id); im != nil && im.Name != "" {
+	for i, im := range rs.rep.Imported {
+		if im.Name != "" {
 			// Unnamed, the image is still there for its nodes.
-			rs.h.Images.Name(id, im.Name)
+			name, _ := rs.h.Images.Name(im.ID, im.Name)
+			rs.rep.Imported[i].Named = name != ""
 		}
 	}
 }
@@ -371,8 +374,8 @@ func (rs *restoring) nameImported() {
 // nodes are gone, unless another restore's nodes use them meanwhile.
 func (rs *restoring) dropImported() error {
 	var errs []error
-	for _, id := range rs.rep.Imported {
-		if err := rs.h.Images.Remove(id, rs.h.NodesOnImage); err != nil && !errors.Is(err, image.ErrInUse) {
+	for _, im := range rs.rep.Imported {
+		if err := rs.h.Images.Remove(im.ID, rs.h.NodesOnImage); err != nil && !errors.Is(err, image.ErrInUse) {
 			errs = append(errs, err)
 		}
 	}

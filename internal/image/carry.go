@@ -126,6 +126,10 @@ func (s *Store) Receive(wants []Want) (*Receiver, error) {
 	}
 	r := &Receiver{s: s, dir: dir, wants: wants, wanted: map[string]bool{}, configs: map[string][]byte{}, layers: map[string]int64{}}
 	for _, w := range wants {
+		if err := s.checkLayerCount(len(w.Layers)); err != nil {
+			os.RemoveAll(dir)
+			return nil, fmt.Errorf("image %s: %w", w.ID, err)
+		}
 		r.wanted[w.ID] = true
 		for _, l := range w.Layers {
 			r.wanted[l] = true
@@ -239,6 +243,7 @@ func (r *Receiver) image(w Want) (*Image, error) {
 	if !slices.Equal(diffIDs, w.Layers) {
 		return nil, fmt.Errorf("image %s: its config lists other layers than the archive", w.ID)
 	}
+
 	im := &Image{ID: w.ID, Layers: w.Layers, Imported: time.Now().UTC(), Config: Config{
 		Env: cfg.Config.Env, WorkingDir: cfg.Config.WorkingDir,
 		Entrypoint: cfg.Config.Entrypoint, Cmd: cfg.Config.Cmd, User: cfg.Config.User,

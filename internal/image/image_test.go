@@ -3,6 +3,8 @@ package image
 import (
 	"archive/tar"
 	"bytes"
+	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -316,10 +318,57 @@ func TestImportRootfsDir(t *testing.T) {
 func TestImportBadName(t *testing.T) {
 	s := Open(t.TempDir())
 	lay := writeLayout(t, testImage(t), "ok")
-	for _, n := range []string{"evil\nNAME  ID", "bad name", "UPPER"} {
+	// Names that Get would read as an ID or a prefix of one, too.
+	for _, n := range []string{"evil\nNAME  ID", "bad name", "UPPER", "95979cb3318f", "sha256:0000", "0123456789abcdef0123"} {
 		if _, err := s.Import(lay, ImportOptions{Name: n}); err == nil || !strings.Contains(err.Error(), "is not an image name") {
 			t.Errorf("name %q: %v", n, err)
 		}
+	}
+}
+
+// Get takes NAME for NAME:latest when no image is called NAME, and
+// refuses an ID prefix two images share.
+func TestGet(t *testing.T) {
+	s := Open(t.TempDir())
+	im, err := s.Import(writeLayout(t, testImage(t), "localhost/py:latest"), ImportOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ref := range []string{"localhost/py", "localhost/py:latest", im.ID, im.ShortID()} {
+		if got, err := s.Get(ref); err != nil || got.ID != im.ID {
+			t.Errorf("Get(%q): %v, %v", ref, got, err)
+		}
+	}
+	if _, err := s.Get("localhost/py:2"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Get of another tag: %v", err)
+	}
+	// Two IDs with the same first 12 digits (written by hand: finding
+	// such a pair takes 2^24 imports).
+	ims, _ := s.List()
+	twin := ims[0]
+	twin.Name, twin.ID = "other:1", im.ID[:len(im.ID)-1]+"x"
+	if err := s.save(append(ims, twin)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Get(im.ShortID()); err == nil || !strings.Contains(err.Error(), "names more than one image") {
+		t.Errorf("Get of a shared prefix: %v", err)
+	}
+}
+
+// An image of more layers than overlayfs can mount from the state root
+// is refused at import, with what to do.
+func TestImportTooManyLayers(t *testing.T) {
+	var layers []v1.Layer
+	for i := 0; i < 60; i++ {
+		layers = append(layers, layerOf(t, reg(fmt.Sprintf("f%d", i), "x")))
+	}
+	img, err := mutate.AppendLayers(empty.Image, layers...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := Open(t.TempDir())
+	if _, err := s.Import(writeLayout(t, img, "many:60"), ImportOptions{}); err == nil || !strings.Contains(err.Error(), "the image has 60 layers, more than overlayfs can mount from this state root") {
+		t.Fatalf("import of 60 layers: %v", err)
 	}
 }
 

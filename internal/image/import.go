@@ -52,8 +52,8 @@ func (s *Store) Import(src string, o ImportOptions) (*Image, error) {
 	if o.Name != "" {
 		name = o.Name
 	}
-	if _, err := ggname.ParseReference(name); err != nil {
-		return nil, fmt.Errorf("import %s: %q is not an image name (such as localhost/py:1): give one with --name", src, name)
+	if _, err := ggname.ParseReference(name); err != nil || looksLikeID(name) {
+		return nil, fmt.Errorf("import %s: %q is not an image name (such as localhost/py:1; not one that reads as an image ID): give one with --name", src, name)
 	}
 	im, err := s.importImage(img, name, tmp)
 	if err != nil {
@@ -89,7 +89,10 @@ func open(src, tmp string) (v1.Image, string, error) {
 	if err != nil {
 		return nil, "", err
 	}
-	base := strings.TrimSuffix(filepath.Base(src), filepath.Ext(src))
+	base := filepath.Base(src)
+	for _, ext := range []string{".gz", ".tgz", ".zst", ".xz", ".tar"} {
+		base = strings.TrimSuffix(base, ext)
+	}
 	if fi.IsDir() {
 		if _, err := os.Stat(filepath.Join(src, "oci-layout")); err == nil {
 			return fromLayout(src, base)
@@ -277,6 +280,9 @@ func (s *Store) importImage(img v1.Image, name, tmp string) (*Image, error) {
 	}
 	if len(layers) != len(cfg.RootFS.DiffIDs) {
 		return nil, fmt.Errorf("the image has %d layers and its config lists %d", len(layers), len(cfg.RootFS.DiffIDs))
+	}
+	if err := s.checkLayerCount(len(layers)); err != nil {
+		return nil, err
 	}
 	im := &Image{Name: name, ID: id.String(), Imported: time.Now().UTC(), Config: Config{
 		Env: cfg.Config.Env, WorkingDir: cfg.Config.WorkingDir,

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -148,19 +149,51 @@ func (s *Store) List() ([]Image, error) {
 	return ims, nil
 }
 
-// Get returns the image called ref: by name, by ID, or by a prefix of at
-// least 12 hex digits of its ID.
+// Get returns the image called ref: by name (NAME meaning NAME:latest
+// if no image is called NAME), by ID, or by a prefix of at least 12 hex
+// digits of its ID that no other image's ID has.
 func (s *Store) Get(ref string) (*Image, error) {
 	ims, err := s.List()
 	if err != nil {
 		return nil, err
 	}
-	for i := range ims {
-		if ims[i].matches(ref) {
-			return &ims[i], nil
+	for _, r := range []string{ref, ref + ":latest"} {
+		if r != ref && (strings.Contains(path.Base(ref), ":") || strings.Contains(ref, "@")) {
+			break
+		}
+		for i := range ims {
+			if ims[i].Name != "" && ims[i].Name == r {
+				return &ims[i], nil
+			}
 		}
 	}
-	return nil, notFound(ref)
+	var found *Image
+	for i := range ims {
+		if ims[i].matches(ref) {
+			if found != nil && found.ID != ims[i].ID {
+				return nil, fmt.Errorf("image %s: the prefix names more than one image; give more of the ID", ref)
+			}
+			found = &ims[i]
+		}
+	}
+	if found == nil {
+		return nil, notFound(ref)
+	}
+	return found, nil
+}
+
+// maxLowerLen is how long the overlayfs lowerdir option of an image may
+// be: the mount's options (upper and work directories too) must fit in a
+// page.
+const maxLowerLen = 3500
+
+// checkLayerCount refuses an image of so many layers that overlayfs could
+// not mount it here.
+func (s *Store) checkLayerCount(n int) error {
+	if per := len(s.LayerDir("sha256:"+strings.Repeat("0", 64))) + 1; n*per > maxLowerLen {
+		return fmt.Errorf("the image has %d layers, more than overlayfs can mount from this state root (about %d): flatten it (podman build --squash, say)", n, maxLowerLen/per)
+	}
+	return nil
 }
 
 // notFound is the error for an image ref names none.

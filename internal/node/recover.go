@@ -12,6 +12,7 @@ import (
 
 	"github.com/crtree/crtree/internal/cgroup"
 	"github.com/crtree/crtree/internal/hier"
+	"github.com/crtree/crtree/internal/network"
 )
 
 // An Op is a marker of a crtree command that freezes nodes or stages
@@ -194,11 +195,15 @@ func (h *Host) GC() ([]string, error) {
 				}
 			}
 		}
+		// Addresses held for nodes the tree does not know (a crtree
+		// killed between taking one and recording its node).
+		removed = append(removed, h.gcNetwork(t)...)
 		// Storage of nodes the tree does not know.
 		des, _ := os.ReadDir(filepath.Join(h.Store.Root, "nodes"))
 		for _, d := range des {
 			if t.Nodes[d.Name()] == nil {
 				p := h.Store.NodeDir(d.Name())
+				network.RemoveNS(h.NetnsPath(d.Name()))
 				if err := os.RemoveAll(p); err == nil {
 					removed = append(removed, p)
 				}

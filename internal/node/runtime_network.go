@@ -84,3 +84,22 @@ func netPorts(ps []hier.Port) []network.Port {
 	}
 	return out
 }
+
+// gcNetwork releases the addresses the state root's network holds for
+// nodes the tree t does not know, and returns what it released.
+func (h *Host) gcNetwork(t *hier.Tree) []string {
+	leases, err := h.Net.Leases()
+	if err != nil {
+		return nil
+	}
+	var removed []string
+	for ip, id := range leases {
+		if t.Nodes[id] != nil {
+			continue
+		}
+		if h.Net.Detach(context.Background(), id, h.NetnsPath(id), nil) == nil {
+			removed = append(removed, "address "+ip+" of "+id)
+		}
+	}
+	return removed
+}
