@@ -148,6 +148,25 @@ func teardown(t logger, root string) {
 	for h.Recover(); h.PendingOps() > 0 && time.Now().Before(deadline); h.Recover() {
 		time.Sleep(50 * time.Millisecond)
 	}
+	// The nodes' addresses and network namespaces (mounts under the
+	// state root), and the state root's bridge.
+	var tops []string
+	h.Store.View(func(tr *hier.Tree) error {
+		for id, n := range tr.Nodes {
+			if n.Parent == "" {
+				tops = append(tops, id)
+			}
+		}
+		return nil
+	})
+	for _, id := range tops {
+		if err := h.Destroy(id); err != nil {
+			t.Log("teardown:", err)
+		}
+	}
+	if _, err := h.GC(); err != nil {
+		t.Log("teardown:", err)
+	}
 	if err := h.CgroupBase.Remove(); err != nil {
 		t.Log("teardown:", err)
 	}

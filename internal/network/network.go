@@ -23,6 +23,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -340,6 +341,19 @@ func runtimeConf(id, nsPath string, want Want) *libcni.RuntimeConf {
 		caps["mac"] = want.MAC
 	}
 	return &libcni.RuntimeConf{ContainerID: id, NetNS: nsPath, IfName: IfName, CapabilityArgs: caps}
+}
+
+// RemoveBridge deletes the state root's bridge, if it has one: what gc
+// does once no node is left.
+func (n *Network) RemoveBridge() error {
+	_, bridge := names(n.dir)
+	if _, err := net.InterfaceByName(bridge); err != nil {
+		return nil
+	}
+	if out, err := exec.Command("ip", "link", "delete", bridge).CombinedOutput(); err != nil {
+		return fmt.Errorf("network: delete bridge %s: %v: %s", bridge, err, out)
+	}
+	return nil
 }
 
 // Leases returns the node IDs that hold an address of the state root's

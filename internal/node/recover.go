@@ -215,6 +215,11 @@ func (h *Host) GC() ([]string, error) {
 		if len(t.Nodes) == 0 && h.CgroupBase.Exists() && h.CgroupBase.Remove() == nil {
 			removed = append(removed, h.CgroupBase.Path())
 		}
+		if len(t.Nodes) == 0 {
+			if err := h.Net.RemoveBridge(); err != nil {
+				return err
+			}
+		}
 		return nil
 	})
 	// Images: untagged ones no node uses, stray layers, killed imports.
