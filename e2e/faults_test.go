@@ -20,6 +20,9 @@ import (
 type host struct {
 	t    *testing.T
 	root string
+	// netns, if set, is the network namespace (/run/netns/NAME) crtree
+	// runs in: a "host" of its own on this machine.
+	netns string
 }
 
 func newHost(t *testing.T) *host {
@@ -31,6 +34,9 @@ func newHost(t *testing.T) *host {
 
 func (h *host) cmd(args ...string) *exec.Cmd {
 	cmd := exec.Command(filepath.Join(binDir, "crtree"), args...)
+	if h.netns != "" {
+		cmd = exec.Command("nsenter", append([]string{"--net=/run/netns/" + h.netns, "--", filepath.Join(binDir, "crtree")}, args...)...)
+	}
 	cmd.Env = append(os.Environ(), "CRTREE_ROOT="+h.root)
 	return cmd
 }
