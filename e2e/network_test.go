@@ -32,6 +32,21 @@ class H(http.server.BaseHTTPRequestHandler):
 http.server.HTTPServer(("", 8000), H).serve_forever()
 `
 
+// ownAddrServer listens on its node's own address (not 0.0.0.0).
+const ownAddrServer = `
+import socket, time
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.connect(("10.0.0.1", 1))
+ip = u.getsockname()[0]
+u.close()
+s = socket.socket()
+s.bind((ip, 9000))
+s.listen(1)
+print("bound", ip, flush=True)
+while True:
+    time.sleep(1)
+`
+
 // netEntry is what ls --json says of a node's network.
 type netEntry struct {
 	Path  string `json:"path"`
@@ -152,6 +167,45 @@ func TestBridgeClones(t *testing.T) {
 	}
 	h.must("rm", "-r", "-f", "/web2")
 	h.must("rm", "-r", "-f", "/web3")
+	if l := h.leases(); len(l) != 0 {
+		t.Fatalf("addresses still held after rm: %v", l)
+	}
+
+	// A server bound to its node's own address: its clone beside it gets
+	// a new address, the socket comes back bound to the old one, and the
+	// restore says it gets no traffic.
+	h.must("run", "--net", "bridge", "/own", "--", "python3", "-c", ownAddrServer)
+	if !poll(10*time.Second, 100*time.Millisecond, func() bool { return strings.Contains(h.must("logs", "/own"), "bound") }) {
+		t.Fatalf("the server never bound: %s", h.must("logs", "/own"))
+	}
+	own := h.netLs()["/own"]
+	h.must("dump", "--leave-running", "/own", "-o", archive)
+	cmd := h.cmd("restore", "--name", "own2", archive)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("restore of a clone bound to the old address: %v: %s", err, stderr.String())
+	}
+	if want := "warning: /own2: the node's address " + own.IP + " was in use, so it has a new one; its sockets bound to " + own.IP + " (tcp 9000) were restored but get no traffic"; !strings.Contains(stderr.String(), want) {
+		t.Fatalf("restore said %q, want %q", stderr.String(), want)
+	}
+	// A restore that fails once it has an address releases it.
+	leases := h.leases()
+	data, err := os.ReadFile(archive)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data[len(data)*9/10] ^= 0xff
+	bad := filepath.Join(t.TempDir(), "bad.crtree")
+	os.WriteFile(bad, data, 0o600)
+	if _, err := h.run("restore", "--name", "bad", bad); err == nil {
+		t.Fatal("a damaged archive was restored")
+	}
+	if l := h.leases(); len(l) != len(leases) {
+		t.Fatalf("a failed restore left addresses: %v, before %v", l, leases)
+	}
+	h.must("rm", "-r", "-f", "/own")
+	h.must("rm", "-r", "-f", "/own2")
 	if l := h.leases(); len(l) != 0 {
 		t.Fatalf("addresses still held after rm: %v", l)
 	}

@@ -335,6 +335,11 @@ then restored; a restore from inside a node imports images without names.`,
 				return err
 			}
 			if !g.JSON && !o.Quiet {
+				for _, n := range rep.Nodes {
+					if n.Warning != "" {
+						fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s: %s\n", g.display(n.Path), n.Warning)
+					}
+				}
 				for _, im := range rep.Imported {
 					fmt.Fprintf(cmd.ErrOrStderr(), "imported image %s from the archive (%.2fs)\n", importedName(im), rep.ImportTime.Seconds())
 				}

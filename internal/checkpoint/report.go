@@ -53,6 +53,10 @@ type NodeReport struct {
 	Criu    Duration `json:"criu"`
 	Images  int64    `json:"imageBytes"`
 	Files   int64    `json:"fileBytes"`
+	// Warning is what the user should know of the restored node: it had
+	// to take a new address, and sockets bound to its old one get no
+	// traffic.
+	Warning string `json:"warning,omitempty"`
 }
 
 // Duration is a time.Duration shown in JSON as seconds.

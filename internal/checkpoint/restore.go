@@ -481,7 +481,9 @@ func reserve(h *node.Host, m *archive.Manifest, specs []hier.Spec, target Restor
 	for i, an := range m.Nodes {
 		// A node keeps the hostname it had, even under a new name.
 		nodes[i] = node.NewNode{Name: an.Name, Parent: an.Parent, Spec: specs[i], Created: an.Created, Hostname: an.Hostname, Archived: true}
-		if a := an.Addr; a != nil {
+		// A node that was running asks for its address again; one that
+		// was not gets none until it runs.
+		if a := an.Addr; a != nil && an.Running {
 			nodes[i].Addr = &hier.Addr{IP: a.IP, MAC: a.MAC}
 		}
 		if i == 0 {
@@ -612,9 +614,9 @@ func (rs *restoring) restoreOne(i int, gates []*os.File, rep *NodeReport) error 
 	if gates != nil {
 		from.Stream, from.Gate = true, gates[i]
 	}
-	pid, err := rs.h.StartRestore(rs.res.IDs[i], from)
+	pid, warning, err := rs.h.StartRestore(rs.res.IDs[i], from)
 	rep.Criu = Duration(time.Since(t0))
-	rep.Pid = pid
+	rep.Pid, rep.Warning = pid, warning
 	if err != nil {
 		return fmt.Errorf("restore %s: %w", rs.res.Paths[i], err)
 	}

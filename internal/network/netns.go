@@ -72,6 +72,24 @@ func StartIn(path string, start func() error) error {
 	})
 }
 
+// AllowNonlocalBind lets the sockets of the network namespace kept as
+// path bind to addresses it does not have (net.ipv4.ip_nonlocal_bind):
+// what a restored socket bound to the node's old address needs.
+func AllowNonlocalBind(path string) error {
+	return inThread(func() error {
+		f, err := os.Open(path)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			return err
+		}
+		// /proc/sys/net is the opening thread's namespace's.
+		return os.WriteFile("/proc/sys/net/ipv4/ip_nonlocal_bind", []byte("1"), 0)
+	})
+}
+
 // inThread runs fn on an OS thread of its own, which ends with it: what
 // fn changes of its thread (its network namespace) touches nothing else.
 func inThread(fn func() error) error {

@@ -3,8 +3,11 @@ package node
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 
 	"github.com/crtree/crtree/internal/hier"
 	"github.com/crtree/crtree/internal/network"
@@ -24,10 +27,13 @@ func (h *Host) netnsOf(n *hier.Node) string {
 
 // joinNetwork gives a NetBridge node its network namespace, if it has
 // none yet, and its place on the bridge: the address it had (a restore)
-// if that is free, else a new one, which it records.
-func (h *Host) joinNetwork(id string) error {
+// if that is free, else a new one, which it records. moved is the old
+// address the node had to leave ("" if none): its namespace then lets
+// sockets bind to addresses it does not have, so that those bound to the
+// old one are restored (they get no traffic; boundToOld says so).
+func (h *Host) joinNetwork(id string) (moved string, err error) {
 	var n hier.Node
-	err := h.Store.View(func(t *hier.Tree) error {
+	err = h.Store.View(func(t *hier.Tree) error {
 		m := t.Nodes[id]
 		if m == nil {
 			return fmt.Errorf("node %s: %w", id, hier.ErrNotFound)
@@ -36,24 +42,30 @@ func (h *Host) joinNetwork(id string) error {
 		return nil
 	})
 	if err != nil || n.Spec.Net != hier.NetBridge {
-		return err
+		return "", err
 	}
 	path := h.NetnsPath(id)
 	if !network.IsNS(path) {
 		os.Remove(path)
 		if err := network.NewNS(path); err != nil {
-			return err
+			return "", err
 		}
 	}
 	want := network.Want{Ports: netPorts(n.Spec.Ports)}
 	if n.Addr != nil {
 		want.IP, want.MAC = n.Addr.IP, n.Addr.MAC
 	}
-	addr, _, err := h.Net.Attach(context.Background(), id, path, want)
+	addr, taken, err := h.Net.Attach(context.Background(), id, path, want)
 	if err != nil {
-		return err
+		return "", err
 	}
-	return h.Store.Update(func(t *hier.Tree) error {
+	if taken {
+		moved = want.IP
+		if err := network.AllowNonlocalBind(path); err != nil {
+			return "", err
+		}
+	}
+	return moved, h.Store.Update(func(t *hier.Tree) error {
 		if m := t.Nodes[id]; m != nil {
 			m.Addr = &hier.Addr{IP: addr.IP, MAC: addr.MAC}
 		}
@@ -102,4 +114,43 @@ func (h *Host) gcNetwork(t *hier.Tree) []string {
 		}
 	}
 	return removed
+}
+
+// boundToOld says which sockets of the network namespace of process pid
+// are bound to old, an address its node no longer has, "" if none (or
+// old is "").
+func boundToOld(pid int, old string) string {
+	if old == "" {
+		return ""
+	}
+	ip := net.ParseIP(old).To4()
+	if ip == nil {
+		return ""
+	}
+	// /proc/net/{tcp,udp} give local addresses as hex, in the machine's
+	// (little-endian) byte order.
+	hexIP := fmt.Sprintf("%02X%02X%02X%02X", ip[3], ip[2], ip[1], ip[0])
+	var ports []string
+	for _, proto := range []string{"tcp", "udp"} {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/%s", pid, proto))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(data), "\n")[1:] {
+			f := strings.Fields(line)
+			if len(f) < 2 {
+				continue
+			}
+			addr, port, ok := strings.Cut(f[1], ":")
+			if ok && addr == hexIP {
+				if p, err := strconv.ParseUint(port, 16, 16); err == nil {
+					ports = append(ports, fmt.Sprintf("%s %d", proto, p))
+				}
+			}
+		}
+	}
+	if len(ports) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("the node's address %s was in use, so it has a new one; its sockets bound to %s (%s) were restored but get no traffic: restart what listens there, or restore where %s is free", old, old, strings.Join(ports, ", "), old)
 }

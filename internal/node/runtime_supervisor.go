@@ -27,12 +27,18 @@ const SelfExe = "/proc/self/exe"
 type readyMsg struct {
 	Pid   int    `json:"pid,omitempty"`
 	Error string `json:"error,omitempty"`
+	// Warning is what the node's user should know: a restored node that
+	// got a new address has sockets bound to its old one.
+	Warning string `json:"warning,omitempty"`
 }
 
 // Start starts a supervisor for the node with the given ID, which must be
 // recorded in the tree as Creating, and waits until the node's command
 // runs. It returns the host PID of the node's init.
-func (h *Host) Start(id string) (int, error) { return h.startSupervisor(id, nil) }
+func (h *Host) Start(id string) (int, error) {
+	pid, _, err := h.startSupervisor(id, nil)
+	return pid, err
+}
 
 // FromImages says where a supervisor restores its node from instead of
 // starting the node's command: a directory with the CRIU images in criu/
@@ -64,20 +70,22 @@ func OpenGate() *os.File {
 
 // StartRestore starts a supervisor that restores the node with the given
 // ID from CRIU images, and waits until the restored processes run.
-func (h *Host) StartRestore(id string, from FromImages) (int, error) {
+// The warning, if not "", says what the user should know of the
+// restored node (sockets bound to an address it no longer has).
+func (h *Host) StartRestore(id string, from FromImages) (pid int, warning string, err error) {
 	return h.startSupervisor(id, &from)
 }
 
-func (h *Host) startSupervisor(id string, from *FromImages) (int, error) {
+func (h *Host) startSupervisor(id string, from *FromImages) (int, string, error) {
 	readyR, readyW, err := os.Pipe()
 	if err != nil {
-		return 0, err
+		return 0, "", err
 	}
 	defer readyR.Close()
 	logf, err := os.OpenFile(filepath.Join(h.Store.NodeDir(id), "supervisor.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		readyW.Close()
-		return 0, err
+		return 0, "", err
 	}
 	defer logf.Close()
 	args := []string{"--root", h.Store.Root, "__supervise", id}
@@ -105,19 +113,19 @@ func (h *Host) startSupervisor(id string, from *FromImages) (int, error) {
 	err = cmd.Start()
 	readyW.Close()
 	if err != nil {
-		return 0, fmt.Errorf("start supervisor: %w", err)
+		return 0, "", fmt.Errorf("start supervisor: %w", err)
 	}
 	var msg readyMsg
 	if err := json.NewDecoder(readyR).Decode(&msg); err != nil {
 		cmd.Wait()
-		return 0, fmt.Errorf("supervisor failed: %s", lastLine(logf.Name()))
+		return 0, "", fmt.Errorf("supervisor failed: %s", lastLine(logf.Name()))
 	}
 	// The supervisor lives on; it is not waited for here.
 	cmd.Process.Release()
 	if msg.Error != "" {
-		return 0, errors.New(msg.Error)
+		return 0, "", errors.New(msg.Error)
 	}
-	return msg.Pid, nil
+	return msg.Pid, msg.Warning, nil
 }
 
 func lastLine(file string) string {
@@ -139,7 +147,7 @@ func Supervise(h *Host, id string, from *FromImages) error {
 		ready.Close()
 	}
 	var pid int
-	err := h.joinNetwork(id)
+	moved, err := h.joinNetwork(id)
 	switch {
 	case err != nil:
 	case from != nil:
@@ -164,7 +172,7 @@ func Supervise(h *Host, id string, from *FromImages) error {
 	}
 	defer stop()
 	go h.watchFreeze(id)
-	report(readyMsg{Pid: pid})
+	report(readyMsg{Pid: pid, Warning: boundToOld(pid, moved)})
 	return h.reap(id, pid)
 }
 
