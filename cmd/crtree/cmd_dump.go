@@ -296,6 +296,12 @@ starts at once and reads the memory pages as they come off the disk; from
 stdin, the archive is unpacked first. CRTREE_NO_STREAM=1 unpacks files
 first too.
 
+A --net bridge node gets the address and MAC it had on this state root's
+bridge if they are free (a restore after the original is gone, as
+--tcp-established needs), else new ones (a clone beside its original);
+then sockets bound to the old address come back but get no traffic, and
+restore warns.
+
 A node on an image needs that image on this state root (crtree image ls):
 the archive's own copy if it carries it (dump --with-image), which is then
 imported (each layer checked against its digest; an image name already

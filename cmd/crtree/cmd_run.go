@@ -60,7 +60,8 @@ has its own empty network too, and --net host is refused.`,
   crtree run --image localhost/py /calc -- python3 pi.py
   crtree run /vserver1/ -- sh -c 'echo hello'      # prints /vserver1/unnamed1
   crtree run --net none --env N=4 /calc -- python3 -c 'print(1)'
-  crtree run --init /web -- python3 -m http.server`,
+  crtree run --init /web -- python3 -m http.server
+  crtree run --net bridge -p 8080:80 /web -- python3 -m http.server 80   # its own address; host port 8080`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			image, _ := cmd.Flags().GetString("image")
 			if image != "" && len(args) == 1 && cmd.ArgsLenAtDash() == -1 {
