@@ -27,6 +27,7 @@ type cpOptions struct {
 	Name           string
 	Binds          []string
 	KeepBinds      bool
+	KeepPorts      bool
 	GhostLimit     sizeValue
 	WithImage      bool
 }
@@ -70,9 +71,12 @@ var sizeRE = regexp.MustCompile(`^([0-9]+)(?:([KMGT])(?:I?B)?|B?)$`)
 
 // restoreTarget builds where and how a restore puts the subtree.
 func (o *cpOptions) restoreTarget(g *globalOptions, parent hier.Path) (checkpoint.RestoreTarget, error) {
-	t := checkpoint.RestoreTarget{Parent: parent, Name: o.Name, KeepBinds: o.KeepBinds, InNode: g.scope != nil}
+	t := checkpoint.RestoreTarget{Parent: parent, Name: o.Name, KeepBinds: o.KeepBinds, KeepPorts: o.KeepPorts, InNode: g.scope != nil}
 	if g.scope != nil && (len(o.Binds) > 0 || o.KeepBinds) {
 		return t, usageError{fmt.Errorf("--bind and --keep-binds name host paths and cannot be used inside a node")}
+	}
+	if g.scope != nil && o.KeepPorts {
+		return t, usageError{fmt.Errorf("--keep-ports opens the host's ports and cannot be used inside a node")}
 	}
 	if o.Name != "" {
 		if err := hier.ValidateName(o.Name); err != nil {
@@ -300,7 +304,9 @@ A --net bridge node gets the address and MAC it had on this state root's
 bridge if they are free (a restore after the original is gone, as
 --tcp-established needs), else new ones (a clone beside its original);
 then sockets bound to the old address come back but get no traffic, and
-restore warns.
+restore warns. The ports it published are published again only with
+--keep-ports (not from inside a node): the host's ports are the restoring
+side's to open.
 
 A node on an image needs that image on this state root (crtree image ls):
 the archive's own copy if it carries it (dump --with-image), which is then
@@ -361,6 +367,7 @@ then restored; a restore from inside a node imports images without names.`,
 	f.BoolVar(&o.TCPEstablished, "tcp-established", false, "restore established TCP connections (and lift the dump's lock); applied by itself to an archive dumped with it")
 	f.StringArrayVar(&o.Binds, "bind", nil, "provide archived binds at DST from host path SRC, SRC:DST (repeatable)")
 	f.BoolVar(&o.KeepBinds, "keep-binds", false, "bind the host paths the archive names again (crtree inspect lists them)")
+	f.BoolVar(&o.KeepPorts, "keep-ports", false, "publish the ports the archive's --net bridge nodes published again (by default they are restored unpublished)")
 	f.BoolVarP(&o.Quiet, "quiet", "q", false, "print no progress")
 	addJSONFlag(cmd, g)
 	return cmd

@@ -54,8 +54,15 @@ binary bound in the node) that runs CMD as its child, reaps every orphan,
 passes every signal it gets on to CMD and ends the node with CMD's exit
 status. A node run with --init restores only with the same crtree binary.
 
+With --net bridge, the node has a network namespace of its own with an
+address on the state root's bridge (CNI plugins: crtree ls --json shows
+it); -p HOST:NODE publishes its port NODE on the host's addresses at HOST
+(not on 127.0.0.1). See the README, "A node's own network".
+
 A node never gets more than its parent has: under a --net none node, a child
-has its own empty network too, and --net host is refused.`,
+has its own empty network too, and --net host or bridge is refused; under a
+--net bridge node, a child has its own address on the bridge, and --net
+host is refused.`,
 		Example: `  crtree run /vserver1 -- sleep infinity
   crtree run --image localhost/py /calc -- python3 pi.py
   crtree run /vserver1/ -- sh -c 'echo hello'      # prints /vserver1/unnamed1
@@ -121,7 +128,7 @@ func (o *runOptions) spec(argv []string) (hier.Spec, error) {
 		s.Ports = append(s.Ports, p)
 	}
 	if len(s.Ports) > 0 && o.Net != hier.NetBridge {
-		return s, errors.New("--publish needs --net bridge: a node on the host's network listens on the host already")
+		return s, errors.New("--publish needs --net bridge (given, even under a bridge parent): a node on the host's network listens on the host already")
 	}
 	for _, arg := range o.Binds {
 		b, err := parseBind(arg, true)
@@ -177,6 +184,9 @@ func runRun(cmd *cobra.Command, g *globalOptions, o *runOptions, args []string) 
 	}
 	if g.scope != nil && (len(spec.Binds) > 0 || spec.Rootfs != "") {
 		return usageError{fmt.Errorf("--bind and --rootfs name host paths and cannot be used inside a node")}
+	}
+	if g.scope != nil && len(spec.Ports) > 0 {
+		return usageError{fmt.Errorf("--publish opens the host's ports and cannot be used inside a node")}
 	}
 	h, err := g.host()
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"path"
 	"strconv"
 	"strings"
@@ -261,6 +262,9 @@ func (m *Manifest) Validate() error {
 		if err := m.checkImage(n.Spec); err != nil {
 			return fmt.Errorf("manifest node %q: %w", n.Path, err)
 		}
+		if err := checkNet(n); err != nil {
+			return fmt.Errorf("manifest node %q: %w", n.Path, err)
+		}
 	}
 	return m.checkImages()
 }
@@ -320,6 +324,34 @@ func (m *Manifest) checkImages() error {
 				return fmt.Errorf("manifest gives layer %s two sizes", l.Digest)
 			}
 			sizes[l.Digest] = l.Size
+		}
+	}
+	return nil
+}
+
+// checkNet refuses a network other than the host's, "none" and
+// "bridge", ports that are not ports or on a node without a bridge, and
+// an address on one without a bridge or that is not an IPv4 address.
+func checkNet(n Node) error {
+	switch n.Spec.Net {
+	case "", "none", "bridge":
+	default:
+		return fmt.Errorf("unknown network %q", n.Spec.Net)
+	}
+	if (len(n.Spec.Ports) > 0 || n.Addr != nil) && n.Spec.Net != "bridge" {
+		return errors.New("published ports or an address, but no bridge network")
+	}
+	for _, p := range n.Spec.Ports {
+		if p.Host < 1 || p.Host > 65535 || p.Node < 1 || p.Node > 65535 || (p.Proto != "" && p.Proto != "udp") {
+			return fmt.Errorf("bad published port %d:%d/%q", p.Host, p.Node, p.Proto)
+		}
+	}
+	if a := n.Addr; a != nil {
+		if ip := net.ParseIP(a.IP); ip == nil || ip.To4() == nil {
+			return fmt.Errorf("address %q is not an IPv4 address", a.IP)
+		}
+		if hw, err := net.ParseMAC(a.MAC); a.MAC != "" && (err != nil || len(hw) != 6 || hw[0]&1 != 0) {
+			return fmt.Errorf("MAC %q is not a unicast Ethernet address", a.MAC)
 		}
 	}
 	return nil

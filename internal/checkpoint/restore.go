@@ -35,8 +35,13 @@ type RestoreTarget struct {
 	// refused: host paths come only from the restoring side.
 	KeepBinds bool
 	// InNode is set for a restore asked from inside a node: an archive
-	// with binds is refused whatever else is set.
+	// with binds is refused whatever else is set, and no port published.
 	InNode bool
+	// KeepPorts publishes the ports the archive's nodes published again.
+	// Without it they are restored unpublished: the ports of the host are
+	// the restoring side's to open, and a clone beside its original
+	// cannot have them.
+	KeepPorts bool
 }
 
 // specs returns the spec each archived node is restored with: its
@@ -69,6 +74,9 @@ func (t RestoreTarget) specs(m *archive.Manifest) ([]hier.Spec, error) {
 				return nil, fmt.Errorf("%s binds host path %s at %s; host paths come from the restoring side: give --bind SRC:%s, or --keep-binds to bind %s again (crtree inspect lists an archive's binds)", archivedPath(m, i), b.Source, b.Target, b.Target, b.Source)
 			}
 			spec.Binds = append(spec.Binds, hier.Bind(b))
+		}
+		if len(spec.Ports) > 0 && !t.KeepPorts {
+			spec.Ports = nil
 		}
 		// A --rootfs base is a host path too.
 		switch {

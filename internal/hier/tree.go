@@ -188,6 +188,11 @@ func (t *Tree) Isolate(parent string, spec *Spec, explicit bool) error {
 			}
 		}
 	}
+	switch spec.Net {
+	case "", NetHost, NetNone, NetBridge:
+	default:
+		return fmt.Errorf("unknown network %q (host, none or bridge)", spec.Net)
+	}
 	wantsHost := spec.Net == NetHost || (explicit && spec.Net == "")
 	if spec.Net == NetHost {
 		spec.Net = ""

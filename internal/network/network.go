@@ -17,6 +17,7 @@ package network
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -153,8 +154,9 @@ func (n *Network) config() ([]byte, error) {
 	return data, os.Rename(tmp, n.confFile())
 }
 
-// Name is the state root's network name, and bridgeName its bridge's:
-// both derived from the state root's path, so unique to it.
+// names are the network and bridge names a new config of the state root
+// of network directory dir gets: derived from the state root's path, so
+// unique to it. A config, once written, says them (configNames).
 func names(dir string) (name, bridge string) {
 	sum := sha256.Sum256([]byte(filepath.Dir(dir)))
 	h := hex.EncodeToString(sum[:])
@@ -178,33 +180,40 @@ func confList(dir string, subnet *net.IPNet) map[string]any {
 				},
 				"capabilities": map[string]bool{"ips": true, "mac": true},
 			},
-			map[string]any{"type": "portmap", "capabilities": map[string]bool{"portMappings": true}},
+			// No SNAT of published ports reached through 127.0.0.1: it
+			// needs route_localnet on the bridge, which would let any
+			// node reach the host's services bound to 127.0.0.1.
+			map[string]any{"type": "portmap", "capabilities": map[string]bool{"portMappings": true}, "snat": false},
 		},
 	}
 }
 
-// freeSubnet picks a /24 of 10.89.0.0/16 that no route of the host
-// covers or overlaps, starting from one derived from dir.
+// freeSubnet picks a /24 of 10.128.0.0/9 that no route of the host
+// covers or overlaps, starting from one derived from dir (so two state
+// roots pick the same one with a chance of 1 in 32768 when neither has a
+// bridge up).
 func freeSubnet(dir string) (*net.IPNet, error) {
 	used, err := hostRoutes()
 	if err != nil {
 		return nil, err
 	}
 	sum := sha256.Sum256([]byte(dir))
-	for i := 0; i < 256; i++ {
-		third := (int(sum[0]) + i) % 256
-		cand := &net.IPNet{IP: net.IPv4(10, 89, byte(third), 0).To4(), Mask: net.CIDRMask(24, 32)}
+	start := int(sum[0])<<8 | int(sum[1])
+	for i := 0; i < 1<<15; i++ {
+		n := (start + i) % (1 << 15)
+		cand := &net.IPNet{IP: net.IPv4(10, byte(128+n>>8), byte(n), 0).To4(), Mask: net.CIDRMask(24, 32)}
 		if !overlapsAny(cand, used) {
 			return cand, nil
 		}
 	}
-	return nil, errors.New("no free /24 in 10.89.0.0/16 for the state root's bridge")
+	return nil, errors.New("no free /24 in 10.128.0.0/9 for the state root's bridge")
 }
 
 // hostRoutes are the IPv4 destinations of the host's routes, default
 // route left out.
 func hostRoutes() ([]*net.IPNet, error) {
-	data, err := os.ReadFile("/proc/net/route")
+	// This thread's namespace's: the main thread may be elsewhere.
+	data, err := os.ReadFile("/proc/thread-self/net/route")
 	if err != nil {
 		return nil, err
 	}
@@ -254,14 +263,10 @@ func (n *Network) Attach(ctx context.Context, id, nsPath string, want Want) (add
 	if err := n.load(); err != nil {
 		return nil, false, err
 	}
-	if want.IP != "" {
-		addr, err = n.add(ctx, id, nsPath, want)
-		if err == nil {
-			return addr, false, nil
-		}
-		// Most likely the address is in use (by the node this one is a
-		// clone of): release what the attempt took, and take another.
-		n.Detach(ctx, id, nsPath, want.Ports)
+	if want.IP != "" && (!n.assignable(want.IP) || n.heldByOther(want.IP, id)) {
+		// Another node has it (the one this one is a clone of), or it
+		// is not an address of this state root's subnet (a restore
+		// elsewhere): take another, and another MAC.
 		want.IP, want.MAC = "", ""
 		taken = true
 	}
@@ -311,8 +316,19 @@ func (n *Network) Detach(ctx context.Context, id, nsPath string, ports []Port) e
 	if err := n.load(); err != nil {
 		return err
 	}
-	if _, err := os.Stat(nsPath); err != nil {
+	if !IsNS(nsPath) {
+		// Gone, or a file that no longer holds it (after a reboot):
+		// the plugins release what is not in a namespace.
 		nsPath = ""
+	}
+	if _, cached, err := n.cni.GetNetworkListCachedConfig(n.list, runtimeConf(id, nsPath, Want{})); err == nil && cached != nil && len(ports) == 0 {
+		// What the ADD was given (the ports, for portmap to remove
+		// their rules), when the caller does not know it (gc).
+		cached.NetNS = nsPath
+		if err := n.cni.DelNetworkList(ctx, n.list, cached); err != nil {
+			return fmt.Errorf("network: detach: %w", err)
+		}
+		return nil
 	}
 	if err := n.cni.DelNetworkList(ctx, n.list, runtimeConf(id, nsPath, Want{Ports: ports})); err != nil {
 		return fmt.Errorf("network: detach: %w", err)
@@ -346,8 +362,14 @@ func runtimeConf(id, nsPath string, want Want) *libcni.RuntimeConf {
 // RemoveBridge deletes the state root's bridge, if it has one: what gc
 // does once no node is left.
 func (n *Network) RemoveBridge() error {
-	_, bridge := names(n.dir)
-	if _, err := net.InterfaceByName(bridge); err != nil {
+	if !n.configured() {
+		return nil
+	}
+	if err := n.load(); err != nil {
+		return err
+	}
+	bridge := n.bridgeName()
+	if _, err := net.InterfaceByName(bridge); bridge == "" || err != nil {
 		return nil
 	}
 	if out, err := exec.Command("ip", "link", "delete", bridge).CombinedOutput(); err != nil {
@@ -356,10 +378,64 @@ func (n *Network) RemoveBridge() error {
 	return nil
 }
 
+// assignable reports whether ip is a node address of the state root's
+// subnet: in it, and neither its first two (network, gateway) nor its
+// last (broadcast).
+func (n *Network) assignable(ip string) bool {
+	var conf struct {
+		IPAM struct {
+			Ranges [][]struct {
+				Subnet string `json:"subnet"`
+			} `json:"ranges"`
+		} `json:"ipam"`
+	}
+	if len(n.list.Plugins) == 0 || json.Unmarshal(n.list.Plugins[0].Bytes, &conf) != nil || len(conf.IPAM.Ranges) == 0 || len(conf.IPAM.Ranges[0]) == 0 {
+		return false
+	}
+	_, subnet, err := net.ParseCIDR(conf.IPAM.Ranges[0][0].Subnet)
+	addr := net.ParseIP(ip).To4()
+	if err != nil || addr == nil || !subnet.Contains(addr) {
+		return false
+	}
+	ones, bits := subnet.Mask.Size()
+	host := binary.BigEndian.Uint32(addr) &^ binary.BigEndian.Uint32(net.CIDRMask(ones, bits))
+	return host > 1 && host < 1<<(bits-ones)-1
+}
+
+// heldByOther reports whether ip is leased to a node other than id.
+func (n *Network) heldByOther(ip, id string) bool {
+	leases, _ := n.Leases()
+	owner, ok := leases[ip]
+	return ok && owner != id
+}
+
+// configured reports whether the state root has a network config yet.
+func (n *Network) configured() bool {
+	_, err := os.Stat(n.confFile())
+	return err == nil
+}
+
+// bridgeName is the bridge the state root's config names.
+func (n *Network) bridgeName() string {
+	var conf struct {
+		Bridge string `json:"bridge"`
+	}
+	if len(n.list.Plugins) > 0 {
+		json.Unmarshal(n.list.Plugins[0].Bytes, &conf)
+	}
+	return conf.Bridge
+}
+
 // Leases returns the node IDs that hold an address of the state root's
 // network, by address: what gc compares with the tree.
 func (n *Network) Leases() (map[string]string, error) {
-	name, _ := names(n.dir)
+	if !n.configured() {
+		return nil, nil
+	}
+	if err := n.load(); err != nil {
+		return nil, err
+	}
+	name := n.list.Name
 	des, err := os.ReadDir(filepath.Join(n.dir, "ipam", name))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil

@@ -33,12 +33,16 @@ func (h *Host) netnsOf(n *hier.Node) string {
 // old one are restored (they get no traffic; boundToOld says so).
 func (h *Host) joinNetwork(id string) (moved string, err error) {
 	var n hier.Node
+	macUsed := false
 	err = h.Store.View(func(t *hier.Tree) error {
 		m := t.Nodes[id]
 		if m == nil {
 			return fmt.Errorf("node %s: %w", id, hier.ErrNotFound)
 		}
 		n = *m
+		for _, o := range t.Nodes {
+			macUsed = macUsed || (o.ID != id && o.Addr != nil && m.Addr != nil && o.Addr.MAC == m.Addr.MAC)
+		}
 		return nil
 	})
 	if err != nil || n.Spec.Net != hier.NetBridge {
@@ -54,6 +58,11 @@ func (h *Host) joinNetwork(id string) (moved string, err error) {
 	want := network.Want{Ports: netPorts(n.Spec.Ports)}
 	if n.Addr != nil {
 		want.IP, want.MAC = n.Addr.IP, n.Addr.MAC
+	}
+	if macUsed {
+		// Another node of the tree has that MAC: two on one bridge
+		// would take each other's traffic.
+		want.MAC = ""
 	}
 	addr, taken, err := h.Net.Attach(context.Background(), id, path, want)
 	if err != nil {
