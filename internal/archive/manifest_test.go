@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -98,5 +99,37 @@ func TestGoodArchiveManifests(t *testing.T) {
 				t.Errorf("manifest read and written again:\n%s\nstored:\n%s", got, stored.Bytes())
 			}
 		})
+	}
+}
+
+// A manifest's network fields: only the host's, none or bridge; ports
+// and an address only on a bridge node, ports that are ports, an IPv4
+// address, a unicast MAC.
+func TestManifestNet(t *testing.T) {
+	for name, tc := range map[string]struct {
+		edit func(*Node)
+		want string // "" for accepted
+	}{
+		"bridge": {func(n *Node) {
+			n.Spec.Net = "bridge"
+			n.Spec.Ports = []Port{{8080, 80, ""}}
+			n.Addr = &Addr{"10.128.0.2", "02:42:ac:11:00:02"}
+		}, ""},
+		"unknown network": {func(n *Node) { n.Spec.Net = "host2" }, `unknown network "host2"`},
+		"ports on host":   {func(n *Node) { n.Spec.Ports = []Port{{8080, 80, ""}} }, "no bridge network"},
+		"port 0":          {func(n *Node) { n.Spec.Net = "bridge"; n.Spec.Ports = []Port{{0, 80, ""}} }, "bad published port"},
+		"port 70000":      {func(n *Node) { n.Spec.Net = "bridge"; n.Spec.Ports = []Port{{8080, 70000, ""}} }, "bad published port"},
+		"proto sctp":      {func(n *Node) { n.Spec.Net = "bridge"; n.Spec.Ports = []Port{{8080, 80, "sctp"}} }, "bad published port"},
+		"IPv6 address":    {func(n *Node) { n.Spec.Net = "bridge"; n.Addr = &Addr{"fe80::1", ""} }, "not an IPv4 address"},
+		"multicast MAC":   {func(n *Node) { n.Spec.Net = "bridge"; n.Addr = &Addr{"10.128.0.2", "01:00:5e:00:00:01"} }, "not a unicast Ethernet address"},
+		"bad MAC":         {func(n *Node) { n.Spec.Net = "bridge"; n.Addr = &Addr{"10.128.0.2", "zz"} }, "not a unicast Ethernet address"},
+	} {
+		m := oneNode()
+		m.Version = 3
+		tc.edit(&m.Nodes[0])
+		err := m.Validate()
+		if (tc.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("%s: %v, want %q", name, err, tc.want)
+		}
 	}
 }

@@ -148,3 +148,41 @@ func TestIsolateFiles(t *testing.T) {
 		t.Errorf("an image node under an image node: %v", err)
 	}
 }
+
+// Under a bridge node a child gets a bridge network of its own unless it
+// asks for none; the host's is refused; under a none node, bridge is
+// refused; an unknown network is refused anywhere (it would otherwise
+// count as the host's).
+func TestIsolateNet(t *testing.T) {
+	tr := newTree()
+	br, _ := tr.Add("", "br")
+	br.Spec.Net = NetBridge
+	none, _ := tr.Add("", "none")
+	none.Spec.Net = NetNone
+	for _, tc := range []struct {
+		parent   string
+		net      string
+		explicit bool
+		want     string // the recorded net, or the error's text
+	}{
+		{br.ID, "", false, NetBridge},
+		{br.ID, NetNone, false, NetNone},
+		{br.ID, NetBridge, false, NetBridge},
+		{br.ID, NetHost, false, "/br has no host network (--net bridge)"},
+		{br.ID, "", true, "/br has no host network (--net bridge)"},
+		{none.ID, NetBridge, false, "/none has no network (--net none)"},
+		{none.ID, "", false, NetNone},
+		{"", NetBridge, false, NetBridge},
+		{"", "bogus", false, `unknown network "bogus"`},
+		{br.ID, "bogus", true, `unknown network "bogus"`},
+	} {
+		spec := Spec{Net: tc.net}
+		err := tr.Isolate(tc.parent, &spec, tc.explicit)
+		switch {
+		case err != nil && !strings.Contains(err.Error(), tc.want):
+			t.Errorf("%+v: %v", tc, err)
+		case err == nil && spec.Net != tc.want:
+			t.Errorf("%+v: recorded %q", tc, spec.Net)
+		}
+	}
+}

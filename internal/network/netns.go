@@ -83,10 +83,13 @@ func AllowNonlocalBind(path string) error {
 		}
 		defer f.Close()
 		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-			return err
+			return fmt.Errorf("enter network namespace %s: %w", path, err)
 		}
 		// /proc/sys/net is the opening thread's namespace's.
-		return os.WriteFile("/proc/sys/net/ipv4/ip_nonlocal_bind", []byte("1"), 0)
+		if err := os.WriteFile("/proc/sys/net/ipv4/ip_nonlocal_bind", []byte("1"), 0); err != nil {
+			return fmt.Errorf("allow non-local binds in %s: %w", path, err)
+		}
+		return nil
 	})
 }
 
