@@ -150,8 +150,42 @@ func TestBridgeClones(t *testing.T) {
 	if got := get(published); got != "2" {
 		t.Fatalf("the published port answered %q, want 2", got)
 	}
+	// Ports: one a process of the host listens on, one another node
+	// publishes, any from inside a node: refused, for why.
+	busy, err := net.Listen("tcp", ":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	busyPort := busy.Addr().(*net.TCPAddr).Port
+	for args, want := range map[string]string{
+		fmt.Sprintf("-p %d:80 /x", busyPort):                     fmt.Sprintf("--publish %d/tcp: the port is in use on the host", busyPort),
+		fmt.Sprintf("-p %d:80 /x", port):                         fmt.Sprintf("--publish %d/tcp: another node publishes that port", port),
+		fmt.Sprintf("exec /web -- crtree run -p %d:80 /y", port+1): "--publish opens the host's ports and cannot be used inside a node",
+	} {
+		argv := strings.Fields(args)
+		if argv[0] != "exec" {
+			argv = append([]string{"run", "--net", "bridge"}, argv...)
+		} else {
+			argv = append(argv[:len(argv)-1], "--net", "bridge", argv[len(argv)-1])
+		}
+		if _, err := h.run(append(argv, "--", "sleep", "1e5")...); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want %q", args, err, want)
+		}
+	}
+	if ls := h.netLs(); len(ls) != 1 {
+		t.Fatalf("refused runs left nodes: %v", ls)
+	}
 	archive := filepath.Join(t.TempDir(), "web.crtree")
 	h.must("dump", "--leave-running", "/web", "-o", archive)
+	// Another state root, with a bridge and subnet of its own: the node
+	// gets an address there, at the first attempt.
+	other := newHost(t)
+	other.must("restore", archive)
+	if o := other.netLs()["/web"]; o.IP == "" || o.IP == web.IP || get("http://"+o.IP+":8000/") != "3" {
+		t.Fatalf("restored on another state root: %+v", o)
+	}
+	other.must("rm", "-r", "-f", "/web")
 	h.must("restore", "--name", "web2", archive)
 	web2 := h.netLs()["/web2"]
 	if web2.IP == "" || web2.IP == web.IP || web2.MAC == web.MAC || len(web2.Ports) != 0 {
@@ -206,9 +240,9 @@ func TestBridgeClones(t *testing.T) {
 	data[len(data)*9/10] ^= 0xff
 	bad := filepath.Join(t.TempDir(), "bad.crtree")
 	os.WriteFile(bad, data, 0o600)
-	// The damage is found at the end of the archive, once CRIU has run
-	// in the node's namespace on the bridge.
-	if _, err := h.run("restore", "--name", "bad", bad); err == nil || !strings.Contains(err.Error(), "checksum mismatch") {
+	// The damage is in the page images, which a restore from a file
+	// reads once CRIU runs in the node's namespace on the bridge.
+	if _, err := h.run("restore", "--name", "bad", bad); err == nil || !strings.Contains(err.Error(), "corrupt archive") || !strings.Contains(err.Error(), "pages-") {
 		t.Fatalf("a damaged archive: %v", err)
 	}
 	if l := h.leases(); len(l) != len(leases) {

@@ -123,6 +123,35 @@ func (n *Network) loadOnce() error {
 	return nil
 }
 
+// routedElsewhere refuses a state root whose subnet the host routes
+// through an interface other than its bridge: another state root's
+// bridge, made while this one had none up, or another network.
+func (n *Network) routedElsewhere() error {
+	subnet := n.subnet()
+	if subnet == nil {
+		return nil
+	}
+	data, err := os.ReadFile("/proc/thread-self/net/route")
+	if err != nil {
+		return nil
+	}
+	for _, line := range strings.Split(string(data), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) < 8 || f[0] == n.bridgeName() {
+			continue
+		}
+		dst, err1 := parseHexIP(f[1])
+		mask, err2 := parseHexIP(f[7])
+		if ones, _ := net.IPMask(mask).Size(); err1 != nil || err2 != nil || ones == 0 {
+			continue
+		}
+		if overlapsAny(subnet, []*net.IPNet{{IP: dst, Mask: net.IPMask(mask)}}) {
+			return fmt.Errorf("network: this state root's subnet %s is routed through %s already (another state root's bridge?): give it another subnet in %s", subnet, f[0], n.confFile())
+		}
+	}
+	return nil
+}
+
 func (n *Network) confFile() string { return filepath.Join(n.dir, "crtree.conflist") }
 
 // config returns the state root's CNI config, written under an exclusive
@@ -263,6 +292,9 @@ func (n *Network) Attach(ctx context.Context, id, nsPath string, want Want) (add
 	if err := n.load(); err != nil {
 		return nil, false, err
 	}
+	if err := n.routedElsewhere(); err != nil {
+		return nil, false, err
+	}
 	if want.IP != "" && (!n.assignable(want.IP) || n.heldByOther(want.IP, id)) {
 		// Another node has it (the one this one is a clone of), or it
 		// is not an address of this state root's subnet (a restore
@@ -360,28 +392,27 @@ func runtimeConf(id, nsPath string, want Want) *libcni.RuntimeConf {
 }
 
 // RemoveBridge deletes the state root's bridge, if it has one: what gc
-// does once no node is left.
-func (n *Network) RemoveBridge() error {
+// does once no node is left. It returns the bridge's name if it deleted
+// one.
+func (n *Network) RemoveBridge() (string, error) {
 	if !n.configured() {
-		return nil
+		return "", nil
 	}
 	if err := n.load(); err != nil {
-		return err
+		return "", err
 	}
 	bridge := n.bridgeName()
 	if _, err := net.InterfaceByName(bridge); bridge == "" || err != nil {
-		return nil
+		return "", nil
 	}
 	if out, err := exec.Command("ip", "link", "delete", bridge).CombinedOutput(); err != nil {
-		return fmt.Errorf("network: delete bridge %s: %v: %s", bridge, err, out)
+		return "", fmt.Errorf("network: delete bridge %s: %v: %s", bridge, err, out)
 	}
-	return nil
+	return bridge, nil
 }
 
-// assignable reports whether ip is a node address of the state root's
-// subnet: in it, and neither its first two (network, gateway) nor its
-// last (broadcast).
-func (n *Network) assignable(ip string) bool {
+// subnet is the node subnet the state root's config gives, nil if none.
+func (n *Network) subnet() *net.IPNet {
 	var conf struct {
 		IPAM struct {
 			Ranges [][]struct {
@@ -390,11 +421,22 @@ func (n *Network) assignable(ip string) bool {
 		} `json:"ipam"`
 	}
 	if len(n.list.Plugins) == 0 || json.Unmarshal(n.list.Plugins[0].Bytes, &conf) != nil || len(conf.IPAM.Ranges) == 0 || len(conf.IPAM.Ranges[0]) == 0 {
-		return false
+		return nil
 	}
 	_, subnet, err := net.ParseCIDR(conf.IPAM.Ranges[0][0].Subnet)
+	if err != nil {
+		return nil
+	}
+	return subnet
+}
+
+// assignable reports whether ip is a node address of the state root's
+// subnet: in it, and neither its first two (network, gateway) nor its
+// last (broadcast).
+func (n *Network) assignable(ip string) bool {
+	subnet := n.subnet()
 	addr := net.ParseIP(ip).To4()
-	if err != nil || addr == nil || !subnet.Contains(addr) {
+	if subnet == nil || addr == nil || !subnet.Contains(addr) {
 		return false
 	}
 	ones, bits := subnet.Mask.Size()

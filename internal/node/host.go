@@ -157,7 +157,9 @@ func (h *Host) destroyLocked(t *hier.Tree, n *hier.Node) error {
 	for i := len(sub) - 1; i >= 0; i-- {
 		m := sub[i]
 		if err := h.leaveNetwork(m); err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", t.PathOf(m), err))
+			// The node goes anyway (a removal the plugins refuse must
+			// not leave it for ever); gc releases its address later.
+			fmt.Fprintf(os.Stderr, "crtree: warning: %s: %v (crtree gc releases what is left)\n", t.PathOf(m), err)
 		}
 		if err := os.RemoveAll(h.Store.NodeDir(m.ID)); err != nil {
 			errs = append(errs, fmt.Errorf("remove storage of %s: %w", t.PathOf(m), err))

@@ -216,8 +216,12 @@ func (h *Host) GC() ([]string, error) {
 			removed = append(removed, h.CgroupBase.Path())
 		}
 		if len(t.Nodes) == 0 {
-			if err := h.Net.RemoveBridge(); err != nil {
+			bridge, err := h.Net.RemoveBridge()
+			if err != nil {
 				return err
+			}
+			if bridge != "" {
+				removed = append(removed, "bridge "+bridge)
 			}
 		}
 		return nil

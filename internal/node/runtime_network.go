@@ -34,6 +34,7 @@ func (h *Host) netnsOf(n *hier.Node) string {
 func (h *Host) joinNetwork(id string) (moved string, err error) {
 	var n hier.Node
 	macUsed := false
+	var others []hier.Port // published by the other nodes
 	err = h.Store.View(func(t *hier.Tree) error {
 		m := t.Nodes[id]
 		if m == nil {
@@ -41,7 +42,11 @@ func (h *Host) joinNetwork(id string) (moved string, err error) {
 		}
 		n = *m
 		for _, o := range t.Nodes {
-			macUsed = macUsed || (o.ID != id && o.Addr != nil && m.Addr != nil && o.Addr.MAC == m.Addr.MAC)
+			if o.ID == id {
+				continue
+			}
+			macUsed = macUsed || (o.Addr != nil && m.Addr != nil && o.Addr.MAC == m.Addr.MAC)
+			others = append(others, o.Spec.Ports...)
 		}
 		return nil
 	})
@@ -58,6 +63,9 @@ func (h *Host) joinNetwork(id string) (moved string, err error) {
 	want := network.Want{Ports: netPorts(n.Spec.Ports)}
 	if n.Addr != nil {
 		want.IP, want.MAC = n.Addr.IP, n.Addr.MAC
+	}
+	if err := portsFree(n.Spec.Ports, others); err != nil {
+		return "", err
 	}
 	if macUsed {
 		// Another node of the tree has that MAC: two on one bridge
@@ -80,6 +88,38 @@ func (h *Host) joinNetwork(id string) (moved string, err error) {
 		}
 		return nil
 	})
+}
+
+// portsFree refuses to publish a port another node of the state root
+// publishes, or one a process of the host listens on: the node's rule
+// would take its traffic away.
+func portsFree(ports, others []hier.Port) error {
+	for _, p := range ports {
+		proto := p.Proto
+		if proto == "" {
+			proto = "tcp"
+		}
+		for _, o := range others {
+			if o.Host == p.Host && (o.Proto == p.Proto || o.Proto == "" && proto == "tcp") {
+				return fmt.Errorf("--publish %d/%s: another node publishes that port", p.Host, proto)
+			}
+		}
+		addr := fmt.Sprintf(":%d", p.Host)
+		if proto == "udp" {
+			c, err := net.ListenPacket("udp", addr)
+			if err != nil {
+				return fmt.Errorf("--publish %d/udp: the port is in use on the host: %w", p.Host, err)
+			}
+			c.Close()
+			continue
+		}
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("--publish %d/tcp: the port is in use on the host: %w", p.Host, err)
+		}
+		l.Close()
+	}
+	return nil
 }
 
 // leaveNetwork takes a node off the bridge and lets go of its network
