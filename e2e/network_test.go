@@ -159,8 +159,8 @@ func TestBridgeClones(t *testing.T) {
 	defer busy.Close()
 	busyPort := busy.Addr().(*net.TCPAddr).Port
 	for args, want := range map[string]string{
-		fmt.Sprintf("-p %d:80 /x", busyPort):                     fmt.Sprintf("--publish %d/tcp: the port is in use on the host", busyPort),
-		fmt.Sprintf("-p %d:80 /x", port):                         fmt.Sprintf("--publish %d/tcp: another node publishes that port", port),
+		fmt.Sprintf("-p %d:80 /x", busyPort):                       fmt.Sprintf("--publish %d/tcp: the port is in use on the host", busyPort),
+		fmt.Sprintf("-p %d:80 /x", port):                           fmt.Sprintf("--publish %d/tcp: another node publishes that port", port),
 		fmt.Sprintf("exec /web -- crtree run -p %d:80 /y", port+1): "--publish opens the host's ports and cannot be used inside a node",
 	} {
 		argv := strings.Fields(args)
