@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -60,15 +61,30 @@ func (g *globalOptions) list(args []string, recursive bool) (hier.Path, []node.E
 	return p, entries, err
 }
 
+// printEntries prints ls's table; an ADDRESS column when a node has an
+// address of its own (--net bridge).
 func printEntries(w io.Writer, entries []node.Entry) error {
+	addrs := slices.ContainsFunc(entries, func(e node.Entry) bool { return e.IP != "" })
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "PATH\tSTATE\tPID\tPROCS\tMEMORY\tAGE")
+	head := "PATH\tSTATE\tPID\tPROCS\tMEMORY\tAGE"
+	if addrs {
+		head += "\tADDRESS"
+	}
+	fmt.Fprintln(tw, head)
 	for _, e := range entries {
 		pid, procs, mem := "-", "-", "-"
 		if e.Pid > 0 {
 			pid, procs, mem = fmt.Sprint(e.Pid), fmt.Sprint(e.Procs), humanBytes(e.Memory)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", e.Path, e.Display, pid, procs, mem, humanAge(time.Since(e.Created)))
+		line := fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s", e.Path, e.Display, pid, procs, mem, humanAge(time.Since(e.Created)))
+		if addrs {
+			addr := "-"
+			if e.IP != "" {
+				addr = e.IP
+			}
+			line += "\t" + addr
+		}
+		fmt.Fprintln(tw, line)
 	}
 	return tw.Flush()
 }
