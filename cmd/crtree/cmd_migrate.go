@@ -1,0 +1,101 @@
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/crtree/crtree/internal/hier"
+	"github.com/crtree/crtree/internal/migrate"
+	"github.com/crtree/crtree/internal/node"
+)
+
+type migrateOptions struct {
+	cpOptions
+	SSH string
+}
+
+func newMigrateCmd(g *globalOptions) *cobra.Command {
+	o := &migrateOptions{}
+	cmd := &cobra.Command{
+		Use:   "migrate PATH TARGET",
+		Short: "Move a running subtree to another state root or host",
+		Long: `Move the node PATH and every node below it to TARGET while they run
+(stop-and-copy): the subtree is frozen and dumped, and the archive is read
+as it is written by a crtree restore on the far side, under its parent
+there, names preserved. TARGET is
+
+  ssh://[user@]host[:port][/PARENT]   crtree on another host, run through
+                                      your own ssh (keys, agent, config);
+                                      the far host needs crtree on its PATH
+  local:/STATEROOT[/PARENT]           another state root of this machine
+
+The source is ended only once the far restore has reported the whole
+subtree running. If anything fails before (the far side refuses, the
+connection breaks, Ctrl-C), the far restore removes what it created and
+the subtree is thawed and goes on here: a stop-and-copy migration never
+loses the workload. The subtree is stopped from the freeze until the far
+side runs it; --json reports that (frozen) with the other phases.
+
+Established TCP connections move with --tcp-established, if the node
+keeps its address on the far side (--net bridge on routed subnets: see the
+README).`,
+		Example: `  crtree migrate /vserver1 ssh://hostB/pool
+  crtree migrate /vserver1 local:/var/lib/crtree-b/pool
+  crtree migrate --name v1 --json /vserver1 ssh://admin@hostB:2222`,
+		Args: exactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, stop := interruptible()
+			defer stop()
+			if g.scope != nil {
+				return usageError{fmt.Errorf("migrate runs ssh or another state root's crtree, which a node cannot: migrate from the host")}
+			}
+			p, _, err := g.nodePath(args[0])
+			if err != nil {
+				return err
+			}
+			target, err := migrate.ParseTarget(args[1], isStateRoot)
+			if err != nil {
+				return usageError{err}
+			}
+			if o.Name != "" {
+				if err := hier.ValidateName(o.Name); err != nil {
+					return usageError{fmt.Errorf("--name: %w", err)}
+				}
+			}
+			h, co, pp, err := o.prepare(g)
+			if err != nil {
+				return err
+			}
+			if target.Host == "" && target.Root == h.Store.Root {
+				return usageError{fmt.Errorf("migrate: %s is this state root; use crtree mv to move a node within one", target.Root)}
+			}
+			rep, err := migrate.Run(ctx, h, p, target, migrate.Options{Self: node.SelfExe, SSH: o.SSH, Name: o.Name, Dump: co, Stderr: os.Stderr})
+			pp.Done()
+			if err != nil {
+				return err
+			}
+			if g.JSON {
+				return writeJSON(cmd.OutOrStdout(), rep)
+			}
+			if !o.Quiet {
+				fmt.Fprintf(cmd.OutOrStdout(), "migrated %s to %s: %s (frozen %.2fs, total %.2fs)\n", g.display(p.String()), rep.Target, rep.Destination, rep.Frozen.Seconds(), rep.Total.Seconds())
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.Name, "name", "", "name of the top node on arrival (default: its name here)")
+	f.BoolVar(&o.TCPEstablished, "tcp-established", false, "move established TCP connections too")
+	f.StringVar(&o.SSH, "ssh", "ssh", "the ssh command for ssh:// targets")
+	f.BoolVarP(&o.Quiet, "quiet", "q", false, "print no progress and no summary")
+	addJSONFlag(cmd, g)
+	return cmd
+}
+
+// isStateRoot reports whether dir is a crtree state root (has a tree).
+func isStateRoot(dir string) bool {
+	_, err := os.Stat(dir + "/tree.json")
+	return err == nil
+}
