@@ -523,3 +523,98 @@ func TestBridgeMigrateTCP(t *testing.T) {
 	expect(at+50, 15*time.Second)
 	t.Logf("the connection went on across the migration: read %d lines, %d of them from B", next-1, next-1-at)
 }
+
+// sshHost is an OpenSSH server started by a test in a network namespace
+// of its own, playing another host: a key of the test's lets root in,
+// whose sessions run crtree (from the test's build) on the state root
+// root. ssh is a command that reaches it, for crtree migrate --ssh.
+func sshHost(t *testing.T, root string) (target, ssh string) {
+	t.Helper()
+	sshd, err := exec.LookPath("sshd")
+	if err != nil {
+		if sshd, err = exec.LookPath("/usr/sbin/sshd"); err != nil {
+			t.Fatalf("OpenSSH's sshd is needed (make test installs openssh-server): %v", err)
+		}
+	}
+	l := &netLab{t: t}
+	ns := fmt.Sprintf("crtssh%d", os.Getpid()%100000)
+	l.ip("netns", "add", ns)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	l.ip("-n", ns, "link", "set", "lo", "up")
+	dir := t.TempDir()
+	for _, k := range []string{"host", "client"} {
+		if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", filepath.Join(dir, k)).CombinedOutput(); err != nil {
+			t.Fatalf("ssh-keygen: %v: %s", err, out)
+		}
+	}
+	pub, err := os.ReadFile(filepath.Join(dir, "client.pub"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := fmt.Sprintf(`environment="CRTREE_ROOT=%s",environment="PATH=%s:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin" `, root, binDir)
+	os.WriteFile(filepath.Join(dir, "authorized_keys"), append([]byte(env), pub...), 0o600)
+	conf := fmt.Sprintf("Port 2222\nListenAddress 127.0.0.1\nHostKey %s/host\nAuthorizedKeysFile %s/authorized_keys\nPermitRootLogin prohibit-password\nPermitUserEnvironment yes\nStrictModes no\nUsePAM no\nPidFile %s/sshd.pid\n", dir, dir, dir)
+	os.WriteFile(filepath.Join(dir, "sshd_config"), []byte(conf), 0o600)
+	os.MkdirAll("/run/sshd", 0o755)
+	cmd := exec.Command("nsenter", "--net=/run/netns/"+ns, "--", sshd, "-D", "-f", filepath.Join(dir, "sshd_config"), "-E", filepath.Join(dir, "sshd.log"))
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start sshd: %v", err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	ssh = filepath.Join(dir, "ssh")
+	script := fmt.Sprintf("#!/bin/sh\nexec nsenter --net=/run/netns/%s -- ssh -i %s/client -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR \"$@\"\n", ns, dir)
+	os.WriteFile(ssh, []byte(script), 0o755)
+	if !poll(10*time.Second, 100*time.Millisecond, func() bool {
+		return exec.Command(ssh, "-p", "2222", "root@127.0.0.1", "crtree", "ls").Run() == nil
+	}) {
+		log, _ := os.ReadFile(filepath.Join(dir, "sshd.log"))
+		t.Fatalf("cannot reach the test's sshd: %s", log)
+	}
+	return "ssh://root@127.0.0.1:2222", ssh
+}
+
+// crtree migrate over real ssh (OpenSSH's sshd in a network namespace
+// playing host B): a memory workload whose memory is checked after the
+// move, and a counter that goes on, neither restarted nor skipping; a
+// far side that refuses leaves the source running.
+func TestMigrateSSH(t *testing.T) {
+	a, b := newHost(t), newHost(t)
+	target, ssh := sshHost(t, b.root)
+	a.must("run", "/m", "--", "sleep", "1e5")
+	a.startHog("/m/hog", 64)
+	a.must("run", "/m/c", "--", "sh", "-c", "i=0; while :; do i=$((i+1)); echo n=$i; sleep 0.05; done")
+	b.must("run", "/pool", "--", "sleep", "1e5")
+	out := a.must("migrate", "--keep-binds", "--ssh", ssh, "/m", target+"/pool")
+	if !strings.HasPrefix(out, "migrated /m to "+target+"/pool: /pool/m (frozen ") {
+		t.Fatalf("migrate said %q", out)
+	}
+	if _, ok := a.ls()["/m"]; ok {
+		t.Fatal("/m is still here")
+	}
+	b.must("kill", "-s", "USR1", "/pool/m/hog")
+	if !poll(10*time.Second, 100*time.Millisecond, func() bool { return strings.Contains(b.must("logs", "/pool/m/hog"), "check=ok") }) {
+		t.Fatalf("the workload's memory after the move: %s", b.must("logs", "/pool/m/hog"))
+	}
+	var last int
+	if !poll(10*time.Second, 100*time.Millisecond, func() bool {
+		lines := strings.Fields(b.must("logs", "/pool/m/c"))
+		for i, l := range lines {
+			if l != fmt.Sprintf("n=%d", i+1) {
+				t.Fatalf("the counter restarted or skipped at line %d: %q", i+1, l)
+			}
+		}
+		last = len(lines)
+		return last > 40
+	}) {
+		t.Fatalf("the counter does not go on after the move: %d lines", last)
+	}
+	// The far side refuses: /pool/m is there now. The source stays.
+	a.must("run", "/m", "--", "sleep", "1e5")
+	if _, err := a.run("migrate", "--ssh", ssh, "/m", target+"/pool"); err == nil || !strings.Contains(err.Error(), "far side: restore: /pool/m: node already exists") || !strings.Contains(err.Error(), "the subtree goes on here") {
+		t.Fatalf("migrate onto a taken name: %v", err)
+	}
+	if e := a.ls()["/m"]; e.State != "running" {
+		t.Fatalf("the source after a refused migration: %+v", e)
+	}
+	b.must("rm", "-r", "-f", "/pool")
+}

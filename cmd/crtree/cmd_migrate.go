@@ -71,7 +71,7 @@ README).`,
 			if target.Host == "" && target.Root == h.Store.Root {
 				return usageError{fmt.Errorf("migrate: %s is this state root; use crtree mv to move a node within one", target.Root)}
 			}
-			rep, err := migrate.Run(ctx, h, p, target, migrate.Options{Self: node.SelfExe, SSH: o.SSH, Name: o.Name, Dump: co, Stderr: os.Stderr})
+			rep, err := migrate.Run(ctx, h, p, target, migrate.Options{Self: node.SelfExe, SSH: o.SSH, Name: o.Name, KeepBinds: o.KeepBinds, Dump: co, Stderr: os.Stderr})
 			pp.Done()
 			if err != nil {
 				return err
@@ -89,6 +89,7 @@ README).`,
 	f.StringVar(&o.Name, "name", "", "name of the top node on arrival (default: its name here)")
 	f.BoolVar(&o.TCPEstablished, "tcp-established", false, "move established TCP connections too")
 	f.StringVar(&o.SSH, "ssh", "ssh", "the ssh command for ssh:// targets")
+	f.BoolVar(&o.KeepBinds, "keep-binds", false, "bind the same host paths on the far side (restore --keep-binds)")
 	f.BoolVarP(&o.Quiet, "quiet", "q", false, "print no progress and no summary")
 	addJSONFlag(cmd, g)
 	return cmd

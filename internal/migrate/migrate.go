@@ -24,6 +24,9 @@ type Options struct {
 	SSH string
 	// Name, if set, renames the top node on arrival.
 	Name string
+	// KeepBinds binds the host paths the subtree's binds name on the far
+	// side too (restore --keep-binds).
+	KeepBinds bool
 	// Dump are the dump's options (LeaveRunning is ignored: the source
 	// goes once the far side runs the subtree).
 	Dump checkpoint.Options
@@ -66,6 +69,9 @@ func restoreArgs(t Target, o Options) []string {
 	args := []string{"restore", "-", "--parent", t.Parent}
 	if o.Name != "" {
 		args = append(args, "--name", o.Name)
+	}
+	if o.KeepBinds {
+		args = append(args, "--keep-binds")
 	}
 	return args
 }
