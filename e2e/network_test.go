@@ -618,3 +618,63 @@ func TestMigrateSSH(t *testing.T) {
 	}
 	b.must("rm", "-r", "-f", "/pool")
 }
+
+// childOf returns the first child of process pid, 0 if it has none.
+func childOf(pid int) int {
+	data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	f := strings.Fields(string(data))
+	if len(f) == 0 {
+		return 0
+	}
+	n, _ := strconv.Atoi(f[0])
+	return n
+}
+
+// The ssh connection of a stop-and-copy migration killed at several
+// moments of the transfer: the migration fails, the workload goes on
+// here, unharmed, and the far side keeps nothing.
+func TestMigrateSSHFaults(t *testing.T) {
+	a, b := newHost(t), newHost(t)
+	target, ssh := sshHost(t, b.root)
+	a.startHog("/m", 256)
+	for _, after := range []time.Duration{200 * time.Millisecond, 600 * time.Millisecond, 1200 * time.Millisecond} {
+		cmd := a.cmd("migrate", "--keep-binds", "--ssh", ssh, "/m", target)
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(after)
+		// The ssh client (the wrapper execs nsenter, which execs ssh).
+		if pid := childOf(cmd.Process.Pid); pid > 0 {
+			unix.Kill(pid, unix.SIGKILL)
+		}
+		err := cmd.Wait()
+		if err == nil {
+			// The move completed before the kill: move it back for
+			// the next round.
+			t.Logf("killed after %v: the migration had completed", after)
+			b.must("migrate", "--keep-binds", "/m", "local:"+a.root)
+			continue
+		}
+		t.Logf("killed after %v: %s", after, strings.TrimSpace(stderr.String()))
+		if !strings.Contains(stderr.String(), "the subtree goes on here") {
+			t.Fatalf("killed after %v: %v: %s", after, err, stderr.String())
+		}
+		if e := a.ls()["/m"]; e.State != "running" {
+			t.Fatalf("killed after %v: the source is %+v", after, e)
+		}
+		if f := a.frozen(); len(f) > 0 {
+			t.Fatalf("killed after %v: still frozen: %v", after, f)
+		}
+		a.must("kill", "-s", "USR1", "/m")
+		if !poll(10*time.Second, 100*time.Millisecond, func() bool {
+			return strings.Count(a.must("logs", "/m"), "check=ok") > 0
+		}) {
+			t.Fatalf("killed after %v: the workload's memory: %s", after, a.must("logs", "/m"))
+		}
+		if !poll(15*time.Second, 200*time.Millisecond, func() bool { return len(b.ls()) == 0 }) {
+			t.Fatalf("killed after %v: the far side kept %v", after, b.ls())
+		}
+	}
+}
