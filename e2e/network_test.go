@@ -637,6 +637,7 @@ func TestMigrateSSHFaults(t *testing.T) {
 	a, b := newHost(t), newHost(t)
 	target, ssh := sshHost(t, b.root)
 	a.startHog("/m", 256)
+	kills := 0
 	for _, after := range []time.Duration{200 * time.Millisecond, 600 * time.Millisecond, 1200 * time.Millisecond} {
 		cmd := a.cmd("migrate", "--keep-binds", "--ssh", ssh, "/m", target)
 		var stderr strings.Builder
@@ -646,8 +647,8 @@ func TestMigrateSSHFaults(t *testing.T) {
 		}
 		time.Sleep(after)
 		// The ssh client (the wrapper execs nsenter, which execs ssh).
-		if pid := childOf(cmd.Process.Pid); pid > 0 {
-			unix.Kill(pid, unix.SIGKILL)
+		if pid := childOf(cmd.Process.Pid); pid > 0 && unix.Kill(pid, unix.SIGKILL) == nil {
+			kills++
 		}
 		err := cmd.Wait()
 		if err == nil {
@@ -676,5 +677,8 @@ func TestMigrateSSHFaults(t *testing.T) {
 		if !poll(15*time.Second, 200*time.Millisecond, func() bool { return len(b.ls()) == 0 }) {
 			t.Fatalf("killed after %v: the far side kept %v", after, b.ls())
 		}
+	}
+	if kills == 0 {
+		t.Fatal("no round killed the connection: the test tested nothing")
 	}
 }

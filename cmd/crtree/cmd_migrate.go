@@ -27,16 +27,26 @@ as it is written by a crtree restore on the far side, under its parent
 there, names preserved. TARGET is
 
   ssh://[user@]host[:port][/PARENT]   crtree on another host, run through
-                                      your own ssh (keys, agent, config);
-                                      the far host needs crtree on its PATH
+                                      your own ssh (config, agent), without
+                                      prompts: a key, and a host key known
+                                      already; the far host needs crtree on
+                                      its PATH, and uses its default state
+                                      root (/var/lib/crtree)
   local:/STATEROOT[/PARENT]           another state root of this machine
+                                      (the longest existing state root of
+                                      the path; else a new one, the whole
+                                      path)
 
 The source is ended only once the far restore has reported the whole
 subtree running. If anything fails before (the far side refuses, the
-connection breaks, Ctrl-C), the far restore removes what it created and
-the subtree is thawed and goes on here: a stop-and-copy migration never
-loses the workload. The subtree is stopped from the freeze until the far
-side runs it; --json reports that (frozen) with the other phases.
+connection breaks, Ctrl-C while the archive is sent), the far restore
+removes what it created and the subtree is thawed and goes on here: a
+stop-and-copy migration does not lose the workload. Once the whole
+archive is sent, Ctrl-C waits for the far side's answer. If crtree itself
+is killed in the moment between the far side's answer and ending the
+source, the subtree runs on both sides. The subtree is stopped from the
+freeze until the far side runs it; --json reports that (frozen) with the
+other phases. --ssh names a program (a wrapper script for ssh options).
 
 Established TCP connections move with --tcp-established, if the node
 keeps its address on the far side (--net bridge on routed subnets: see the
@@ -68,7 +78,7 @@ README).`,
 			if err != nil {
 				return err
 			}
-			if target.Host == "" && target.Root == h.Store.Root {
+			if target.Host == "" && sameDir(target.Root, h.Store.Root) {
 				return usageError{fmt.Errorf("migrate: %s is this state root; use crtree mv to move a node within one", target.Root)}
 			}
 			rep, err := migrate.Run(ctx, h, p, target, migrate.Options{Self: node.SelfExe, SSH: o.SSH, Name: o.Name, KeepBinds: o.KeepBinds, Dump: co, Stderr: os.Stderr})
@@ -93,6 +103,17 @@ README).`,
 	f.BoolVarP(&o.Quiet, "quiet", "q", false, "print no progress and no summary")
 	addJSONFlag(cmd, g)
 	return cmd
+}
+
+// sameDir reports whether a and b are one directory (through symlinks,
+// say).
+func sameDir(a, b string) bool {
+	fa, err1 := os.Stat(a)
+	fb, err2 := os.Stat(b)
+	if err1 != nil || err2 != nil {
+		return a == b
+	}
+	return os.SameFile(fa, fb)
 }
 
 // isStateRoot reports whether dir is a crtree state root (has a tree).

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/crtree/crtree/internal/checkpoint"
 	"github.com/crtree/crtree/internal/hier"
@@ -57,7 +58,11 @@ func Run(ctx context.Context, h *node.Host, p hier.Path, t Target, o Options) (*
 	dump := o.Dump
 	dump.LeaveRunning = false
 	rep, err := checkpoint.Dump(ctx, h, p, far, dump)
-	if err != nil {
+	switch {
+	case err != nil && rep != nil:
+		// Committed: the far side runs it; ending it here failed.
+		return nil, fmt.Errorf("migrate %s to %s: it runs there as %s, but ending it here failed: %w; remove it here with crtree rm -r -f %s", p, t, far.restored, err, p)
+	case err != nil:
 		far.Abort()
 		return nil, fmt.Errorf("migrate %s to %s: %w; the subtree goes on here", p, t, err)
 	}
@@ -86,14 +91,24 @@ func command(t Target, o Options) *exec.Cmd {
 	if ssh == "" {
 		ssh = "ssh"
 	}
-	args := []string{"-o", "BatchMode=yes"}
+	// No terminal (the archive is binary), no prompts (keys and a known
+	// host key only), and a connection that goes silent is given up.
+	args := []string{"-T", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"}
 	if t.Port != 0 {
 		args = append(args, "-p", strconv.Itoa(t.Port))
 	}
-	// Node paths and names are of [A-Za-z0-9_.-/]: nothing the far
-	// shell would read differently.
+	// ssh hands the far shell one string: each argument is quoted
+	// (node paths and names are of [A-Za-z0-9_.-/] anyway).
 	args = append(args, t.Host, "--", "crtree")
-	return exec.Command(ssh, append(args, restoreArgs(t, o)...)...)
+	for _, a := range restoreArgs(t, o) {
+		args = append(args, shellQuote(a))
+	}
+	return exec.Command(ssh, args...)
+}
+
+// shellQuote quotes s for a POSIX shell.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 // farRestore is the far side's restore as the dump's output: the archive
@@ -110,8 +125,12 @@ type farRestore struct {
 	stderr   io.Writer
 }
 
+// startRestore starts the far side's restore, in a process group of its
+// own: a Ctrl-C on the terminal must not end it (or ssh) while it is
+// restoring the subtree, which would leave the outcome unknown.
 func startRestore(t Target, o Options) (*farRestore, error) {
 	f := &farRestore{cmd: command(t, o), errTail: &tailWriter{}, stderr: o.Stderr}
+	f.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	f.cmd.Stdout, f.cmd.Stderr = &f.out, f.errTail
 	in, err := f.cmd.StdinPipe()
 	if err != nil {
@@ -143,7 +162,9 @@ func (f *farRestore) Commit() error {
 	if err := f.wait(); err != nil {
 		return err
 	}
-	f.restored = strings.TrimSpace(f.out.String())
+	// The path the far restore printed: its last line.
+	lines := strings.Split(strings.TrimSpace(f.out.String()), "\n")
+	f.restored = lines[len(lines)-1]
 	if f.stderr != nil {
 		f.stderr.Write(f.errTail.buf.Bytes())
 	}

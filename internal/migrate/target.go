@@ -13,6 +13,8 @@ import (
 	"path"
 	"strconv"
 	"strings"
+
+	"github.com/crtree/crtree/internal/hier"
 )
 
 // Target is where a migration goes.
@@ -53,24 +55,37 @@ func ParseTarget(s string, isRoot func(dir string) bool) (Target, error) {
 			}
 			t.Port = n
 		}
-		if strings.HasPrefix(t.Host, "-") {
-			return Target{}, fmt.Errorf("target %q: a host cannot start with '-'", s)
+		if strings.HasPrefix(u.Hostname(), "-") || u.User != nil && strings.HasPrefix(u.User.Username(), "-") {
+			return Target{}, fmt.Errorf("target %q: a host or user cannot start with '-'", s)
 		}
-		return t, nil
+		return t, checkParent(s, t.Parent)
 	case strings.HasPrefix(s, "local:"):
 		p := strings.TrimPrefix(s, "local:")
 		if !path.IsAbs(p) {
 			return Target{}, fmt.Errorf("target %q: want local:/STATEROOT[/PARENT], with an absolute state root", s)
 		}
 		p = path.Clean(p)
+		if p == "/" {
+			return Target{}, fmt.Errorf("target %q: / is no state root", s)
+		}
 		for root := p; root != "/"; root = path.Dir(root) {
 			if isRoot(root) {
-				return Target{Root: root, Parent: "/" + strings.TrimPrefix(strings.TrimPrefix(p, root), "/")}, nil
+				t := Target{Root: root, Parent: "/" + strings.TrimPrefix(strings.TrimPrefix(p, root), "/")}
+				return t, checkParent(s, t.Parent)
 			}
 		}
 		return Target{Root: p, Parent: "/"}, nil
 	}
 	return Target{}, fmt.Errorf("target %q: want ssh://[user@]host[:port][/PARENT] or local:/STATEROOT[/PARENT]", s)
+}
+
+// checkParent refuses a parent that is not a node path (names of
+// [A-Za-z0-9_.-]): it goes to the far side's shell.
+func checkParent(target, parent string) error {
+	if _, _, err := hier.ParsePath(parent); err != nil {
+		return fmt.Errorf("target %q: the parent %q: %w", target, parent, err)
+	}
+	return nil
 }
 
 // String is how messages name the target.

@@ -5,6 +5,15 @@ import (
 	"testing"
 )
 
+// Remote arguments are quoted for the far shell, whatever they hold.
+func TestShellQuote(t *testing.T) {
+	for in, want := range map[string]string{"/pool": "'/pool'", "a'b": `'a'\''b'`, "": "''"} {
+		if got := shellQuote(in); got != want {
+			t.Errorf("shellQuote(%q) = %s, want %s", in, got, want)
+		}
+	}
+}
+
 // TARGET's two forms, and what is refused for what reason; a local:
 // path is split at the longest prefix that is a state root.
 func TestParseTarget(t *testing.T) {
