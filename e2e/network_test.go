@@ -616,6 +616,14 @@ func TestMigrateSSH(t *testing.T) {
 	if e := a.ls()["/m"]; e.State != "running" {
 		t.Fatalf("the source after a refused migration: %+v", e)
 	}
+	// A far side that cannot be reached is found before anything is
+	// frozen.
+	if _, err := a.run("migrate", "--ssh", ssh, "/m", "ssh://root@127.0.0.1:2223/"); err == nil || !strings.Contains(err.Error(), "cannot run crtree on root@127.0.0.1") || !strings.Contains(err.Error(), "nothing was done") {
+		t.Fatalf("migrate to a closed port: %v", err)
+	}
+	if e := a.ls()["/m"]; e.State != "running" {
+		t.Fatalf("the source after an unreachable target: %+v", e)
+	}
 	b.must("rm", "-r", "-f", "/pool")
 }
 

@@ -51,6 +51,9 @@ type Report struct {
 // the far restore removes what it made and the source is thawed and goes
 // on.
 func Run(ctx context.Context, h *node.Host, p hier.Path, t Target, o Options) (*Report, error) {
+	if err := preflight(ctx, t, o); err != nil {
+		return nil, fmt.Errorf("migrate %s to %s: %w; nothing was done", p, t, err)
+	}
 	far, err := startRestore(t, o)
 	if err != nil {
 		return nil, fmt.Errorf("migrate %s to %s: %w", p, t, err)
@@ -67,6 +70,23 @@ func Run(ctx context.Context, h *node.Host, p hier.Path, t Target, o Options) (*
 		return nil, fmt.Errorf("migrate %s to %s: %w; the subtree goes on here", p, t, err)
 	}
 	return &Report{Report: rep, Target: t.String(), Destination: far.restored}, nil
+}
+
+// preflight asks the far side's crtree for its version before anything
+// is frozen: ssh's connection and authentication, and a missing crtree
+// there, then cost no downtime.
+func preflight(ctx context.Context, t Target, o Options) error {
+	if t.Host == "" {
+		return nil
+	}
+	cmd := sshCommand(t, o, []string{"--version"})
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+		return fmt.Errorf("cannot run crtree on %s (ssh without prompts: a key and a known host key; crtree on the far PATH): %v: %s", t.Host, err, lines[len(lines)-1])
+	}
+	return ctx.Err()
 }
 
 // restoreArgs are the arguments of the far side's crtree restore.
@@ -87,6 +107,11 @@ func command(t Target, o Options) *exec.Cmd {
 	if t.Host == "" {
 		return exec.Command(o.Self, append([]string{"--root", t.Root}, restoreArgs(t, o)...)...)
 	}
+	return sshCommand(t, o, restoreArgs(t, o))
+}
+
+// sshCommand runs the far crtree with args through ssh.
+func sshCommand(t Target, o Options, crtreeArgs []string) *exec.Cmd {
 	ssh := o.SSH
 	if ssh == "" {
 		ssh = "ssh"
@@ -100,7 +125,7 @@ func command(t Target, o Options) *exec.Cmd {
 	// ssh hands the far shell one string: each argument is quoted
 	// (node paths and names are of [A-Za-z0-9_.-/] anyway).
 	args = append(args, t.Host, "--", "crtree")
-	for _, a := range restoreArgs(t, o) {
+	for _, a := range crtreeArgs {
 		args = append(args, shellQuote(a))
 	}
 	return exec.Command(ssh, args...)
