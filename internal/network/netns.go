@@ -60,13 +60,8 @@ func IsNS(path string) bool {
 // used again.
 func StartIn(path string, start func() error) error {
 	return inThread(func() error {
-		f, err := os.Open(path)
-		if err != nil {
+		if err := enter(path); err != nil {
 			return err
-		}
-		defer f.Close()
-		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-			return fmt.Errorf("enter network namespace %s: %w", path, err)
 		}
 		return start()
 	})
@@ -77,13 +72,8 @@ func StartIn(path string, start func() error) error {
 // what a restored socket bound to the node's old address needs.
 func AllowNonlocalBind(path string) error {
 	return inThread(func() error {
-		f, err := os.Open(path)
-		if err != nil {
+		if err := enter(path); err != nil {
 			return err
-		}
-		defer f.Close()
-		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-			return fmt.Errorf("enter network namespace %s: %w", path, err)
 		}
 		// /proc/sys/net is the opening thread's namespace's.
 		if err := os.WriteFile("/proc/sys/net/ipv4/ip_nonlocal_bind", []byte("1"), 0); err != nil {
@@ -91,6 +81,20 @@ func AllowNonlocalBind(path string) error {
 		}
 		return nil
 	})
+}
+
+// enter moves the calling thread (locked, not used again: inThread) into
+// the network namespace kept as path.
+func enter(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+		return fmt.Errorf("enter network namespace %s: %w", path, err)
+	}
+	return nil
 }
 
 // inThread runs fn on an OS thread of its own, which ends with it: what
