@@ -12,6 +12,7 @@ import (
 
 	"github.com/crtree/crtree/internal/cgroup"
 	"github.com/crtree/crtree/internal/criu"
+	"github.com/crtree/crtree/internal/network"
 )
 
 func newCheckCmd(g *globalOptions) *cobra.Command {
@@ -98,6 +99,8 @@ func runChecks(w io.Writer, g *globalOptions) bool {
 	p, err := exec.LookPath("nsenter")
 	line(err == nil, true, "nsenter (util-linux, for crtree exec): %s", okOr(err, p))
 	line(os.Geteuid() == 0, true, "running as root")
+	plugins, err := network.Plugins(nil)
+	line(err == nil, false, "CNI plugins (for run --net bridge): %s", okOr(err, plugins))
 	return good
 }
 

@@ -26,6 +26,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 
@@ -97,17 +98,36 @@ func (n *Network) load() error {
 	return n.err
 }
 
-func (n *Network) loadOnce() error {
+// Plugins says where the CNI plugins crtree needs are (in pluginDirs, or
+// DefaultPluginDirs if nil), or which is missing.
+func Plugins(pluginDirs []string) (string, error) {
+	if pluginDirs == nil {
+		pluginDirs = DefaultPluginDirs
+	}
+	var where []string
 	for _, p := range []string{"bridge", "host-local", "portmap"} {
-		found := false
-		for _, d := range n.pluginDirs {
-			if _, err := os.Stat(filepath.Join(d, p)); err == nil {
-				found = true
+		found := ""
+		for _, d := range pluginDirs {
+			if _, err := os.Stat(filepath.Join(d, p)); err == nil && found == "" {
+				found = d
 			}
 		}
-		if !found {
-			return fmt.Errorf("network: plugin %s: %w", p, ErrNoPlugins)
+		if found == "" {
+			return "", fmt.Errorf("plugin %s: %w", p, ErrNoPlugins)
 		}
+		if !slices.Contains(where, found) {
+			where = append(where, found)
+		}
+	}
+	if _, err := exec.LookPath("iptables"); err != nil {
+		return "", fmt.Errorf("iptables, which the bridge and portmap plugins drive, is missing (apt-get install iptables; make deps installs it)")
+	}
+	return "bridge, host-local, portmap in " + strings.Join(where, ", "), nil
+}
+
+func (n *Network) loadOnce() error {
+	if _, err := Plugins(n.pluginDirs); err != nil {
+		return fmt.Errorf("network: %w", err)
 	}
 	if err := os.MkdirAll(n.dir, 0o700); err != nil {
 		return fmt.Errorf("network: %w", err)
