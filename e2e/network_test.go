@@ -627,15 +627,17 @@ func TestMigrateSSH(t *testing.T) {
 	b.must("rm", "-r", "-f", "/pool")
 }
 
-// childOf returns the first child of process pid, 0 if it has none.
-func childOf(pid int) int {
+// restoreChild returns the child of process pid that runs the far
+// restore (not the preflight's crtree --version), 0 if it has none.
+func restoreChild(pid int) int {
 	data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
-	f := strings.Fields(string(data))
-	if len(f) == 0 {
-		return 0
+	for _, f := range strings.Fields(string(data)) {
+		n, _ := strconv.Atoi(f)
+		if cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", n)); strings.Contains(string(cmdline), "restore") {
+			return n
+		}
 	}
-	n, _ := strconv.Atoi(f[0])
-	return n
+	return 0
 }
 
 // The ssh connection of a stop-and-copy migration killed at several
@@ -646,16 +648,20 @@ func TestMigrateSSHFaults(t *testing.T) {
 	target, ssh := sshHost(t, b.root)
 	a.startHog("/m", 256)
 	kills := 0
-	for _, after := range []time.Duration{200 * time.Millisecond, 600 * time.Millisecond, 1200 * time.Millisecond} {
+	for _, after := range []time.Duration{100 * time.Millisecond, 400 * time.Millisecond, 900 * time.Millisecond} {
 		cmd := a.cmd("migrate", "--keep-binds", "--ssh", ssh, "/m", target)
 		var stderr strings.Builder
 		cmd.Stderr = &stderr
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
+		// The ssh client of the far restore (the wrapper execs nsenter,
+		// which execs ssh), after the preflight, once it has run for
+		// about after.
+		var pid int
+		poll(5*time.Second, 10*time.Millisecond, func() bool { pid = restoreChild(cmd.Process.Pid); return pid > 0 })
 		time.Sleep(after)
-		// The ssh client (the wrapper execs nsenter, which execs ssh).
-		if pid := childOf(cmd.Process.Pid); pid > 0 && unix.Kill(pid, unix.SIGKILL) == nil {
+		if pid > 0 && unix.Kill(pid, unix.SIGKILL) == nil {
 			kills++
 		}
 		err := cmd.Wait()
