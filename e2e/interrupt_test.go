@@ -10,8 +10,22 @@ import (
 	"testing"
 	"time"
 
+	"github.com/crtree/crtree/internal/cgroup"
 	"github.com/crtree/crtree/internal/node"
 )
+
+// stageLeft lists the state root's staging directories (in /dev/shm and
+// its tmp/).
+func (h *host) stageLeft() []string {
+	abs, _ := filepath.Abs(h.root)
+	prefix := filepath.Base(cgroup.BaseFor("/", abs)) + "-"
+	var out []string
+	for _, dir := range []string{"/dev/shm", filepath.Join(h.root, "tmp")} {
+		m, _ := filepath.Glob(filepath.Join(dir, prefix+"*"))
+		out = append(out, m...)
+	}
+	return out
+}
 
 // pendingOps is how many crtree commands' recovery markers are left: a
 // command that ended by itself, however it failed, leaves none.
@@ -141,6 +155,12 @@ func TestInterruptRestore(t *testing.T) {
 	}
 	if interrupted == 0 {
 		t.Fatal("every restore ended before its SIGINT: nothing was tested")
+	}
+	// An interrupted restore removes its staging directory in the
+	// background (__rmstage): give the last one its time, then gc must
+	// find nothing of it.
+	if !poll(10*time.Second, 50*time.Millisecond, func() bool { return len(h.stageLeft()) == 0 }) {
+		t.Errorf("staging directories never removed: %v", h.stageLeft())
 	}
 	// gc may remove the state root's own cgroup, empty now; nothing else.
 	for _, line := range strings.Split(strings.TrimSpace(h.must("gc")), "\n") {
