@@ -19,6 +19,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"github.com/crtree/crtree/internal/archive"
+	"github.com/crtree/crtree/internal/node"
 )
 
 // testImageLayout writes an OCI layout of a small image built here: a
@@ -184,6 +185,17 @@ func TestImageNode(t *testing.T) {
 		}
 		a.must("rm", "-r", "-f", "/u")
 	}
+	// A node of another user dumps where root has CAP_SYS_RESOURCE, and
+	// elsewhere is refused saying why.
+	a.must("run", "--image", "test/busybox:1", "--user", "worker", "/u", "--", "sleep", "100000")
+	_, err = a.run("dump", "/u", "-o", filepath.Join(t.TempDir(), "u.crtree"))
+	switch {
+	case node.HasCapSysResource() && err != nil:
+		t.Errorf("dump of a --user node: %v", err)
+	case !node.HasCapSysResource() && (err == nil || !strings.Contains(err.Error(), "a node that runs as another user (run --user, or its image's user) cannot be dumped here")):
+		t.Errorf("dump of a --user node without CAP_SYS_RESOURCE: %v", err)
+	}
+	a.run("rm", "-r", "-f", "/u")
 	if _, err := a.run("run", "--image", "test/busybox:1", "--user", "nosuch", "/u", "--", "true"); err == nil || !strings.Contains(err.Error(), `user nosuch: no user "nosuch" in the node's /etc/passwd`) {
 		t.Errorf("--user nosuch: %v", err)
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/crtree/crtree/internal/cgroup"
 	"github.com/crtree/crtree/internal/criu"
 	"github.com/crtree/crtree/internal/network"
+	"github.com/crtree/crtree/internal/node"
 )
 
 func newCheckCmd(g *globalOptions) *cobra.Command {
@@ -99,6 +100,7 @@ func runChecks(w io.Writer, g *globalOptions) bool {
 	p, err := exec.LookPath("nsenter")
 	line(err == nil, true, "nsenter (util-linux, for crtree exec): %s", okOr(err, p))
 	line(os.Geteuid() == 0, true, "running as root")
+	line(node.HasCapSysResource(), false, "CAP_SYS_RESOURCE (CRIU needs it to dump nodes that run as another user, run --user)")
 	plugins, err := network.Plugins(nil)
 	line(err == nil, false, "CNI plugins (for run --net bridge): %s", okOr(err, plugins))
 	return good

@@ -647,6 +647,8 @@ func dumpHint(err error, ghostLimit int64) error {
 		ce.Hint = "a process of the node holds a file from outside the node, often the stdin, stdout or stderr a `crtree exec` gave a background job: start such jobs with their stdio inside the node (</dev/null >/dev/null 2>&1, or a file), or end them, then dump again"
 	case ce.Says("External socket is used"):
 		ce.Hint = "a process of the node is connected to a socket outside it, such as an in-node crtree command (logs -f, exec) still talking to its supervisor: let it end, then dump again"
+	case ce.Says("Can't get rlimit") && !node.HasCapSysResource():
+		ce.Hint = "CRIU reads the resource limits of processes of other users only with CAP_SYS_RESOURCE, which root lacks on this machine (crtree check says so): a node that runs as another user (run --user, or its image's user) cannot be dumped here; run it as root"
 	}
 	return err
 }

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"syscall"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/crtree/crtree/internal/api"
 	"github.com/crtree/crtree/internal/hier"
 )
@@ -181,4 +183,21 @@ func nodeEnv(spec hier.Spec, user string) []string {
 		env = withoutEnv(env, "HOME")
 	}
 	return env
+}
+
+// HasCapSysResource reports whether this process has CAP_SYS_RESOURCE,
+// which CRIU needs to read the resource limits of processes of another
+// user (a node run --user): without it, such a node cannot be dumped.
+func HasCapSysResource() bool {
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if hex, ok := strings.CutPrefix(line, "CapEff:"); ok {
+			caps, err := strconv.ParseUint(strings.TrimSpace(hex), 16, 64)
+			return err == nil && caps&(1<<unix.CAP_SYS_RESOURCE) != 0
+		}
+	}
+	return false
 }
