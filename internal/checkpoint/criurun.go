@@ -183,6 +183,12 @@ func dumpOne(h *node.Host, op *node.Op, m *dumpNode, o Options, stream bool, run
 		progress()
 		run.end(err)
 	}
+	netns, err := externalNetns(m)
+	if err != nil {
+		err = fmt.Errorf("dump %s: %w", m.path, err)
+		report(err)
+		return err
+	}
 	var beforeKill func() error
 	if run.hold {
 		beforeKill = func() error {
@@ -193,7 +199,7 @@ func dumpOne(h *node.Host, op *node.Op, m *dumpNode, o Options, stream bool, run
 			return run.wait()
 		}
 	}
-	err := criu.Dump(o.CriuBin, criu.DumpOptions{
+	err = criu.Dump(o.CriuBin, criu.DumpOptions{
 		Pid:            m.n.Pid,
 		ImagesDir:      filepath.Join(m.dir, "criu"),
 		WorkDir:        filepath.Join(m.dir, "work"),
@@ -201,7 +207,7 @@ func dumpOne(h *node.Host, op *node.Op, m *dumpNode, o Options, stream bool, run
 		ExternalMounts: m.mounts,
 		TCPEstablished: o.TCPEstablished,
 		OwnNetwork:     m.n.Spec.OwnNet(),
-		ExternalNetns:  externalNetns(m),
+		ExternalNetns:  netns,
 		GhostLimit:     o.ghostLimit(),
 		LogLevel:       o.CriuLogLevel,
 		KeepLogs:       h.LogDir(),
@@ -223,13 +229,13 @@ func dumpOne(h *node.Host, op *node.Op, m *dumpNode, o Options, stream bool, run
 // one, on the bridge, and CRIU puts the processes into it); 0 for other
 // nodes, whose namespace CRIU dumps (an empty one) or does not touch (the
 // host's).
-func externalNetns(m *dumpNode) uint64 {
+func externalNetns(m *dumpNode) (uint64, error) {
 	if m.n.Spec.Net != hier.NetBridge {
-		return 0
+		return 0, nil
 	}
 	var st unix.Stat_t
-	if unix.Stat(fmt.Sprintf("/proc/%d/ns/net", m.n.Pid), &st) != nil {
-		return 0
+	if err := unix.Stat(fmt.Sprintf("/proc/%d/ns/net", m.n.Pid), &st); err != nil {
+		return 0, fmt.Errorf("its network namespace: %w", err)
 	}
-	return st.Ino
+	return st.Ino, nil
 }
