@@ -51,6 +51,9 @@ type Network struct {
 	list *libcni.NetworkConfigList
 	cni  *libcni.CNIConfig
 	err  error
+	// bridge and subnet are what the config gives the bridge plugin.
+	bridge string
+	subnet *net.IPNet
 }
 
 // New returns the network of the state root at root; nothing is read or
@@ -140,6 +143,7 @@ func (n *Network) loadOnce() error {
 		return fmt.Errorf("network: %s: %w", n.confFile(), err)
 	}
 	n.cni = libcni.NewCNIConfigWithCacheDir(n.pluginDirs, filepath.Join(n.dir, "cache"), nil)
+	n.bridge, n.subnet = bridgeConf(n.list)
 	return nil
 }
 
@@ -147,26 +151,16 @@ func (n *Network) loadOnce() error {
 // through an interface other than its bridge: another state root's
 // bridge, made while this one had none up, or another network.
 func (n *Network) routedElsewhere() error {
-	subnet := n.subnet()
-	if subnet == nil {
+	if n.subnet == nil {
 		return nil
 	}
-	data, err := os.ReadFile("/proc/thread-self/net/route")
+	routes, err := hostRoutes()
 	if err != nil {
 		return nil
 	}
-	for _, line := range strings.Split(string(data), "\n")[1:] {
-		f := strings.Fields(line)
-		if len(f) < 8 || f[0] == n.bridgeName() {
-			continue
-		}
-		dst, err1 := parseHexIP(f[1])
-		mask, err2 := parseHexIP(f[7])
-		if ones, _ := net.IPMask(mask).Size(); err1 != nil || err2 != nil || ones == 0 {
-			continue
-		}
-		if overlapsAny(subnet, []*net.IPNet{{IP: dst, Mask: net.IPMask(mask)}}) {
-			return fmt.Errorf("network: this state root's subnet %s is routed through %s already (another state root's bridge?): give it another subnet in %s", subnet, f[0], n.confFile())
+	for _, r := range routes {
+		if r.dev != n.bridge && overlapsAny(n.subnet, []*net.IPNet{r.dst}) {
+			return fmt.Errorf("network: this state root's subnet %s is routed through %s already (another state root's bridge?): give it another subnet in %s", n.subnet, r.dev, n.confFile())
 		}
 	}
 	return nil
@@ -242,9 +236,13 @@ func confList(dir string, subnet *net.IPNet) map[string]any {
 // roots pick the same one with a chance of 1 in 32768 when neither has a
 // bridge up).
 func freeSubnet(dir string) (*net.IPNet, error) {
-	used, err := hostRoutes()
+	routes, err := hostRoutes()
 	if err != nil {
 		return nil, err
+	}
+	var used []*net.IPNet
+	for _, r := range routes {
+		used = append(used, r.dst)
 	}
 	sum := sha256.Sum256([]byte(dir))
 	start := int(sum[0])<<8 | int(sum[1])
@@ -258,15 +256,20 @@ func freeSubnet(dir string) (*net.IPNet, error) {
 	return nil, errors.New("no free /24 in 10.128.0.0/9 for the state root's bridge")
 }
 
-// hostRoutes are the IPv4 destinations of the host's routes, default
-// route left out.
-func hostRoutes() ([]*net.IPNet, error) {
+// route is a route of the host: its interface and destination.
+type route struct {
+	dev string
+	dst *net.IPNet
+}
+
+// hostRoutes are the host's IPv4 routes, default route left out.
+func hostRoutes() ([]route, error) {
 	// This thread's namespace's: the main thread may be elsewhere.
 	data, err := os.ReadFile("/proc/thread-self/net/route")
 	if err != nil {
 		return nil, err
 	}
-	var out []*net.IPNet
+	var out []route
 	for _, line := range strings.Split(string(data), "\n")[1:] {
 		f := strings.Fields(line)
 		if len(f) < 8 {
@@ -280,7 +283,7 @@ func hostRoutes() ([]*net.IPNet, error) {
 		if ones, _ := net.IPMask(mask).Size(); ones == 0 {
 			continue
 		}
-		out = append(out, &net.IPNet{IP: dst, Mask: net.IPMask(mask)})
+		out = append(out, route{dev: f[0], dst: &net.IPNet{IP: dst, Mask: net.IPMask(mask)}})
 	}
 	return out, nil
 }
@@ -421,7 +424,7 @@ func (n *Network) RemoveBridge() (string, error) {
 	if err := n.load(); err != nil {
 		return "", err
 	}
-	bridge := n.bridgeName()
+	bridge := n.bridge
 	if _, err := net.InterfaceByName(bridge); bridge == "" || err != nil {
 		return "", nil
 	}
@@ -431,30 +434,31 @@ func (n *Network) RemoveBridge() (string, error) {
 	return bridge, nil
 }
 
-// subnet is the node subnet the state root's config gives, nil if none.
-func (n *Network) subnet() *net.IPNet {
+// bridgeConf is the bridge's name and the node subnet a config gives
+// (its first plugin, the bridge with host-local addresses).
+func bridgeConf(list *libcni.NetworkConfigList) (bridge string, subnet *net.IPNet) {
 	var conf struct {
-		IPAM struct {
+		Bridge string `json:"bridge"`
+		IPAM   struct {
 			Ranges [][]struct {
 				Subnet string `json:"subnet"`
 			} `json:"ranges"`
 		} `json:"ipam"`
 	}
-	if len(n.list.Plugins) == 0 || json.Unmarshal(n.list.Plugins[0].Bytes, &conf) != nil || len(conf.IPAM.Ranges) == 0 || len(conf.IPAM.Ranges[0]) == 0 {
-		return nil
+	if len(list.Plugins) == 0 || json.Unmarshal(list.Plugins[0].Bytes, &conf) != nil {
+		return "", nil
 	}
-	_, subnet, err := net.ParseCIDR(conf.IPAM.Ranges[0][0].Subnet)
-	if err != nil {
-		return nil
+	if len(conf.IPAM.Ranges) > 0 && len(conf.IPAM.Ranges[0]) > 0 {
+		_, subnet, _ = net.ParseCIDR(conf.IPAM.Ranges[0][0].Subnet)
 	}
-	return subnet
+	return conf.Bridge, subnet
 }
 
 // assignable reports whether ip is a node address of the state root's
 // subnet: in it, and neither its first two (network, gateway) nor its
 // last (broadcast).
 func (n *Network) assignable(ip string) bool {
-	subnet := n.subnet()
+	subnet := n.subnet
 	addr := net.ParseIP(ip).To4()
 	if subnet == nil || addr == nil || !subnet.Contains(addr) {
 		return false
@@ -475,17 +479,6 @@ func (n *Network) heldByOther(ip, id string) bool {
 func (n *Network) configured() bool {
 	_, err := os.Stat(n.confFile())
 	return err == nil
-}
-
-// bridgeName is the bridge the state root's config names.
-func (n *Network) bridgeName() string {
-	var conf struct {
-		Bridge string `json:"bridge"`
-	}
-	if len(n.list.Plugins) > 0 {
-		json.Unmarshal(n.list.Plugins[0].Bytes, &conf)
-	}
-	return conf.Bridge
 }
 
 // Leases returns the node IDs that hold an address of the state root's

@@ -61,7 +61,8 @@ func TestConfList(t *testing.T) {
 		t.Fatal(err)
 	}
 	n := &Network{dir: filepath.Join(a, "net"), list: list}
-	if br := n.bridgeName(); len(br) == 0 || len(br) > 15 || !strings.HasPrefix(br, "crt") {
+	n.bridge, n.subnet = bridgeConf(list)
+	if br := n.bridge; len(br) == 0 || len(br) > 15 || !strings.HasPrefix(br, "crt") {
 		t.Errorf("bridge name %q", br)
 	}
 	base := strings.TrimSuffix(sa.IP.String(), ".0")
