@@ -585,7 +585,7 @@ func TestMigrateSSH(t *testing.T) {
 	a.must("run", "/m/c", "--", "sh", "-c", "i=0; while :; do i=$((i+1)); echo n=$i; sleep 0.05; done")
 	b.must("run", "/pool", "--", "sleep", "1e5")
 	out := a.must("migrate", "--keep-binds", "--ssh", ssh, "/m", target+"/pool")
-	if !strings.HasPrefix(out, "migrated /m to "+target+"/pool: /pool/m (frozen ") {
+	if !strings.HasPrefix(out, "migrated /m to "+target+"/pool: /pool/m (downtime ") {
 		t.Fatalf("migrate said %q", out)
 	}
 	if _, ok := a.ls()["/m"]; ok {

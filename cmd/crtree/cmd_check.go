@@ -17,7 +17,8 @@ import (
 )
 
 func newCheckCmd(g *globalOptions) *cobra.Command {
-	return &cobra.Command{
+	var lazy bool
+	cmd := &cobra.Command{
 		Use:   "check",
 		Short: "Check that this machine can run crtree",
 		Long: `Check, one line each, what crtree needs: CRIU and its version (4.2 or
@@ -28,12 +29,35 @@ work here.`,
 		Example: "  crtree check\n  crtree --criu /opt/criu/sbin/criu check",
 		Args:    exactArgs(0),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if lazy {
+				return checkLazy(cmd.OutOrStdout(), g)
+			}
 			if !runChecks(cmd.OutOrStdout(), g) {
 				return errors.New("this machine cannot run crtree (see the lines marked missing)")
 			}
 			return nil
 		},
 	}
+	cmd.Flags().BoolVar(&lazy, "lazy-pages", false, "check only what a post-copy restore needs (userfaultfd through CRIU); exits 1 without it")
+	return cmd
+}
+
+// checkLazy checks that CRIU can restore lazily here (migrate --lazy asks
+// the far side this before it freezes anything).
+func checkLazy(w io.Writer, g *globalOptions) error {
+	bin, err := criu.Find(g.Criu)
+	if err != nil {
+		return err
+	}
+	f, err := criu.CheckFeatures(bin)
+	if err != nil {
+		return err
+	}
+	if !f.LazyPages {
+		return errors.New("this machine cannot restore post-copy: CRIU finds no usable userfaultfd (a kernel with CONFIG_USERFAULTFD, and vm.unprivileged_userfaultfd or root)")
+	}
+	fmt.Fprintln(w, "ok       userfaultfd lazy pages (for post-copy restore)")
+	return nil
 }
 
 // runChecks prints one line per requirement and reports whether all the
@@ -63,6 +87,8 @@ func runChecks(w io.Writer, g *globalOptions) bool {
 		f, err := criu.CheckFeatures(bin)
 		line(err == nil && f.MemTrack, false, "soft-dirty memory tracking (for iterative migration): %s", okOrBool(err, f.MemTrack))
 		line(err == nil && f.LazyPages, false, "userfaultfd lazy pages (for post-copy restore): %s", okOrBool(err, f.LazyPages))
+		lerr := criu.CheckLazyDump(node.HasCapSysResource())
+		line(lerr == nil, false, "post-copy page server (migrate --lazy from here): %s", okOr(lerr, "pipes large enough"))
 	}
 	mnt, err := cgroup.Mountpoint()
 	if err != nil {

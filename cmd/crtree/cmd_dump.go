@@ -5,9 +5,11 @@ import (
 	"io"
 	"math"
 	"os"
+	"os/signal"
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
@@ -15,6 +17,7 @@ import (
 	"github.com/crtree/crtree/internal/checkpoint"
 	"github.com/crtree/crtree/internal/criu"
 	"github.com/crtree/crtree/internal/hier"
+	"github.com/crtree/crtree/internal/migrate"
 	"github.com/crtree/crtree/internal/node"
 )
 
@@ -30,6 +33,9 @@ type cpOptions struct {
 	KeepPorts      bool
 	GhostLimit     sizeValue
 	WithImage      bool
+	// LazyPagesFrom is where the far side of a post-copy migration
+	// fetches memory (restore's hidden --lazy-pages-from).
+	LazyPagesFrom string
 }
 
 // maxGhostLimit is the largest --ghost-limit (what CRIU's RPC carries).
@@ -341,10 +347,20 @@ then restored; a restore from inside a node imports images without names.`,
 				return err
 			}
 			defer closeIn()
+			if o.LazyPagesFrom != "" {
+				if g.scope != nil {
+					return usageError{fmt.Errorf("--lazy-pages-from: not inside a node")}
+				}
+				co.Lazy = migrate.NewPageDialer(o.LazyPagesFrom)
+				defer migrate.RemoveForwardedSocket(o.LazyPagesFrom)
+			}
 			rep, err := checkpoint.Restore(ctx, h, in, target, co)
 			pp.Done()
 			if err != nil {
 				return err
+			}
+			if rep.Transfer != nil {
+				return awaitMemory(cmd, g, rep)
 			}
 			if !g.JSON && !o.Quiet {
 				for _, n := range rep.Nodes {
@@ -369,6 +385,22 @@ then restored; a restore from inside a node imports images without names.`,
 	f.BoolVar(&o.KeepBinds, "keep-binds", false, "bind the host paths the archive names again (crtree inspect lists them)")
 	f.BoolVar(&o.KeepPorts, "keep-ports", false, "publish the ports the archive's --net bridge nodes published again (by default they are restored unpublished)")
 	f.BoolVarP(&o.Quiet, "quiet", "q", false, "print no progress")
+	f.StringVar(&o.LazyPagesFrom, "lazy-pages-from", "", "post-copy: fetch the memory from the migrating crtree's page relay at this socket (used by crtree migrate --lazy)")
+	f.MarkHidden("lazy-pages-from")
 	addJSONFlag(cmd, g)
 	return cmd
+}
+
+// awaitMemory is the rest of the far side of a post-copy migration: it
+// says where the subtree runs (the migrating side's signal that it runs
+// here), then waits for its memory, through a broken connection or a
+// hangup too (the subtree must be killed if its memory cannot all come).
+func awaitMemory(cmd *cobra.Command, g *globalOptions, rep *checkpoint.Report) error {
+	fmt.Fprintln(cmd.OutOrStdout(), g.display(rep.Path))
+	signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE, syscall.SIGINT, syscall.SIGTERM)
+	if err := rep.Transfer.Wait(); err != nil {
+		return err
+	}
+	fmt.Fprintf(cmd.ErrOrStderr(), "the memory of %s arrived (%.2fs after the restore began)\n", g.display(rep.Path), rep.Memory.Seconds())
+	return nil
 }

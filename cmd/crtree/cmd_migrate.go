@@ -13,7 +13,8 @@ import (
 
 type migrateOptions struct {
 	cpOptions
-	SSH string
+	SSH  string
+	Lazy bool
 }
 
 func newMigrateCmd(g *globalOptions) *cobra.Command {
@@ -46,12 +47,27 @@ archive is sent, Ctrl-C waits for the far side's answer. If crtree itself
 is killed in the moment between the far side's answer and ending the
 source, the subtree runs on both sides. The subtree is stopped from the
 freeze until the far side runs it; --json reports that (frozen) with the
-other phases. --ssh names a program (a wrapper script for ssh options).
+other phases (downtime; transferred: until everything had arrived). --ssh names a program (a wrapper script for ssh options).
+
+With --lazy (post-copy), the subtree runs on the far side as soon as
+everything but its memory has arrived: the downtime does not grow with the
+memory. Its memory follows over the same ssh connection (forwarded Unix
+sockets, no port opened): pages the processes touch first, the rest in the
+background, while the source stays frozen and serves them; once all have
+arrived, the source is ended. This has a window plain migration has not:
+if the connection breaks, or the source host fails, before the last page
+has crossed, the copy there cannot complete. crtree then kills it (none of
+its processes ever reads a page that did not come) and removes it, and the
+subtree resumes here from the moment it was frozen: what it did there in
+the meantime is lost, which the error says. --lazy needs userfaultfd on the
+far side (crtree check --lazy-pages there) and, here, pipes of 3.2 MiB for
+CRIU's page server (crtree check says whether).
 
 Established TCP connections move with --tcp-established, if the node
 keeps its address on the far side (--net bridge on routed subnets: see the
 README).`,
 		Example: `  crtree migrate /vserver1 ssh://hostB/pool
+  crtree migrate --lazy /vserver1 ssh://hostB/pool
   crtree migrate /vserver1 local:/var/lib/crtree-b/pool
   crtree migrate --name v1 --json /vserver1 ssh://admin@hostB:2222`,
 		Args: exactArgs(2),
@@ -81,7 +97,14 @@ README).`,
 			if target.Host == "" && sameDir(target.Root, h.Store.Root) {
 				return usageError{fmt.Errorf("migrate: %s is this state root; use crtree mv to move a node within one", target.Root)}
 			}
-			rep, err := migrate.Run(ctx, h, p, target, migrate.Options{Self: node.SelfExe, SSH: o.SSH, Name: o.Name, KeepBinds: o.KeepBinds, Dump: co, Stderr: os.Stderr})
+			mo := migrate.Options{Self: node.SelfExe, SSH: o.SSH, Name: o.Name, KeepBinds: o.KeepBinds, Dump: co, Stderr: os.Stderr, Lazy: o.Lazy}
+			if o.Lazy && !o.Quiet && !g.JSON {
+				mo.Progress = func(sent int64) {
+					pp.Done()
+					fmt.Fprintf(os.Stderr, "memory: %s sent, the subtree runs there\n", humanBytes(sent))
+				}
+			}
+			rep, err := migrate.Run(ctx, h, p, target, mo)
 			pp.Done()
 			if err != nil {
 				return err
@@ -90,7 +113,11 @@ README).`,
 				return writeJSON(cmd.OutOrStdout(), rep)
 			}
 			if !o.Quiet {
-				fmt.Fprintf(cmd.OutOrStdout(), "migrated %s to %s: %s (frozen %.2fs, total %.2fs)\n", g.display(p.String()), rep.Target, rep.Destination, rep.Frozen.Seconds(), rep.Total.Seconds())
+				how := ""
+				if rep.Lazy {
+					how = fmt.Sprintf(", memory %s after", humanBytes(rep.MemoryBytes))
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "migrated %s to %s: %s (downtime %.2fs%s, total %.2fs)\n", g.display(p.String()), rep.Target, rep.Destination, rep.Downtime.Seconds(), how, rep.Total.Seconds())
 			}
 			return nil
 		},
@@ -100,6 +127,7 @@ README).`,
 	f.BoolVar(&o.TCPEstablished, "tcp-established", false, "move established TCP connections too")
 	f.StringVar(&o.SSH, "ssh", "ssh", "the ssh command for ssh:// targets")
 	f.BoolVar(&o.KeepBinds, "keep-binds", false, "bind the same host paths on the far side (restore --keep-binds)")
+	f.BoolVar(&o.Lazy, "lazy", false, "post-copy: run the subtree there before its memory has arrived (see above)")
 	f.BoolVarP(&o.Quiet, "quiet", "q", false, "print no progress and no summary")
 	addJSONFlag(cmd, g)
 	return cmd

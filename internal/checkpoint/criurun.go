@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"runtime"
 	"sync"
@@ -190,7 +191,22 @@ func dumpOne(h *node.Host, op *node.Op, m *dumpNode, o Options, stream bool, run
 		return err
 	}
 	var beforeKill func() error
-	if run.hold {
+	var pages *os.File
+	switch {
+	case o.Lazy != nil:
+		// Post-copy: CRIU serves the memory right after its images,
+		// and ends the processes once it has all gone (or resumes them).
+		if pages, err = o.Lazy.Socket(m.index); err != nil {
+			err = fmt.Errorf("dump %s: %w", m.path, err)
+			report(err)
+			return err
+		}
+		beforeKill = func() error {
+			leave()
+			report(nil)
+			return nil
+		}
+	case run.hold:
 		beforeKill = func() error {
 			// A held CRIU waits for the whole subtree's archive: it must
 			// not keep others from starting meanwhile.
@@ -216,6 +232,7 @@ func dumpOne(h *node.Host, op *node.Op, m *dumpNode, o Options, stream bool, run
 		OnStart:    func(pid int) { h.AddHelper(op, pid) },
 		Stream:     stream,
 		BeforeKill: beforeKill,
+		LazyPages:  pages,
 	})
 	if err != nil {
 		err = fmt.Errorf("dump %s: %w", m.path, dumpHint(err, o.ghostLimit()))

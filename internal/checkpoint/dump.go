@@ -65,7 +65,38 @@ type Options struct {
 	CriuLogLevel string
 	// Progress, if set, is called as the operation advances.
 	Progress func(Progress)
+	// Lazy, if set, makes a dump post-copy: CRIU leaves the memory of
+	// the processes out of the archive and serves it, once the archive is
+	// committed, through Lazy's sockets, the processes frozen meanwhile;
+	// they are ended once all of it has arrived (the dump returns then),
+	// and resumed if the transfer fails (LazyError). Not with
+	// LeaveRunning. For a restore: where each node's memory comes from.
+	Lazy PageServers
 }
+
+// PageServers are the channels of a post-copy dump or restore (see
+// Options.Lazy).
+type PageServers interface {
+	// Socket returns, for the archive's node i, a connected socket: the
+	// end on which the dump's CRIU serves its memory, or the end from
+	// which the restore's lazy-pages daemon fetches it.
+	Socket(node int) (*os.File, error)
+	// Abort ends every transfer not complete yet as failed: a dump's
+	// CRIUs then resume their processes. A dump calls it when it fails
+	// before its commit.
+	Abort()
+}
+
+// LazyError is the error of a post-copy dump whose memory transfer failed
+// after the commit: the restored side had the subtree running, and the
+// processes here were resumed from where they were frozen.
+type LazyError struct {
+	Err error
+}
+
+func (e *LazyError) Error() string { return e.Err.Error() }
+
+func (e *LazyError) Unwrap() error { return e.Err }
 
 // DefaultGhostLimit is the ghost limit of a dump that sets none: deleted
 // temporary files of databases and build tools are often tens or hundreds
@@ -92,6 +123,7 @@ const freezeTimeout = 10 * time.Second
 // dumpNode is one node of the subtree being dumped.
 type dumpNode struct {
 	n      hier.Node
+	index  int // in the manifest's nodes
 	path   hier.Path
 	rel    string
 	parent int
@@ -201,6 +233,9 @@ func (d *dumping) prepare() error {
 		return err
 	}
 	d.held = true
+	if d.o.Lazy != nil && d.o.LeaveRunning {
+		return errors.New("dump: a post-copy dump ends the subtree: not with --leave-running")
+	}
 	if !d.o.LeaveRunning {
 		if err := restorable(d.nodes, d.o.InNode); err != nil {
 			return fmt.Errorf("dump %s: %w; nothing was dumped (use --leave-running to archive it and keep it running)", d.p, err)
@@ -520,6 +555,10 @@ func (d *dumping) commit() error {
 		return fmt.Errorf("dump %s: %w", d.p, err)
 	}
 	d.committed = true
+	if d.o.Lazy != nil {
+		// The far side runs the subtree: the downtime ends here.
+		d.rep.Frozen = Duration(time.Since(d.frozenAt))
+	}
 	d.rep.Pack = Duration(time.Since(d.packStart))
 	d.rep.ArchiveBytes = d.counter.n
 	for _, m := range d.nodes {
@@ -537,6 +576,11 @@ func (d *dumping) finish() error {
 	}
 	d.criu.run.release(nil)
 	if err := d.criu.wait(); err != nil {
+		if d.o.Lazy != nil {
+			// Its CRIUs resumed the processes (dumpOne): they go on here.
+			d.thaw()
+			return &LazyError{Err: fmt.Errorf("dump %s: the memory transfer failed: %w", d.p, err)}
+		}
 		d.h.Destroy(d.nodes[0].n.ID)
 		return fmt.Errorf("dump %s: archive written, but CRIU failed to end the dumped processes: %w", d.p, err)
 	}
@@ -544,7 +588,9 @@ func (d *dumping) finish() error {
 		return fmt.Errorf("dump %s: archive written, but removing the dumped nodes failed: %w", d.p, err)
 	}
 	d.held = false
-	d.rep.Frozen = Duration(time.Since(d.frozenAt))
+	if d.o.Lazy == nil {
+		d.rep.Frozen = Duration(time.Since(d.frozenAt))
+	}
 	return nil
 }
 
@@ -557,6 +603,10 @@ func (d *dumping) end(errp *error) {
 	}
 	if d.criu != nil {
 		d.criu.run.release(errNoArchive)
+		if *errp != nil && !d.committed && d.o.Lazy != nil {
+			// CRIUs serving pages no one will fetch.
+			d.o.Lazy.Abort()
+		}
 		d.criu.wait()
 	}
 	if *errp != nil {
@@ -588,7 +638,7 @@ func collect(h *node.Host, p hier.Path) ([]*dumpNode, cgroup.Group, error) {
 	var nodes []*dumpNode
 	for _, hn := range held {
 		dn := &dumpNode{
-			n: hn.Node, path: hn.Path, rel: path.Join(hn.Path[len(p):]...), parent: hn.Parent, status: hn.Status, group: hn.Group,
+			n: hn.Node, index: len(nodes), path: hn.Path, rel: path.Join(hn.Path[len(p):]...), parent: hn.Parent, status: hn.Status, group: hn.Group,
 			report: NodeReport{Path: hn.Path.String(), Running: hn.Status.State == hier.Running},
 		}
 		if hn.Status.State == hier.Running {

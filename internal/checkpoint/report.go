@@ -34,6 +34,11 @@ type Report struct {
 	// (part of Pack).
 	Imported   []Imported `json:"imported,omitempty"`
 	ImportTime Duration   `json:"importTime,omitempty"`
+	// Memory is, for a post-copy restore, the time from its start until
+	// every node's memory had arrived (set by Transfer.Wait).
+	Memory Duration `json:"memory,omitempty"`
+	// Transfer, for a post-copy restore, is its memory still arriving.
+	Transfer *MemoryTransfer `json:"-"`
 }
 
 // Imported is an image a restore imported: its ID, the name the archive

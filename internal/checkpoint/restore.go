@@ -170,10 +170,18 @@ func Restore(ctx context.Context, h *node.Host, in io.Reader, target RestoreTarg
 	rs := &restoring{ctx: ctx, h: h, ar: src.ar, m: m, res: res, o: o, inNode: target.InNode, rep: &Report{Path: res.Paths[0].String()}}
 	defer func() {
 		if err != nil {
+			rs.abortLazy()
 			cleanupErr = errors.Join(res.Abort(), rs.dropImported())
 		}
 	}()
-	defer rs.cleanUp() // whatever stageDirs and receiveImages made
+	defer func() {
+		// Whatever stageDirs and receiveImages made; a post-copy
+		// restore's staging directory holds its daemons' logs until its
+		// memory has arrived (MemoryTransfer.Wait).
+		if err != nil || o.Lazy == nil {
+			rs.cleanUp()
+		}
+	}()
 	if err := rs.stageDirs(); err != nil {
 		return nil, fmt.Errorf("restore: %w", err)
 	}
@@ -189,7 +197,24 @@ func Restore(ctx context.Context, h *node.Host, in io.Reader, target RestoreTarg
 	}
 	rs.nameImported()
 	rs.rep.Total = Duration(time.Since(start))
+	if o.Lazy != nil {
+		rs.rep.Transfer = &MemoryTransfer{rs: rs, start: start}
+	}
 	return rs.rep, nil
+}
+
+// abortLazy, after a failed post-copy restore, waits for the supervisors
+// that restored a node to end their transfers (the nodes are removed).
+func (rs *restoring) abortLazy() {
+	if rs.o.Lazy == nil {
+		return
+	}
+	rs.o.Lazy.Abort()
+	for _, r := range rs.lazyDone {
+		if r != nil {
+			r.Close()
+		}
+	}
 }
 
 // source is an archive being read for a restore.
@@ -279,6 +304,10 @@ type restoring struct {
 	// inNode is set for a restore asked from inside a node: the images
 	// it imports get no name (nameImported).
 	inNode bool
+	// lazyDone are, for a post-copy restore (o.Lazy), where each running
+	// node's supervisor reports the end of its memory transfer.
+	lazyMu   sync.Mutex
+	lazyDone []*os.File
 }
 
 // stageDirs makes the staging directory of CRIU's images, each node's
@@ -287,9 +316,15 @@ type restoring struct {
 func (rs *restoring) stageDirs() error {
 	var need int64
 	for _, n := range rs.m.Nodes {
-		// CRIU's images are about the size of the memory it dumped.
-		need += n.Memory
+		// CRIU's images are about the size of the memory it dumped;
+		// post-copy, the memory is not among them.
+		if rs.o.Lazy != nil {
+			need += 16 << 20
+		} else {
+			need += n.Memory
+		}
 	}
+	rs.lazyDone = make([]*os.File, len(rs.m.Nodes))
 	stage, err := rs.h.StageDir("restore", need)
 	if err != nil {
 		return err
@@ -411,7 +446,7 @@ func (rs *restoring) cleanUp() {
 // Cancelled meanwhile, it fails even if the nodes run (they are removed).
 func (rs *restoring) run(ix *indexed) error {
 	var err error
-	if rs.recv == nil && (ix != nil || (rs.m.PagesLast && !rs.o.NoStream)) {
+	if rs.recv == nil && rs.o.Lazy == nil && (ix != nil || (rs.m.PagesLast && !rs.o.NoStream)) {
 		err = rs.streamed(ix)
 	} else {
 		err = rs.staged()
@@ -622,7 +657,13 @@ func (rs *restoring) restoreOne(i int, gates []*os.File, rep *NodeReport) error 
 	if gates != nil {
 		from.Stream, from.Gate = true, gates[i]
 	}
+	if rs.o.Lazy != nil {
+		if err := rs.lazyNode(i, &from); err != nil {
+			return fmt.Errorf("restore %s: %w", rs.res.Paths[i], err)
+		}
+	}
 	pid, warning, err := rs.h.StartRestore(rs.res.IDs[i], from)
+	lazyStarted(&from)
 	rep.Criu = Duration(time.Since(t0))
 	rep.Pid, rep.Warning = pid, warning
 	if err != nil {

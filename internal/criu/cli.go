@@ -21,17 +21,43 @@ import (
 // processes (killGate).
 
 // restoreCLI is Restore: the criu command, held at pre-resume with
-// o.BeforeResume.
-func restoreCLI(bin string, o RestoreOptions) (int, error) {
+// o.BeforeResume; with o.LazyPages, its lazy-pages daemon too, which
+// outlives it.
+func restoreCLI(bin string, o RestoreOptions) (pid int, lazy *LazyPages, err error) {
 	images, work, err := absDirs(o.ImagesDir, o.WorkDir)
 	if err != nil {
-		return 0, fmt.Errorf("criu restore: %w", err)
+		return 0, nil, fmt.Errorf("criu restore: %w", err)
 	}
 	pidfile := filepath.Join(work, "restored.pid")
 	args := append(cliCommon("restore", images, work, o.LogLevel, o.TCPEstablished, o.OwnNetwork),
 		"--root", o.Root, "--restore-detached", "--restore-sibling", "--pidfile", pidfile)
 	if o.Stream {
 		args = append(args, "--stream")
+	}
+	if o.LazyPages != nil {
+		daemon, err := startLazyPages(bin, images, work, o.LogLevel, o.KeepLogs, o.LazyPages)
+		if err != nil {
+			return 0, nil, err
+		}
+		defer func() {
+			if err != nil {
+				daemon.Kill()
+				daemon.Release()
+			}
+		}()
+		lazy = daemon
+		args = append(args, "--lazy-pages")
+		// Every userfaultfd is the daemon's before the processes run.
+		before := o.BeforeResume
+		o.BeforeResume = func(criuPid int) error {
+			if err := lazy.hold(); err != nil {
+				return err
+			}
+			if before == nil {
+				return nil
+			}
+			return before(criuPid)
+		}
 	}
 	for _, m := range o.ExternalMounts {
 		args = append(args, "--external", "mnt["+m.Key+"]:"+m.HostPath)
@@ -45,7 +71,7 @@ func restoreCLI(bin string, o RestoreOptions) (int, error) {
 	var gate *resumeGate
 	if o.BeforeResume != nil {
 		if gate, err = openResumeGate(work, o.CgroupFD, o.BeforeResume); err != nil {
-			return 0, fmt.Errorf("criu restore: %w", err)
+			return 0, nil, fmt.Errorf("criu restore: %w", err)
 		}
 		args = append(args, "--action-script", gate.script)
 		go gate.serve()
@@ -60,25 +86,51 @@ func restoreCLI(bin string, o RestoreOptions) (int, error) {
 	if gate != nil {
 		onStart = gate.started
 	}
+	stopWatch := watchLazy(lazy, gate)
 	err = runCLI(cmd, "restore", work, o.KeepLogs, onStart)
+	stopWatch()
 	if gate != nil {
 		err = gate.finish(err)
 	}
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	data, err := os.ReadFile(pidfile)
 	if err != nil {
-		return 0, fmt.Errorf("criu restore: read the restored PID: %w", err)
+		return 0, nil, fmt.Errorf("criu restore: read the restored PID: %w", err)
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	pid, err = strconv.Atoi(strings.TrimSpace(string(data)))
 	if err != nil || pid <= 0 {
-		return 0, fmt.Errorf("criu restore: bad PID file %q", data)
+		return 0, nil, fmt.Errorf("criu restore: bad PID file %q", data)
 	}
-	return pid, nil
+	return pid, lazy, nil
 }
 
-// dumpCLI is Dump with o.Stream.
+// watchLazy kills the restore (CRIU and the processes it restored, through
+// the gate's cgroup) if its lazy-pages daemon ends before it: a restored
+// process that touches a page would wait for it forever. stop ends the
+// watch, once the restore has ended.
+func watchLazy(lazy *LazyPages, gate *resumeGate) (stop func()) {
+	if lazy == nil || gate == nil {
+		return func() {}
+	}
+	restoring := make(chan struct{})
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		select {
+		case <-lazy.done:
+			gate.killAll()
+		case <-restoring:
+		}
+	}()
+	return func() {
+		close(restoring)
+		<-watched
+	}
+}
+
+// dumpCLI is Dump with o.Stream or o.LazyPages.
 func dumpCLI(bin string, o DumpOptions) error {
 	images, work, err := absDirs(o.ImagesDir, o.WorkDir)
 	if err != nil {
@@ -93,7 +145,23 @@ func dumpCLI(bin string, o DumpOptions) error {
 		return fmt.Errorf("criu dump: %w", err)
 	}
 	args = append(args, "--action-script", gate.script)
-	err = runCLI(exec.Command(bin, args...), "dump", work, o.KeepLogs, o.OnStart)
+	cmd := exec.Command(bin, args...)
+	onStart := o.OnStart
+	if o.LazyPages != nil {
+		// The page server's socket is the command's descriptor 3; once
+		// CRIU has it, the caller's end sees CRIU's end when CRIU ends.
+		cmd.ExtraFiles = []*os.File{o.LazyPages}
+		onStart = func(pid int) {
+			o.LazyPages.Close()
+			if o.OnStart != nil {
+				o.OnStart(pid)
+			}
+		}
+	}
+	err = runCLI(cmd, "dump", work, o.KeepLogs, onStart)
+	if o.LazyPages != nil {
+		o.LazyPages.Close()
+	}
 	if held := gate.close(); held != nil {
 		return fmt.Errorf("criu dump: undone: %w", held)
 	}
@@ -113,10 +181,16 @@ func cliCommon(op, images, work, level string, tcp, ownNet bool) []string {
 	return args
 }
 
-// dumpArgs are dumpOpts as flags of a streamed dump.
+// dumpArgs are dumpOpts as flags of the criu command.
 func dumpArgs(o DumpOptions, images, work string) []string {
 	args := append(cliCommon("dump", images, work, o.LogLevel, o.TCPEstablished, o.OwnNetwork),
-		"--stream", "-t", strconv.Itoa(o.Pid))
+		"-t", strconv.Itoa(o.Pid))
+	if o.Stream {
+		args = append(args, "--stream")
+	}
+	if o.LazyPages != nil {
+		args = append(args, "--lazy-pages", "--ps-socket", "3")
+	}
 	if o.BeforeKill == nil {
 		args = append(args, "--leave-running")
 	}

@@ -2,6 +2,7 @@ package criu
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"math"
 	"os"
@@ -70,6 +71,18 @@ type DumpOptions struct {
 	// frozen cgroup left frozen) and Dump return that error. Dump returns
 	// only after BeforeKill has.
 	BeforeKill func() error
+	// LazyPages, if set (with BeforeKill), is a connected socket on which
+	// CRIU serves the memory of the processes, left out of the images, to
+	// the lazy-pages daemon of a restore (RestoreOptions.LazyPages) once
+	// BeforeKill has returned nil, the processes still frozen: Dump then
+	// returns once the daemon has every page and CRIU has killed the
+	// processes, or with an error once the transfer failed, the processes
+	// resumed (as after any failed dump). CRIU takes the end of the
+	// connection without PS_IOV_FORCE_CLOSE for success: the caller must
+	// make it fail (an unknown command) when the other end goes away.
+	// Dump closes LazyPages once CRIU has it: the other end then ends
+	// when CRIU does.
+	LazyPages *os.File
 }
 
 // PostDump is the name of CRIU's action (script or RPC notification) run
@@ -107,6 +120,12 @@ type RestoreOptions struct {
 	// CgroupFD is killed, see resumeGate) and the restore fails with that
 	// error. (It is an action script of the criu command, as Stream.)
 	BeforeResume func(criuPid int) error
+	// LazyPages, if set, is a connected socket to the page server of a
+	// dump with DumpOptions.LazyPages: the processes are restored without
+	// their memory, which a lazy-pages daemon (RestoreLazy's LazyPages)
+	// fetches through it while they run. Not with Stream: the daemon
+	// reads the images from ImagesDir.
+	LazyPages *os.File
 }
 
 // Error is a failed CRIU operation, with the lines of CRIU's log that say
@@ -289,7 +308,7 @@ func ghostLimit(n int64) uint32 {
 // to kill it, once the archive is safe. With o.BeforeKill, CRIU asks
 // instead, and kills it itself.
 func Dump(bin string, o DumpOptions) error {
-	if o.Stream {
+	if o.Stream || o.LazyPages != nil {
 		return dumpCLI(bin, o)
 	}
 	img, wd, err := openDirs(o.ImagesDir, o.WorkDir)
@@ -324,7 +343,23 @@ func Dump(bin string, o DumpOptions) error {
 // refuses --stream, and every crtree restore holds its processes at
 // pre-resume (BeforeResume) through an action script, so one way of
 // driving a restore is enough.
-func Restore(bin string, o RestoreOptions) (int, error) { return restoreCLI(bin, o) }
+func Restore(bin string, o RestoreOptions) (int, error) {
+	if o.LazyPages != nil {
+		return 0, errors.New("criu restore: lazy pages need RestoreLazy")
+	}
+	pid, _, err := restoreCLI(bin, o)
+	return pid, err
+}
+
+// RestoreLazy is Restore with o.LazyPages: it also returns the
+// lazy-pages daemon, which goes on filling the processes' memory; the
+// caller waits for it (LazyPages.Wait) and releases it.
+func RestoreLazy(bin string, o RestoreOptions) (int, *LazyPages, error) {
+	if o.LazyPages == nil || o.Stream {
+		return 0, nil, errors.New("criu restore: lazy pages need a page server's socket, and images in files")
+	}
+	return restoreCLI(bin, o)
+}
 
 func run(bin, op string, typ rpc.CriuReqType, opts *rpc.CriuOpts, so swrkOptions, workDir, keepLogs string, onResp func(*rpc.CriuResp)) error {
 	s, err := startSwrk(bin, so)

@@ -1,17 +1,23 @@
 package migrate
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
+	"time"
 
 	"github.com/crtree/crtree/internal/checkpoint"
+	"github.com/crtree/crtree/internal/criu"
 	"github.com/crtree/crtree/internal/hier"
 	"github.com/crtree/crtree/internal/node"
 )
@@ -34,6 +40,16 @@ type Options struct {
 	// Stderr receives the far restore's messages (warnings, imported
 	// images) once it has succeeded; a failure quotes its reason.
 	Stderr io.Writer
+	// Lazy migrates post-copy: the subtree runs on the far side as soon
+	// as everything but its memory has arrived, and the memory follows
+	// (see pageRelay).
+	Lazy bool
+	// TempDir is where a post-copy migration's relay listens (a private
+	// directory is made in it); "" is os.TempDir().
+	TempDir string
+	// Progress, if set, is called about once a second while the memory
+	// of a post-copy migration is arriving, with the bytes sent so far.
+	Progress func(sent int64)
 }
 
 // Report is what a migration did: the dump's report (its Frozen is the
@@ -43,6 +59,17 @@ type Report struct {
 	*checkpoint.Report
 	Target      string `json:"target"`
 	Destination string `json:"destination"`
+	// Lazy says the migration was post-copy.
+	Lazy bool `json:"lazy"`
+	// Downtime is how long the subtree ran nowhere: from the freeze until
+	// the far side ran it (Frozen, for both modes).
+	Downtime checkpoint.Duration `json:"downtime"`
+	// Transferred is the time from the start until everything had
+	// arrived on the far side: the archive, and post-copy the memory.
+	Transferred checkpoint.Duration `json:"transferred"`
+	// MemoryBytes is, post-copy, how much memory (with the requests'
+	// headers) went over after the subtree ran there.
+	MemoryBytes int64 `json:"memoryBytes,omitempty"`
 }
 
 // Run moves the subtree at p to t. The source is frozen, dumped into the
@@ -51,17 +78,34 @@ type Report struct {
 // the far restore removes what it made and the source is thawed and goes
 // on.
 func Run(ctx context.Context, h *node.Host, p hier.Path, t Target, o Options) (*Report, error) {
+	start := time.Now()
 	if err := preflight(ctx, t, o); err != nil {
 		return nil, fmt.Errorf("migrate %s to %s: %w; nothing was done", p, t, err)
 	}
-	far, err := startRestore(t, o)
+	var relay *pageRelay
+	if o.Lazy {
+		var err error
+		if relay, err = newPageRelay(o.TempDir); err != nil {
+			return nil, fmt.Errorf("migrate %s to %s: %w; nothing was done", p, t, err)
+		}
+		defer relay.Close()
+	}
+	far, err := startRestore(t, o, relay)
 	if err != nil {
 		return nil, fmt.Errorf("migrate %s to %s: %w", p, t, err)
 	}
 	dump := o.Dump
 	dump.LeaveRunning = false
+	if relay != nil {
+		dump.Lazy = relay
+		stop := reportProgress(relay, o.Progress)
+		defer stop()
+	}
 	rep, err := checkpoint.Dump(ctx, h, p, far, dump)
+	var lazyErr *checkpoint.LazyError
 	switch {
+	case errors.As(err, &lazyErr):
+		return nil, lostAfterSwitch(p, t, far, relay, lazyErr)
 	case err != nil && rep != nil:
 		// Committed: the far side runs it; ending it here failed.
 		return nil, fmt.Errorf("migrate %s to %s: it runs there as %s, but ending it here failed: %w; remove it here with crtree rm -r -f %s", p, t, far.restored, err, p)
@@ -69,29 +113,115 @@ func Run(ctx context.Context, h *node.Host, p hier.Path, t Target, o Options) (*
 		far.Abort()
 		return nil, fmt.Errorf("migrate %s to %s: %w; the subtree goes on here", p, t, err)
 	}
-	return &Report{Report: rep, Target: t.String(), Destination: far.restored}, nil
+	r := &Report{Report: rep, Target: t.String(), Destination: far.restored, Lazy: o.Lazy, Downtime: rep.Frozen}
+	if relay != nil {
+		// Every page arrived (the relay passed the far side's word on):
+		// the far restore ends once it has reported that.
+		if err := far.wait(); err != nil {
+			return nil, fmt.Errorf("migrate %s to %s: every page of its memory was sent and it was ended here, but the far side said: %w; see crtree ls there (%s)", p, t, err, far.restored)
+		}
+		far.showMessages()
+		r.MemoryBytes = relay.Sent()
+	}
+	r.Transferred = checkpoint.Duration(time.Since(start))
+	r.Total = r.Transferred
+	return r, nil
+}
+
+// lostAfterSwitch is the error of a post-copy migration whose memory
+// transfer failed once the far side ran the subtree: the copy there is
+// killed and removed by the far side, and the subtree goes on here from
+// where it was frozen; what it did there meanwhile is lost.
+func lostAfterSwitch(p hier.Path, t Target, far *farRestore, relay *pageRelay, lazyErr *checkpoint.LazyError) error {
+	_, cause := relay.outcome()
+	if cause == nil {
+		cause = lazyErr.Err
+	}
+	farErr := far.wait()
+	there := "the far side killed its copy before any of its processes could touch a page that had not come, and removed it"
+	if farErr == nil {
+		there = "the far side reported no failure: check it with crtree ls there"
+	}
+	ran := ""
+	if !far.runningAt.IsZero() {
+		ran = fmt.Sprintf(" in %.2fs", time.Since(far.runningAt).Seconds())
+	}
+	return fmt.Errorf("migrate %s to %s: the memory transfer broke after the subtree had started there (%s): %s; the subtree resumes here from the moment it was frozen, so what it did there%s is lost (%d MiB of memory had been sent)",
+		p, t, cause, there, ran, relay.Sent()>>20)
+}
+
+// reportProgress calls progress about once a second with the bytes the
+// relay has sent, until stop.
+func reportProgress(relay *pageRelay, progress func(int64)) (stop func()) {
+	if progress == nil {
+		return func() {}
+	}
+	done := make(chan struct{})
+	go func() {
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+				if n := relay.Sent(); n > 0 {
+					progress(n)
+				}
+			}
+		}
+	}()
+	return func() { close(done) }
 }
 
 // preflight asks the far side's crtree for its version before anything
 // is frozen: ssh's connection and authentication, and a missing crtree
-// there, then cost no downtime.
+// there, then cost no downtime. Post-copy, it asks whether the far side
+// can restore lazily (userfaultfd): crtree check --lazy-pages.
 func preflight(ctx context.Context, t Target, o Options) error {
-	if t.Host == "" {
-		return nil
+	args := []string{"--version"}
+	if o.Lazy {
+		if err := criu.CheckLazyDump(node.HasCapSysResource()); err != nil {
+			return fmt.Errorf("--lazy: %w", err)
+		}
+		args = []string{"check", "--lazy-pages"}
 	}
-	cmd := sshCommand(t, o, []string{"--version"})
+	if t.Host == "" {
+		if !o.Lazy {
+			return nil
+		}
+		out, err := exec.Command(o.Self, append([]string{"--root", t.Root}, args...)...).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("--lazy: %s", lastLine(out))
+		}
+		return ctx.Err()
+	}
+	cmd := sshCommand(t, o, nil, args)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
-		lines := strings.Split(strings.TrimSpace(out.String()), "\n")
-		return fmt.Errorf("cannot run crtree on %s (ssh without prompts: a key and a known host key; crtree on the far PATH): %v: %s", t.Host, err, lines[len(lines)-1])
+		var ee *exec.ExitError
+		if o.Lazy && errors.As(err, &ee) && ee.ExitCode() == 1 {
+			return fmt.Errorf("--lazy: %s: %s", t.Host, lastLine(out.Bytes()))
+		}
+		return fmt.Errorf("cannot run crtree on %s (ssh without prompts: a key and a known host key; crtree on the far PATH): %v: %s", t.Host, err, lastLine(out.Bytes()))
 	}
 	return ctx.Err()
 }
 
-// restoreArgs are the arguments of the far side's crtree restore.
-func restoreArgs(t Target, o Options) []string {
+// lastLine is the last line of a command's output.
+func lastLine(out []byte) string {
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	return strings.TrimPrefix(lines[len(lines)-1], "crtree: ")
+}
+
+// restoreArgs are the arguments of the far side's crtree restore; pages
+// is where it connects for the memory of a post-copy migration.
+func restoreArgs(t Target, o Options, pages string) []string {
 	args := []string{"restore", "-", "--parent", t.Parent}
+	if pages != "" {
+		args = append(args, "--lazy-pages-from", pages)
+	}
 	if o.Name != "" {
 		args = append(args, "--name", o.Name)
 	}
@@ -102,16 +232,33 @@ func restoreArgs(t Target, o Options) []string {
 }
 
 // command is the far side's restore: crtree with the target's state root
-// for local:, or crtree through ssh.
-func command(t Target, o Options) *exec.Cmd {
+// for local:, or crtree through ssh. Post-copy (relay), a local restore
+// connects to the relay itself; through ssh, to a Unix socket of a random
+// name that ssh forwards to the relay (-R), which sshd makes accessible
+// to the ssh user only.
+func command(t Target, o Options, relay *pageRelay) (*exec.Cmd, error) {
 	if t.Host == "" {
-		return exec.Command(o.Self, append([]string{"--root", t.Root}, restoreArgs(t, o)...)...)
+		pages := ""
+		if relay != nil {
+			pages = relay.Path()
+		}
+		return exec.Command(o.Self, append([]string{"--root", t.Root}, restoreArgs(t, o, pages)...)...), nil
 	}
-	return sshCommand(t, o, restoreArgs(t, o))
+	if relay == nil {
+		return sshCommand(t, o, nil, restoreArgs(t, o, "")), nil
+	}
+	var b [12]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return nil, err
+	}
+	farPages := "/tmp/crtree-pages-" + hex.EncodeToString(b[:]) + ".sock"
+	forward := []string{"-o", "ExitOnForwardFailure=yes", "-R", farPages + ":" + relay.Path()}
+	return sshCommand(t, o, forward, restoreArgs(t, o, farPages)), nil
 }
 
-// sshCommand runs the far crtree with args through ssh.
-func sshCommand(t Target, o Options, crtreeArgs []string) *exec.Cmd {
+// sshCommand runs the far crtree with args through ssh, with sshArgs
+// added to ssh's own options.
+func sshCommand(t Target, o Options, sshArgs, crtreeArgs []string) *exec.Cmd {
 	ssh := o.SSH
 	if ssh == "" {
 		ssh = "ssh"
@@ -122,6 +269,7 @@ func sshCommand(t Target, o Options, crtreeArgs []string) *exec.Cmd {
 	if t.Port != 0 {
 		args = append(args, "-p", strconv.Itoa(t.Port))
 	}
+	args = append(args, sshArgs...)
 	// ssh hands the far shell one string: each argument is quoted
 	// (node paths and names are of [A-Za-z0-9_.-/] anyway).
 	args = append(args, t.Host, "--", "crtree")
@@ -138,25 +286,39 @@ func shellQuote(s string) string {
 
 // farRestore is the far side's restore as the dump's output: the archive
 // goes to its stdin, and Commit waits for it to report the subtree
-// running.
+// running: by ending (stop-and-copy), or by printing the restored path
+// while the memory still arrives (post-copy, relay set).
 type farRestore struct {
 	cmd      *exec.Cmd
 	in       io.WriteCloser
-	out      bytes.Buffer
 	errTail  *tailWriter
-	done     bool
-	err      error // how the far restore ended, once done
+	relay    *pageRelay
+	lines    chan string   // the far restore's stdout, line by line
+	exited   chan struct{} // closed once it has ended
+	err      error         // how it ended, once exited
 	restored string
-	stderr   io.Writer
+	// runningAt is when the far side said it runs the subtree (post-copy).
+	runningAt time.Time
+	stderr    io.Writer
+	shown     bool
 }
 
 // startRestore starts the far side's restore, in a process group of its
 // own: a Ctrl-C on the terminal must not end it (or ssh) while it is
 // restoring the subtree, which would leave the outcome unknown.
-func startRestore(t Target, o Options) (*farRestore, error) {
-	f := &farRestore{cmd: command(t, o), errTail: &tailWriter{}, stderr: o.Stderr}
+func startRestore(t Target, o Options, relay *pageRelay) (*farRestore, error) {
+	cmd, err := command(t, o, relay)
+	if err != nil {
+		return nil, fmt.Errorf("start the far restore: %w", err)
+	}
+	f := &farRestore{cmd: cmd, errTail: &tailWriter{}, stderr: o.Stderr, relay: relay,
+		lines: make(chan string, 16), exited: make(chan struct{})}
 	f.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	f.cmd.Stdout, f.cmd.Stderr = &f.out, f.errTail
+	f.cmd.Stderr = f.errTail
+	out, err := f.cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
 	in, err := f.cmd.StdinPipe()
 	if err != nil {
 		return nil, err
@@ -165,7 +327,28 @@ func startRestore(t Target, o Options) (*farRestore, error) {
 	if err := f.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start the far restore: %w", err)
 	}
+	go f.follow(out)
 	return f, nil
+}
+
+// follow reads the far restore's stdout, then waits for it to end.
+func (f *farRestore) follow(out io.Reader) {
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		select {
+		case f.lines <- sc.Text():
+		default: // only the first lines matter
+		}
+	}
+	close(f.lines)
+	if err := f.cmd.Wait(); err != nil {
+		if msg := f.errTail.last(); msg != "" {
+			f.err = errors.New("far side: " + msg)
+		} else {
+			f.err = fmt.Errorf("far side: %w", err)
+		}
+	}
+	close(f.exited)
 }
 
 // Write sends archive bytes to the far restore.
@@ -180,20 +363,42 @@ func (f *farRestore) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-// Commit ends the archive and waits for the far restore: nil once it
-// has reported the subtree running.
+// Commit ends the archive and waits for the far restore to report the
+// subtree running: nil then. Stop-and-copy, that is its success; post-
+// copy, the path it prints first, after which the relay may let the
+// memory transfer succeed.
 func (f *farRestore) Commit() error {
 	f.in.Close()
-	if err := f.wait(); err != nil {
-		return err
+	if f.relay == nil {
+		if err := f.wait(); err != nil {
+			return err
+		}
+		// The path the far restore printed: its last line.
+		for l := range f.lines {
+			f.restored = l
+		}
+		f.showMessages()
+		return nil
 	}
-	// The path the far restore printed: its last line.
-	lines := strings.Split(strings.TrimSpace(f.out.String()), "\n")
-	f.restored = lines[len(lines)-1]
-	if f.stderr != nil {
-		f.stderr.Write(f.errTail.buf.Bytes())
+	l, ok := <-f.lines
+	if !ok {
+		if err := f.wait(); err != nil {
+			return err
+		}
+		return errors.New("far side: ended without saying where it restored the subtree")
 	}
+	f.restored, f.runningAt = l, time.Now()
+	f.relay.arm()
 	return nil
+}
+
+// showMessages passes on what the far side said (warnings, imported
+// images), once.
+func (f *farRestore) showMessages() {
+	if f.stderr != nil && !f.shown {
+		f.shown = true
+		f.stderr.Write(f.errTail.bytes())
+	}
 }
 
 // Abort ends the archive short, which the far restore refuses, removing
@@ -203,28 +408,21 @@ func (f *farRestore) Abort() {
 	f.wait()
 }
 
-// wait waits for the far restore (once), and says why it failed.
+// wait waits for the far restore to end, and says why it failed.
 func (f *farRestore) wait() error {
-	if f.done {
-		return f.err
-	}
-	f.done = true
-	if err := f.cmd.Wait(); err != nil {
-		if msg := f.errTail.last(); msg != "" {
-			f.err = errors.New("far side: " + msg)
-		} else {
-			f.err = fmt.Errorf("far side: %w", err)
-		}
-	}
+	<-f.exited
 	return f.err
 }
 
 // tailWriter keeps the end of what the far side says.
 type tailWriter struct {
+	mu  sync.Mutex
 	buf bytes.Buffer
 }
 
 func (t *tailWriter) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	t.buf.Write(p)
 	if t.buf.Len() > 64<<10 {
 		t.buf.Next(t.buf.Len() - 32<<10)
@@ -232,8 +430,17 @@ func (t *tailWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// bytes is what it kept.
+func (t *tailWriter) bytes() []byte {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return bytes.Clone(t.buf.Bytes())
+}
+
 // last is the last line the far side said that starts with "crtree:".
 func (t *tailWriter) last() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	lines := strings.Split(strings.TrimSpace(t.buf.String()), "\n")
 	for i := len(lines) - 1; i >= 0; i-- {
 		if strings.HasPrefix(lines[i], "crtree: ") {

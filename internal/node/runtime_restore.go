@@ -1,6 +1,7 @@
 package node
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -27,8 +28,8 @@ func specExternalMounts(spec hier.Spec) []criu.ExternalMount {
 
 // restoreInit restores the node's process tree from images, as a child
 // of this process and inside the node's cgroup, and returns its init's
-// host PID.
-func (h *Host) restoreInit(id string, from *FromImages) (int, error) {
+// host PID, and with from.LazyPages the daemon that fetches its memory.
+func (h *Host) restoreInit(id string, from *FromImages) (int, *criu.LazyPages, error) {
 	var n hier.Node
 	var leaf cgroup.Group
 	err := h.Store.View(func(t *hier.Tree) error {
@@ -41,35 +42,35 @@ func (h *Host) restoreInit(id string, from *FromImages) (int, error) {
 		return nil
 	})
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	unmount, err := h.mountOverlay(&n)
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	defer unmount()
 	mounts, err := h.ExternalMountsFor(&n)
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	for _, m := range mounts {
 		if _, err := os.Stat(m.HostPath); err != nil {
-			return 0, fmt.Errorf("this host lacks %s, which the node has bound at %s", m.HostPath, m.Mountpoint)
+			return 0, nil, fmt.Errorf("this host lacks %s, which the node has bound at %s", m.HostPath, m.Mountpoint)
 		}
 	}
 	cg, err := leaf.Open()
 	if err != nil {
-		return 0, fmt.Errorf("open cgroup: %w", err)
+		return 0, nil, fmt.Errorf("open cgroup: %w", err)
 	}
 	defer cg.Close()
 	var netns *os.File
 	if n.Spec.Net == hier.NetBridge {
 		if netns, err = os.Open(h.NetnsPath(id)); err != nil {
-			return 0, fmt.Errorf("network namespace: %w", err)
+			return 0, nil, fmt.Errorf("network namespace: %w", err)
 		}
 		defer netns.Close()
 	}
-	return criu.Restore(from.CriuBin, criu.RestoreOptions{
+	o := criu.RestoreOptions{
 		ImagesDir:      filepath.Join(from.Dir, "criu"),
 		WorkDir:        filepath.Join(from.Dir, "work"),
 		Root:           h.RootDir(id),
@@ -87,6 +88,48 @@ func (h *Host) restoreInit(id string, from *FromImages) (int, error) {
 			}
 			return isolated(leaf, criuPid, n.Spec.OwnNet())
 		},
+		LazyPages: from.LazyPages,
+	}
+	if from.LazyPages != nil {
+		return criu.RestoreLazy(from.CriuBin, o)
+	}
+	pid, err := criu.Restore(from.CriuBin, o)
+	return pid, nil, err
+}
+
+// endLazy waits for the post-copy transfer of node id's memory (failed
+// already if failed is set) and reports how it ended on done. If it
+// failed, the node's processes are killed before the daemon's
+// userfaultfds are let go: none of them runs on a page that never came.
+func (h *Host) endLazy(id string, lazy *criu.LazyPages, done *os.File, failed error) {
+	err := failed
+	if err == nil {
+		err = lazy.Wait()
+	} else {
+		lazy.Kill()
+	}
+	if err != nil {
+		h.killNode(id)
+	}
+	lazy.Release()
+	var res LazyResult
+	if err != nil {
+		res.Error = err.Error()
+		fmt.Fprintln(os.Stderr, "crtree supervisor: post-copy:", err)
+	}
+	if done != nil {
+		json.NewEncoder(done).Encode(res)
+		done.Close()
+	}
+}
+
+// killNode kills every process of node id's cgroup.
+func (h *Host) killNode(id string) {
+	h.Store.View(func(t *hier.Tree) error {
+		if n := t.Nodes[id]; n != nil {
+			h.Group(t, n).Leaf().Kill()
+		}
+		return nil
 	})
 }
 

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/crtree/crtree/internal/cgroup"
+	"github.com/crtree/crtree/internal/criu"
 	"github.com/crtree/crtree/internal/hier"
 	"github.com/crtree/crtree/internal/network"
 )
@@ -57,10 +58,38 @@ type FromImages struct {
 	// byte 'y' can be read from it; anything else (its end) fails the
 	// restore. The caller passes the read end of a pipe.
 	Gate *os.File
+	// LazyPages, if set, is a connection to the page server of the dump
+	// (post-copy): the processes are restored without their memory and
+	// run while a lazy-pages daemon of the supervisor fetches it. If that
+	// transfer fails, the supervisor kills the node's processes, which
+	// never see a page that did not arrive. Not with Stream.
+	LazyPages *os.File
+	// LazyDone, with LazyPages, is the write end of a pipe on which the
+	// supervisor reports, as one JSON object (LazyResult), how the
+	// transfer ended.
+	LazyDone *os.File
 }
 
-// gateFD is where a supervisor finds FromImages.Gate.
-const gateFD = 4
+// LazyResult is how a supervisor's post-copy transfer ended: Error is ""
+// once every page has arrived; else the node's processes were killed.
+type LazyResult struct {
+	Error string `json:"error,omitempty"`
+}
+
+// Where a supervisor finds FromImages.Gate, LazyPages and LazyDone.
+const (
+	gateFD     = 4
+	lazyFD     = 5
+	lazyDoneFD = 6
+)
+
+// OpenLazy returns the page server connection and the pipe for the
+// result that a lazily restoring supervisor inherited.
+func OpenLazy() (conn, done *os.File) {
+	unix.CloseOnExec(lazyFD)
+	unix.CloseOnExec(lazyDoneFD)
+	return os.NewFile(lazyFD, "lazy-pages"), os.NewFile(lazyDoneFD, "lazy-done")
+}
 
 // OpenGate returns the gate a restoring supervisor inherited.
 func OpenGate() *os.File {
@@ -108,6 +137,13 @@ func (h *Host) startSupervisor(id string, from *FromImages) (int, string, error)
 		cmd.Args = append(cmd.Args, "--gate")
 		cmd.ExtraFiles = append(cmd.ExtraFiles, from.Gate) // gateFD
 	}
+	if from != nil && from.LazyPages != nil {
+		cmd.Args = append(cmd.Args, "--lazy-pages")
+		if len(cmd.ExtraFiles) < 2 {
+			cmd.ExtraFiles = append(cmd.ExtraFiles, nil)
+		}
+		cmd.ExtraFiles = append(cmd.ExtraFiles, from.LazyPages, from.LazyDone) // lazyFD, lazyDoneFD
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	cmd.Env = h.hostEnv()
 	err = cmd.Start()
@@ -147,11 +183,12 @@ func Supervise(h *Host, id string, from *FromImages) error {
 		ready.Close()
 	}
 	var pid int
+	var lazy *criu.LazyPages
 	moved, err := h.joinNetwork(id)
 	switch {
 	case err != nil:
 	case from != nil:
-		pid, err = h.restoreInit(id, from)
+		pid, lazy, err = h.restoreInit(id, from)
 	default:
 		pid, err = h.startInit(id)
 	}
@@ -161,8 +198,14 @@ func Supervise(h *Host, id string, from *FromImages) error {
 	}
 	if err := h.recordRunning(id, pid, from == nil); err != nil {
 		unix.Kill(pid, unix.SIGKILL)
+		if lazy != nil {
+			h.endLazy(id, lazy, from.LazyDone, err)
+		}
 		report(readyMsg{Error: err.Error()})
 		return err
+	}
+	if lazy != nil {
+		go h.endLazy(id, lazy, from.LazyDone, nil)
 	}
 	stop, err := h.serveAPI(id)
 	if err != nil {

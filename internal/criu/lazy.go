@@ -1,0 +1,177 @@
+package criu
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// Post-copy ("lazy pages"): a dump with DumpOptions.LazyPages leaves the
+// memory of the processes out of its images and, once every other image
+// is written, serves it as CRIU's page server on a socket; a restore with
+// RestoreOptions.LazyPages runs a lazy-pages daemon on the other end of
+// that socket, which fills the restored processes' memory through
+// userfaultfd: the pages they touch first, the rest in the background.
+// The processes run as soon as CRIU has restored everything else.
+//
+// The source's CRIU keeps its processes frozen while it serves their
+// pages: it kills them once the daemon has them all and says so
+// (PS_IOV_FORCE_CLOSE), and resumes them if the transfer fails.
+
+// LazyPages is the lazy-pages daemon of a restore: it runs until every
+// page has arrived, or the transfer failed.
+//
+// Closing a userfaultfd that has not delivered every page would let the
+// processes read zeros where their memory was (the kernel fills an
+// unregistered range with zero pages), so LazyPages holds its own copy of
+// each of the daemon's userfaultfds while the daemon runs: if the daemon
+// dies first, the processes wait at their next missing page instead,
+// until Release, which the caller calls only once it has killed them, or
+// once Wait said every page arrived.
+type LazyPages struct {
+	cmd      *exec.Cmd
+	work     string
+	keepLogs string
+	done     chan struct{}
+	err      error
+
+	mu    sync.Mutex
+	uffds []*os.File
+}
+
+// startLazyPages starts `criu lazy-pages` for a restore from images in
+// work's sibling images directory, fetching pages through sock, and
+// waits until it listens for the restore (in work, lazy-pages.socket).
+func startLazyPages(bin, images, work, level, keepLogs string, sock *os.File) (*LazyPages, error) {
+	statusR, statusW, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	defer statusR.Close()
+	// The first of ExtraFiles is descriptor 3, the second 4.
+	args := []string{"lazy-pages", "-D", images, "-W", work, "-o", "lazy-pages.log",
+		"-v" + strconv.Itoa(int(logLevel(level))), "--page-server", "--ps-socket", "3", "--status-fd", "4"}
+	l := &LazyPages{cmd: exec.Command(bin, args...), work: work, keepLogs: keepLogs, done: make(chan struct{})}
+	l.cmd.ExtraFiles = []*os.File{sock, statusW}
+	l.cmd.SysProcAttr = ownGroup()
+	err = l.cmd.Start()
+	statusW.Close()
+	if err != nil {
+		return nil, fmt.Errorf("criu lazy-pages: %w", err)
+	}
+	go func() {
+		defer close(l.done)
+		if err := l.cmd.Wait(); err != nil {
+			log := filepath.Join(work, "lazy-pages.log")
+			e := &Error{Op: "lazy-pages", Err: err, Log: log, Quoted: logErrors(log)}
+			e.Log = keepLog(log, keepLogs, "lazy-pages")
+			l.err = e
+		}
+	}()
+	var b [1]byte
+	if n, _ := statusR.Read(b[:]); n != 1 {
+		<-l.done
+		if l.err == nil {
+			l.err = errors.New("criu lazy-pages: ended before it was ready")
+		}
+		return nil, l.err
+	}
+	return l, nil
+}
+
+// hold takes a copy of each userfaultfd the daemon holds: called once
+// the restore has handed them all over, before the processes run.
+func (l *LazyPages) hold() error {
+	pid := l.cmd.Process.Pid
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return fmt.Errorf("criu lazy-pages: %w", err)
+	}
+	defer unix.Close(pidfd)
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("criu lazy-pages: %w", err)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, e := range ents {
+		target, err := os.Readlink(filepath.Join(dir, e.Name()))
+		if err != nil || target != "anon_inode:[userfaultfd]" {
+			continue
+		}
+		n, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		fd, err := unix.PidfdGetfd(pidfd, n, 0)
+		if err != nil {
+			return fmt.Errorf("criu lazy-pages: hold its userfaultfd: %w", err)
+		}
+		l.uffds = append(l.uffds, os.NewFile(uintptr(fd), "userfaultfd"))
+	}
+	// The daemon lets a process's userfaultfd go once it has delivered
+	// all its pages (or the process ended): one it no longer holds needs
+	// no guard (a small tree gets its pages while CRIU finishes).
+	return nil
+}
+
+// Wait waits until the daemon has ended: nil once every page of every
+// process it serves has arrived.
+func (l *LazyPages) Wait() error {
+	<-l.done
+	return l.err
+}
+
+// Kill ends the daemon (the processes it served then wait at their next
+// missing page, until Release).
+func (l *LazyPages) Kill() {
+	l.cmd.Process.Kill()
+	<-l.done
+}
+
+// Release drops the copies of the userfaultfds: call it once the daemon
+// has delivered every page, or once the processes are dead.
+func (l *LazyPages) Release() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, f := range l.uffds {
+		f.Close()
+	}
+	l.uffds = nil
+}
+
+// pageServerPipe is the size of the pipes CRIU's page server sets for a
+// post-copy dump (PIPE_MAX_SIZE of criu/include/page-pipe.h: 819 pages):
+// above fs.pipe-max-size, only a process with CAP_SYS_RESOURCE may. CRIU
+// does not check that it could, and then fails the transfer at its first
+// page request that is not at the start of one of its page pipes.
+const pageServerPipe = 819 * 4096
+
+// CheckLazyDump says whether CRIU's page server for a post-copy dump can
+// work here: nil if its pipes may be as large as it sets them, given
+// whether this process has CAP_SYS_RESOURCE.
+func CheckLazyDump(capSysResource bool) error {
+	if capSysResource {
+		return nil
+	}
+	data, err := os.ReadFile("/proc/sys/fs/pipe-max-size")
+	if err != nil {
+		return err
+	}
+	max, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil {
+		return fmt.Errorf("fs.pipe-max-size: %w", err)
+	}
+	if max < pageServerPipe {
+		return fmt.Errorf("CRIU's page server needs pipes of %d bytes, above fs.pipe-max-size (%d) for a process without CAP_SYS_RESOURCE, which crtree lacks here: raise it (sysctl -w fs.pipe-max-size=4194304)", pageServerPipe, max)
+	}
+	return nil
+}
