@@ -359,9 +359,6 @@ then restored; a restore from inside a node imports images without names.`,
 			if err != nil {
 				return err
 			}
-			if rep.Transfer != nil {
-				return awaitMemory(cmd, g, rep)
-			}
 			if !g.JSON && !o.Quiet {
 				for _, n := range rep.Nodes {
 					if n.Warning != "" {
@@ -371,6 +368,11 @@ then restored; a restore from inside a node imports images without names.`,
 				for _, im := range rep.Imported {
 					fmt.Fprintf(cmd.ErrOrStderr(), "imported image %s from the archive (%.2fs)\n", importedName(im), rep.ImportTime.Seconds())
 				}
+			}
+			if rep.Transfer != nil {
+				return awaitMemory(cmd, g, rep)
+			}
+			if !g.JSON && !o.Quiet {
 				fmt.Fprintln(cmd.OutOrStdout(), g.display(rep.Path))
 				return nil
 			}

@@ -233,8 +233,8 @@ func (d *dumping) prepare() error {
 		return err
 	}
 	d.held = true
-	if d.o.Lazy != nil && d.o.LeaveRunning {
-		return errors.New("dump: a post-copy dump ends the subtree: not with --leave-running")
+	if err := d.lazyRefusals(); err != nil {
+		return err
 	}
 	if !d.o.LeaveRunning {
 		if err := restorable(d.nodes, d.o.InNode); err != nil {
@@ -256,6 +256,26 @@ func (d *dumping) prepare() error {
 	for _, m := range d.nodes {
 		if m.mounts, err = d.h.ExternalMountsFor(&m.n); err != nil {
 			return fmt.Errorf("dump %s: %w", m.path, err)
+		}
+	}
+	return nil
+}
+
+// lazyRefusals refuses what a post-copy dump cannot do: keep the subtree
+// running, and resume cleanly, after a failed transfer, processes whose
+// network CRIU locked (established TCP connections, a network namespace
+// of their own): CRIU lifts its lock only when the dump itself fails, not
+// the transfer after it.
+func (d *dumping) lazyRefusals() error {
+	if d.o.Lazy == nil {
+		return nil
+	}
+	if d.o.LeaveRunning || d.o.TCPEstablished {
+		return fmt.Errorf("dump %s: post-copy is not for --leave-running or --tcp-established; nothing was dumped", d.p)
+	}
+	for _, m := range d.nodes {
+		if m.status.State == hier.Running && m.n.Spec.OwnNet() {
+			return fmt.Errorf("dump %s: post-copy: %s has a network of its own (--net %s), which CRIU locks and would leave locked if the memory transfer failed; migrate it without --lazy; nothing was dumped", d.p, m.path, m.n.Spec.Net)
 		}
 	}
 	return nil

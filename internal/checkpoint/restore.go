@@ -169,15 +169,13 @@ func Restore(ctx context.Context, h *node.Host, in io.Reader, target RestoreTarg
 	}
 	rs := &restoring{ctx: ctx, h: h, ar: src.ar, m: m, res: res, o: o, inNode: target.InNode, rep: &Report{Path: res.Paths[0].String()}}
 	defer func() {
+		// Whatever stageDirs and receiveImages made, once what failed is
+		// undone; a post-copy restore's staging directory holds its
+		// daemons' logs until its memory has arrived (MemoryTransfer.Wait).
 		if err != nil {
 			rs.abortLazy()
 			cleanupErr = errors.Join(res.Abort(), rs.dropImported())
 		}
-	}()
-	defer func() {
-		// Whatever stageDirs and receiveImages made; a post-copy
-		// restore's staging directory holds its daemons' logs until its
-		// memory has arrived (MemoryTransfer.Wait).
 		if err != nil || o.Lazy == nil {
 			rs.cleanUp()
 		}
@@ -203,8 +201,8 @@ func Restore(ctx context.Context, h *node.Host, in io.Reader, target RestoreTarg
 	return rs.rep, nil
 }
 
-// abortLazy, after a failed post-copy restore, waits for the supervisors
-// that restored a node to end their transfers (the nodes are removed).
+// abortLazy, after a failed post-copy restore, ends every transfer and
+// stops listening to the supervisors (the nodes are removed next).
 func (rs *restoring) abortLazy() {
 	if rs.o.Lazy == nil {
 		return

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -35,8 +36,8 @@ func restoreCLI(bin string, o RestoreOptions) (pid int, lazy *LazyPages, err err
 		args = append(args, "--stream")
 	}
 	if o.LazyPages != nil {
-		daemon, err := startLazyPages(bin, images, work, o.LogLevel, o.KeepLogs, o.LazyPages)
-		if err != nil {
+		var daemon *LazyPages
+		if daemon, err = startLazyPages(bin, images, work, o.LogLevel, o.KeepLogs, o.LazyPages); err != nil {
 			return 0, nil, err
 		}
 		defer func() {
@@ -53,6 +54,7 @@ func restoreCLI(bin string, o RestoreOptions) (pid int, lazy *LazyPages, err err
 			if err := lazy.hold(); err != nil {
 				return err
 			}
+			go lazy.keepHolding()
 			if before == nil {
 				return nil
 			}
@@ -107,7 +109,7 @@ func restoreCLI(bin string, o RestoreOptions) (pid int, lazy *LazyPages, err err
 }
 
 // watchLazy kills the restore (CRIU and the processes it restored, through
-// the gate's cgroup) if its lazy-pages daemon ends before it: a restored
+// the gate's cgroup) if its lazy-pages daemon fails before it ends: a restored
 // process that touches a page would wait for it forever. stop ends the
 // watch, once the restore has ended.
 func watchLazy(lazy *LazyPages, gate *resumeGate) (stop func()) {
@@ -120,7 +122,10 @@ func watchLazy(lazy *LazyPages, gate *resumeGate) (stop func()) {
 		defer close(watched)
 		select {
 		case <-lazy.done:
-			gate.killAll()
+			// Well, it has delivered every page already (a small tree).
+			if !lazy.daemonOK {
+				gate.killAll()
+			}
 		case <-restoring:
 		}
 	}()
@@ -148,6 +153,14 @@ func dumpCLI(bin string, o DumpOptions) error {
 	cmd := exec.Command(bin, args...)
 	onStart := o.OnStart
 	if o.LazyPages != nil {
+		// CRIU takes the end of its page server's connection for success
+		// and kills its processes: if crtree dies, CRIU must die with it
+		// (the processes stay frozen, for recovery to thaw), not see the
+		// end of the relay. Pdeathsig follows the thread that starts it.
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		cmd.SysProcAttr = ownGroup()
+		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
 		// The page server's socket is the command's descriptor 3; once
 		// CRIU has it, the caller's end sees CRIU's end when CRIU ends.
 		cmd.ExtraFiles = []*os.File{o.LazyPages}

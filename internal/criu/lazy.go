@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -26,71 +27,91 @@ import (
 // (PS_IOV_FORCE_CLOSE), and resumes them if the transfer fails.
 
 // LazyPages is the lazy-pages daemon of a restore: it runs until every
-// page has arrived, or the transfer failed.
+// page has arrived, or the transfer failed. Its page server connection
+// goes through a pageProxy, which has the last word on whether the
+// transfer succeeded.
 //
 // Closing a userfaultfd that has not delivered every page would let the
 // processes read zeros where their memory was (the kernel fills an
 // unregistered range with zero pages), so LazyPages holds its own copy of
-// each of the daemon's userfaultfds while the daemon runs: if the daemon
-// dies first, the processes wait at their next missing page instead,
-// until Release, which the caller calls only once it has killed them, or
-// once Wait said every page arrived.
+// each of the daemon's userfaultfds while the daemon runs (taken at
+// pre-resume, then again every holdEvery for those of processes forked
+// since): if the daemon dies first, the processes wait at their next
+// missing page instead, until Release, which the caller calls only once
+// it has killed them, or once Wait said every page arrived. A process
+// forked less than holdEvery before the daemon dies can escape this.
 type LazyPages struct {
 	cmd      *exec.Cmd
-	work     string
+	proxy    *pageProxy
+	done     chan struct{} // the daemon has ended
+	daemonOK bool
+	log      string
 	keepLogs string
-	done     chan struct{}
+	waitOnce sync.Once
 	err      error
 
 	mu    sync.Mutex
 	uffds []*os.File
 }
 
-// startLazyPages starts `criu lazy-pages` for a restore from images in
-// work's sibling images directory, fetching pages through sock, and
-// waits until it listens for the restore (in work, lazy-pages.socket).
-func startLazyPages(bin, images, work, level, keepLogs string, sock *os.File) (*LazyPages, error) {
+// holdEvery is how often LazyPages takes copies of the daemon's
+// userfaultfds again.
+const holdEvery = 100 * time.Millisecond
+
+// startLazyPages starts `criu lazy-pages` for a restore from images,
+// fetching pages from upstream through a pageProxy, and waits until it
+// listens for the restore (in work, lazy-pages.socket).
+func startLazyPages(bin, images, work, level, keepLogs string, upstream *os.File) (*LazyPages, error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("criu lazy-pages: %w", err)
+	}
+	theirs := os.NewFile(uintptr(fds[0]), "lazy-pages")
+	defer theirs.Close()
+	unix.SetNonblock(fds[1], true)
+	ours := os.NewFile(uintptr(fds[1]), "lazy-pages-proxy")
 	statusR, statusW, err := os.Pipe()
 	if err != nil {
+		ours.Close()
 		return nil, err
 	}
 	defer statusR.Close()
 	// The first of ExtraFiles is descriptor 3, the second 4.
 	args := []string{"lazy-pages", "-D", images, "-W", work, "-o", "lazy-pages.log",
 		"-v" + strconv.Itoa(int(logLevel(level))), "--page-server", "--ps-socket", "3", "--status-fd", "4"}
-	l := &LazyPages{cmd: exec.Command(bin, args...), work: work, keepLogs: keepLogs, done: make(chan struct{})}
-	l.cmd.ExtraFiles = []*os.File{sock, statusW}
+	l := &LazyPages{cmd: exec.Command(bin, args...), log: filepath.Join(work, "lazy-pages.log"), keepLogs: keepLogs, done: make(chan struct{})}
+	l.cmd.ExtraFiles = []*os.File{theirs, statusW}
 	l.cmd.SysProcAttr = ownGroup()
 	err = l.cmd.Start()
 	statusW.Close()
 	if err != nil {
+		ours.Close()
 		return nil, fmt.Errorf("criu lazy-pages: %w", err)
 	}
+	l.proxy = newPageProxy(upstream, ours)
 	go func() {
 		defer close(l.done)
-		if err := l.cmd.Wait(); err != nil {
-			log := filepath.Join(work, "lazy-pages.log")
-			e := &Error{Op: "lazy-pages", Err: err, Log: log, Quoted: logErrors(log)}
-			e.Log = keepLog(log, keepLogs, "lazy-pages")
-			l.err = e
-		}
+		l.daemonOK = l.cmd.Wait() == nil
 	}()
 	var b [1]byte
 	if n, _ := statusR.Read(b[:]); n != 1 {
-		<-l.done
-		if l.err == nil {
-			l.err = errors.New("criu lazy-pages: ended before it was ready")
-		}
-		return nil, l.err
+		return nil, l.Wait()
 	}
 	return l, nil
 }
 
-// hold takes a copy of each userfaultfd the daemon holds: called once
-// the restore has handed them all over, before the processes run.
+// hold takes a copy of each userfaultfd the daemon holds, in place of
+// those taken before: called once the restore has handed them all over,
+// before the processes run, then every holdEvery until the daemon ends.
+// The daemon lets a process's userfaultfd go once it has delivered all
+// its pages (or the process ended): one it no longer holds needs no
+// guard (a small tree gets its pages while CRIU finishes).
 func (l *LazyPages) hold() error {
 	pid := l.cmd.Process.Pid
 	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err == unix.ESRCH {
+		return nil // the daemon has ended: Wait says how
+	}
 	if err != nil {
 		return fmt.Errorf("criu lazy-pages: %w", err)
 	}
@@ -98,10 +119,9 @@ func (l *LazyPages) hold() error {
 	dir := fmt.Sprintf("/proc/%d/fd", pid)
 	ents, err := os.ReadDir(dir)
 	if err != nil {
-		return fmt.Errorf("criu lazy-pages: %w", err)
+		return nil // it has ended since
 	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
+	var held []*os.File
 	for _, e := range ents {
 		target, err := os.Readlink(filepath.Join(dir, e.Name()))
 		if err != nil || target != "anon_inode:[userfaultfd]" {
@@ -112,29 +132,60 @@ func (l *LazyPages) hold() error {
 			continue
 		}
 		fd, err := unix.PidfdGetfd(pidfd, n, 0)
+		if err == unix.EBADF || err == unix.ESRCH {
+			continue // let go since the listing: its pages are all in
+		}
 		if err != nil {
+			closeAll(held)
 			return fmt.Errorf("criu lazy-pages: hold its userfaultfd: %w", err)
 		}
-		l.uffds = append(l.uffds, os.NewFile(uintptr(fd), "userfaultfd"))
+		held = append(held, os.NewFile(uintptr(fd), "userfaultfd"))
 	}
-	// The daemon lets a process's userfaultfd go once it has delivered
-	// all its pages (or the process ended): one it no longer holds needs
-	// no guard (a small tree gets its pages while CRIU finishes).
+	l.mu.Lock()
+	old := l.uffds
+	l.uffds = held
+	l.mu.Unlock()
+	closeAll(old)
 	return nil
 }
 
-// Wait waits until the daemon has ended: nil once every page of every
-// process it serves has arrived.
+// keepHolding takes the daemon's userfaultfds again every holdEvery
+// until it ends.
+func (l *LazyPages) keepHolding() {
+	t := time.NewTicker(holdEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-l.done:
+			return
+		case <-t.C:
+			l.hold()
+		}
+	}
+}
+
+// Wait waits until the daemon has ended and the transfer is settled: nil
+// once every page of every process it serves has arrived and the source
+// has confirmed the end (see pageProxy.finish).
 func (l *LazyPages) Wait() error {
 	<-l.done
+	l.waitOnce.Do(func() {
+		err := l.proxy.finish(l.daemonOK)
+		if !l.daemonOK {
+			e := &Error{Op: "lazy-pages", Err: errors.New("the lazy-pages daemon failed"), Log: l.log, Quoted: logErrors(l.log)}
+			e.Log = keepLog(l.log, l.keepLogs, "lazy-pages")
+			err = e
+		}
+		l.err = err
+	})
 	return l.err
 }
 
 // Kill ends the daemon (the processes it served then wait at their next
-// missing page, until Release).
+// missing page, until Release) and the transfer, as failed.
 func (l *LazyPages) Kill() {
 	l.cmd.Process.Kill()
-	<-l.done
+	l.Wait()
 }
 
 // Release drops the copies of the userfaultfds: call it once the daemon
@@ -142,10 +193,14 @@ func (l *LazyPages) Kill() {
 func (l *LazyPages) Release() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for _, f := range l.uffds {
+	closeAll(l.uffds)
+	l.uffds = nil
+}
+
+func closeAll(fs []*os.File) {
+	for _, f := range fs {
 		f.Close()
 	}
-	l.uffds = nil
 }
 
 // pageServerPipe is the size of the pipes CRIU's page server sets for a
@@ -153,7 +208,8 @@ func (l *LazyPages) Release() {
 // above fs.pipe-max-size, only a process with CAP_SYS_RESOURCE may. CRIU
 // does not check that it could, and then fails the transfer at its first
 // page request that is not at the start of one of its page pipes.
-const pageServerPipe = 819 * 4096
+// The kernel rounds a pipe's size up to a power of two: 4 MiB.
+const pageServerPipe = 4 << 20
 
 // CheckLazyDump says whether CRIU's page server for a post-copy dump can
 // work here: nil if its pipes may be as large as it sets them, given

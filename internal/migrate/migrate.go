@@ -133,14 +133,19 @@ func Run(ctx context.Context, h *node.Host, p hier.Path, t Target, o Options) (*
 // killed and removed by the far side, and the subtree goes on here from
 // where it was frozen; what it did there meanwhile is lost.
 func lostAfterSwitch(p hier.Path, t Target, far *farRestore, relay *pageRelay, lazyErr *checkpoint.LazyError) error {
-	_, cause := relay.outcome()
+	passed, cause := relay.outcome()
+	farErr := far.wait()
+	if passed {
+		// Every node's memory had arrived there and every CRIU here was
+		// told to end its processes: one failed at that.
+		return fmt.Errorf("migrate %s to %s: it runs there as %s, with all its memory, but ending it here failed: %w; remove it here with crtree rm -r -f %s", p, t, far.restored, lazyErr, p)
+	}
 	if cause == nil {
 		cause = lazyErr.Err
 	}
-	farErr := far.wait()
 	there := "the far side killed its copy before any of its processes could touch a page that had not come, and removed it"
 	if farErr == nil {
-		there = "the far side reported no failure: check it with crtree ls there"
+		there = "yet the far side reported no failure, so it may run there too: check with crtree ls there and remove one copy (crtree rm -r -f)"
 	}
 	ran := ""
 	if !far.runningAt.IsZero() {
@@ -293,7 +298,9 @@ type farRestore struct {
 	in       io.WriteCloser
 	errTail  *tailWriter
 	relay    *pageRelay
-	lines    chan string   // the far restore's stdout, line by line
+	lines    chan string // the far restore's stdout, line by line
+	mu       sync.Mutex
+	last     string        // its last line so far
 	exited   chan struct{} // closed once it has ended
 	err      error         // how it ended, once exited
 	restored string
@@ -335,9 +342,12 @@ func startRestore(t Target, o Options, relay *pageRelay) (*farRestore, error) {
 func (f *farRestore) follow(out io.Reader) {
 	sc := bufio.NewScanner(out)
 	for sc.Scan() {
+		f.mu.Lock()
+		f.last = sc.Text()
+		f.mu.Unlock()
 		select {
 		case f.lines <- sc.Text():
-		default: // only the first lines matter
+		default: // post-copy, only the first line matters
 		}
 	}
 	close(f.lines)
@@ -374,9 +384,9 @@ func (f *farRestore) Commit() error {
 			return err
 		}
 		// The path the far restore printed: its last line.
-		for l := range f.lines {
-			f.restored = l
-		}
+		f.mu.Lock()
+		f.restored = f.last
+		f.mu.Unlock()
 		f.showMessages()
 		return nil
 	}

@@ -2,7 +2,6 @@ package migrate
 
 import (
 	"bufio"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/crtree/crtree/internal/criu"
 )
 
 // A post-copy migration (--lazy) moves each running node's memory after
@@ -28,27 +29,21 @@ import (
 // carries the archive: the memory travels on the same authenticated
 // channel as everything else, and no port is opened on either host.
 //
-// The relay decides when the transfer has succeeded: CRIU's page server
-// ends the processes it serves once it reads PS_IOV_FORCE_CLOSE, which a
-// lazy-pages daemon sends once it has every page. The relay holds each
+// The relay decides when the transfer has succeeded here: CRIU's page
+// server ends the processes it serves once it reads PS_IOV_FORCE_CLOSE,
+// which the far side's proxy (criu's pageProxy) sends once its lazy-pages
+// daemon has ended well, that is with every page. The relay holds each
 // node's until every node has sent its own and the far side has reported
 // the subtree running (arm), then passes them all on, so that the whole
-// subtree is ended here at once. If any connection breaks before, it
-// sends every CRIU still serving a command it does not know instead,
-// which fails the dump and resumes the processes here (CRIU takes a plain
-// end of the connection for success, so an end is never passed on).
-
-// Commands of CRIU's page server protocol (criu/page-xfer.c): a request
-// is a struct page_server_iov {u32 cmd; u64 nr_pages, vaddr, dst_id}, 32
-// bytes with its padding; the low 16 bits of cmd are the command.
-const (
-	psiSize         = 32
-	psIovClose      = 0x1023
-	psIovForceClose = 0x1024
-	psCmdMask       = 0xffff
-	// psIovRefuse is no command of the protocol: CRIU fails on it.
-	psIovRefuse = 0xdead
-)
+// subtree is ended here at once; CRIU's answers go back, and a far node
+// counts as arrived only once it has its answer. If any connection breaks
+// before, the relay sends every CRIU still serving a command it does not
+// know instead, which fails the dump and resumes the processes here (CRIU
+// takes a plain end of the connection for success, so an end is never
+// passed on), and closes every far connection, so that the far side kills
+// its copy, even of nodes whose memory had all arrived. A connection that
+// breaks between CRIU's answer and its arrival there loses the subtree on
+// both sides: the one window left.
 
 // helloPrefix starts the line a far side's connection opens with; the
 // node's index in the archive follows.
@@ -134,9 +129,10 @@ func (r *pageRelay) Abort() { r.fail(errors.New("the migration was abandoned")) 
 // arm says the far side runs the subtree: the transfer may succeed now.
 func (r *pageRelay) arm() {
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	r.armed = true
-	r.passOnLocked()
+	passed := r.passOnLocked()
+	r.mu.Unlock()
+	r.passOn(passed)
 }
 
 // accept takes the far side's connections, one per running node.
@@ -150,8 +146,8 @@ func (r *pageRelay) accept() {
 		r.wg.Add(1)
 		go func() {
 			defer r.wg.Done()
+			defer c.Close()
 			if err := r.serve(c); err != nil {
-				c.Close()
 				r.fail(err)
 			}
 		}()
@@ -179,20 +175,33 @@ func (r *pageRelay) serve(c net.Conn) error {
 	}
 	n.far = c
 	r.mu.Unlock()
-	go r.toFar(n)
-	return r.fromFar(n, in)
+	sent := make(chan struct{})
+	go func() {
+		defer close(sent)
+		r.toFar(n)
+	}()
+	err = r.fromFar(n, in)
+	if err == nil {
+		// CRIU's answer to FORCE_CLOSE goes out before the connection
+		// closes.
+		<-sent
+	}
+	return err
 }
 
-// toFar carries the pages CRIU sends to the far side.
+// toFar carries the pages CRIU sends to the far side. Once that fails, it
+// goes on reading them, so that CRIU, which may be in the middle of a
+// reply, gets to the refusal behind it.
 func (r *pageRelay) toFar(n *relayNode) {
 	buf := make([]byte, 1<<20)
+	broken := false
 	for {
 		k, err := n.ours.Read(buf)
-		if k > 0 {
+		if k > 0 && !broken {
 			r.sent.Add(int64(k))
 			if _, werr := n.far.Write(buf[:k]); werr != nil {
+				broken = true
 				r.fail(fmt.Errorf("send pages: %w", werr))
-				return
 			}
 		}
 		if err != nil {
@@ -207,20 +216,20 @@ func (r *pageRelay) toFar(n *relayNode) {
 // its FORCE_CLOSE; the connection's end before that fails the transfer.
 func (r *pageRelay) fromFar(n *relayNode, in io.Reader) error {
 	for {
-		req := make([]byte, psiSize)
+		req := make([]byte, criu.PageRequestSize)
 		if _, err := io.ReadFull(in, req); err != nil {
 			if err == io.EOF || err == io.ErrUnexpectedEOF {
 				err = errors.New("the far side closed it")
 			}
 			return fmt.Errorf("the page connection broke before all memory had arrived: %w", err)
 		}
-		cmd := binary.LittleEndian.Uint32(req) & psCmdMask
-		if cmd == psIovForceClose || cmd == psIovClose {
+		if criu.IsCloseRequest(req) {
 			r.mu.Lock()
 			n.close = req
-			r.passOnLocked()
+			passed := r.passOnLocked()
 			r.mu.Unlock()
-			// The daemon waits for CRIU's answer, then closes.
+			r.passOn(passed)
+			// The far side waits for CRIU's answer, then closes.
 			io.Copy(io.Discard, in)
 			return nil
 		}
@@ -238,23 +247,34 @@ func (r *pageRelay) fromFar(n *relayNode, in io.Reader) error {
 	}
 }
 
-// passOnLocked passes every node's FORCE_CLOSE to its CRIU once armed
-// and every node has sent its own (r.mu held).
-func (r *pageRelay) passOnLocked() {
+// passOnLocked decides, r.mu held, whether every node's FORCE_CLOSE goes
+// to its CRIU now: once armed and every node has sent its own. It returns
+// the nodes to pass them to (passOn), nil if not now.
+func (r *pageRelay) passOnLocked() []*relayNode {
 	if !r.armed || r.passed || r.failure != nil || len(r.nodes) == 0 {
-		return
+		return nil
 	}
 	for _, n := range r.nodes {
 		if n.close == nil {
-			return
+			return nil
 		}
 	}
 	r.passed = true
+	var out []*relayNode
 	for _, n := range r.nodes {
+		n.done = true
+		out = append(out, n)
+	}
+	return out
+}
+
+// passOn writes each node's FORCE_CLOSE to its CRIU (not holding r.mu: a
+// CRIU busy writing waits for toFar, which may need r.mu to fail).
+func (r *pageRelay) passOn(nodes []*relayNode) {
+	for _, n := range nodes {
 		n.wmu.Lock()
 		n.ours.Write(n.close)
 		n.wmu.Unlock()
-		n.done = true
 	}
 }
 
@@ -263,23 +283,26 @@ func (r *pageRelay) passOnLocked() {
 // far connection closed.
 func (r *pageRelay) fail(err error) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	if r.passed || r.failure != nil {
+		r.mu.Unlock()
 		return
 	}
 	r.failure = err
-	refuse := make([]byte, psiSize)
-	binary.LittleEndian.PutUint32(refuse, psIovRefuse)
+	var refuse []*relayNode
 	for _, n := range r.nodes {
 		if !n.done {
-			n.wmu.Lock()
-			n.ours.Write(refuse)
-			n.wmu.Unlock()
 			n.done = true
+			refuse = append(refuse, n)
 		}
 		if n.far != nil {
 			n.far.Close()
 		}
+	}
+	r.mu.Unlock()
+	for _, n := range refuse {
+		n.wmu.Lock()
+		n.ours.Write(criu.RefuseRequest())
+		n.wmu.Unlock()
 	}
 }
 

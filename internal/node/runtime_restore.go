@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"time"
 
 	"github.com/crtree/crtree/internal/cgroup"
 	"github.com/crtree/crtree/internal/criu"
@@ -109,9 +110,16 @@ func (h *Host) endLazy(id string, lazy *criu.LazyPages, done *os.File, failed er
 		lazy.Kill()
 	}
 	if err != nil {
-		h.killNode(id)
+		// Released only once no process is left that could read a page
+		// that did not come.
+		if kerr := h.killNode(id); kerr != nil {
+			err = fmt.Errorf("%w; killing the node failed too (%v): its processes stay blocked", err, kerr)
+		} else {
+			lazy.Release()
+		}
+	} else {
+		lazy.Release()
 	}
-	lazy.Release()
 	var res LazyResult
 	if err != nil {
 		res.Error = err.Error()
@@ -123,14 +131,25 @@ func (h *Host) endLazy(id string, lazy *criu.LazyPages, done *os.File, failed er
 	}
 }
 
-// killNode kills every process of node id's cgroup.
-func (h *Host) killNode(id string) {
-	h.Store.View(func(t *hier.Tree) error {
-		if n := t.Nodes[id]; n != nil {
-			h.Group(t, n).Leaf().Kill()
+// killNode kills every process of node id's cgroup and waits until they
+// are gone.
+func (h *Host) killNode(id string) error {
+	var leaf cgroup.Group
+	err := h.Store.View(func(t *hier.Tree) error {
+		n := t.Nodes[id]
+		if n == nil {
+			return fmt.Errorf("node %s: %w", id, hier.ErrNotFound)
 		}
+		leaf = h.Group(t, n).Leaf()
 		return nil
 	})
+	if err != nil {
+		return err
+	}
+	if err := leaf.Kill(); err != nil {
+		return err
+	}
+	return leaf.WaitEmpty(10 * time.Second)
 }
 
 // isolated refuses restored processes (held before they run) that share

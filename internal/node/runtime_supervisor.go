@@ -88,6 +88,9 @@ const (
 func OpenLazy() (conn, done *os.File) {
 	unix.CloseOnExec(lazyFD)
 	unix.CloseOnExec(lazyDoneFD)
+	// Non-blocking, so that the connection takes deadlines (criu's
+	// pageProxy).
+	unix.SetNonblock(lazyFD, true)
 	return os.NewFile(lazyFD, "lazy-pages"), os.NewFile(lazyDoneFD, "lazy-done")
 }
 
@@ -204,9 +207,18 @@ func Supervise(h *Host, id string, from *FromImages) error {
 		report(readyMsg{Error: err.Error()})
 		return err
 	}
+	lazyEnded := make(chan struct{})
 	if lazy != nil {
-		go h.endLazy(id, lazy, from.LazyDone, nil)
+		go func() {
+			defer close(lazyEnded)
+			h.endLazy(id, lazy, from.LazyDone, nil)
+		}()
+	} else {
+		close(lazyEnded)
 	}
+	// An init that ends while its memory arrives does not end the
+	// transfer (the daemon sees it go): its result is still reported.
+	defer func() { <-lazyEnded }()
 	stop, err := h.serveAPI(id)
 	if err != nil {
 		// The node runs; only crtree inside it will not work.
