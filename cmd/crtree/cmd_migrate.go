@@ -50,8 +50,8 @@ freeze until the far side runs it; --json reports that (frozen) with the
 other phases (downtime; transferred: until everything had arrived). --ssh names a program (a wrapper script for ssh options).
 
 With --lazy (post-copy), the subtree runs on the far side as soon as
-everything but its memory has arrived: the downtime does not grow with the
-memory. Its memory follows over the same ssh connection (forwarded Unix
+everything but its memory has arrived: the downtime does not wait for the
+memory to cross. Its memory follows over the same ssh connection (forwarded Unix
 sockets, no port opened): pages the processes touch first, the rest in the
 background, while the source stays frozen and serves them; once all have
 arrived, the source is ended. This has a window plain migration has not:
@@ -60,8 +60,9 @@ has crossed, the copy there cannot complete. crtree then kills it (none of
 its processes ever reads a page that did not come) and removes it, and the
 subtree resumes here from the moment it was frozen: what it did there in
 the meantime is lost, which the error says. --lazy needs userfaultfd on the
-far side (crtree check --lazy-pages there) and, here, pipes of 3.2 MiB for
-CRIU's page server (crtree check says whether).
+far side (crtree check --lazy-pages there) and, here, pipes of 4 MiB for
+CRIU's page server (crtree check says whether). Not with --tcp-established,
+nor for nodes with a network of their own.
 
 Established TCP connections move with --tcp-established, if the node
 keeps its address on the far side (--net bridge on routed subnets: see the

@@ -169,6 +169,15 @@ func (g Group) Kill() error {
 	return g.write("cgroup.kill", "1")
 }
 
+// KillWait kills every process in g and below it (Kill) and waits until
+// none is left, or timeout passes (WaitEmpty).
+func (g Group) KillWait(timeout time.Duration) error {
+	if err := g.Kill(); err != nil {
+		return err
+	}
+	return g.WaitEmpty(timeout)
+}
+
 // WaitEmpty waits until no process is left in g or timeout passes.
 func (g Group) WaitEmpty(timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)

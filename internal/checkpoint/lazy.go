@@ -28,9 +28,7 @@ func (rs *restoring) lazyNode(i int, from *node.FromImages) error {
 		return err
 	}
 	from.LazyPages, from.LazyDone = conn, w
-	rs.lazyMu.Lock()
-	rs.lazyDone[i] = r
-	rs.lazyMu.Unlock()
+	rs.lazyDone[i] = r // each node's own element: no lock
 	return nil
 }
 

@@ -304,7 +304,6 @@ type restoring struct {
 	inNode bool
 	// lazyDone are, for a post-copy restore (o.Lazy), where each running
 	// node's supervisor reports the end of its memory transfer.
-	lazyMu   sync.Mutex
 	lazyDone []*os.File
 }
 

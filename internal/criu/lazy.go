@@ -62,14 +62,11 @@ const holdEvery = 100 * time.Millisecond
 // fetching pages from upstream through a pageProxy, and waits until it
 // listens for the restore (in work, lazy-pages.socket).
 func startLazyPages(bin, images, work, level, keepLogs string, upstream *os.File) (*LazyPages, error) {
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	theirs, ours, err := PageSocketPair()
 	if err != nil {
 		return nil, fmt.Errorf("criu lazy-pages: %w", err)
 	}
-	theirs := os.NewFile(uintptr(fds[0]), "lazy-pages")
 	defer theirs.Close()
-	unix.SetNonblock(fds[1], true)
-	ours := os.NewFile(uintptr(fds[1]), "lazy-pages-proxy")
 	statusR, statusW, err := os.Pipe()
 	if err != nil {
 		ours.Close()

@@ -6,8 +6,9 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // CRIU's page server protocol (criu/page-xfer.c), as far as crtree relays
@@ -44,6 +45,23 @@ func RefuseRequest() []byte {
 	return req
 }
 
+// PageSocketPair returns a connected pair of Unix stream sockets for a
+// CRIU page server or lazy-pages daemon: criuEnd blocking, to be passed
+// to CRIU; ours non-blocking, so that Go's poller serves it (a Close or a
+// deadline ends a read).
+func PageSocketPair() (criuEnd, ours *os.File, err error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := unix.SetNonblock(fds[0], false); err != nil {
+		unix.Close(fds[0])
+		unix.Close(fds[1])
+		return nil, nil, err
+	}
+	return os.NewFile(uintptr(fds[0]), "criu-pages"), os.NewFile(uintptr(fds[1]), "pages"), nil
+}
+
 // pageProxy stands between a restore's lazy-pages daemon and the page
 // server upstream (RestoreOptions.LazyPages): it passes the daemon's
 // requests and the pages, and answers the daemon's FORCE_CLOSE itself;
@@ -56,7 +74,6 @@ type pageProxy struct {
 	daemon   *os.File // our end of the daemon's socket pair
 	closed   chan struct{}
 	copied   chan struct{}
-	once     sync.Once
 }
 
 func newPageProxy(upstream, daemon *os.File) *pageProxy {

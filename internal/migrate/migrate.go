@@ -298,7 +298,7 @@ type farRestore struct {
 	in       io.WriteCloser
 	errTail  *tailWriter
 	relay    *pageRelay
-	lines    chan string // the far restore's stdout, line by line
+	first    chan string // the far restore's first line of stdout (closed without one)
 	mu       sync.Mutex
 	last     string        // its last line so far
 	exited   chan struct{} // closed once it has ended
@@ -319,7 +319,7 @@ func startRestore(t Target, o Options, relay *pageRelay) (*farRestore, error) {
 		return nil, fmt.Errorf("start the far restore: %w", err)
 	}
 	f := &farRestore{cmd: cmd, errTail: &tailWriter{}, stderr: o.Stderr, relay: relay,
-		lines: make(chan string, 16), exited: make(chan struct{})}
+		first: make(chan string, 1), exited: make(chan struct{})}
 	f.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	f.cmd.Stderr = f.errTail
 	out, err := f.cmd.StdoutPipe()
@@ -341,16 +341,15 @@ func startRestore(t Target, o Options, relay *pageRelay) (*farRestore, error) {
 // follow reads the far restore's stdout, then waits for it to end.
 func (f *farRestore) follow(out io.Reader) {
 	sc := bufio.NewScanner(out)
-	for sc.Scan() {
+	for n := 0; sc.Scan(); n++ {
+		if n == 0 {
+			f.first <- sc.Text()
+		}
 		f.mu.Lock()
 		f.last = sc.Text()
 		f.mu.Unlock()
-		select {
-		case f.lines <- sc.Text():
-		default: // post-copy, only the first line matters
-		}
 	}
-	close(f.lines)
+	close(f.first)
 	if err := f.cmd.Wait(); err != nil {
 		if msg := f.errTail.last(); msg != "" {
 			f.err = errors.New("far side: " + msg)
@@ -390,7 +389,7 @@ func (f *farRestore) Commit() error {
 		f.showMessages()
 		return nil
 	}
-	l, ok := <-f.lines
+	l, ok := <-f.first
 	if !ok {
 		if err := f.wait(); err != nil {
 			return err

@@ -14,8 +14,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/crtree/crtree/internal/criu"
 )
 
@@ -54,14 +52,13 @@ type pageRelay struct {
 	dir string
 	ln  *net.UnixListener
 
-	mu       sync.Mutex
-	nodes    map[int]*relayNode
-	armed    bool
-	passed   bool  // every FORCE_CLOSE passed on: the transfer succeeded
-	failure  error // why the transfer failed, once it has
-	sent     atomic.Int64
-	firstGet time.Time
-	wg       sync.WaitGroup
+	mu      sync.Mutex
+	nodes   map[int]*relayNode
+	armed   bool
+	passed  bool  // every FORCE_CLOSE passed on: the transfer succeeded
+	failure error // why the transfer failed, once it has
+	sent    atomic.Int64
+	wg      sync.WaitGroup
 }
 
 // relayNode is one node's page server: CRIU's socket pair, and the far
@@ -100,18 +97,11 @@ func (r *pageRelay) Path() string { return r.ln.Addr().String() }
 // Socket is checkpoint.PageServers.Socket: the end of a new socket pair
 // on which node i's CRIU serves its memory.
 func (r *pageRelay) Socket(i int) (*os.File, error) {
-	// Ours non-blocking (Go's poller, so that Close ends a read), CRIU's
-	// blocking.
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	criuEnd, ours, err := criu.PageSocketPair()
 	if err != nil {
 		return nil, fmt.Errorf("page relay: %w", err)
 	}
-	if err := unix.SetNonblock(fds[0], false); err != nil {
-		unix.Close(fds[0])
-		unix.Close(fds[1])
-		return nil, fmt.Errorf("page relay: %w", err)
-	}
-	n := &relayNode{criu: os.NewFile(uintptr(fds[0]), "criu-pages"), ours: os.NewFile(uintptr(fds[1]), "relay-pages")}
+	n := &relayNode{criu: criuEnd, ours: ours}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.nodes[i] != nil || r.failure != nil {
@@ -233,11 +223,6 @@ func (r *pageRelay) fromFar(n *relayNode, in io.Reader) error {
 			io.Copy(io.Discard, in)
 			return nil
 		}
-		r.mu.Lock()
-		if r.firstGet.IsZero() {
-			r.firstGet = time.Now()
-		}
-		r.mu.Unlock()
 		n.wmu.Lock()
 		_, err := n.ours.Write(req)
 		n.wmu.Unlock()

@@ -146,10 +146,7 @@ func (h *Host) Destroy(id string) error {
 // destroyLocked is Destroy for a caller that holds the tree.
 func (h *Host) destroyLocked(t *hier.Tree, n *hier.Node) error {
 	g := h.Group(t, n)
-	if err := g.Kill(); err != nil {
-		return err
-	}
-	if err := g.WaitEmpty(10 * time.Second); err != nil {
+	if err := g.KillWait(10 * time.Second); err != nil {
 		return err
 	}
 	sub := t.Subtree(n)

@@ -241,8 +241,7 @@ func (h *Host) gcGroups(t *hier.Tree, g cgroup.Group) []string {
 		}
 		sub := cgroup.Group(filepath.Join(g.Path(), d.Name()))
 		if t.Nodes[d.Name()] == nil {
-			sub.Kill()
-			if err := sub.WaitEmpty(5 * time.Second); err == nil && sub.Remove() == nil {
+			if err := sub.KillWait(5 * time.Second); err == nil && sub.Remove() == nil {
 				removed = append(removed, sub.Path())
 			}
 			continue

@@ -31,17 +31,7 @@ func specExternalMounts(spec hier.Spec) []criu.ExternalMount {
 // of this process and inside the node's cgroup, and returns its init's
 // host PID, and with from.LazyPages the daemon that fetches its memory.
 func (h *Host) restoreInit(id string, from *FromImages) (int, *criu.LazyPages, error) {
-	var n hier.Node
-	var leaf cgroup.Group
-	err := h.Store.View(func(t *hier.Tree) error {
-		m := t.Nodes[id]
-		if m == nil {
-			return fmt.Errorf("node %s: %w", id, hier.ErrNotFound)
-		}
-		n = *m
-		leaf = h.Group(t, m).Leaf()
-		return nil
-	})
+	n, leaf, err := h.nodeAndLeaf(id)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -109,15 +99,16 @@ func (h *Host) endLazy(id string, lazy *criu.LazyPages, done *os.File, failed er
 	} else {
 		lazy.Kill()
 	}
+	// Released only once no process is left that could read a page
+	// that did not come.
+	release := true
 	if err != nil {
-		// Released only once no process is left that could read a page
-		// that did not come.
 		if kerr := h.killNode(id); kerr != nil {
 			err = fmt.Errorf("%w; killing the node failed too (%v): its processes stay blocked", err, kerr)
-		} else {
-			lazy.Release()
+			release = false
 		}
-	} else {
+	}
+	if release {
 		lazy.Release()
 	}
 	var res LazyResult
@@ -134,22 +125,11 @@ func (h *Host) endLazy(id string, lazy *criu.LazyPages, done *os.File, failed er
 // killNode kills every process of node id's cgroup and waits until they
 // are gone.
 func (h *Host) killNode(id string) error {
-	var leaf cgroup.Group
-	err := h.Store.View(func(t *hier.Tree) error {
-		n := t.Nodes[id]
-		if n == nil {
-			return fmt.Errorf("node %s: %w", id, hier.ErrNotFound)
-		}
-		leaf = h.Group(t, n).Leaf()
-		return nil
-	})
+	_, leaf, err := h.nodeAndLeaf(id)
 	if err != nil {
 		return err
 	}
-	if err := leaf.Kill(); err != nil {
-		return err
-	}
-	return leaf.WaitEmpty(10 * time.Second)
+	return leaf.KillWait(10 * time.Second)
 }
 
 // isolated refuses restored processes (held before they run) that share

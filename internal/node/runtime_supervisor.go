@@ -234,18 +234,11 @@ func Supervise(h *Host, id string, from *FromImages) error {
 // startInit starts the init stage in new namespaces, inside the node's
 // cgroup, and waits until it has exec'd the node's command.
 func (h *Host) startInit(id string) (int, error) {
-	var cfg InitConfig
-	var leaf cgroup.Group
-	err := h.Store.View(func(t *hier.Tree) error {
-		n := t.Nodes[id]
-		if n == nil {
-			return fmt.Errorf("node %s: %w", id, hier.ErrNotFound)
-		}
-		leaf = h.Group(t, n).Leaf()
-		var err error
-		cfg, err = h.initConfig(n)
-		return err
-	})
+	n, leaf, err := h.nodeAndLeaf(id)
+	if err != nil {
+		return 0, err
+	}
+	cfg, err := h.initConfig(&n)
 	if err != nil {
 		return 0, err
 	}
@@ -298,6 +291,22 @@ func (h *Host) startInit(id string) (int, error) {
 		return 0, fmt.Errorf("start node: %s", msg)
 	}
 	return cmd.Process.Pid, nil
+}
+
+// nodeAndLeaf returns a copy of the node with the given ID, and the cgroup
+// its processes live in (which never moves: mv keeps the parent).
+func (h *Host) nodeAndLeaf(id string) (hier.Node, cgroup.Group, error) {
+	var n hier.Node
+	var leaf cgroup.Group
+	err := h.Store.View(func(t *hier.Tree) error {
+		m := t.Nodes[id]
+		if m == nil {
+			return fmt.Errorf("node %s: %w", id, hier.ErrNotFound)
+		}
+		n, leaf = *m, h.Group(t, m).Leaf()
+		return nil
+	})
+	return n, leaf, err
 }
 
 // initConfig turns a node's spec into what the init stage needs.

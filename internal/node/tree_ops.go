@@ -131,10 +131,7 @@ func (h *Host) Signal(p hier.Path, sig unix.Signal, recursive bool) error {
 			if !recursive {
 				g = g.Leaf()
 			}
-			if err := g.Kill(); err != nil {
-				return err
-			}
-			return g.WaitEmpty(10 * time.Second)
+			return g.KillWait(10 * time.Second)
 		}
 		for _, m := range nodes {
 			pids, err := h.Group(t, m).Leaf().Procs()
