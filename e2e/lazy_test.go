@@ -157,35 +157,34 @@ func TestMigrateLazySSH(t *testing.T) {
 	// The connection breaks after the switch, with memory still to come.
 	lazyTree(a, 1024)
 	cmd := a.cmd("migrate", "--lazy", "--keep-binds", "--ssh", ssh, "/m", target)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
+	errFile := filepath.Join(t.TempDir(), "stderr")
+	f, err := os.Create(errFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	cmd.Stderr = f
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	stderr := func() string { data, _ := os.ReadFile(errFile); return string(data) }
 	var sshPid int
 	poll(10*time.Second, 5*time.Millisecond, func() bool { sshPid = restoreChild(cmd.Process.Pid); return sshPid > 0 })
-	// The switch: the far side lists the subtree.
-	switched := poll(20*time.Second, 20*time.Millisecond, func() bool {
-		out, _ := b.run("ls", "-r")
-		for _, l := range strings.Split(out, "\n") {
-			if f := strings.Fields(l); len(f) > 1 && f[0] == "/m/hog" && f[1] == "running" {
-				return true
-			}
-		}
-		return false
-	})
+	// The switch, as the migrating side reports it: its progress lines
+	// start once the far side runs the subtree.
+	switched := poll(30*time.Second, 20*time.Millisecond, func() bool { return strings.Contains(stderr(), "memory: ") })
 	if !switched || sshPid == 0 || unix.Kill(sshPid, unix.SIGKILL) != nil {
 		cmd.Wait()
-		t.Fatalf("no switch to break (%v, ssh %d): %s", switched, sshPid, stderr.String())
+		t.Fatalf("no switch to break (%v, ssh %d): %s", switched, sshPid, stderr())
 	}
-	err := cmd.Wait()
-	t.Logf("killed after the switch: %s", strings.TrimSpace(stderr.String()))
+	err = cmd.Wait()
+	t.Logf("killed after the switch: %s", strings.TrimSpace(stderr()))
 	if err == nil {
 		t.Fatal("the migration completed though its connection was killed while the memory was arriving")
 	}
 	for _, want := range []string{"the memory transfer broke after the subtree had started there", "the far side killed its copy", "resumes here from the moment it was frozen", "is lost"} {
-		if !strings.Contains(stderr.String(), want) {
-			t.Fatalf("the error does not say %q: %s", want, stderr.String())
+		if !strings.Contains(stderr(), want) {
+			t.Fatalf("the error does not say %q: %s", want, stderr())
 		}
 	}
 	if f := a.frozen(); len(f) > 0 {

@@ -92,7 +92,10 @@ func startLazyPages(bin, images, work, level, keepLogs string, upstream *os.File
 	}()
 	var b [1]byte
 	if n, _ := statusR.Read(b[:]); n != 1 {
-		return nil, l.Wait()
+		if err := l.Wait(); err != nil {
+			return nil, err
+		}
+		return nil, errors.New("criu lazy-pages: ended before it was ready")
 	}
 	return l, nil
 }

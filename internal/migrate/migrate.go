@@ -156,7 +156,8 @@ func lostAfterSwitch(p hier.Path, t Target, far *farRestore, relay *pageRelay, l
 }
 
 // reportProgress calls progress about once a second with the bytes the
-// relay has sent, until stop.
+// relay has sent, from the moment the far side runs the subtree (pages
+// its restore faulted in before are counted) until stop.
 func reportProgress(relay *pageRelay, progress func(int64)) (stop func()) {
 	if progress == nil {
 		return func() {}
@@ -170,8 +171,8 @@ func reportProgress(relay *pageRelay, progress func(int64)) (stop func()) {
 			case <-done:
 				return
 			case <-tick.C:
-				if n := relay.Sent(); n > 0 {
-					progress(n)
+				if relay.switched() {
+					progress(relay.Sent())
 				}
 			}
 		}

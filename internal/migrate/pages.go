@@ -125,6 +125,13 @@ func (r *pageRelay) arm() {
 	r.passOn(passed)
 }
 
+// switched says whether the far side runs the subtree (arm).
+func (r *pageRelay) switched() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.armed
+}
+
 // accept takes the far side's connections, one per running node.
 func (r *pageRelay) accept() {
 	defer r.wg.Done()
