@@ -45,12 +45,14 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "build crtree:", err)
 		os.Exit(1)
 	}
-	hog := exec.Command("go", "build", "-o", filepath.Join(dir, "memhog"), "../testdata/memhog")
-	hog.Env = append(os.Environ(), "CGO_ENABLED=0")
-	hog.Stdout, hog.Stderr = os.Stderr, os.Stderr
-	if err := hog.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build memhog:", err)
-		os.Exit(1)
+	for _, helper := range []string{"memhog", "vforker"} {
+		b := exec.Command("go", "build", "-o", filepath.Join(dir, helper), "../testdata/"+helper)
+		b.Env = append(os.Environ(), "CGO_ENABLED=0")
+		b.Stdout, b.Stderr = os.Stderr, os.Stderr
+		if err := b.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "build "+helper+":", err)
+			os.Exit(1)
+		}
 	}
 	binDir = dir
 	code := m.Run()

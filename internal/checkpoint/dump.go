@@ -2,6 +2,7 @@ package checkpoint
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -424,9 +425,8 @@ func (d *dumping) stageDirs() error {
 // to each node's own group, which CRIU needs to seize it.
 func (d *dumping) freeze() error {
 	d.o.progress(Progress{Phase: "freeze", NodesTotal: len(d.nodes)})
-	if err := d.top.Freeze(freezeTimeout); err != nil {
-		d.top.Thaw()
-		return fmt.Errorf("dump %s: %w", d.p, err)
+	if err := d.freezeSeizable(); err != nil {
+		return err
 	}
 	d.frozen, d.frozenAt = true, time.Now()
 	for _, m := range d.nodes {
@@ -442,6 +442,56 @@ func (d *dumping) freeze() error {
 		return fmt.Errorf("dump %s: %w", d.p, err)
 	}
 	return nil
+}
+
+// freezeSeizable freezes the subtree's top group at an instant when no
+// thread of it is in uninterruptible sleep, which CRIU cannot seize
+// (after its 10 s timeout, the dump fails): mostly a shell waiting for
+// the command it started with vfork, caught by the freeze before the
+// command's exec. Such a thread leaves that state only once the subtree
+// runs, so it is thawed for a moment and frozen again, a few times, then
+// left as it is (CRIU then says which process it could not seize).
+func (d *dumping) freezeSeizable() error {
+	for try := 1; ; try++ {
+		if err := d.top.Freeze(freezeTimeout); err != nil {
+			d.top.Thaw()
+			return fmt.Errorf("dump %s: %w", d.p, err)
+		}
+		if try == seizeTries || !uninterruptible(d.nodes) {
+			return nil
+		}
+		if err := d.top.Thaw(); err != nil {
+			return fmt.Errorf("dump %s: %w", d.p, err)
+		}
+		time.Sleep(time.Duration(try) * time.Millisecond)
+	}
+}
+
+// seizeTries is how often freezeSeizable freezes at most (it waits 1 ms
+// more after each try: about 0.2 s in all).
+const seizeTries = 20
+
+// uninterruptible reports whether a thread of a running node of nodes is
+// in uninterruptible sleep (state D).
+func uninterruptible(nodes []*dumpNode) bool {
+	for _, m := range nodes {
+		if m.status.State != hier.Running {
+			continue
+		}
+		pids, _ := m.group.Leaf().Procs()
+		for _, pid := range pids {
+			tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+			for _, t := range tasks {
+				stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, t.Name()))
+				// The state follows the command, which is in parentheses
+				// and may hold any character.
+				if i := bytes.LastIndexByte(stat, ')'); err == nil && i >= 0 && i+2 < len(stat) && stat[i+2] == 'D' {
+					return true
+				}
+			}
+		}
+	}
+	return false
 }
 
 // thaw lets the workload run again.
@@ -717,6 +767,8 @@ func dumpHint(err error, ghostLimit int64) error {
 		ce.Hint = "a process of the node holds a file from outside the node, often the stdin, stdout or stderr a `crtree exec` gave a background job: start such jobs with their stdio inside the node (</dev/null >/dev/null 2>&1, or a file), or end them, then dump again"
 	case ce.Says("External socket is used"):
 		ce.Hint = "a process of the node is connected to a socket outside it, such as an in-node crtree command (logs -f, exec) still talking to its supervisor: let it end, then dump again"
+	case ce.Says("Unseizable non-zombie"):
+		ce.Hint = "a process of the node stayed in uninterruptible sleep (state D: waiting on a disk or network file system, or on a command it started with vfork) however often the freeze was retried; dump again once it has left that state"
 	case ce.Says("Can't get rlimit") && !node.HasCapSysResource():
 		ce.Hint = "CRIU reads the resource limits of processes of other users only with CAP_SYS_RESOURCE, which root lacks on this machine (crtree check says so): a node that runs as another user (run --user, or its image's user) cannot be dumped here; run it as root"
 	}
