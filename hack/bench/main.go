@@ -20,18 +20,20 @@ import (
 )
 
 var (
-	crtreeBin = flag.String("crtree", "bin/crtree", "crtree binary")
-	memhogBin = flag.String("memhog", "bin/memhog", "workload binary (testdata/memhog)")
-	criuBin   = flag.String("criu", "criu", "criu binary")
-	mib       = flag.Int("mib", 512, "MiB of memory the workload holds")
-	reps      = flag.Int("reps", 3, "repetitions of each measurement")
-	treeN     = flag.Int("tree-nodes", 16, "nodes in the subtree measurement (0 to skip)")
-	treeMiB   = flag.Int("tree-mib", 32, "MiB per node in the subtree measurement")
-	lsN       = flag.Int("ls-nodes", 500, "nodes for the ls -r measurement (0 to skip)")
-	conds     = flag.String("conditions", "warm,cold", "memory conditions: warm (2 GiB touched and freed before each run), cold")
-	jsonOut   = flag.String("json", "bench-results.json", "file for every measurement")
-	workDir   = flag.String("work", "/var/tmp/crtree-bench", "scratch directory (on disk)")
-	imageMiB  = flag.Int("image-mib", 64, "MiB of incompressible files in the image of the image-node case (-1 to skip it)")
+	crtreeBin   = flag.String("crtree", "bin/crtree", "crtree binary")
+	memhogBin   = flag.String("memhog", "bin/memhog", "workload binary (testdata/memhog)")
+	criuBin     = flag.String("criu", "criu", "criu binary")
+	mib         = flag.Int("mib", 512, "MiB of memory the workload holds")
+	reps        = flag.Int("reps", 3, "repetitions of each measurement")
+	treeN       = flag.Int("tree-nodes", 16, "nodes in the subtree measurement (0 to skip)")
+	treeMiB     = flag.Int("tree-mib", 32, "MiB per node in the subtree measurement")
+	lsN         = flag.Int("ls-nodes", 500, "nodes for the ls -r measurement (0 to skip)")
+	conds       = flag.String("conditions", "warm,cold", "memory conditions: warm (2 GiB touched and freed before each run), cold")
+	jsonOut     = flag.String("json", "bench-results.json", "file for every measurement")
+	workDir     = flag.String("work", "/var/tmp/crtree-bench", "scratch directory (on disk)")
+	imageMiB    = flag.Int("image-mib", 64, "MiB of incompressible files in the image of the image-node case (-1 to skip it)")
+	migrateMiB  = flag.String("migrate-mib", "256,1024,4096", "sizes of the crtree migrate downtime series, MiB (\"\" to skip it)")
+	migrateReps = flag.Int("migrate-reps", 1, "repetitions of each migration")
 )
 
 // sample is one measurement.
@@ -98,9 +100,12 @@ func main() {
 	if *lsN > 0 {
 		lsBench()
 	}
+	sizes := parseSizes(*migrateMiB)
+	migrateSeries(sizes)
 	data, _ := json.MarshalIndent(samples, "", "  ")
 	must(os.WriteFile(*jsonOut, data, 0o644))
 	report()
+	migrateReport(sizes)
 }
 
 func warm(cond string) {
@@ -116,8 +121,9 @@ func startNode(path string, mib int, kind string) (pid int, id string) {
 
 // startWith runs /memhog in a new node started with the given run flags,
 // and waits until it holds its memory.
-func startWith(path string, flags []string, mib int, kind string) (pid int, id string) {
+func startWith(path string, flags []string, mib int, kind string, hogArgs ...string) (pid int, id string) {
 	args := append(append([]string{"run"}, flags...), path, "--", "/memhog", "-mib", fmt.Sprint(mib), "-kind", kind)
+	args = append(args, hogArgs...)
 	run(*crtreeBin, args...)
 	for i := 0; i < 600; i++ {
 		out := runOut(*crtreeBin, "logs", path)
@@ -452,7 +458,7 @@ func report() {
 }
 
 func cleanup() {
-	for _, p := range []string{"/base", "/ct", "/fr", "/tree", "/many", "/im"} {
+	for _, p := range []string{"/base", "/ct", "/fr", "/tree", "/many", "/im", "/mg"} {
 		exec.Command(*crtreeBin, "rm", "-r", "-f", p).Run()
 	}
 	exec.Command(*crtreeBin, "image", "rm", benchImage).Run()
@@ -460,6 +466,12 @@ func cleanup() {
 	other := exec.Command(*crtreeBin, "rm", "-r", "-f", "/im")
 	other.Env = append(os.Environ(), "CRTREE_ROOT="+filepath.Join(*workDir, "state2"))
 	other.Run()
+	far := exec.Command(*crtreeBin, "rm", "-r", "-f", "/mg")
+	far.Env = append(os.Environ(), "CRTREE_ROOT="+farRoot())
+	far.Run()
+	if pipeMaxWas != "" {
+		os.WriteFile(pipeMax, []byte(pipeMaxWas), 0o644)
+	}
 	os.RemoveAll(*workDir)
 }
 

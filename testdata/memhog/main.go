@@ -6,6 +6,10 @@
 //
 //	memhog -mib 1024 -kind random
 //	memhog -mib 2048 -touch-and-exit   # fault in and free memory, then exit
+//	memhog -mib 1024 -tick 10ms        # also print t=UNIXNANO every 10 ms
+//
+// With -tick, the largest gap between two t= lines is how long the
+// workload stood still (a migration's downtime, from its own view).
 package main
 
 import (
@@ -23,6 +27,7 @@ func main() {
 	mib := flag.Int("mib", 64, "MiB of memory to hold")
 	kind := flag.String("kind", "random", "random or zero")
 	touchExit := flag.Bool("touch-and-exit", false, "touch the memory once and exit (warms the host's free memory)")
+	tick := flag.Duration("tick", 0, "print t=UNIXNANO this often once ready (0: never)")
 	flag.Parse()
 	debug.SetGCPercent(-1)
 	buf := make([]byte, *mib<<20)
@@ -58,6 +63,13 @@ func main() {
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGUSR1)
 	fmt.Println("ready")
+	if *tick > 0 {
+		go func() {
+			for range time.Tick(*tick) {
+				fmt.Printf("t=%d\n", time.Now().UnixNano())
+			}
+		}()
+	}
 	for range sig {
 		if sha256.Sum256(buf) == sum {
 			fmt.Println("check=ok")
