@@ -96,6 +96,20 @@ func TestMigrateLazy(t *testing.T) {
 	}
 	setPipeMax(t, 4<<20)
 
+	// What post-copy cannot undo after a failed transfer is refused,
+	// saying why, before anything is frozen.
+	if _, err := a.run("migrate", "--lazy", "--tcp-established", "--keep-binds", "/m", "local:"+b.root+"/pool"); err == nil || !strings.Contains(err.Error(), "post-copy is not for --leave-running or --tcp-established") || !strings.Contains(err.Error(), "the subtree goes on here") {
+		t.Fatalf("--lazy --tcp-established: %v", err)
+	}
+	a.must("run", "--net", "none", "/m/own", "--", "sleep", "1e5")
+	if _, err := a.run("migrate", "--lazy", "--keep-binds", "/m", "local:"+b.root+"/pool"); err == nil || !strings.Contains(err.Error(), "/m/own has a network of its own (--net none)") {
+		t.Fatalf("--lazy with a --net none node: %v", err)
+	}
+	a.must("rm", "-r", "-f", "/m/own")
+	if f := a.frozen(); len(f) > 0 {
+		t.Fatalf("still frozen after the refusals: %v", f)
+	}
+
 	// The far side refuses (the name is taken): CRIU had the subtree
 	// frozen, serving pages; it resumes it.
 	b.must("run", "/pool/m", "--", "sleep", "1e5")
