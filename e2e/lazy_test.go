@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -66,11 +67,12 @@ func checkLazyTree(t *testing.T, h *host, prefix string) {
 	}
 }
 
-// relayDirs are the page relays' directories left in the temporary
-// directory.
-func relayDirs() []string {
-	m, _ := filepath.Glob(filepath.Join(os.TempDir(), "crtree-pages-*"))
-	return m
+// relaySockets are the sockets of the page relays of h's migrations (in
+// its staging directories, on tmpfs or under the state root).
+func relaySockets(h *host) []string {
+	m, _ := filepath.Glob("/dev/shm/crtree-*-pages-*/pages.sock")
+	n, _ := filepath.Glob(filepath.Join(h.root, "tmp", "crtree-*-pages-*", "pages.sock"))
+	return append(m, n...)
 }
 
 // crtree migrate --lazy between two state roots: refused, saying why and
@@ -82,7 +84,7 @@ func TestMigrateLazy(t *testing.T) {
 	a, b := newHost(t), newHost(t)
 	lazyTree(a, 256)
 	b.must("run", "/pool", "--", "sleep", "1e5")
-	relays := len(relayDirs())
+	relays := len(relaySockets(a))
 
 	if !node.HasCapSysResource() {
 		setPipeMax(t, 1<<20)
@@ -142,8 +144,8 @@ func TestMigrateLazy(t *testing.T) {
 		t.Fatalf("left here: %v", a.ls())
 	}
 	checkLazyTree(t, b, "/pool")
-	if n := len(relayDirs()); n != relays {
-		t.Fatalf("page relays left: %v", relayDirs())
+	if n := len(relaySockets(a)); n != relays {
+		t.Fatalf("page relays left: %v", relaySockets(a))
 	}
 }
 
@@ -213,5 +215,51 @@ func TestMigrateLazySSH(t *testing.T) {
 		return len(m) <= len(socketsBefore)
 	}) {
 		t.Fatal("forwarded sockets left")
+	}
+}
+
+// A connection to a migration's page relay that is not the far side's
+// (a garbage one, another for a node that has one) is closed and changes
+// nothing: the migration completes (one such connection ended it before).
+func TestMigrateLazyStrayConnection(t *testing.T) {
+	a, b := newHost(t), newHost(t)
+	setPipeMax(t, 4<<20)
+	a.startHog("/m", 512)
+	cmd := a.cmd("migrate", "--lazy", "--keep-binds", "/m", "local:"+b.root)
+	errFile := filepath.Join(t.TempDir(), "stderr")
+	f, err := os.Create(errFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	cmd.Stderr = f
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	stderr := func() string { data, _ := os.ReadFile(errFile); return string(data) }
+	var socks []string
+	if !poll(30*time.Second, 20*time.Millisecond, func() bool {
+		socks = relaySockets(a)
+		return strings.Contains(stderr(), "memory: ") && len(socks) > 0
+	}) {
+		cmd.Wait()
+		t.Fatalf("no memory transfer to meddle with: %s", stderr())
+	}
+	for _, s := range socks {
+		for _, hello := range []string{"crtree-pages 0\n", "garbage\n", "crtree-pages 7\n"} {
+			c, err := net.Dial("unix", s)
+			if err != nil {
+				t.Fatalf("connect to the relay: %v", err)
+			}
+			c.Write([]byte(hello))
+			c.Close()
+		}
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("the migration failed for a stray connection: %v: %s", err, stderr())
+	}
+	b.must("kill", "-s", "USR1", "/m")
+	if !poll(15*time.Second, 100*time.Millisecond, func() bool { return strings.Contains(b.must("logs", "/m"), "check=ok") }) {
+		t.Fatalf("the memory after the move: %s", b.must("logs", "/m"))
 	}
 }

@@ -44,9 +44,6 @@ type Options struct {
 	// as everything but its memory has arrived, and the memory follows
 	// (see pageRelay).
 	Lazy bool
-	// TempDir is where a post-copy migration's relay listens (a private
-	// directory is made in it); "" is os.TempDir().
-	TempDir string
 	// Progress, if set, is called about once a second while the memory
 	// of a post-copy migration is arriving, with the bytes sent so far.
 	Progress func(sent int64)
@@ -84,8 +81,13 @@ func Run(ctx context.Context, h *node.Host, p hier.Path, t Target, o Options) (*
 	}
 	var relay *pageRelay
 	if o.Lazy {
-		var err error
-		if relay, err = newPageRelay(o.TempDir); err != nil {
+		// In a staging directory of the state root: if this process is
+		// killed, gc removes it.
+		dir, err := h.StageDir("pages", 0)
+		if err != nil {
+			return nil, fmt.Errorf("migrate %s to %s: %w; nothing was done", p, t, err)
+		}
+		if relay, err = newPageRelay(dir); err != nil {
 			return nil, fmt.Errorf("migrate %s to %s: %w; nothing was done", p, t, err)
 		}
 		defer relay.Close()
@@ -109,6 +111,9 @@ func Run(ctx context.Context, h *node.Host, p hier.Path, t Target, o Options) (*
 	case err != nil && rep != nil:
 		// Committed: the far side runs it; ending it here failed.
 		return nil, fmt.Errorf("migrate %s to %s: it runs there as %s, but ending it here failed: %w; remove it here with crtree rm -r -f %s", p, t, far.restored, err, p)
+	case errors.Is(err, hier.ErrNotFound):
+		far.Abort()
+		return nil, fmt.Errorf("migrate %s to %s: %w", p, t, err)
 	case err != nil:
 		far.Abort()
 		return nil, fmt.Errorf("migrate %s to %s: %w; the subtree goes on here", p, t, err)
@@ -118,7 +123,9 @@ func Run(ctx context.Context, h *node.Host, p hier.Path, t Target, o Options) (*
 		// Every page arrived (the relay passed the far side's word on):
 		// the far restore ends once it has reported that.
 		if err := far.wait(); err != nil {
-			return nil, fmt.Errorf("migrate %s to %s: every page of its memory was sent and it was ended here, but the far side said: %w; see crtree ls there (%s)", p, t, err, far.restored)
+			// Each far node counted its memory arrived only once this
+			// side had answered: the subtree runs there.
+			return nil, fmt.Errorf("migrate %s to %s: it runs there as %s with all its memory (the far side confirmed every page, and it was ended here), but the far crtree restore ended badly afterwards (%w): check it with crtree ls there", p, t, far.restored, err)
 		}
 		far.showMessages()
 		r.MemoryBytes = relay.Sent()

@@ -72,19 +72,15 @@ type relayNode struct {
 	done  bool   // FORCE_CLOSE passed on, or a refusal sent
 }
 
-// newPageRelay listens on a Unix socket in a new private directory under
-// dir.
+// newPageRelay listens on a Unix socket in dir, a new private directory,
+// which Close removes.
 func newPageRelay(dir string) (*pageRelay, error) {
-	d, err := os.MkdirTemp(dir, "crtree-pages-")
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(dir, "pages.sock"), Net: "unix"})
 	if err != nil {
+		os.RemoveAll(dir)
 		return nil, fmt.Errorf("page relay: %w", err)
 	}
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(d, "pages.sock"), Net: "unix"})
-	if err != nil {
-		os.RemoveAll(d)
-		return nil, fmt.Errorf("page relay: %w", err)
-	}
-	r := &pageRelay{dir: d, ln: ln, nodes: map[int]*relayNode{}}
+	r := &pageRelay{dir: dir, ln: ln, nodes: map[int]*relayNode{}}
 	r.wg.Add(1)
 	go r.accept()
 	return r, nil
@@ -144,40 +140,53 @@ func (r *pageRelay) accept() {
 		go func() {
 			defer r.wg.Done()
 			defer c.Close()
-			if err := r.serve(c); err != nil {
+			n, in, err := r.hello(c)
+			if err != nil {
+				// Not one of the far side's page connections (the
+				// socket is root's only): it ends, nothing else.
+				return
+			}
+			if err := r.serve(n, in); err != nil {
 				r.fail(err)
 			}
 		}()
 	}
 }
 
-// serve reads a connection's hello and relays it to its node's CRIU.
-func (r *pageRelay) serve(c net.Conn) error {
+// hello reads a connection's hello and takes it as its node's far side;
+// an error for anything else (another node's, one that has a connection
+// already, or none).
+func (r *pageRelay) hello(c net.Conn) (*relayNode, *bufio.Reader, error) {
 	c.SetReadDeadline(time.Now().Add(30 * time.Second))
 	in := bufio.NewReader(c)
 	line, err := in.ReadString('\n')
 	if err != nil {
-		return fmt.Errorf("a page connection from the far side said nothing: %w", err)
+		return nil, nil, err
 	}
 	c.SetReadDeadline(time.Time{})
 	i, err := strconv.Atoi(strings.TrimSuffix(strings.TrimPrefix(line, helloPrefix), "\n"))
 	if !strings.HasPrefix(line, helloPrefix) || err != nil {
-		return fmt.Errorf("a page connection from the far side opened with %q", line)
+		return nil, nil, fmt.Errorf("a page connection opened with %q", line)
 	}
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	n := r.nodes[i]
 	if n == nil || n.far != nil || r.failure != nil {
-		r.mu.Unlock()
-		return fmt.Errorf("a page connection from the far side for node %d, which has no page server or has one connection already", i)
+		return nil, nil, fmt.Errorf("a page connection for node %d, which has no page server or has one connection already", i)
 	}
 	n.far = c
-	r.mu.Unlock()
+	return n, in, nil
+}
+
+// serve relays node n's far side's connection (read through in) to its
+// CRIU.
+func (r *pageRelay) serve(n *relayNode, in *bufio.Reader) error {
 	sent := make(chan struct{})
 	go func() {
 		defer close(sent)
 		r.toFar(n)
 	}()
-	err = r.fromFar(n, in)
+	err := r.fromFar(n, in)
 	if err == nil {
 		// CRIU's answer to FORCE_CLOSE goes out before the connection
 		// closes.
