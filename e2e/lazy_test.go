@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -65,6 +66,24 @@ func checkLazyTree(t *testing.T, h *host, prefix string) {
 	}) {
 		t.Fatal("the counter does not go on")
 	}
+}
+
+// startWatched starts crtree with args on h, its stderr going to a file
+// that stderr reads while it runs.
+func startWatched(t *testing.T, h *host, args ...string) (cmd *exec.Cmd, stderr func() string) {
+	t.Helper()
+	cmd = h.cmd(args...)
+	errFile := filepath.Join(t.TempDir(), "stderr")
+	f, err := os.Create(errFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	cmd.Stderr = f
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return cmd, func() string { data, _ := os.ReadFile(errFile); return string(data) }
 }
 
 // relaySockets are the sockets of the page relays of h's migrations (in
@@ -172,18 +191,7 @@ func TestMigrateLazySSH(t *testing.T) {
 
 	// The connection breaks after the switch, with memory still to come.
 	lazyTree(a, 1024)
-	cmd := a.cmd("migrate", "--lazy", "--keep-binds", "--ssh", ssh, "/m", target)
-	errFile := filepath.Join(t.TempDir(), "stderr")
-	f, err := os.Create(errFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	cmd.Stderr = f
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	stderr := func() string { data, _ := os.ReadFile(errFile); return string(data) }
+	cmd, stderr := startWatched(t, a, "migrate", "--lazy", "--keep-binds", "--ssh", ssh, "/m", target)
 	var sshPid int
 	poll(10*time.Second, 5*time.Millisecond, func() bool { sshPid = restoreChild(cmd.Process.Pid); return sshPid > 0 })
 	// The switch, as the migrating side reports it: its progress lines
@@ -193,7 +201,7 @@ func TestMigrateLazySSH(t *testing.T) {
 		cmd.Wait()
 		t.Fatalf("no switch to break (%v, ssh %d): %s", switched, sshPid, stderr())
 	}
-	err = cmd.Wait()
+	err := cmd.Wait()
 	t.Logf("killed after the switch: %s", strings.TrimSpace(stderr()))
 	if err == nil {
 		t.Fatal("the migration completed though its connection was killed while the memory was arriving")
@@ -225,18 +233,7 @@ func TestMigrateLazyStrayConnection(t *testing.T) {
 	a, b := newHost(t), newHost(t)
 	setPipeMax(t, 4<<20)
 	a.startHog("/m", 512)
-	cmd := a.cmd("migrate", "--lazy", "--keep-binds", "/m", "local:"+b.root)
-	errFile := filepath.Join(t.TempDir(), "stderr")
-	f, err := os.Create(errFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	cmd.Stderr = f
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	stderr := func() string { data, _ := os.ReadFile(errFile); return string(data) }
+	cmd, stderr := startWatched(t, a, "migrate", "--lazy", "--keep-binds", "/m", "local:"+b.root)
 	var socks []string
 	if !poll(30*time.Second, 20*time.Millisecond, func() bool {
 		socks = relaySockets(a)
