@@ -560,7 +560,16 @@ func sshHost(t *testing.T, root string) (target, ssh string) {
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start sshd: %v", err)
 	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		// A far crtree of a session whose client was killed may still
+		// be ending (it would create the state root again once the test
+		// has removed it): wait for every process run with it.
+		if left := waitNoProcessWithEnv(30*time.Second, "CRTREE_ROOT="+root); len(left) > 0 {
+			t.Errorf("processes of the far side still run: %v", left)
+		}
+	})
 	ssh = filepath.Join(dir, "ssh")
 	script := fmt.Sprintf("#!/bin/sh\nexec nsenter --net=/run/netns/%s -- ssh -i %s/client -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR \"$@\"\n", ns, dir)
 	os.WriteFile(ssh, []byte(script), 0o755)
@@ -571,6 +580,31 @@ func sshHost(t *testing.T, root string) (target, ssh string) {
 		t.Fatalf("cannot reach the test's sshd: %s", log)
 	}
 	return "ssh://root@127.0.0.1:2222", ssh
+}
+
+// waitNoProcessWithEnv waits until no process has kv in its environment,
+// and returns the PIDs of those that still do after limit.
+func waitNoProcessWithEnv(limit time.Duration, kv string) []int {
+	var left []int
+	poll(limit, 50*time.Millisecond, func() bool {
+		left = nil
+		procs, _ := filepath.Glob("/proc/[0-9]*/environ")
+		for _, p := range procs {
+			env, err := os.ReadFile(p)
+			if err != nil {
+				continue
+			}
+			for _, e := range strings.Split(string(env), "\x00") {
+				if e == kv {
+					pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+					left = append(left, pid)
+					break
+				}
+			}
+		}
+		return len(left) == 0
+	})
+	return left
 }
 
 // crtree migrate over real ssh (OpenSSH's sshd in a network namespace
