@@ -83,9 +83,10 @@ func (h *host) ls() map[string]entry {
 }
 
 // startHog starts a node holding mib MiB of random memory and waits for it.
-func (h *host) startHog(path string, mib int) {
+func (h *host) startHog(path string, mib int, hogArgs ...string) {
 	h.t.Helper()
-	h.must("run", "--bind", filepath.Join(binDir, "memhog")+":/memhog:ro", path, "--", "/memhog", "-mib", fmt.Sprint(mib))
+	args := []string{"run", "--bind", filepath.Join(binDir, "memhog") + ":/memhog:ro", path, "--", "/memhog", "-mib", fmt.Sprint(mib)}
+	h.must(append(args, hogArgs...)...)
 	for i := 0; i < 300; i++ {
 		if out, _ := h.run("logs", path); strings.Contains(out, "ready") {
 			return

@@ -41,10 +41,102 @@ func migrateSeries(sizes []int) {
 	raisePipeMax()
 	for _, mib := range sizes {
 		for rep := 1; rep <= *migrateReps; rep++ {
+			filePathOnce(mib, rep)
 			migrateOnce(mib, rep, false)
 			migrateOnce(mib, rep, true)
+			lazySpeedOnce(mib, rep)
 		}
 	}
+}
+
+// filePathOnce is the stop-and-copy baseline issue 15 sets: dump -o FILE,
+// then restore FILE, of the same node (into the same state root), the
+// downtime being the largest gap the workload saw.
+func filePathOnce(mib, rep int) {
+	path := "/mg"
+	startWith(path, []string{"--bind", abs(*memhogBin) + ":/memhog:ro"}, mib, "random", "-tick", "10ms")
+	file := filepath.Join(*workDir, "migrate-baseline.crtree")
+	t0 := time.Now()
+	run(*crtreeBin, "dump", path, "-o", file)
+	run(*crtreeBin, "restore", "--keep-binds", file)
+	total := time.Since(t0)
+	os.Remove(file)
+	time.Sleep(500 * time.Millisecond)
+	logs := runOut(*crtreeBin, "logs", path)
+	record(migrateName("downtime seen by the workload", false, mib)+" (dump -o FILE + restore FILE)", "", rep, largestGap(logs), 0, 0)
+	record(migrateName("total", false, mib)+" (dump -o FILE + restore FILE)", "", rep, total, 0, 0)
+	run(*crtreeBin, "rm", "-r", "-f", path)
+}
+
+// lazySpeedOnce measures the workload's speed while its memory arrives
+// after a post-copy migration: memhog -scan reads a word of every page
+// round and round, and counts the pages per 100 ms; its speed before the
+// freeze, between the switch and the end of the transfer, and after.
+func lazySpeedOnce(mib, rep int) {
+	path := "/mg"
+	startWith(path, []string{"--bind", abs(*memhogBin) + ":/memhog:ro"}, mib, "random", "-scan", "100ms")
+	time.Sleep(time.Second) // a few samples before
+	runRSS(*crtreeBin, "migrate", "--lazy", "--keep-binds", path, "local:"+farRoot())
+	arrived := time.Now().UnixNano()
+	time.Sleep(time.Second) // and after
+	far := []string{"CRTREE_ROOT=" + farRoot()}
+	logs, _ := runRSSEnv(far, *crtreeBin, "logs", path)
+	before, during, after := scanSpeeds(logs, arrived)
+	for _, p := range []struct {
+		phase string
+		rate  float64
+	}{{"before", before}, {"while its pages arrive", during}, {"after", after}} {
+		record(migrateName("workload speed "+p.phase, true, mib), "", rep, 0, int64(p.rate), 0)
+	}
+	runRSSEnv(far, *crtreeBin, "rm", "-r", "-f", path)
+}
+
+// scanSpeeds reads memhog's scan=UNIXNANO,PAGES lines and returns its
+// speed in bytes of memory read per second: before the largest gap (the
+// freeze), after it until arrived (UNIXNANO), and after arrived.
+func scanSpeeds(logs string, arrived int64) (before, during, after float64) {
+	type pt struct{ t, pages int64 }
+	var pts []pt
+	for _, l := range strings.Split(logs, "\n") {
+		v, ok := strings.CutPrefix(l, "scan=")
+		if !ok {
+			continue
+		}
+		a, b, _ := strings.Cut(v, ",")
+		t, err1 := strconv.ParseInt(a, 10, 64)
+		n, err2 := strconv.ParseInt(b, 10, 64)
+		if err1 == nil && err2 == nil {
+			pts = append(pts, pt{t, n})
+		}
+	}
+	gapAt := 0
+	for i := 1; i < len(pts); i++ {
+		if pts[i].t-pts[i-1].t > pts[gapAt].t-pts[max(gapAt-1, 0)].t {
+			gapAt = i
+		}
+	}
+	var sums [3]struct{ pages, ns int64 }
+	for i := 1; i < len(pts); i++ {
+		if i == gapAt {
+			continue // the line after the freeze counts the pages of both sides
+		}
+		phase := 0
+		switch {
+		case i > gapAt && pts[i].t <= arrived:
+			phase = 1
+		case i > gapAt:
+			phase = 2
+		}
+		sums[phase].pages += pts[i].pages
+		sums[phase].ns += pts[i].t - pts[i-1].t
+	}
+	rate := func(k int) float64 {
+		if sums[k].ns == 0 {
+			return 0
+		}
+		return float64(sums[k].pages*4096) / (float64(sums[k].ns) / 1e9)
+	}
+	return rate(0), rate(1), rate(2)
 }
 
 // migrateName is the name of a migration measurement.
@@ -117,6 +209,18 @@ func migrateReport(sizes []int) {
 		ld, _, _ := median(migrateName("downtime seen by the workload", true, mib), "")
 		lt, _, _ := median(migrateName("total", true, mib), "")
 		fmt.Printf("| %d | %.3f | %.3f | %.3f | %.3f | %.2f |\n", mib, sd, st, ld, lt, lt/st)
+	}
+	fmt.Printf("\nstop-and-copy downtime against dump -o FILE + restore FILE of the same node (target <= 1.2), and the workload's speed (memory read per second, memhog -scan) before a --lazy migration, while its pages arrive, and after\n\n")
+	fmt.Printf("| MiB | stop-and-copy downtime | file path downtime | ratio | speed before | while pages arrive | after |\n|---|---|---|---|---|---|---|\n")
+	for _, mib := range sizes {
+		sd, _, _ := median(migrateName("downtime seen by the workload", false, mib), "")
+		fd, _, _ := median(migrateName("downtime seen by the workload", false, mib)+" (dump -o FILE + restore FILE)", "")
+		var speeds [3]string
+		for k, phase := range []string{"before", "while its pages arrive", "after"} {
+			_, b, _ := median(migrateName("workload speed "+phase, true, mib), "")
+			speeds[k] = fmt.Sprintf("%.0f MiB/s", float64(b)/(1<<20))
+		}
+		fmt.Printf("| %d | %.3f | %.3f | %.2f | %s | %s | %s |\n", mib, sd, fd, sd/fd, speeds[0], speeds[1], speeds[2])
 	}
 	first, last := sizes[0], sizes[len(sizes)-1]
 	a, _, _ := median(migrateName("downtime seen by the workload", true, last), "")

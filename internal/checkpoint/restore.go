@@ -305,6 +305,9 @@ type restoring struct {
 	// lazyDone are, for a post-copy restore (o.Lazy), where each running
 	// node's supervisor reports the end of its memory transfer.
 	lazyDone []*os.File
+	// resume, for a post-copy restore, lets every node's processes run
+	// at once.
+	resume *resumeBarrier
 }
 
 // stageDirs makes the staging directory of CRIU's images, each node's
@@ -475,8 +478,22 @@ func (rs *restoring) staged() error {
 		}
 	}
 	rs.rep.Pack = Duration(time.Since(packStart))
+	if rs.o.Lazy != nil {
+		running := make([]bool, len(rs.m.Nodes))
+		for i, n := range rs.m.Nodes {
+			running[i] = n.Running
+		}
+		var err error
+		if rs.resume, err = newResumeBarrier(running); err != nil {
+			return fmt.Errorf("restore: %w", err)
+		}
+		go rs.resume.run()
+	}
 	criuStart := time.Now()
 	reports, err := rs.restoreNodes(nil)
+	if err != nil && rs.resume != nil {
+		rs.resume.abort()
+	}
 	rs.rep.Criu = Duration(time.Since(criuStart))
 	rs.rep.Nodes = reports
 	return err
@@ -584,7 +601,9 @@ func (d *receivingDest) ImageLayer(digest string, body io.Reader) error {
 // server and holds the processes until the node's gate opens, which
 // happens only once the whole archive is read: there, all nodes are
 // restored at once (up to streamedCRIUs), so that each CRIU reads its
-// pages as they come rather than after its parent's restore. Nodes do not
+// pages as they come rather than after its parent's restore; so are
+// the nodes of a post-copy restore, each held until all are ready (the
+// resume barrier). Nodes do not
 // depend on each other's processes (each has its own supervisor), only
 // the order of ls would show it.
 func (rs *restoring) restoreNodes(gates []*os.File) ([]NodeReport, error) {
@@ -598,7 +617,7 @@ func (rs *restoring) restoreNodes(gates []*os.File) ([]NodeReport, error) {
 		limit = streamedCRIUs
 	}
 	sem := make(chan struct{}, limit)
-	levels := restoreLevels(m, gates != nil)
+	levels := restoreLevels(m, gates != nil || rs.resume != nil)
 	done := 0
 	for _, level := range levels {
 		if rs.ctx.Err() != nil {
@@ -654,6 +673,9 @@ func (rs *restoring) restoreOne(i int, gates []*os.File, rep *NodeReport) error 
 	if gates != nil {
 		from.Stream, from.Gate = true, gates[i]
 	}
+	if rs.resume != nil {
+		from.Gate = rs.resume.theirs[i]
+	}
 	if rs.o.Lazy != nil {
 		if err := rs.lazyNode(i, &from); err != nil {
 			return fmt.Errorf("restore %s: %w", rs.res.Paths[i], err)
@@ -661,6 +683,9 @@ func (rs *restoring) restoreOne(i int, gates []*os.File, rep *NodeReport) error 
 	}
 	pid, warning, err := rs.h.StartRestore(rs.res.IDs[i], from)
 	lazyStarted(&from)
+	if rs.resume != nil {
+		rs.resume.started(i)
+	}
 	rep.Criu = Duration(time.Since(t0))
 	rep.Pid, rep.Warning = pid, warning
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/crtree/crtree/internal/archive"
 	"github.com/crtree/crtree/internal/criu"
+	"github.com/crtree/crtree/internal/node"
 )
 
 // indexed is an archive file with an index, opened a second time for
@@ -173,7 +174,7 @@ func (rs *restoring) readArchive(f *feeder, srv *imageServers) <-chan error {
 		for _, w := range srv.opens {
 			if w != nil {
 				if err == nil {
-					w.Write([]byte{'y'})
+					w.Write([]byte{node.GateOpen})
 				}
 				w.Close()
 			}

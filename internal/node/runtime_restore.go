@@ -189,6 +189,14 @@ func descendsFrom(pid, ancestor int) bool {
 	return false
 }
 
+// What passes on a gate (FromImages.Gate): GateReady from a supervisor
+// whose restored processes are ready to run, if the gate is a socket (a
+// pipe's read end takes no write), and GateOpen to let them run.
+const (
+	GateReady = 'r'
+	GateOpen  = 'y'
+)
+
 // waitGate holds the restored processes until the gate opens (nil when
 // there is no gate).
 func (from *FromImages) waitGate() error {
@@ -196,8 +204,9 @@ func (from *FromImages) waitGate() error {
 		return nil
 	}
 	defer from.Gate.Close()
+	from.Gate.Write([]byte{GateReady})
 	var b [1]byte
-	if n, _ := from.Gate.Read(b[:]); n != 1 || b[0] != 'y' {
+	if n, _ := from.Gate.Read(b[:]); n != 1 || b[0] != GateOpen {
 		return fmt.Errorf("the restoring command withdrew the images")
 	}
 	return nil

@@ -54,9 +54,11 @@ type FromImages struct {
 	// Stream: CRIU reads its images from a criu.ImageServer in the images
 	// directory, run by the caller, instead of from files.
 	Stream bool
-	// Gate, if set, holds the restored processes before they run until a
-	// byte 'y' can be read from it; anything else (its end) fails the
-	// restore. The caller passes the read end of a pipe.
+	// Gate, if set, holds the restored processes before they run until
+	// GateOpen can be read from it; anything else (its end) fails the
+	// restore. The caller passes the read end of a pipe, or a socket,
+	// on which the supervisor first writes GateReady once the processes
+	// are ready to run.
 	Gate *os.File
 	// LazyPages, if set, is a connection to the page server of the dump
 	// (post-copy): the processes are restored without their memory and

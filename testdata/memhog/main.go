@@ -7,9 +7,14 @@
 //	memhog -mib 1024 -kind random
 //	memhog -mib 2048 -touch-and-exit   # fault in and free memory, then exit
 //	memhog -mib 1024 -tick 10ms        # also print t=UNIXNANO every 10 ms
+//	memhog -mib 1024 -scan 100ms       # walk the memory, print its speed every 100 ms
 //
 // With -tick, the largest gap between two t= lines is how long the
-// workload stood still (a migration's downtime, from its own view).
+// workload stood still (a migration's downtime, from its own view). With
+// -scan, one goroutine reads a word of every page, over and over, and
+// prints scan=UNIXNANO,PAGES: how many pages it read since the line
+// before (the workload's speed, while its pages arrive after a post-copy
+// migration, say).
 package main
 
 import (
@@ -19,6 +24,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -28,6 +34,7 @@ func main() {
 	kind := flag.String("kind", "random", "random or zero")
 	touchExit := flag.Bool("touch-and-exit", false, "touch the memory once and exit (warms the host's free memory)")
 	tick := flag.Duration("tick", 0, "print t=UNIXNANO this often once ready (0: never)")
+	scanEvery := flag.Duration("scan", 0, "walk the memory once ready, printing scan=UNIXNANO,PAGES this often (0: never)")
 	flag.Parse()
 	debug.SetGCPercent(-1)
 	buf := make([]byte, *mib<<20)
@@ -70,11 +77,36 @@ func main() {
 			}
 		}()
 	}
+	if *scanEvery > 0 {
+		go scan(buf, *scanEvery)
+	}
 	for range sig {
 		if sha256.Sum256(buf) == sum {
 			fmt.Println("check=ok")
 		} else {
 			fmt.Println("check=BAD")
 		}
+	}
+}
+
+// scanSum is what the last walk of scan read, summed.
+var scanSum byte
+
+// scan reads one byte of every page of buf, round and round, and prints
+// every period how many pages it read since the last line.
+func scan(buf []byte, period time.Duration) {
+	var pages atomic.Int64
+	go func() {
+		for {
+			var sum byte
+			for i := 0; i < len(buf); i += 4096 {
+				sum += buf[i]
+				pages.Add(1)
+			}
+			scanSum = sum // so that the reads are not optimised away
+		}
+	}()
+	for range time.Tick(period) {
+		fmt.Printf("scan=%d,%d\n", time.Now().UnixNano(), pages.Swap(0))
 	}
 }
