@@ -114,6 +114,10 @@ func TestMigrateLazy(t *testing.T) {
 		if e := a.ls()["/m/hog"]; e.State != "running" {
 			t.Fatalf("the source after the refusal: %+v", e)
 		}
+		// A node that is not there is said first (the pipes were).
+		if _, err := a.run("migrate", "--lazy", "/nope", "local:"+b.root); err == nil || !strings.Contains(err.Error(), "/nope: no such node") || strings.Contains(err.Error(), "pipe") {
+			t.Fatalf("--lazy of no node: %v", err)
+		}
 	}
 	setPipeMax(t, 4<<20)
 

@@ -36,8 +36,10 @@ func restoreCLI(bin string, o RestoreOptions) (pid int, lazy *LazyPages, err err
 		args = append(args, "--stream")
 	}
 	if o.LazyPages != nil {
+		// Its own variable: a failed return sets lazy to nil before
+		// the deferred kill runs (and err is the result, not shadowed).
 		var daemon *LazyPages
-		if daemon, err = startLazyPages(bin, images, work, o.LogLevel, o.KeepLogs, o.LazyPages); err != nil {
+		if daemon, err = startLazyRestore(bin, images, work, &o); err != nil {
 			return 0, nil, err
 		}
 		defer func() {
@@ -48,18 +50,6 @@ func restoreCLI(bin string, o RestoreOptions) (pid int, lazy *LazyPages, err err
 		}()
 		lazy = daemon
 		args = append(args, "--lazy-pages")
-		// Every userfaultfd is the daemon's before the processes run.
-		before := o.BeforeResume
-		o.BeforeResume = func(criuPid int) error {
-			if err := lazy.hold(); err != nil {
-				return err
-			}
-			go lazy.keepHolding()
-			if before == nil {
-				return nil
-			}
-			return before(criuPid)
-		}
 	}
 	for _, m := range o.ExternalMounts {
 		args = append(args, "--external", "mnt["+m.Key+"]:"+m.HostPath)
@@ -97,15 +87,45 @@ func restoreCLI(bin string, o RestoreOptions) (pid int, lazy *LazyPages, err err
 	if err != nil {
 		return 0, nil, err
 	}
-	data, err := os.ReadFile(pidfile)
-	if err != nil {
-		return 0, nil, fmt.Errorf("criu restore: read the restored PID: %w", err)
-	}
-	pid, err = strconv.Atoi(strings.TrimSpace(string(data)))
-	if err != nil || pid <= 0 {
-		return 0, nil, fmt.Errorf("criu restore: bad PID file %q", data)
+	if pid, err = readPidFile(pidfile); err != nil {
+		return 0, nil, err
 	}
 	return pid, lazy, nil
+}
+
+// startLazyRestore starts the lazy-pages daemon of a post-copy restore
+// and makes o.BeforeResume first give it every userfaultfd, before the
+// processes run.
+func startLazyRestore(bin, images, work string, o *RestoreOptions) (*LazyPages, error) {
+	lazy, err := startLazyPages(bin, images, work, o.LogLevel, o.KeepLogs, o.LazyPages)
+	if err != nil {
+		return nil, err
+	}
+	before := o.BeforeResume
+	o.BeforeResume = func(criuPid int) error {
+		if err := lazy.hold(); err != nil {
+			return err
+		}
+		go lazy.keepHolding()
+		if before == nil {
+			return nil
+		}
+		return before(criuPid)
+	}
+	return lazy, nil
+}
+
+// readPidFile reads the PID CRIU wrote of the restored tree's root.
+func readPidFile(pidfile string) (int, error) {
+	data, err := os.ReadFile(pidfile)
+	if err != nil {
+		return 0, fmt.Errorf("criu restore: read the restored PID: %w", err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil || pid <= 0 {
+		return 0, fmt.Errorf("criu restore: bad PID file %q", data)
+	}
+	return pid, nil
 }
 
 // watchLazy kills the restore (CRIU and the processes it restored, through

@@ -76,6 +76,10 @@ type Report struct {
 // on.
 func Run(ctx context.Context, h *node.Host, p hier.Path, t Target, o Options) (*Report, error) {
 	start := time.Now()
+	// A node that is not there is the first thing to say.
+	if _, _, err := h.Get(p); err != nil {
+		return nil, fmt.Errorf("migrate %s to %s: %w", p, t, err)
+	}
 	if err := preflight(ctx, t, o); err != nil {
 		return nil, fmt.Errorf("migrate %s to %s: %w; nothing was done", p, t, err)
 	}
