@@ -276,9 +276,9 @@ func TestMigrateLazyStrayConnection(t *testing.T) {
 func TestMigrateLazyOneInstant(t *testing.T) {
 	a, b := newHost(t), newHost(t)
 	setPipeMax(t, 4<<20)
-	a.startHog("/t", 16, "-tick", "10ms")
-	a.startHog("/t/u", 16, "-tick", "10ms")
-	a.startHog("/t/u/v", 16, "-tick", "10ms")
+	a.startHog("/t", 32, "-tick", "10ms")
+	a.startHog("/t/u", 32, "-tick", "10ms")
+	a.startHog("/t/u/v", 32, "-tick", "10ms")
 	a.must("migrate", "--lazy", "--keep-binds", "/t", "local:"+b.root)
 	time.Sleep(300 * time.Millisecond)
 	resumed := map[string]int64{}

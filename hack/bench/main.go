@@ -116,7 +116,7 @@ func warm(cond string) {
 
 // startNode runs memhog in a new node and waits until it holds its memory.
 func startNode(path string, mib int, kind string) (pid int, id string) {
-	return startWith(path, []string{"--bind", abs(*memhogBin) + ":/memhog:ro"}, mib, kind)
+	return startWith(path, hogBind(), mib, kind)
 }
 
 // startWith runs /memhog in a new node started with the given run flags,

@@ -54,7 +54,7 @@ func migrateSeries(sizes []int) {
 // downtime being the largest gap the workload saw.
 func filePathOnce(mib, rep int) {
 	path := "/mg"
-	startWith(path, []string{"--bind", abs(*memhogBin) + ":/memhog:ro"}, mib, "random", "-tick", "10ms")
+	startWith(path, hogBind(), mib, "random", "-tick", "10ms")
 	file := filepath.Join(*workDir, "migrate-baseline.crtree")
 	t0 := time.Now()
 	run(*crtreeBin, "dump", path, "-o", file)
@@ -74,27 +74,34 @@ func filePathOnce(mib, rep int) {
 // freeze, between the switch and the end of the transfer, and after.
 func lazySpeedOnce(mib, rep int) {
 	path := "/mg"
-	startWith(path, []string{"--bind", abs(*memhogBin) + ":/memhog:ro"}, mib, "random", "-scan", "100ms")
+	startWith(path, hogBind(), mib, "random", "-scan", "100ms")
 	time.Sleep(time.Second) // a few samples before
 	runRSS(*crtreeBin, "migrate", "--lazy", "--keep-binds", path, "local:"+farRoot())
 	arrived := time.Now().UnixNano()
 	time.Sleep(time.Second) // and after
 	far := []string{"CRTREE_ROOT=" + farRoot()}
 	logs, _ := runRSSEnv(far, *crtreeBin, "logs", path)
-	before, during, after := scanSpeeds(logs, arrived)
-	for _, p := range []struct {
-		phase string
-		rate  float64
-	}{{"before", before}, {"while its pages arrive", during}, {"after", after}} {
-		record(migrateName("workload speed "+p.phase, true, mib), "", rep, 0, int64(p.rate), 0)
+	for k, rate := range scanSpeeds(logs, arrived) {
+		if rate > 0 {
+			record(migrateName("workload speed "+speedPhases[k], true, mib), "", rep, 0, int64(rate), 0)
+		}
 	}
 	runRSSEnv(far, *crtreeBin, "rm", "-r", "-f", path)
 }
 
+// hogBind is the flag that gives a node the memhog binary.
+func hogBind() []string { return []string{"--bind", abs(*memhogBin) + ":/memhog:ro"} }
+
+// speedPhases name the three speeds scanSpeeds returns.
+var speedPhases = [3]string{"before", "while its pages arrive", "after"}
+
 // scanSpeeds reads memhog's scan=UNIXNANO,PAGES lines and returns its
-// speed in bytes of memory read per second: before the largest gap (the
-// freeze), after it until arrived (UNIXNANO), and after arrived.
-func scanSpeeds(logs string, arrived int64) (before, during, after float64) {
+// speed in bytes of memory read per second (speedPhases): before the
+// largest gap (the freeze), after it until arrived (UNIXNANO: when the
+// migration returned, a little after the last page came), and after
+// arrived; 0 for a phase of fewer than 2 samples. The sample across the
+// gap and the one across arrived are left out.
+func scanSpeeds(logs string, arrived int64) [3]float64 {
 	type pt struct{ t, pages int64 }
 	var pts []pt
 	for _, l := range strings.Split(logs, "\n") {
@@ -115,10 +122,10 @@ func scanSpeeds(logs string, arrived int64) (before, during, after float64) {
 			gapAt = i
 		}
 	}
-	var sums [3]struct{ pages, ns int64 }
+	var sums [3]struct{ pages, ns, n int64 }
 	for i := 1; i < len(pts); i++ {
-		if i == gapAt {
-			continue // the line after the freeze counts the pages of both sides
+		if i == gapAt || (pts[i-1].t <= arrived && pts[i].t > arrived) {
+			continue // a line that counts the pages of two phases
 		}
 		phase := 0
 		switch {
@@ -129,14 +136,15 @@ func scanSpeeds(logs string, arrived int64) (before, during, after float64) {
 		}
 		sums[phase].pages += pts[i].pages
 		sums[phase].ns += pts[i].t - pts[i-1].t
+		sums[phase].n++
 	}
-	rate := func(k int) float64 {
-		if sums[k].ns == 0 {
-			return 0
+	var rates [3]float64
+	for k, s := range sums {
+		if s.n >= 2 {
+			rates[k] = float64(s.pages*4096) / (float64(s.ns) / 1e9)
 		}
-		return float64(sums[k].pages*4096) / (float64(sums[k].ns) / 1e9)
 	}
-	return rate(0), rate(1), rate(2)
+	return rates
 }
 
 // migrateName is the name of a migration measurement.
@@ -152,7 +160,7 @@ func migrateName(what string, lazy bool, mib int) string {
 // out of existence, recording the downtime it saw and the wall time.
 func migrateOnce(mib, rep int, lazy bool) {
 	path := "/mg"
-	startWith(path, []string{"--bind", abs(*memhogBin) + ":/memhog:ro"}, mib, "random", "-tick", "10ms")
+	startWith(path, hogBind(), mib, "random", "-tick", "10ms")
 	args := []string{"migrate", "--json", "--keep-binds", path, "local:" + farRoot()}
 	if lazy {
 		args = append(args, "--lazy")
@@ -216,9 +224,11 @@ func migrateReport(sizes []int) {
 		sd, _, _ := median(migrateName("downtime seen by the workload", false, mib), "")
 		fd, _, _ := median(migrateName("downtime seen by the workload", false, mib)+" (dump -o FILE + restore FILE)", "")
 		var speeds [3]string
-		for k, phase := range []string{"before", "while its pages arrive", "after"} {
-			_, b, _ := median(migrateName("workload speed "+phase, true, mib), "")
-			speeds[k] = fmt.Sprintf("%.0f MiB/s", float64(b)/(1<<20))
+		for k, phase := range speedPhases {
+			speeds[k] = "-"
+			if _, b, ok := median(migrateName("workload speed "+phase, true, mib), ""); ok {
+				speeds[k] = fmt.Sprintf("%.0f MiB/s", float64(b)/(1<<20))
+			}
 		}
 		fmt.Printf("| %d | %.3f | %.3f | %.2f | %s | %s | %s |\n", mib, sd, fd, sd/fd, speeds[0], speeds[1], speeds[2])
 	}

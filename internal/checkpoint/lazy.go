@@ -1,6 +1,7 @@
 package checkpoint
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -88,8 +89,11 @@ func (t *MemoryTransfer) Wait() error {
 // Each node's gate (node.FromImages.Gate) is a socket: its supervisor
 // says when its processes are ready, then waits for the go-ahead.
 type resumeBarrier struct {
-	ours   []*os.File // per node; nil for a node that does not run
-	theirs []*os.File // the supervisors' ends, closed once each started
+	ours []*os.File // per node; nil for a node that does not run
+	// theirs are the supervisors' ends: this process's copy of each is
+	// closed once its node's restore has returned (started), so that a
+	// supervisor gone ends run's wait.
+	theirs []*os.File
 }
 
 // newResumeBarrier makes a gate for every node that runs.
@@ -116,9 +120,8 @@ func newResumeBarrier(running []bool) (*resumeBarrier, error) {
 	return b, nil
 }
 
-// started closes this process's copy of node i's gate once its
-// supervisor has it (or failed to start): a supervisor that dies then
-// ends the wait of the barrier.
+// started closes this process's copy of node i's gate once its restore
+// has returned, whether it started a supervisor or failed before.
 func (b *resumeBarrier) started(i int) {
 	if b.theirs[i] != nil {
 		b.theirs[i].Close()
@@ -126,9 +129,11 @@ func (b *resumeBarrier) started(i int) {
 }
 
 // run waits until every node's processes are ready, then opens every
-// gate; if a node fails before (its gate closes), it closes them all,
-// and every CRIU kills what it restored.
-func (b *resumeBarrier) run() {
+// gate; if a node fails before (its gate closes) or ctx is cancelled, it
+// closes them all, and every CRIU kills what it restored.
+func (b *resumeBarrier) run(ctx context.Context) {
+	stop := context.AfterFunc(ctx, b.abort)
+	defer stop()
 	for _, g := range b.ours {
 		if g == nil {
 			continue
@@ -142,14 +147,15 @@ func (b *resumeBarrier) run() {
 	for _, g := range b.ours {
 		if g != nil {
 			g.Write([]byte{node.GateOpen})
+			g.Close()
 		}
 	}
-	b.abort()
 }
 
-// abort closes our end of every gate.
+// abort closes both ends of every gate that this process holds (closing
+// one twice does no harm).
 func (b *resumeBarrier) abort() {
-	for _, g := range b.ours {
+	for _, g := range append(b.ours, b.theirs...) {
 		if g != nil {
 			g.Close()
 		}

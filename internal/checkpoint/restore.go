@@ -487,7 +487,7 @@ func (rs *restoring) staged() error {
 		if rs.resume, err = newResumeBarrier(running); err != nil {
 			return fmt.Errorf("restore: %w", err)
 		}
-		go rs.resume.run()
+		go rs.resume.run(rs.ctx)
 	}
 	criuStart := time.Now()
 	reports, err := rs.restoreNodes(nil)
@@ -601,17 +601,19 @@ func (d *receivingDest) ImageLayer(digest string, body io.Reader) error {
 // server and holds the processes until the node's gate opens, which
 // happens only once the whole archive is read: there, all nodes are
 // restored at once (up to streamedCRIUs), so that each CRIU reads its
-// pages as they come rather than after its parent's restore; so are
-// the nodes of a post-copy restore, each held until all are ready (the
-// resume barrier). Nodes do not
-// depend on each other's processes (each has its own supervisor), only
-// the order of ls would show it.
+// pages as they come rather than after its parent's restore. So are the
+// nodes of a post-copy restore, with no limit: each is held until all
+// are ready (the resume barrier). Nodes do not depend on each other's
+// processes (each has its own supervisor), only the order of ls would
+// show it.
 func (rs *restoring) restoreNodes(gates []*os.File) ([]NodeReport, error) {
 	m := rs.m
 	reports := make([]NodeReport, len(m.Nodes))
 	for i, n := range m.Nodes {
 		reports[i] = NodeReport{Path: rs.res.Paths[i].String(), Running: n.Running, Files: n.Files}
 	}
+	// No limit but for a streamed restore: the resume barrier of a
+	// post-copy one waits for every node's CRIU at once.
 	limit := len(m.Nodes)
 	if gates != nil {
 		limit = streamedCRIUs
@@ -668,6 +670,9 @@ func restoreLevels(m *archive.Manifest, allAtOnce bool) [][]int {
 // restoreOne starts node i's supervisor, which restores it from its
 // images (through its image server and gate, if gates).
 func (rs *restoring) restoreOne(i int, gates []*os.File, rep *NodeReport) error {
+	if rs.resume != nil {
+		defer rs.resume.started(i)
+	}
 	t0 := time.Now()
 	from := node.FromImages{Dir: filepath.Join(rs.stage, strconv.Itoa(i)), CriuBin: rs.o.CriuBin, CriuLogLevel: rs.o.CriuLogLevel, TCPEstablished: rs.o.TCPEstablished}
 	if gates != nil {
@@ -683,9 +688,6 @@ func (rs *restoring) restoreOne(i int, gates []*os.File, rep *NodeReport) error 
 	}
 	pid, warning, err := rs.h.StartRestore(rs.res.IDs[i], from)
 	lazyStarted(&from)
-	if rs.resume != nil {
-		rs.resume.started(i)
-	}
 	rep.Criu = Duration(time.Since(t0))
 	rep.Pid, rep.Warning = pid, warning
 	if err != nil {

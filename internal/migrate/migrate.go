@@ -83,17 +83,11 @@ func Run(ctx context.Context, h *node.Host, p hier.Path, t Target, o Options) (*
 	if err := preflight(ctx, t, o); err != nil {
 		return nil, fmt.Errorf("migrate %s to %s: %w; nothing was done", p, t, err)
 	}
-	var relay *pageRelay
-	if o.Lazy {
-		// In a staging directory of the state root: if this process is
-		// killed, gc removes it.
-		dir, err := h.StageDir("pages", 0)
-		if err != nil {
-			return nil, fmt.Errorf("migrate %s to %s: %w; nothing was done", p, t, err)
-		}
-		if relay, err = newPageRelay(dir); err != nil {
-			return nil, fmt.Errorf("migrate %s to %s: %w; nothing was done", p, t, err)
-		}
+	relay, err := openRelay(h, o)
+	if err != nil {
+		return nil, fmt.Errorf("migrate %s to %s: %w; nothing was done", p, t, err)
+	}
+	if relay != nil {
 		defer relay.Close()
 	}
 	far, err := startRestore(t, o, relay)
@@ -137,6 +131,20 @@ func Run(ctx context.Context, h *node.Host, p hier.Path, t Target, o Options) (*
 	r.Transferred = checkpoint.Duration(time.Since(start))
 	r.Total = r.Transferred
 	return r, nil
+}
+
+// openRelay starts the page relay of a post-copy migration (nil for
+// stop-and-copy), in a staging directory of the state root: if this
+// process is killed, gc removes it.
+func openRelay(h *node.Host, o Options) (*pageRelay, error) {
+	if !o.Lazy {
+		return nil, nil
+	}
+	dir, err := h.StageDir("pages", 0)
+	if err != nil {
+		return nil, err
+	}
+	return newPageRelay(dir)
 }
 
 // lostAfterSwitch is the error of a post-copy migration whose memory

@@ -74,10 +74,12 @@ func (h *Host) restoreInit(id string, from *FromImages) (int, *criu.LazyPages, e
 		Netns:          netns,
 		Stream:         from.Stream,
 		BeforeResume: func(criuPid int) error {
-			if err := from.waitGate(); err != nil {
+			// Checked before the gate says ready: a node found wrong
+			// is not waited for by the others.
+			if err := isolated(leaf, criuPid, n.Spec.OwnNet()); err != nil {
 				return err
 			}
-			return isolated(leaf, criuPid, n.Spec.OwnNet())
+			return from.waitGate()
 		},
 		LazyPages: from.LazyPages,
 	}
