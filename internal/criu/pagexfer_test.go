@@ -84,7 +84,12 @@ func TestPageProxyForceCloseOnlyAfterTheDaemonEndedWell(t *testing.T) {
 		var ans [4]byte
 		binary.LittleEndian.PutUint32(ans[:], status)
 		upstream.Write(ans[:])
-		err := <-done
+		var err error
+		select {
+		case err = <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatal("finish did not end after upstream's answer")
+		}
 		if status == 0 && err != nil {
 			t.Fatalf("finish: %v", err)
 		}
@@ -105,8 +110,15 @@ func TestPageProxyFailedDaemonSendsNoForceClose(t *testing.T) {
 			readN(t, daemon, 4, 5*time.Second)
 			ok = false // asked, but exited badly
 		}
-		if err := p.finish(ok); err == nil {
-			t.Fatalf("asked %v: finish succeeded", asked)
+		done := make(chan error, 1)
+		go func() { done <- p.finish(ok) }()
+		select {
+		case err := <-done:
+			if err == nil {
+				t.Fatalf("asked %v: finish succeeded", asked)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("asked %v: finish waits for an answer upstream", asked)
 		}
 		if req, err := readN(t, upstream, PageRequestSize, 5*time.Second); err == nil {
 			t.Fatalf("asked %v: upstream got %x", asked, req)
