@@ -317,3 +317,37 @@ func resumedAt(logs string) (int64, time.Duration) {
 	}
 	return at, time.Duration(gap)
 }
+
+// Ctrl-C while the memory of a post-copy migration is on its way stops
+// it, as a broken connection does: the far copy is killed and removed,
+// the subtree resumes here from the freeze, and the error says what was
+// lost (the first Ctrl-C used to wait for the whole transfer).
+func TestMigrateLazyInterrupted(t *testing.T) {
+	a, b := newHost(t), newHost(t)
+	setPipeMax(t, 4<<20)
+	lazyTree(a, 1024)
+	cmd, stderr := startWatched(t, a, "migrate", "--lazy", "--keep-binds", "/m", "local:"+b.root)
+	switched := poll(60*time.Second, 20*time.Millisecond, func() bool { return strings.Contains(stderr(), "memory: ") })
+	if !switched || cmd.Process.Signal(unix.SIGINT) != nil {
+		cmd.Wait()
+		t.Fatalf("no switch to interrupt: %s", stderr())
+	}
+	start := time.Now()
+	err := cmd.Wait()
+	t.Logf("interrupted after the switch, ended in %v: %s", time.Since(start), strings.TrimSpace(stderr()))
+	if err == nil {
+		t.Fatal("the migration completed though it was interrupted while the memory was arriving")
+	}
+	for _, want := range []string{"interrupted by SIGINT", "the far side killed its copy", "resumes here from the moment it was frozen", "is lost"} {
+		if !strings.Contains(stderr(), want) {
+			t.Fatalf("the error does not say %q: %s", want, stderr())
+		}
+	}
+	if f := a.frozen(); len(f) > 0 {
+		t.Fatalf("still frozen: %v", f)
+	}
+	checkLazyTree(t, a, "")
+	if !poll(20*time.Second, 200*time.Millisecond, func() bool { return len(b.ls()) == 0 }) {
+		t.Fatalf("the far side kept %v", b.ls())
+	}
+}

@@ -83,13 +83,11 @@ func Run(ctx context.Context, h *node.Host, p hier.Path, t Target, o Options) (*
 	if err := preflight(ctx, t, o); err != nil {
 		return nil, fmt.Errorf("migrate %s to %s: %w; nothing was done", p, t, err)
 	}
-	relay, err := openRelay(h, o)
+	relay, closeRelay, err := openRelay(ctx, h, o)
 	if err != nil {
 		return nil, fmt.Errorf("migrate %s to %s: %w; nothing was done", p, t, err)
 	}
-	if relay != nil {
-		defer relay.Close()
-	}
+	defer closeRelay()
 	far, err := startRestore(t, o, relay)
 	if err != nil {
 		return nil, fmt.Errorf("migrate %s to %s: %w", p, t, err)
@@ -135,16 +133,23 @@ func Run(ctx context.Context, h *node.Host, p hier.Path, t Target, o Options) (*
 
 // openRelay starts the page relay of a post-copy migration (nil for
 // stop-and-copy), in a staging directory of the state root: if this
-// process is killed, gc removes it.
-func openRelay(h *node.Host, o Options) (*pageRelay, error) {
+// process is killed, gc removes it. If ctx is cancelled while the memory
+// is on its way, the transfer fails, as when the connection breaks: the
+// far copy is given up and the subtree resumes here (before the switch,
+// the dump is undone). closeRelay ends it.
+func openRelay(ctx context.Context, h *node.Host, o Options) (relay *pageRelay, closeRelay func(), err error) {
 	if !o.Lazy {
-		return nil, nil
+		return nil, func() {}, nil
 	}
 	dir, err := h.StageDir("pages", 0)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return newPageRelay(dir)
+	if relay, err = newPageRelay(dir); err != nil {
+		return nil, nil, err
+	}
+	stop := context.AfterFunc(ctx, func() { relay.fail(context.Cause(ctx)) })
+	return relay, func() { stop(); relay.Close() }, nil
 }
 
 // lostAfterSwitch is the error of a post-copy migration whose memory
