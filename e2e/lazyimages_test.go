@@ -31,27 +31,8 @@ func TestLazyPagesFromImages(t *testing.T) {
 	os.Mkdir(images, 0o700)
 	os.Mkdir(work, 0o700)
 	logPath := filepath.Join(dir, "hog.log")
-	logf, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
-	hog := exec.Command(filepath.Join(binDir, "memhog"), "-mib", "64")
-	hog.Stdout, hog.Stderr = logf, logf
-	hog.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := hog.Start(); err != nil {
-		t.Fatal(err)
-	}
 	hogLog := func() string { b, _ := os.ReadFile(logPath); return string(b) }
-	if !poll(10*time.Second, 20*time.Millisecond, func() bool { return strings.Contains(hogLog(), "ready") }) {
-		hog.Process.Kill()
-		t.Fatal("memhog never got ready")
-	}
-	err = criu.Dump(bin, criu.DumpOptions{Pid: hog.Process.Pid, ImagesDir: images, WorkDir: work, BeforeKill: func() error { return nil }})
-	hog.Wait()
-	if err != nil {
-		t.Fatal(err)
-	}
+	dumpHog(t, bin, logPath, images, work)
 
 	// The lazy pages are served from a copy of the images; in the images
 	// CRIU restores from, they are holes: CRIU must not read them.
@@ -96,6 +77,7 @@ func TestLazyPagesFromImages(t *testing.T) {
 	defer func() {
 		unix.Kill(pid, unix.SIGKILL)
 		unix.Wait4(pid, nil, 0, nil)
+		lazy.Kill() // the daemon's end goes, which ends the serving
 		lazy.Release()
 		theirs.Close()
 	}()
@@ -116,5 +98,39 @@ func TestLazyPagesFromImages(t *testing.T) {
 	}
 	if err := <-serving; err != nil {
 		t.Fatalf("serving the pages: %v", err)
+	}
+}
+
+// dumpHog starts a 64 MiB memhog writing to logPath and dumps it with
+// plain CRIU into images (CRIU ends it).
+func dumpHog(t *testing.T, bin, logPath, images, work string) {
+	t.Helper()
+	logf, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	hog := exec.Command(filepath.Join(binDir, "memhog"), "-mib", "64")
+	hog.Stdout, hog.Stderr = logf, logf
+	hog.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := hog.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ready := poll(10*time.Second, 20*time.Millisecond, func() bool {
+		b, _ := os.ReadFile(logPath)
+		return strings.Contains(string(b), "ready")
+	})
+	if ready {
+		err = criu.Dump(bin, criu.DumpOptions{Pid: hog.Process.Pid, ImagesDir: images, WorkDir: work, BeforeKill: func() error { return nil }})
+	}
+	if !ready || err != nil {
+		hog.Process.Kill() // CRIU resumes it after a failure
+	}
+	hog.Wait()
+	if !ready {
+		t.Fatal("memhog never got ready")
+	}
+	if err != nil {
+		t.Fatal(err)
 	}
 }

@@ -54,6 +54,9 @@ type lazyRun struct {
 	vaddr, nrPages, off uint64
 }
 
+// length is the run's length in bytes.
+func (r lazyRun) length() uint64 { return r.nrPages * pageSize }
+
 // Pages is how many pages the index holds.
 func (x *LazyIndex) Pages() uint64 {
 	var n uint64
@@ -75,82 +78,125 @@ func (x *LazyIndex) Runs(f func(image string, off, length int64)) {
 	}
 }
 
-// IndexLazy reads where the lazy pages of the dump in dir are.
+// IndexLazy reads where the lazy pages of the dump in dir are. It
+// refuses what it does not understand rather than serve a page from the
+// wrong place: parent (pre-dump) pages, lazy pages not in the images
+// (a post-copy dump's), fields of a pagemap entry it does not know,
+// runs that overlap, a pages image of two processes.
 func IndexLazy(dir string) (*LazyIndex, error) {
 	procs, err := decodeEntries[*pstree.PstreeEntry](filepath.Join(dir, "pstree.img"), &pstree.PstreeEntry{})
 	if err != nil {
 		return nil, err
 	}
 	x := &LazyIndex{procs: map[uint64]*lazyProc{}}
+	images := map[string]bool{}
 	for _, p := range procs {
-		lp, err := indexProcess(dir, p.GetPid())
+		pm := filepath.Join(dir, fmt.Sprintf("pagemap-%d.img", p.GetPid()))
+		if _, err := os.Stat(pm); errors.Is(err, os.ErrNotExist) {
+			continue // a zombie: CRIU dumps only its core
+		}
+		lp, err := indexProcess(dir, pm)
 		if err != nil {
 			return nil, fmt.Errorf("process %d: %w", p.GetPid(), err)
 		}
+		if images[lp.src] {
+			return nil, fmt.Errorf("process %d: %s is another process's too", p.GetPid(), filepath.Base(lp.src))
+		}
+		images[lp.src] = true
 		x.procs[uint64(p.GetPid())] = lp
 	}
 	return x, nil
 }
 
-// indexProcess reads the pagemap of process pid.
-func indexProcess(dir string, pid uint32) (*lazyProc, error) {
-	pm, err := decodeImage(filepath.Join(dir, fmt.Sprintf("pagemap-%d.img", pid)), &pagemap.PagemapEntry{})
+// indexProcess reads the pagemap image pm of one process.
+func indexProcess(dir, pm string) (*lazyProc, error) {
+	img, err := decodeImage(pm, &pagemap.PagemapEntry{})
 	if err != nil {
 		return nil, err
 	}
-	if len(pm.Entries) == 0 {
-		return nil, fmt.Errorf("pagemap-%d.img is empty", pid)
+	if len(img.Entries) == 0 {
+		return nil, fmt.Errorf("%s is empty", filepath.Base(pm))
 	}
-	head, ok := pm.Entries[0].Message.(*pagemap.PagemapHead)
+	head, ok := img.Entries[0].Message.(*pagemap.PagemapHead)
 	if !ok {
-		return nil, fmt.Errorf("pagemap-%d.img has no head", pid)
+		return nil, fmt.Errorf("%s has no head", filepath.Base(pm))
 	}
 	lp := &lazyProc{src: filepath.Join(dir, fmt.Sprintf("pages-%d.img", head.GetPagesId()))}
 	var off uint64
-	for _, ce := range pm.Entries[1:] {
+	for _, ce := range img.Entries[1:] {
 		e, ok := ce.Message.(*pagemap.PagemapEntry)
 		if !ok {
-			return nil, fmt.Errorf("pagemap-%d.img: an entry of another type", pid)
+			return nil, fmt.Errorf("%s: an entry of another type", filepath.Base(pm))
 		}
-		flags, n := e.GetFlags(), pageCount(e)
-		if flags&pageParent != 0 || e.GetInParent() {
-			return nil, errors.New("pages in a parent dump (pre-dump) cannot be served")
+		r, present, lazy, err := pagemapRun(e, off)
+		if err != nil {
+			return nil, fmt.Errorf("%s: entry at %#x: %w", filepath.Base(pm), e.GetVaddr(), err)
 		}
-		if flags&pagePresent == 0 {
-			continue
+		if lazy {
+			lp.runs = append(lp.runs, r)
 		}
-		if flags&pageLazy != 0 {
-			lp.runs = append(lp.runs, lazyRun{vaddr: e.GetVaddr(), nrPages: n, off: off})
+		if present {
+			off += r.length()
 		}
-		off += n * pageSize
 	}
 	sort.Slice(lp.runs, func(i, j int) bool { return lp.runs[i].vaddr < lp.runs[j].vaddr })
+	for i := 1; i < len(lp.runs); i++ {
+		if lp.runs[i-1].vaddr+lp.runs[i-1].length() > lp.runs[i].vaddr {
+			return nil, fmt.Errorf("%s: lazy pages at %#x overlap", filepath.Base(pm), lp.runs[i].vaddr)
+		}
+	}
 	return lp, nil
 }
 
+// pagemapRun reads one pagemap entry, whose pages, if present, are at
+// off in the pages image: its run, whether its pages are in the pages
+// image, and whether they are lazy.
+func pagemapRun(e *pagemap.PagemapEntry, off uint64) (r lazyRun, present, lazy bool, err error) {
+	n, err := pageCount(e)
+	if err != nil {
+		return r, false, false, err
+	}
+	// An entry without flags is present (CRIU's init_compat_pagemap_entry).
+	flags := uint32(pagePresent)
+	if e.Flags != nil {
+		flags = e.GetFlags()
+	}
+	r = lazyRun{vaddr: e.GetVaddr(), nrPages: n, off: off}
+	present, lazy = flags&pagePresent != 0, flags&pageLazy != 0
+	switch {
+	case flags&pageParent != 0 || e.GetInParent():
+		return r, false, false, errors.New("pages in a parent dump (pre-dump) cannot be served")
+	case n == 0 || n > 1<<36 || r.vaddr%pageSize != 0 || r.vaddr+r.length() < r.vaddr:
+		return r, false, false, fmt.Errorf("%d pages: not a range of memory", n)
+	case lazy && !present:
+		return r, false, false, errors.New("lazy pages not in the images (a post-copy dump's)")
+	}
+	return r, present, lazy, nil
+}
+
 // pageCount is a pagemap entry's number of pages: nr_pages (field 5,
-// unknown to go-criu) if set, else compat_nr_pages.
-func pageCount(e *pagemap.PagemapEntry) uint64 {
+// unknown to go-criu; the last one, as protobuf decodes a repeated
+// scalar) if set, else compat_nr_pages. Any other field go-criu does not
+// know is refused: it might change where the pages are.
+func pageCount(e *pagemap.PagemapEntry) (uint64, error) {
+	n := uint64(e.GetNrPages())
 	b := e.ProtoReflect().GetUnknown()
 	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			break
+		num, typ, k := protowire.ConsumeTag(b)
+		if k < 0 {
+			return 0, errors.New("a damaged field")
 		}
-		b = b[n:]
-		if num == 5 && typ == protowire.VarintType {
-			if v, k := protowire.ConsumeVarint(b); k > 0 {
-				return v
-			}
-			break
+		b = b[k:]
+		if num != 5 || typ != protowire.VarintType {
+			return 0, fmt.Errorf("field %d, which crtree does not know", num)
 		}
-		if k := protowire.ConsumeFieldValue(num, typ, b); k >= 0 {
-			b = b[k:]
-		} else {
-			break
+		v, k := protowire.ConsumeVarint(b)
+		if k < 0 {
+			return 0, errors.New("a damaged field")
 		}
+		b, n = b[k:], v
 	}
-	return uint64(e.GetNrPages())
+	return n, nil
 }
 
 // decodeImage reads a CRIU image whose entries are of entry's type.
@@ -187,8 +233,9 @@ func decodeEntries[T proto.Message](path string, entry T) ([]T, error) {
 // ServeLazyPages answers a lazy-pages daemon's page requests on conn
 // (the upstream end of RestoreOptions.LazyPages) from the lazy pages of
 // x, until the daemon's side asks to close, which it answers with
-// success. A request for pages that are not lazy pages of x fails the
-// transfer.
+// success. It returns an error at a request it cannot answer (pages
+// that are not lazy pages of x, more than maxRequestPages): the caller
+// then closes conn, which fails the daemon.
 func ServeLazyPages(conn io.ReadWriter, x *LazyIndex) error {
 	srcs := map[string]*os.File{}
 	defer func() {
@@ -197,6 +244,7 @@ func ServeLazyPages(conn io.ReadWriter, x *LazyIndex) error {
 		}
 	}()
 	req := make([]byte, PageRequestSize)
+	buf := make([]byte, 1<<20)
 	for {
 		if _, err := io.ReadFull(conn, req); err != nil {
 			return fmt.Errorf("page request: %w", err)
@@ -212,16 +260,29 @@ func ServeLazyPages(conn io.ReadWriter, x *LazyIndex) error {
 		n := binary.LittleEndian.Uint64(req[8:])
 		vaddr := binary.LittleEndian.Uint64(req[16:])
 		pid := x.pidOf(binary.LittleEndian.Uint64(req[24:]))
-		data, err := x.read(pid, vaddr, n, srcs)
+		parts, err := x.locate(pid, vaddr, n)
 		if err != nil {
 			return err
 		}
-		binary.LittleEndian.PutUint32(req, psIovGet)
-		if _, err := conn.Write(append(req[:PageRequestSize:PageRequestSize], data...)); err != nil {
+		// The answer is the request's header, as CRIU's page server
+		// makes it, then the pages.
+		binary.LittleEndian.PutUint32(req, psIovAddF|pagePresent<<16)
+		if _, err := conn.Write(req); err != nil {
+			return err
+		}
+		if err := x.send(conn, pid, parts, buf, srcs); err != nil {
 			return err
 		}
 	}
 }
+
+// The page server's answer to PS_IOV_GET, and the most pages a request
+// may ask for (CRIU's daemon asks for at most 4 MiB at once).
+const (
+	psIovGet        = 7
+	psIovAddF       = 6
+	maxRequestPages = 1 << 14
+)
 
 // pidOf is the process a request's dst_id names: CRIU 4.2's lazy-pages
 // daemon sends the PID itself; the page server protocol also knows it
@@ -233,38 +294,52 @@ func (x *LazyIndex) pidOf(dstID uint64) uint64 {
 	return dstID
 }
 
-// psIovGet asks for pages (the only request of a lazy-pages daemon,
-// besides the close).
-const psIovGet = 7
+// part is a piece of a request: length bytes at off in the pages image.
+type part struct{ off, length uint64 }
 
-// read returns n pages of process pid from vaddr on, which must all be
-// lazy pages of x.
-func (x *LazyIndex) read(pid, vaddr, n uint64, srcs map[string]*os.File) ([]byte, error) {
+// locate checks that the n pages of process pid from vaddr on are all
+// lazy pages of x, and returns where they are.
+func (x *LazyIndex) locate(pid, vaddr, n uint64) ([]part, error) {
 	p := x.procs[pid]
-	if p == nil {
+	switch {
+	case p == nil:
 		return nil, fmt.Errorf("pages of process %d, which has no lazy pages", pid)
+	case n == 0 || n > maxRequestPages || vaddr%pageSize != 0 || vaddr+n*pageSize < vaddr:
+		return nil, fmt.Errorf("process %d: a request for %d pages at %#x", pid, n, vaddr)
 	}
-	f := srcs[p.src]
-	if f == nil {
-		var err error
-		if f, err = os.Open(p.src); err != nil {
-			return nil, err
-		}
-		srcs[p.src] = f
-	}
-	data := make([]byte, n*pageSize)
-	for got := uint64(0); got < n; {
-		at := vaddr + got*pageSize
-		i := sort.Search(len(p.runs), func(i int) bool { return p.runs[i].vaddr+p.runs[i].nrPages*pageSize > at })
+	var parts []part
+	for at, end := vaddr, vaddr+n*pageSize; at < end; {
+		i := sort.Search(len(p.runs), func(i int) bool { return p.runs[i].vaddr+p.runs[i].length() > at })
 		if i == len(p.runs) || p.runs[i].vaddr > at {
 			return nil, fmt.Errorf("process %d: page %#x is not a lazy page", pid, at)
 		}
 		r := p.runs[i]
-		k := min(n-got, r.nrPages-(at-r.vaddr)/pageSize)
-		if _, err := f.ReadAt(data[got*pageSize:(got+k)*pageSize], int64(r.off+(at-r.vaddr))); err != nil {
-			return nil, err
-		}
-		got += k
+		k := min(end-at, r.vaddr+r.length()-at)
+		parts = append(parts, part{off: r.off + (at - r.vaddr), length: k})
+		at += k
 	}
-	return data, nil
+	return parts, nil
+}
+
+// send writes the parts of process pid's pages image to w, through buf.
+func (x *LazyIndex) send(w io.Writer, pid uint64, parts []part, buf []byte, srcs map[string]*os.File) error {
+	src := x.procs[pid].src
+	f := srcs[src]
+	if f == nil {
+		var err error
+		if f, err = os.Open(src); err != nil {
+			return err
+		}
+		srcs[src] = f
+	}
+	for _, pt := range parts {
+		k, err := io.CopyBuffer(w, io.NewSectionReader(f, int64(pt.off), int64(pt.length)), buf)
+		if err == nil && uint64(k) != pt.length {
+			err = fmt.Errorf("%s ends before them", filepath.Base(src))
+		}
+		if err != nil {
+			return fmt.Errorf("send pages of process %d: %w", pid, err)
+		}
+	}
+	return nil
 }

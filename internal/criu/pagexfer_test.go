@@ -9,10 +9,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/checkpoint-restore/go-criu/v7/crit/images/pagemap"
-	"google.golang.org/protobuf/encoding/protowire"
-	"google.golang.org/protobuf/proto"
 )
 
 // The far proxy's decisions (pageProxy), with both of its ends played by
@@ -125,27 +121,5 @@ func TestPageProxyFailedDaemonSendsNoForceClose(t *testing.T) {
 		if req, err := readN(t, upstream, PageRequestSize, 5*time.Second); err == nil {
 			t.Fatalf("asked %v: upstream got %x", asked, req)
 		}
-	}
-}
-
-// CRIU 4.2 writes a pagemap entry's page count in nr_pages (field 5),
-// which go-criu's message lacks, and 0 in compat_nr_pages (field 2).
-func TestPageCount(t *testing.T) {
-	e := &pagemap.PagemapEntry{Vaddr: proto.Uint64(0x1000), NrPages: proto.Uint32(0), Flags: proto.Uint32(pagePresent | pageLazy)}
-	b, err := proto.Marshal(e)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b = protowire.AppendTag(b, 5, protowire.VarintType)
-	b = protowire.AppendVarint(b, 1<<33)
-	got := &pagemap.PagemapEntry{}
-	if err := proto.Unmarshal(b, got); err != nil {
-		t.Fatal(err)
-	}
-	if n := pageCount(got); n != 1<<33 {
-		t.Fatalf("nr_pages %d, want %d", n, uint64(1)<<33)
-	}
-	if n := pageCount(&pagemap.PagemapEntry{NrPages: proto.Uint32(7)}); n != 7 {
-		t.Fatalf("compat_nr_pages: %d, want 7", n)
 	}
 }
