@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/crtree/crtree/internal/cgroup"
 	"github.com/crtree/crtree/internal/node"
 )
 
@@ -87,10 +88,12 @@ func startWatched(t *testing.T, h *host, args ...string) (cmd *exec.Cmd, stderr 
 }
 
 // relaySockets are the sockets of the page relays of h's migrations (in
-// its staging directories, on tmpfs or under the state root).
+// its staging directories, on tmpfs or under the state root; not those
+// of another state root's migrations).
 func relaySockets(h *host) []string {
-	m, _ := filepath.Glob("/dev/shm/crtree-*-pages-*/pages.sock")
-	n, _ := filepath.Glob(filepath.Join(h.root, "tmp", "crtree-*-pages-*", "pages.sock"))
+	prefix := filepath.Base(cgroup.BaseFor("/", h.root)) + "-pages-*"
+	m, _ := filepath.Glob(filepath.Join("/dev/shm", prefix, "pages.sock"))
+	n, _ := filepath.Glob(filepath.Join(h.root, "tmp", prefix, "pages.sock"))
 	return append(m, n...)
 }
 
