@@ -204,6 +204,9 @@ func TestMigrateLazySSH(t *testing.T) {
 	// The switch, as the migrating side reports it: its progress lines
 	// start once the far side runs the subtree.
 	switched := poll(30*time.Second, 20*time.Millisecond, func() bool { return strings.Contains(stderr(), "memory: ") })
+	if switched {
+		whileArriving(t, b)
+	}
 	if !switched || sshPid == 0 || unix.Kill(sshPid, unix.SIGKILL) != nil {
 		cmd.Wait()
 		t.Fatalf("no switch to break (%v, ssh %d): %s", switched, sshPid, stderr())
@@ -317,14 +320,44 @@ func TestMigrateLazyInterrupted(t *testing.T) {
 	lazyTree(a, 1024)
 	cmd, stderr := startWatched(t, a, "migrate", "--lazy", "--keep-binds", "/m", "local:"+b.root)
 	switched := poll(60*time.Second, 20*time.Millisecond, func() bool { return strings.Contains(stderr(), "memory: ") })
-	if !switched || cmd.Process.Signal(unix.SIGINT) != nil {
+	if !switched {
+		cmd.Process.Signal(unix.SIGINT)
 		cmd.Wait()
 		t.Fatalf("no switch to interrupt: %s", stderr())
+	}
+	if cmd.Process.Signal(unix.SIGINT) != nil {
+		t.Fatal("migrate ended before it was interrupted")
 	}
 	start := time.Now()
 	err := cmd.Wait()
 	t.Logf("interrupted after the switch, ended in %v: %s", time.Since(start), strings.TrimSpace(stderr()))
 	checkGivenUp(t, a, b, err, stderr(), "interrupted by SIGINT")
+	if code := cmd.ProcessState.ExitCode(); code != 130 {
+		t.Fatalf("exit status %d, want 130 (SIGINT), as before the switch", code)
+	}
+}
+
+// whileArriving checks the far side b of a post-copy migration of
+// lazyTree's /m while its memory arrives: the subtree is held (a dump of
+// it saw memory that had not come, and wrote a damaged archive; a node
+// made in it was removed with it when the transfer failed), and the
+// counter, whose own memory is all there, goes on (it stood still,
+// its userfaultfd held, until the whole subtree's memory had come).
+func whileArriving(t *testing.T, b *host) {
+	t.Helper()
+	for _, args := range [][]string{
+		{"dump", "/m", "-o", filepath.Join(t.TempDir(), "m.crtree")},
+		{"run", "/m/new", "--", "sleep", "1e5"},
+	} {
+		if _, err := b.run(args...); err == nil || !strings.Contains(err.Error(), "/m is being migrated") {
+			t.Fatalf("crtree %s while the memory arrives: %v", strings.Join(args, " "), err)
+		}
+	}
+	before := len(strings.Fields(b.must("logs", "/m/c")))
+	time.Sleep(2 * time.Second)
+	if after := len(strings.Fields(b.must("logs", "/m/c"))); after < before+5 {
+		t.Fatalf("the counter stood still while the hog's memory arrived: %d lines, then %d 2 s later", before, after)
+	}
 }
 
 // checkGivenUp checks a post-copy migration from a to b that failed

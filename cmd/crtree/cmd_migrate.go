@@ -60,7 +60,9 @@ has crossed, the copy there cannot complete. crtree then kills it (none of
 its processes ever reads a page that did not come) and removes it, and the
 subtree resumes here from the moment it was frozen: what it did there in
 the meantime is lost, which the error says; Ctrl-C while the memory is
-on its way does the same. --lazy needs userfaultfd on the
+on its way does the same. Until all the memory has arrived, the far side
+refuses commands that would act on the subtree ("is being migrated").
+--lazy needs userfaultfd on the
 far side (crtree check --lazy-pages there) and, here, pipes of 4 MiB for
 CRIU's page server (crtree check says whether). Not with --tcp-established,
 nor for nodes with a network of their own.

@@ -51,7 +51,8 @@ type MemoryTransfer struct {
 	start time.Time
 }
 
-// Wait waits until the memory of every node has arrived: nil then. If
+// Wait waits until the memory of every node has arrived: nil then, and
+// the subtree is no longer held (Restore holds it till then). If
 // any node's transfer failed, the whole restored subtree is killed (the
 // failed node's supervisor has killed its processes already, before any
 // of them could see a page that did not come) and removed, and Wait says
@@ -78,6 +79,9 @@ func (t *MemoryTransfer) Wait() error {
 		return fmt.Errorf("restore: the memory of the subtree did not all arrive, so it was killed and removed: %w", err)
 	}
 	rs.rep.Memory = Duration(time.Since(t.start))
+	if err := rs.h.Release(rs.res.IDs[0]); err != nil {
+		return fmt.Errorf("restore: all its memory arrived, but letting other commands act on it failed: %w", err)
+	}
 	return nil
 }
 

@@ -2,6 +2,8 @@ package checkpoint
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -96,5 +98,19 @@ func TestResumeBarrierEndsWhenCancelled(t *testing.T) {
 	cancel()
 	if c := gateAnswer(t, b, 0); c != 0 {
 		t.Fatalf("node 0 got %q, want its gate ended", c)
+	}
+}
+
+// The error of a node whose restore failed is the one kept, not those of
+// the nodes held at their gates that were let go because of it.
+func TestWithoutWithdrawn(t *testing.T) {
+	cause := errors.New("restore /r/c: criu restore: something broke")
+	withdrawn := fmt.Errorf("restore /r: %s", node.GateWithdrawn)
+	got := withoutWithdrawn([]error{withdrawn, nil, cause, withdrawn})
+	if len(got) != 1 || got[0] != cause {
+		t.Fatalf("kept %v", got)
+	}
+	if got := withoutWithdrawn([]error{withdrawn, nil}); len(got) != 1 || got[0] != withdrawn {
+		t.Fatalf("kept %v, want the withdrawal when nothing else failed", got)
 	}
 }

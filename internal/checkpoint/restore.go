@@ -190,7 +190,12 @@ func Restore(ctx context.Context, h *node.Host, in io.Reader, target RestoreTarg
 		return nil, err
 	}
 	rs.account()
-	if err := res.Commit(); err != nil {
+	commit := res.Commit
+	if o.Lazy != nil {
+		// Held until its memory has arrived (MemoryTransfer.Wait).
+		commit = func() error { return res.CommitHeld(node.BusyMigrate) }
+	}
+	if err := commit(); err != nil {
 		return nil, fmt.Errorf("restore: %w", err)
 	}
 	rs.nameImported()
@@ -641,13 +646,34 @@ func (rs *restoring) restoreNodes(gates []*os.File) ([]NodeReport, error) {
 			}()
 		}
 		wg.Wait()
-		if err := errors.Join(errs...); err != nil {
+		if err := errors.Join(withoutWithdrawn(errs)...); err != nil {
 			return reports, err
 		}
 		done += len(level)
 		rs.o.progress(Progress{Phase: "restore", NodesDone: done, NodesTotal: len(m.Nodes)})
 	}
 	return reports, nil
+}
+
+// withoutWithdrawn drops, from the errors of nodes restored together,
+// those of nodes whose gate was closed because another failed
+// (node.GateWithdrawn), if that other's error is among them: it is the
+// one that says why.
+func withoutWithdrawn(errs []error) []error {
+	var causes, withdrawn []error
+	for _, err := range errs {
+		switch {
+		case err == nil:
+		case strings.Contains(err.Error(), node.GateWithdrawn):
+			withdrawn = append(withdrawn, err)
+		default:
+			causes = append(causes, err)
+		}
+	}
+	if len(causes) > 0 {
+		return causes
+	}
+	return withdrawn
 }
 
 // restoreLevels returns the indexes of the archive's nodes in the order

@@ -38,7 +38,8 @@ import (
 // pre-resume, then again every holdEvery for those of processes forked
 // since): if the daemon dies first, the processes wait at their next
 // missing page instead, until Release, which the caller calls only once
-// it has killed them, or once Wait said every page arrived. A process
+// it has killed them, or once Wait said every page arrived (the copies
+// go by themselves once the daemon has ended well). A process
 // forked less than holdEvery before the daemon dies can escape this.
 type LazyPages struct {
 	cmd      *exec.Cmd
@@ -150,13 +151,20 @@ func (l *LazyPages) hold() error {
 }
 
 // keepHolding takes the daemon's userfaultfds again every holdEvery
-// until it ends.
+// until it ends. If it ended well, every page it served has arrived, and
+// the copies go at once: a process that then touches memory that was
+// never dumped (never used before the dump) gets a zero page from the
+// kernel, instead of waiting, held, until the whole subtree's memory has
+// arrived and Release is called (a node stood still for up to 9 s so).
 func (l *LazyPages) keepHolding() {
 	t := time.NewTicker(holdEvery)
 	defer t.Stop()
 	for {
 		select {
 		case <-l.done:
+			if l.daemonOK {
+				l.Release()
+			}
 			return
 		case <-t.C:
 			l.hold()

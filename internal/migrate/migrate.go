@@ -175,7 +175,9 @@ func lostAfterSwitch(p hier.Path, t Target, far *farRestore, relay *pageRelay, l
 	if !far.runningAt.IsZero() {
 		ran = fmt.Sprintf(" in %.2fs", time.Since(far.runningAt).Seconds())
 	}
-	return fmt.Errorf("migrate %s to %s: the memory transfer broke after the subtree had started there (%s): %s; the subtree resumes here from the moment it was frozen, so what it did there%s is lost (%d MiB of memory had been sent)",
+	// %w: an interrupt's cause gives crtree its exit status, as before
+	// the switch.
+	return fmt.Errorf("migrate %s to %s: the memory transfer broke after the subtree had started there (%w): %s; the subtree resumes here from the moment it was frozen, so what it did there%s is lost (%d MiB of memory had been sent)",
 		p, t, cause, there, ran, relay.Sent()>>20)
 }
 

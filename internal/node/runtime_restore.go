@@ -2,6 +2,7 @@ package node
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -199,6 +200,10 @@ const (
 	GateOpen  = 'y'
 )
 
+// GateWithdrawn is how a restore held at its gate fails when the gate
+// ends unopened: because of a failure elsewhere, which says more.
+const GateWithdrawn = "the restoring command withdrew the images"
+
 // waitGate holds the restored processes until the gate opens (nil when
 // there is no gate).
 func (from *FromImages) waitGate() error {
@@ -209,7 +214,7 @@ func (from *FromImages) waitGate() error {
 	from.Gate.Write([]byte{GateReady})
 	var b [1]byte
 	if n, _ := from.Gate.Read(b[:]); n != 1 || b[0] != GateOpen {
-		return fmt.Errorf("the restoring command withdrew the images")
+		return errors.New(GateWithdrawn)
 	}
 	return nil
 }

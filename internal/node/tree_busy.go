@@ -11,6 +11,10 @@ import (
 const (
 	BusyDump    = "dumped"
 	BusyRestore = "restored"
+	// BusyMigrate holds a subtree that a post-copy migration restored
+	// until all its memory has arrived: a dump of it, or a node made in
+	// it, would see memory that is not there yet.
+	BusyMigrate = "migrated"
 )
 
 // BusyError is returned when a command would change a subtree that
