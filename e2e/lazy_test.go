@@ -124,6 +124,15 @@ func TestMigrateLazy(t *testing.T) {
 	}
 	setPipeMax(t, 4<<20)
 
+	// Binds without --keep-binds: refused before the freeze (the far
+	// side refused them after it).
+	if _, err := a.run("migrate", "--lazy", "/m", "local:"+b.root); err == nil || !strings.Contains(err.Error(), "/m/hog binds host path") || !strings.Contains(err.Error(), "nothing was done") {
+		t.Fatalf("binds without --keep-binds: %v", err)
+	}
+	if f := a.frozen(); len(f) > 0 {
+		t.Fatalf("frozen after the refusal: %v", f)
+	}
+
 	// What post-copy cannot undo after a failed transfer is refused,
 	// saying why, before anything is frozen.
 	if _, err := a.run("migrate", "--lazy", "--tcp-established", "--keep-binds", "/m", "local:"+b.root+"/pool"); err == nil || !strings.Contains(err.Error(), "post-copy is not for --leave-running or --tcp-established") || !strings.Contains(err.Error(), "the subtree goes on here") {

@@ -76,8 +76,9 @@ type Report struct {
 // on.
 func Run(ctx context.Context, h *node.Host, p hier.Path, t Target, o Options) (*Report, error) {
 	start := time.Now()
-	// A node that is not there is the first thing to say.
-	if _, _, err := h.Get(p); err != nil {
+	// A node that is not there is the first thing to say, then what the
+	// far side would refuse only once the subtree is frozen.
+	if err := hostPathsGiven(h, p, o); err != nil {
 		return nil, fmt.Errorf("migrate %s to %s: %w", p, t, err)
 	}
 	if err := preflight(ctx, t, o); err != nil {
@@ -129,6 +130,35 @@ func Run(ctx context.Context, h *node.Host, p hier.Path, t Target, o Options) (*
 	r.Transferred = checkpoint.Duration(time.Since(start))
 	r.Total = r.Transferred
 	return r, nil
+}
+
+// hostPathsGiven refuses a subtree that does not exist, or whose nodes
+// bind host paths or run on a host directory (run --rootfs) unless
+// KeepBinds says to use the same on the far side: the far restore would
+// refuse it once the subtree is frozen.
+func hostPathsGiven(h *node.Host, p hier.Path, o Options) error {
+	if _, _, err := h.Get(p); err != nil {
+		return err
+	}
+	if o.KeepBinds {
+		return nil
+	}
+	return h.Store.View(func(t *hier.Tree) error {
+		top, err := t.Lookup(p)
+		if err != nil {
+			return err
+		}
+		for _, n := range t.Subtree(top) {
+			switch {
+			case len(n.Spec.Binds) > 0:
+				b := n.Spec.Binds[0]
+				return fmt.Errorf("%s binds host path %s at %s: give --keep-binds to bind the same path on the far side; nothing was done", t.PathOf(n), b.Source, b.Target)
+			case n.Spec.Rootfs != "":
+				return fmt.Errorf("%s runs on the host directory %s (run --rootfs): give --keep-binds to use the same directory on the far side; nothing was done", t.PathOf(n), n.Spec.Rootfs)
+			}
+		}
+		return nil
+	})
 }
 
 // openRelay starts the page relay of a post-copy migration (nil for
