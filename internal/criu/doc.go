@@ -21,4 +21,11 @@
 // With Stream, CRIU reads and writes no image files: a dump hands its
 // images to a CaptureServer, and a restore asks an ImageServer for them,
 // over CRIU's image-streamer protocol on a socket in the images directory.
+//
+// Post-copy (lazy.go): a dump with LazyPages serves its memory as CRIU's
+// page server on a socket; a restore with LazyPages runs CRIU's
+// lazy-pages daemon behind a pageProxy (pagexfer.go) that fetches it
+// from there. IndexLazy and ServeLazyPages (lazyimages.go) serve the
+// lazy pages of a plain dump's images instead, for a post-copy restore
+// from images.
 package criu
