@@ -241,34 +241,47 @@ func reportProgress(relay *pageRelay, progress func(int64)) (stop func()) {
 // there, then cost no downtime. Post-copy, it asks whether the far side
 // can restore lazily (userfaultfd): crtree check --lazy-pages.
 func preflight(ctx context.Context, t Target, o Options) error {
-	args := []string{"--version"}
 	if o.Lazy {
 		if err := criu.CheckLazyDump(node.HasCapSysResource()); err != nil {
 			return fmt.Errorf("--lazy: %w", err)
 		}
-		args = []string{"check", "--lazy-pages"}
+		if err := askFar(t, o, "--lazy: ", "check", "--lazy-pages"); err != nil {
+			return err
+		}
 	}
-	if t.Host == "" {
-		if !o.Lazy {
-			return nil
-		}
-		out, err := exec.Command(o.Self, append([]string{"--root", t.Root}, args...)...).CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("--lazy: %s", lastLine(out))
-		}
-		return ctx.Err()
-	}
-	cmd := sshCommand(t, o, nil, args)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Run(); err != nil {
-		var ee *exec.ExitError
-		if o.Lazy && errors.As(err, &ee) && ee.ExitCode() == 1 {
-			return fmt.Errorf("--lazy: %s: %s", t.Host, lastLine(out.Bytes()))
-		}
-		return fmt.Errorf("cannot run crtree on %s (ssh without prompts: a key and a known host key; crtree on the far PATH): %v: %s", t.Host, err, lastLine(out.Bytes()))
+	// The parent is there (which also shows that crtree runs there).
+	if err := askFar(t, o, "the far side: ", "ls", t.Parent); err != nil {
+		return err
 	}
 	return ctx.Err()
+}
+
+// askFar runs crtree with args on the far side; if it fails, its last
+// line is the error, after prefix (or, if ssh could not run crtree
+// there, why).
+func askFar(t Target, o Options, prefix string, args ...string) error {
+	var cmd *exec.Cmd
+	if t.Host == "" {
+		cmd = exec.Command(o.Self, append([]string{"--root", t.Root}, args...)...)
+	} else {
+		cmd = sshCommand(t, o, nil, args)
+	}
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &ee) && ee.ExitCode() == 1:
+		if t.Host != "" {
+			prefix += t.Host + ": "
+		}
+		return fmt.Errorf("%s%s", prefix, strings.TrimPrefix(lastLine(out.Bytes()), "crtree: "))
+	case t.Host == "":
+		return fmt.Errorf("run %s: %v: %s", o.Self, err, lastLine(out.Bytes()))
+	}
+	return fmt.Errorf("cannot run crtree on %s (ssh without prompts: a key and a known host key; crtree on the far PATH): %v: %s", t.Host, err, lastLine(out.Bytes()))
 }
 
 // lastLine is the last line of a command's output.
