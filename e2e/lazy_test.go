@@ -16,6 +16,7 @@ import (
 
 	"github.com/crtree/crtree/internal/cgroup"
 	"github.com/crtree/crtree/internal/node"
+	"github.com/crtree/crtree/internal/testutil"
 )
 
 // pipeMaxSize is the sysctl that CRIU's page server for a post-copy dump
@@ -284,7 +285,7 @@ func TestMigrateLazyOneInstant(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	resumed := map[string]int64{}
 	for _, p := range []string{"/t", "/t/u", "/t/u/v"} {
-		at, gap := resumedAt(b.must("logs", p))
+		gap, at := testutil.LargestTickGap(b.must("logs", p))
 		t.Logf("%s stood still %v, resumed at %d", p, gap, at)
 		if gap < 50*time.Millisecond {
 			t.Fatalf("%s never stood still: %s", p, b.must("logs", p))
@@ -296,27 +297,6 @@ func TestMigrateLazyOneInstant(t *testing.T) {
 			t.Fatalf("%s resumed %v apart from /t: the subtree did not resume at one instant", p, d)
 		}
 	}
-}
-
-// resumedAt returns the time (UNIXNANO) of the first t= tick after the
-// largest gap of a memhog -tick log, and the gap.
-func resumedAt(logs string) (int64, time.Duration) {
-	var prev, gap, at int64
-	for _, l := range strings.Split(logs, "\n") {
-		v, ok := strings.CutPrefix(l, "t=")
-		if !ok {
-			continue
-		}
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil {
-			continue
-		}
-		if prev != 0 && n-prev > gap {
-			gap, at = n-prev, n
-		}
-		prev = n
-	}
-	return at, time.Duration(gap)
 }
 
 // Ctrl-C while the memory of a post-copy migration is on its way stops

@@ -62,7 +62,7 @@ func TestLazyPagesFromImages(t *testing.T) {
 
 	// The daemon's proxy takes the end Go's poller serves (as a
 	// supervisor's is), the page server the other.
-	theirs, ours, err := criu.PageSocketPair()
+	theirs, ours, err := criu.SocketPair()
 	if err != nil {
 		t.Fatal(err)
 	}

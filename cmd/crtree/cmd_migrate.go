@@ -62,10 +62,10 @@ subtree resumes here from the moment it was frozen: what it did there in
 the meantime is lost, which the error says; Ctrl-C while the memory is
 on its way does the same. Until all the memory has arrived, the far side
 refuses commands that would act on the subtree ("is being migrated").
---lazy needs userfaultfd on the
-far side (crtree check --lazy-pages there) and, here, pipes of 4 MiB for
-CRIU's page server (crtree check says whether). Not with --tcp-established,
-nor for nodes with a network of their own.
+--lazy needs userfaultfd on the far side (crtree check --lazy-pages
+there) and, here, pipes of 4 MiB for CRIU's page server (crtree check
+says whether). Not with --tcp-established, nor for nodes with a network
+of their own.
 
 Established TCP connections move with --tcp-established, if the node
 keeps its address on the far side (--net bridge on routed subnets: see the

@@ -463,12 +463,18 @@ func cleanup() {
 	}
 	exec.Command(*crtreeBin, "image", "rm", benchImage).Run()
 	exec.Command(*crtreeBin, "gc").Run()
-	other := exec.Command(*crtreeBin, "rm", "-r", "-f", "/im")
-	other.Env = append(os.Environ(), "CRTREE_ROOT="+filepath.Join(*workDir, "state2"))
-	other.Run()
-	far := exec.Command(*crtreeBin, "rm", "-r", "-f", "/mg")
-	far.Env = append(os.Environ(), "CRTREE_ROOT="+farRoot())
-	far.Run()
+	// The other state roots: their nodes, then their cgroups (gc), which
+	// removing the work directory would leave behind.
+	for root, top := range map[string]string{filepath.Join(*workDir, "state2"): "/im", farRoot(): "/mg"} {
+		if _, err := os.Stat(root); err != nil {
+			continue
+		}
+		for _, args := range [][]string{{"rm", "-r", "-f", top}, {"gc"}} {
+			cmd := exec.Command(*crtreeBin, args...)
+			cmd.Env = append(os.Environ(), "CRTREE_ROOT="+root)
+			cmd.Run()
+		}
+	}
 	if pipeMaxWas != "" {
 		os.WriteFile(pipeMax, []byte(pipeMaxWas), 0o644)
 	}

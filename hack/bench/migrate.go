@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/crtree/crtree/internal/testutil"
 )
 
 // The downtime of crtree migrate between two state roots, stop-and-copy
@@ -184,24 +186,10 @@ func migrateOnce(mib, rep int, lazy bool) {
 	runRSSEnv(far, *crtreeBin, "rm", "-r", "-f", path)
 }
 
-// largestGap is the largest interval between two t=UNIXNANO lines.
+// largestGap is how long memhog -tick stood still, from its log.
 func largestGap(logs string) time.Duration {
-	var prev, gap int64
-	for _, l := range strings.Split(logs, "\n") {
-		v, ok := strings.CutPrefix(l, "t=")
-		if !ok {
-			continue
-		}
-		t, err := strconv.ParseInt(v, 10, 64)
-		if err != nil {
-			continue
-		}
-		if prev != 0 {
-			gap = max(gap, t-prev)
-		}
-		prev = t
-	}
-	return time.Duration(gap)
+	gap, _ := testutil.LargestTickGap(logs)
+	return gap
 }
 
 // migrateReport prints the series and the targets.

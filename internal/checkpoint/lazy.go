@@ -8,8 +8,7 @@ import (
 	"os"
 	"time"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/crtree/crtree/internal/criu"
 	"github.com/crtree/crtree/internal/node"
 )
 
@@ -108,18 +107,11 @@ func newResumeBarrier(running []bool) (*resumeBarrier, error) {
 			continue
 		}
 		// Ours non-blocking, so that abort ends run's read.
-		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-		if err == nil {
-			if err = unix.SetNonblock(fds[0], true); err != nil {
-				unix.Close(fds[0])
-				unix.Close(fds[1])
-			}
-		}
-		if err != nil {
+		var err error
+		if b.theirs[i], b.ours[i], err = criu.SocketPair(); err != nil {
 			b.abort()
 			return nil, fmt.Errorf("resume gate: %w", err)
 		}
-		b.ours[i], b.theirs[i] = os.NewFile(uintptr(fds[0]), "resume-gate"), os.NewFile(uintptr(fds[1]), "resume-gate")
 	}
 	return b, nil
 }

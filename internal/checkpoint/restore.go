@@ -190,12 +190,11 @@ func Restore(ctx context.Context, h *node.Host, in io.Reader, target RestoreTarg
 		return nil, err
 	}
 	rs.account()
-	commit := res.Commit
+	hold := "" // post-copy: held until its memory has arrived (MemoryTransfer.Wait)
 	if o.Lazy != nil {
-		// Held until its memory has arrived (MemoryTransfer.Wait).
-		commit = func() error { return res.CommitHeld(node.BusyMigrate) }
+		hold = node.BusyMigrate
 	}
-	if err := commit(); err != nil {
+	if err := res.CommitHeld(hold); err != nil {
 		return nil, fmt.Errorf("restore: %w", err)
 	}
 	rs.nameImported()
@@ -495,10 +494,9 @@ func (rs *restoring) staged() error {
 		go rs.resume.run(rs.ctx)
 	}
 	criuStart := time.Now()
+	// A failure ends the barrier by itself: each node's restore closes
+	// its gate's end as it returns (or the cancelled context does).
 	reports, err := rs.restoreNodes(nil)
-	if err != nil && rs.resume != nil {
-		rs.resume.abort()
-	}
 	rs.rep.Criu = Duration(time.Since(criuStart))
 	rs.rep.Nodes = reports
 	return err

@@ -63,7 +63,7 @@ const holdEvery = 100 * time.Millisecond
 // fetching pages from upstream through a pageProxy, and waits until it
 // listens for the restore (in work, lazy-pages.socket).
 func startLazyPages(bin, images, work, level, keepLogs string, upstream *os.File) (*LazyPages, error) {
-	theirs, ours, err := PageSocketPair()
+	theirs, ours, err := SocketPair()
 	if err != nil {
 		return nil, fmt.Errorf("criu lazy-pages: %w", err)
 	}

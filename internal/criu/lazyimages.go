@@ -60,11 +60,7 @@ func (r lazyRun) length() uint64 { return r.nrPages * pageSize }
 // Pages is how many pages the index holds.
 func (x *LazyIndex) Pages() uint64 {
 	var n uint64
-	for _, p := range x.procs {
-		for _, r := range p.runs {
-			n += r.nrPages
-		}
-	}
+	x.Runs(func(_ string, _, length int64) { n += uint64(length) / pageSize })
 	return n
 }
 
@@ -73,7 +69,7 @@ func (x *LazyIndex) Pages() uint64 {
 func (x *LazyIndex) Runs(f func(image string, off, length int64)) {
 	for _, p := range x.procs {
 		for _, r := range p.runs {
-			f(p.src, int64(r.off), int64(r.nrPages*pageSize))
+			f(p.src, int64(r.off), int64(r.length()))
 		}
 	}
 }
@@ -249,12 +245,11 @@ func ServeLazyPages(conn io.ReadWriter, x *LazyIndex) error {
 		if _, err := io.ReadFull(conn, req); err != nil {
 			return fmt.Errorf("page request: %w", err)
 		}
-		switch binary.LittleEndian.Uint32(req) & psCmdMask {
-		case psIovClose, psIovForceClose:
+		switch {
+		case IsCloseRequest(req):
 			_, err := conn.Write(make([]byte, 4))
 			return err
-		case psIovGet:
-		default:
+		case binary.LittleEndian.Uint32(req)&psCmdMask != psIovGet:
 			return fmt.Errorf("page request %#x: not a request for pages", binary.LittleEndian.Uint32(req))
 		}
 		n := binary.LittleEndian.Uint64(req[8:])

@@ -45,11 +45,11 @@ func RefuseRequest() []byte {
 	return req
 }
 
-// PageSocketPair returns a connected pair of Unix stream sockets for a
-// CRIU page server or lazy-pages daemon: criuEnd blocking, to be passed
-// to CRIU; ours non-blocking, so that Go's poller serves it (a Close or a
-// deadline ends a read).
-func PageSocketPair() (criuEnd, ours *os.File, err error) {
+// SocketPair returns a connected pair of Unix stream sockets whose one
+// end goes to another process (a CRIU page server, a lazy-pages daemon,
+// a supervisor): criuEnd, blocking; ours non-blocking, so that Go's
+// poller serves it (a Close or a deadline ends a read).
+func SocketPair() (criuEnd, ours *os.File, err error) {
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
 	if err != nil {
 		return nil, nil, err

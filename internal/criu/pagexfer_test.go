@@ -23,11 +23,11 @@ func pageRequest(cmd uint32) []byte {
 // proxyPair starts a proxy and returns the daemon's and upstream's ends.
 func proxyPair(t *testing.T) (p *pageProxy, daemon, upstream net.Conn) {
 	t.Helper()
-	dCriu, dOurs, err := PageSocketPair()
+	dCriu, dOurs, err := SocketPair()
 	if err != nil {
 		t.Fatal(err)
 	}
-	uFar, uOurs, err := PageSocketPair()
+	uFar, uOurs, err := SocketPair()
 	if err != nil {
 		t.Fatal(err)
 	}

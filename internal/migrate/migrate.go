@@ -137,11 +137,9 @@ func Run(ctx context.Context, h *node.Host, p hier.Path, t Target, o Options) (*
 // KeepBinds says to use the same on the far side: the far restore would
 // refuse it once the subtree is frozen.
 func hostPathsGiven(h *node.Host, p hier.Path, o Options) error {
-	if _, _, err := h.Get(p); err != nil {
+	if o.KeepBinds || len(p) == 0 {
+		_, _, err := h.Get(p) // is there (and not the tree's root)
 		return err
-	}
-	if o.KeepBinds {
-		return nil
 	}
 	return h.Store.View(func(t *hier.Tree) error {
 		top, err := t.Lookup(p)
@@ -236,10 +234,11 @@ func reportProgress(relay *pageRelay, progress func(int64)) (stop func()) {
 	return func() { close(done) }
 }
 
-// preflight asks the far side's crtree for its version before anything
-// is frozen: ssh's connection and authentication, and a missing crtree
-// there, then cost no downtime. Post-copy, it asks whether the far side
-// can restore lazily (userfaultfd): crtree check --lazy-pages.
+// preflight asks the far side's crtree to list the parent before
+// anything is frozen: ssh's connection and authentication, a missing
+// crtree there and a missing parent then cost no downtime. Post-copy, it
+// first asks whether the far side can restore lazily (userfaultfd):
+// crtree check --lazy-pages.
 func preflight(ctx context.Context, t Target, o Options) error {
 	if o.Lazy {
 		if err := criu.CheckLazyDump(node.HasCapSysResource()); err != nil {

@@ -93,7 +93,7 @@ func (r *pageRelay) Path() string { return r.ln.Addr().String() }
 // Socket is checkpoint.PageServers.Socket: the end of a new socket pair
 // on which node i's CRIU serves its memory.
 func (r *pageRelay) Socket(i int) (*os.File, error) {
-	criuEnd, ours, err := criu.PageSocketPair()
+	criuEnd, ours, err := criu.SocketPair()
 	if err != nil {
 		return nil, fmt.Errorf("page relay: %w", err)
 	}

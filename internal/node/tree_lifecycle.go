@@ -159,15 +159,12 @@ func (e *NodeError) Unwrap() error { return e.Err }
 
 // Commit hands the reserved nodes over to the tree: they no longer depend
 // on this command, and its hold ends.
-func (r *Reservation) Commit() error { return r.commit("") }
+func (r *Reservation) Commit() error { return r.CommitHeld("") }
 
 // CommitHeld is Commit, the top node then held by this process for op
-// (BusyMigrate, say) until Release: the nodes are complete, but no other
-// command may act on them yet.
-func (r *Reservation) CommitHeld(op string) error { return r.commit(op) }
-
-// commit hands the nodes over, the top one held for op if op is set.
-func (r *Reservation) commit(op string) error {
+// (BusyMigrate, say; "" holds nothing) until Release: the nodes are
+// complete, but no other command may act on them yet.
+func (r *Reservation) CommitHeld(op string) error {
 	if r.done {
 		return errors.New("reservation already ended")
 	}

@@ -1,4 +1,6 @@
-// Package testutil holds the one gate for crtree's privileged tests.
+// Package testutil holds what crtree's tests (and its benchmark) share:
+// the one gate for the privileged tests, and reading the logs of the
+// memhog workload.
 package testutil
 
 import (
