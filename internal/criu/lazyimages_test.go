@@ -108,20 +108,23 @@ func TestLazyIndexOffsets(t *testing.T) {
 	if !bytes.Equal(got.Bytes(), image[3*pageSize:6*pageSize]) {
 		t.Fatal("the pages sent are not the image's pages 3 to 5")
 	}
-	for _, bad := range []struct{ vaddr, n uint64 }{
-		{0x10000, 1},             // present, not lazy
-		{0x23000, 2},             // runs past the lazy pages
-		{0x20001, 1},             // not page-aligned
-		{0x20000, 0},             // no pages
-		{0x20000, 1 << 52},       // too many
-		{^uint64(0) &^ 0xfff, 2}, // wraps around
+	for _, bad := range []struct {
+		vaddr, n uint64
+		why      string
+	}{
+		{0x10000, 1, "page 0x10000 is not a lazy page"},            // present, not lazy
+		{0x23000, 2, "page 0x24000 is not a lazy page"},            // runs past the lazy pages
+		{0x20001, 1, "a request for 1 pages at 0x20001"},           // not page-aligned
+		{0x20000, 0, "a request for 0 pages"},                      // no pages
+		{0x20000, 1 << 52, "a request for 4503599627370496 pages"}, // too many
+		{^uint64(0) &^ 0xfff, 2, "a request for 2 pages"},          // wraps around
 	} {
-		if _, err := x.locate(7, bad.vaddr, bad.n); err == nil {
-			t.Fatalf("%d pages at %#x: served", bad.n, bad.vaddr)
+		if _, err := x.locate(7, bad.vaddr, bad.n); err == nil || !strings.Contains(err.Error(), bad.why) {
+			t.Fatalf("%d pages at %#x: %v, want %q", bad.n, bad.vaddr, err, bad.why)
 		}
 	}
-	if _, err := x.locate(8, 0x20000, 1); err == nil {
-		t.Fatal("another process's pages: served")
+	if _, err := x.locate(8, 0x20000, 1); err == nil || !strings.Contains(err.Error(), "process 8, which has no lazy pages") {
+		t.Fatalf("another process's pages: %v", err)
 	}
 }
 
@@ -129,11 +132,14 @@ func TestLazyIndexOffsets(t *testing.T) {
 // parent pages are refused, not skipped.
 func TestLazyIndexRefuses(t *testing.T) {
 	dir := t.TempDir()
-	for _, flags := range []uint32{pageLazy, pageParent | pagePresent} {
+	for flags, why := range map[uint32]string{
+		pageLazy:                 "lazy pages not in the images",
+		pageParent | pagePresent: "pages in a parent dump",
+	} {
 		pm := filepath.Join(dir, "pagemap-1.img")
 		writePagemap(t, pm, entry(t, 0x10000, 1, proto.Uint32(flags)))
-		if _, err := indexProcess(dir, pm); err == nil {
-			t.Fatalf("flags %#x: indexed", flags)
+		if _, err := indexProcess(dir, pm); err == nil || !strings.Contains(err.Error(), why) {
+			t.Fatalf("flags %#x: %v, want %q", flags, err, why)
 		}
 	}
 }
