@@ -28,9 +28,22 @@ type Checksums struct {
 	// for an archive without one (and in format version 1, which does
 	// not list it).
 	Index *Index `json:"index,omitempty"`
+	// Pages, from format version 4 on, says where each piece of each page
+	// image member starts in the archive file, so that a restore can read
+	// and verify the pieces it needs in any order (restore --lazy).
+	Pages []PageMember `json:"pages,omitempty"`
 	// version is the format version the trailer was read as
 	// (version.decodeSums); 0 for one written.
 	version int
+}
+
+// PageMember is where the pieces of one page image member start: Member
+// is its position in Members, and Offsets[k] the offset in the archive of
+// the zstd frame whose content starts with the member's piece k (its
+// bytes from k*PieceSize on), one for each of its pieces.
+type PageMember struct {
+	Member  int     `json:"member"`
+	Offsets []int64 `json:"offsets"`
 }
 
 // MemberChecksum is one member: its name, type ("file", "dir",

@@ -189,7 +189,7 @@ func TestHostileArchives(t *testing.T) {
 		"file twice": {oneNode(), []raw{dir, file(f+"/a", "x"), file(f+"/a", "y")}, nil,
 			`member "nodes/0/files/a" appears twice`, ErrCorrupt},
 		"unknown version": {&Manifest{Format: FormatName, Version: 99, Nodes: oneNode().Nodes}, nil, nil,
-			"format version 99 (this crtree reads versions 1 to 3)", ErrVersion},
+			"format version 99 (this crtree reads versions 1 to 4)", ErrVersion},
 		"node named twice": {&Manifest{Format: FormatName, Version: FormatVersion, Nodes: append(oneNode().Nodes,
 			Node{Name: "c", Path: "c", Parent: 0, Spec: Spec{Cmd: []string{"x"}}},
 			Node{Name: "c", Path: "c", Parent: 0, Spec: Spec{Cmd: []string{"x"}}})}, nil, nil,
@@ -390,7 +390,7 @@ func TestHostileTestdata(t *testing.T) {
 			file(f+"/out/pwned", "x")}, "extract nodes/0/files/out/pwned: openat out/pwned: path escapes from parent"},
 		"device-node.crtree": {oneNode(), []raw{dir,
 			{tar.Header{Name: f + "/null", Typeflag: tar.TypeChar, Devmajor: 1, Devminor: 3, Mode: 0o666}, ""}}, `member "nodes/0/files/null": type '3' is not allowed`},
-		"unknown-version.crtree": {&Manifest{Format: FormatName, Version: 99, Nodes: oneNode().Nodes}, nil, "format version 99 (this crtree reads versions 1 to 3)"},
+		"unknown-version.crtree": {&Manifest{Format: FormatName, Version: 99, Nodes: oneNode().Nodes}, nil, "format version 99 (this crtree reads versions 1 to 4)"},
 	} {
 		path := filepath.Join("..", "..", "testdata", "archives", name)
 		if *update {

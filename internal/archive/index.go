@@ -169,6 +169,9 @@ func ExtractMeta(ra io.ReaderAt, size int64, x *Index, m *Manifest, sums *Checks
 	if v == nil || sums.version != v.trailer {
 		return corrupt("the index points at a %s of format version %d, the manifest is of version %d", SumsName, sums.version, m.Version)
 	}
+	if err := v.checkPages(sums); err != nil {
+		return err
+	}
 	tr, in, zr := sectionReader(ra, x.Meta, x.Sums)
 	defer zr.Close()
 	ex := &extractor{dst: dst, roots: map[string]*os.Root{}, limit: ExpansionLimit(m)}

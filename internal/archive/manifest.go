@@ -14,7 +14,7 @@ import (
 
 // FormatVersion is the version of the archive format this package writes.
 // It reads this version and version 1 (see version).
-const FormatVersion = 3
+const FormatVersion = 4
 
 // FormatName identifies a crtree archive in its manifest.
 const FormatName = "crtree-archive"

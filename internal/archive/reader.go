@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"unsafe"
@@ -358,7 +359,7 @@ func (r *Reader) verifyTrailer(hdr *tar.Header) error {
 		return corrupt("read %s: archive is truncated", SumsName)
 	}
 	if v := trailerVersion(hdr); v.trailer != r.v.trailer {
-		return corrupt("%s has the tar header of format version %d, the manifest is of version %d", SumsName, v.number, r.v.number)
+		return corrupt("%s has the tar header of format version %d, the manifest is of version %d", SumsName, v.trailer, r.v.number)
 	}
 	want, err := r.v.decodeSums(r.headers[len(r.headers)-1], data)
 	if err != nil {
@@ -587,5 +588,17 @@ func sameChecksums(a, b *Checksums) bool {
 			return false
 		}
 	}
-	return (a.Index == nil) == (b.Index == nil) && (a.Index == nil || *a.Index == *b.Index)
+	return (a.Index == nil) == (b.Index == nil) && (a.Index == nil || *a.Index == *b.Index) && samePages(a.Pages, b.Pages)
+}
+
+func samePages(a, b []PageMember) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i].Member != b[i].Member || !slices.Equal(a[i].Offsets, b[i].Offsets) {
+			return false
+		}
+	}
+	return true
 }

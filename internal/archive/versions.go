@@ -37,6 +37,9 @@ type version struct {
 	// character device 0/0) and opaque directories (the extended
 	// attribute trusted.overlay.opaque).
 	overlay bool
+	// pages: checksums.json may have a page table ("pages"), where
+	// each piece of each page image starts (see checkPages).
+	pages bool
 	// unchecked says what the version's checksums do not cover of what
 	// a restore restores, "" for nothing.
 	unchecked string
@@ -48,6 +51,7 @@ var versions = map[int]*version{
 	1: {number: 1, trailer: 1, unchecked: "file modes, owners and times are not checksummed"},
 	2: {number: 2, trailer: 2, headers: true, listedIndex: true, records: true},
 	3: {number: 3, trailer: 2, headers: true, listedIndex: true, records: true, overlay: true},
+	4: {number: 4, trailer: 2, headers: true, listedIndex: true, records: true, overlay: true, pages: true},
 }
 
 // Unchecked says what the checksums of an archive of m's format version
@@ -67,7 +71,7 @@ func (m *Manifest) Unchecked() string {
 // (version.trailer).
 func trailerVersion(hdr *tar.Header) *version {
 	if _, ok := hdr.PAXRecords[sumsDigestKey]; ok {
-		return versions[2]
+		return versions[FormatVersion]
 	}
 	return versions[1]
 }
@@ -92,8 +96,26 @@ func (v *version) decodeSums(header string, data []byte) (*Checksums, error) {
 	if !v.listedIndex && c.Index != nil {
 		return nil, corrupt("%s of format version %d lists an index", SumsName, v.number)
 	}
+	if err := v.checkPages(c); err != nil {
+		return nil, err
+	}
 	c.version = v.trailer
 	return c, nil
+}
+
+// checkPages refuses a page table in a version without one, and checks
+// one where it may be.
+func (v *version) checkPages(c *Checksums) error {
+	if c.Pages == nil {
+		return nil
+	}
+	if !v.pages {
+		return corrupt("%s of format version %d has a page table", SumsName, v.number)
+	}
+	if err := checkPages(c); err != nil {
+		return corrupt("%v", err)
+	}
+	return nil
 }
 
 // headerMatches reports whether the header digest read matches the one

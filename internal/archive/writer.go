@@ -56,6 +56,7 @@ type Writer struct {
 	buf      []byte
 	out      *counter
 	index    Index // Meta set by MarkMeta
+	pages    pageTable
 }
 
 // counter counts the bytes written to the archive's destination.
@@ -86,7 +87,7 @@ func NewWriter(w io.Writer, level zstd.EncoderLevel) (*Writer, error) {
 	out := &counter{w: w}
 	sw := &switchWriter{out: out, zw: zw, sampler: newSampler()}
 	tout := &tarOutput{w: sw, sum: newHeaderSum()}
-	return &Writer{sw: sw, tw: tar.NewWriter(tout), tout: tout, hashes: newHashPool(), buf: make([]byte, chunkSize), out: out}, nil
+	return &Writer{sw: sw, tw: tar.NewWriter(tout), tout: tout, hashes: newHashPool(), buf: make([]byte, chunkSize), out: out, pages: pageTable{member: -1}}, nil
 }
 
 // Content returns the bytes of member content written so far, the
@@ -128,6 +129,7 @@ func (w *Writer) writeHeader(hdr *tar.Header) error {
 	}
 	w.headers = append(w.headers, w.tout.sum.take())
 	w.tout.content = true
+	w.startPageMember(hdr.Name)
 	return nil
 }
 
@@ -135,6 +137,7 @@ func (w *Writer) writeHeader(hdr *tar.Header) error {
 func (w *Writer) endContent(size int64) {
 	w.tout.content = false
 	w.tout.sum.endContent(size)
+	w.pages.member = -1
 }
 
 // WriteEntries writes the planned entries, reading regular files from
@@ -201,6 +204,10 @@ func (w *Writer) WritePartBytes(name string, data []byte, done func()) error {
 		chunk := data[off:min(len(data), off+chunkSize)]
 		w.sw.zero = allZero(chunk)
 		w.sw.raw = !w.sw.zero && w.sw.sampler.incompressible(chunk)
+		if err := w.pageChunk(len(chunk)); err != nil {
+			done()
+			return fmt.Errorf("write %s: %w", name, err)
+		}
 		if _, err := w.tw.Write(chunk); err != nil {
 			done()
 			return fmt.Errorf("write %s: %w", name, err)
@@ -232,6 +239,9 @@ func (w *Writer) copyFile(path string, spans []Span) error {
 			chunk := w.buf[:n]
 			w.sw.zero = allZero(chunk)
 			w.sw.raw = !w.sw.zero && w.sw.sampler.incompressible(chunk)
+			if err := w.pageChunk(n); err != nil {
+				return err
+			}
 			if _, werr := w.tw.Write(chunk); werr != nil {
 				return werr
 			}
@@ -299,6 +309,7 @@ func (w *Writer) Close() error {
 		x := w.index
 		sums.Index = &x
 	}
+	sums.Pages = w.pages.entries
 	data, err := json.Marshal(sums)
 	if err != nil {
 		return err

@@ -1,0 +1,155 @@
+package archive
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"strings"
+)
+
+// From format version 4 on, every piece of a page image member starts a
+// zstd frame, and checksums.json lists where (Checksums.Pages). A reader
+// that can seek then reads any piece alone: it decodes from that offset
+// exactly the piece's bytes and checks them against the piece's digest
+// before using any of them (ReadPiece). This is what restore --lazy feeds
+// a node's memory from while the node runs.
+
+// checkPages checks the page table's structure against the members it
+// lists: each entry a page image file member, listed once and in order,
+// with one offset per piece, offsets rising through the table and before
+// checksums.json (index.Sums) when the archive has an index.
+func checkPages(c *Checksums) error {
+	last, lastOff := -1, int64(0)
+	for _, p := range c.Pages {
+		if p.Member <= last || p.Member >= len(c.Members) {
+			return fmt.Errorf("%s: page table entry for member %d out of order or range", SumsName, p.Member)
+		}
+		last = p.Member
+		m := &c.Members[p.Member]
+		if m.Type != "file" || m.Size == 0 || !strings.HasPrefix(m.Name, "nodes/") || !isImage(m.Name) || !IsPageImage(m.Name) {
+			return fmt.Errorf("%s: page table lists member %d (%s), not a page image", SumsName, p.Member, m.Name)
+		}
+		if len(p.Offsets) != pieces(m.Size) {
+			return fmt.Errorf("%s: page table gives member %d %d offsets for %d pieces", SumsName, p.Member, len(p.Offsets), pieces(m.Size))
+		}
+		for _, off := range p.Offsets {
+			if off <= lastOff || c.Index != nil && off >= c.Index.Sums {
+				return fmt.Errorf("%s: page table offset %d of member %d out of order or range", SumsName, off, p.Member)
+			}
+			lastOff = off
+		}
+	}
+	return nil
+}
+
+// PieceRef is one piece of a page image member, as the page table and
+// the member's checksums give it.
+type PieceRef struct {
+	// Offset is where its frame starts in the archive, Size its length.
+	Offset, Size int64
+	// SHA256 is its digest, in hex.
+	SHA256 string
+}
+
+// ErrNoPageTable means an archive cannot be read piece by piece: it
+// was written to a pipe (it has no index) or by a crtree before format
+// version 4.
+var ErrNoPageTable = fmt.Errorf("the archive has no page table (it was written to a pipe, or by a crtree before format version 4)")
+
+// PageParts returns, for each page image of node n, its pieces in
+// order: the image's content is their concatenation.
+func (c *Checksums) PageParts(n int) (map[string][]PieceRef, error) {
+	if c.Index == nil || c.Pages == nil {
+		return nil, ErrNoPageTable
+	}
+	prefix := fmt.Sprintf("nodes/%d/criu/", n)
+	images := map[string][]PieceRef{}
+	sizes := map[string]int64{}
+	for _, m := range c.Members {
+		if name, found := strings.CutPrefix(m.Name, prefix); found && IsPageImage(name) {
+			sizes[name] += m.Size
+		}
+	}
+	for _, p := range c.Pages {
+		m := &c.Members[p.Member]
+		name, found := strings.CutPrefix(m.Name, prefix)
+		if !found {
+			continue
+		}
+		for k, off := range p.Offsets {
+			size := min(PieceSize, m.Size-int64(k)*PieceSize)
+			images[name] = append(images[name], PieceRef{Offset: off, Size: size, SHA256: m.SHA256[k]})
+			sizes[name] -= size
+		}
+	}
+	for name, left := range sizes {
+		if left != 0 {
+			return nil, corrupt("the page table lacks %d bytes of node %d's %s", left, n, name)
+		}
+	}
+	return images, nil
+}
+
+// ReadPiece reads the piece p of an archive file of size bytes into buf
+// (of at least p.Size bytes) and checks it against its digest: the bytes
+// are returned only if they match. A mismatch, or a frame that does not
+// decode, is an ErrCorrupt error.
+func ReadPiece(ra io.ReaderAt, size int64, p PieceRef, buf []byte) ([]byte, error) {
+	if p.Offset < 0 || p.Offset >= size || p.Size < 0 || p.Size > PieceSize || int64(len(buf)) < p.Size {
+		return nil, corrupt("page piece at %d of %d bytes is outside the archive", p.Offset, p.Size)
+	}
+	f := newFrameReader(io.NewSectionReader(ra, p.Offset, size-p.Offset))
+	defer f.Close()
+	buf = buf[:p.Size]
+	if _, err := io.ReadFull(f, buf); err != nil {
+		return nil, corrupt("page piece at %d: %v", p.Offset, readErr(err))
+	}
+	sum := sha256.Sum256(buf)
+	if hex.EncodeToString(sum[:]) != p.SHA256 {
+		return nil, corrupt("page piece at %d does not match its checksum", p.Offset)
+	}
+	return buf, nil
+}
+
+// pageTable records, while an archive is written, where the pieces of
+// its page image members start.
+type pageTable struct {
+	entries []PageMember
+	// member is the position of the page member being written, -1 if
+	// none; done its content bytes written so far.
+	member int
+	done   int64
+}
+
+// startPageMember is called once a member's header is written: the
+// pieces of a page image's content will each start a frame.
+func (w *Writer) startPageMember(name string) {
+	w.pages.member = -1
+	if strings.HasPrefix(name, "nodes/") && isImage(name) && IsPageImage(name) {
+		w.pages.member, w.pages.done = len(w.headers)-1, 0
+	}
+}
+
+// pageChunk is called before each chunk of n bytes of content is
+// written: a chunk that starts a piece of a page member starts a frame
+// (chunkSize divides PieceSize, so a piece always starts a chunk). An
+// empty member is not in the table.
+func (w *Writer) pageChunk(n int) error {
+	t := &w.pages
+	if t.member < 0 || n == 0 {
+		return nil
+	}
+	if t.done%PieceSize == 0 {
+		if t.done == 0 {
+			t.entries = append(t.entries, PageMember{Member: t.member})
+		}
+		if err := w.sw.close(); err != nil {
+			return err
+		}
+		e := &t.entries[len(t.entries)-1]
+		e.Offsets = append(e.Offsets, w.out.n)
+	}
+	t.done += int64(n)
+	return nil
+}

@@ -1,0 +1,163 @@
+package archive
+
+import (
+	"bytes"
+	"errors"
+	"math/rand"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// makePaged builds an indexed archive whose page image holds random,
+// compressible and zero pieces (each kind of frame the writer makes), in
+// two parts, the first written from a file and the second from memory.
+func makePaged(t *testing.T) (archive []byte, pages []byte) {
+	t.Helper()
+	pages = make([]byte, 3*PieceSize+PieceSize/2)
+	rand.New(rand.NewSource(3)).Read(pages[:PieceSize])
+	copy(pages[PieceSize:2*PieceSize], bytes.Repeat([]byte("compressible page content "), 2*PieceSize/26))
+	rand.New(rand.NewSource(4)).Read(pages[3*PieceSize:])
+	src := t.TempDir()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(os.WriteFile(filepath.Join(src, "pages-1.img"), pages, 0o600))
+	must(os.WriteFile(filepath.Join(src, "core-1.img"), []byte("core"), 0o600))
+	m := &Manifest{Format: FormatName, Version: FormatVersion,
+		Nodes: []Node{{Name: "top", Parent: -1, Running: true, Memory: int64(len(pages)), Spec: Spec{Cmd: []string{"sleep", "1"}}}}}
+	var buf bytes.Buffer
+	w, err := NewWriter(&buf, zstd.SpeedFastest)
+	must(err)
+	must(w.WriteManifest(m))
+	name := ImagesPrefix(0) + "/pages-1.img"
+	must(w.WritePart(name, filepath.Join(src, "pages-1.img"), 0, 2*PieceSize))
+	must(w.MarkMeta())
+	ie, err := ScanFlat(ImagesPrefix(0), src)
+	must(err)
+	for _, e := range ie {
+		if !IsPageImage(e.Name) {
+			must(w.WriteEntries([]Entry{e}))
+		}
+	}
+	must(w.WritePartBytes(name, pages[2*PieceSize:], func() {}))
+	must(w.Close())
+	return buf.Bytes(), pages
+}
+
+// pagedSums reads the trailer of an archive through its index.
+func pagedSums(t *testing.T, data []byte) *Checksums {
+	t.Helper()
+	ra := bytes.NewReader(data)
+	x, err := ReadIndex(ra, int64(len(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sums, err := ReadTrailer(ra, int64(len(data)), x)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sums
+}
+
+// Each piece of a page image is read alone, from its own offset, and is
+// the image's bytes at its place.
+func TestPagePieces(t *testing.T) {
+	data, pages := makePaged(t)
+	sums := pagedSums(t, data)
+	parts, err := sums.PageParts(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	refs := parts["pages-1.img"]
+	if len(parts) != 1 || len(refs) != 4 {
+		t.Fatalf("page parts %v, want 4 pieces of pages-1.img", parts)
+	}
+	buf := make([]byte, PieceSize)
+	var off int64
+	// In reverse: no piece depends on what was read before it.
+	for k := len(refs) - 1; k >= 0; k-- {
+		got, err := ReadPiece(bytes.NewReader(data), int64(len(data)), refs[k], buf)
+		if err != nil {
+			t.Fatalf("piece %d: %v", k, err)
+		}
+		want := pages[int64(k)*PieceSize : min(int64(len(pages)), int64(k+1)*PieceSize)]
+		if !bytes.Equal(got, want) {
+			t.Fatalf("piece %d differs from the image's bytes there", k)
+		}
+		off += int64(len(got))
+	}
+	if off != int64(len(pages)) {
+		t.Fatalf("pieces hold %d bytes, the image %d", off, len(pages))
+	}
+	// The whole archive still reads front to back, and verifies.
+	if _, _, err := Verify(bytes.NewReader(data)); err != nil {
+		t.Fatalf("verify: %v", err)
+	}
+}
+
+// A byte changed in a piece is found when that piece is read, and only
+// then: the others still read.
+func TestPagePieceDamaged(t *testing.T) {
+	data, _ := makePaged(t)
+	sums := pagedSums(t, data)
+	parts, _ := sums.PageParts(0)
+	refs := parts["pages-1.img"]
+	bad := bytes.Clone(data)
+	bad[refs[3].Offset+4096] ^= 1 // in a raw block of the random last piece
+	buf := make([]byte, PieceSize)
+	_, err := ReadPiece(bytes.NewReader(bad), int64(len(bad)), refs[3], buf)
+	if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "does not match its checksum") {
+		t.Fatalf("damaged piece read: %v, want a checksum mismatch", err)
+	}
+	if _, err := ReadPiece(bytes.NewReader(bad), int64(len(bad)), refs[0], buf); err != nil {
+		t.Fatalf("an intact piece of a damaged archive: %v", err)
+	}
+	// An offset that is not its piece's frame does not pass either.
+	moved := refs[1]
+	moved.Offset = refs[0].Offset
+	if _, err := ReadPiece(bytes.NewReader(data), int64(len(data)), moved, buf); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("piece read from another piece's offset: %v, want refused", err)
+	}
+}
+
+// The page table is refused where it cannot be: in a version before 4,
+// out of order, or pointing at a member that is not a page image.
+func TestPageTableChecked(t *testing.T) {
+	data, _ := makePaged(t)
+	sums := pagedSums(t, data)
+	if err := versions[3].checkPages(sums); err == nil || !strings.Contains(err.Error(), "format version 3 has a page table") {
+		t.Errorf("page table in version 3: %v, want refused as such", err)
+	}
+	for name, edit := range map[string]func(c *Checksums){
+		"offsets out of order": func(c *Checksums) {
+			o := c.Pages[0].Offsets
+			o[0], o[1] = o[1], o[0]
+		},
+		"not a page image": func(c *Checksums) { c.Pages[0].Member = 0 },
+		"a piece missing":  func(c *Checksums) { c.Pages[0].Offsets = c.Pages[0].Offsets[:1] },
+		"past checksums":   func(c *Checksums) { c.Pages[1].Offsets[0] = c.Index.Sums },
+	} {
+		c := *sums
+		c.Pages = nil
+		for _, p := range sums.Pages {
+			c.Pages = append(c.Pages, PageMember{p.Member, append([]int64(nil), p.Offsets...)})
+		}
+		edit(&c)
+		err := checkPages(&c)
+		if err == nil || !strings.Contains(err.Error(), "page table") {
+			t.Errorf("%s: %v, want the page table refused", name, err)
+		}
+	}
+	c := *sums
+	c.Pages = sums.Pages[:1]
+	if _, err := c.PageParts(0); err == nil || !strings.Contains(err.Error(), "lacks") {
+		t.Errorf("a part missing from the table: %v, want refused", err)
+	}
+}
