@@ -67,7 +67,9 @@ func TestLazyPagesFromImages(t *testing.T) {
 		t.Fatal(err)
 	}
 	serving := make(chan error, 1)
-	go func() { serving <- criu.ServeLazyPages(theirs, x) }()
+	src := &criu.ImageFiles{}
+	defer src.Close()
+	go func() { serving <- criu.ServeLazyPages(theirs, x, src) }()
 	// ours is the daemon's proxy's from now on.
 	pid, lazy, err := criu.RestoreLazy(bin, criu.RestoreOptions{ImagesDir: images, WorkDir: work, Root: "/", CgroupFD: -1, LazyPages: ours})
 	if err != nil {

@@ -5,7 +5,10 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"path/filepath"
+	"sort"
 	"strings"
+	"sync"
 )
 
 // From format version 4 on, every piece of a page image member starts a
@@ -47,9 +50,10 @@ func checkPages(c *Checksums) error {
 // the member's checksums give it.
 type PieceRef struct {
 	// Offset is where its frame starts in the archive, Size its length.
-	Offset, Size int64
+	Offset int64 `json:"offset"`
+	Size   int64 `json:"size"`
 	// SHA256 is its digest, in hex.
-	SHA256 string
+	SHA256 string `json:"sha256"`
 }
 
 // ErrNoPageTable means an archive cannot be read piece by piece: it
@@ -152,4 +156,96 @@ func (w *Writer) pageChunk(n int) error {
 	}
 	t.done += int64(n)
 	return nil
+}
+
+// PagePieces reads the page images of one node from an archive file, a
+// piece at a time, each checked against its digest before any byte of it
+// is handed out (ReadPiece): what restore --lazy feeds a running node's
+// memory from. It keeps the last pieces read (up to cachedBytes), as the
+// pages of a piece are asked for a few at a time. Safe for concurrent
+// use.
+type PagePieces struct {
+	mu     sync.Mutex
+	ra     io.ReaderAt
+	size   int64
+	images map[string]*pagedImage
+	cache  []*cachedPiece // most recently used last
+	cached int64
+}
+
+// pagedImage is one page image: its pieces, and where each starts in it.
+type pagedImage struct {
+	refs   []PieceRef
+	starts []int64
+	size   int64
+}
+
+type cachedPiece struct {
+	image *pagedImage
+	k     int
+	data  []byte
+}
+
+// cachedBytes bounds the pieces PagePieces keeps.
+const cachedBytes = 4 * PieceSize
+
+// NewPagePieces reads the page images given (by file name, as PageParts
+// returns them) from the archive file ra of size bytes.
+func NewPagePieces(ra io.ReaderAt, size int64, images map[string][]PieceRef) *PagePieces {
+	p := &PagePieces{ra: ra, size: size, images: map[string]*pagedImage{}}
+	for name, refs := range images {
+		im := &pagedImage{refs: refs}
+		for _, r := range refs {
+			im.starts = append(im.starts, im.size)
+			im.size += r.Size
+		}
+		p.images[name] = im
+	}
+	return p
+}
+
+// ReadPages reads len(b) bytes at off of the page image named by path's
+// last element.
+func (p *PagePieces) ReadPages(path string, b []byte, off int64) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	name := filepath.Base(path)
+	im := p.images[name]
+	if im == nil {
+		return fmt.Errorf("the archive has no page image %s", name)
+	}
+	if off < 0 || off+int64(len(b)) > im.size {
+		return fmt.Errorf("%s ends before its pages at %d", name, off)
+	}
+	for len(b) > 0 {
+		k := sort.Search(len(im.starts), func(i int) bool { return im.starts[i] > off }) - 1
+		data, err := p.piece(im, k)
+		if err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		n := copy(b, data[off-im.starts[k]:])
+		b, off = b[n:], off+int64(n)
+	}
+	return nil
+}
+
+// piece returns piece k of im, verified, from the cache or the archive.
+func (p *PagePieces) piece(im *pagedImage, k int) ([]byte, error) {
+	for i, c := range p.cache {
+		if c.image == im && c.k == k {
+			p.cache = append(append(p.cache[:i:i], p.cache[i+1:]...), c)
+			return c.data, nil
+		}
+	}
+	data, err := ReadPiece(p.ra, p.size, im.refs[k], make([]byte, im.refs[k].Size))
+	if err != nil {
+		return nil, err
+	}
+	for len(p.cache) > 0 && p.cached+int64(len(data)) > cachedBytes {
+		p.cached -= int64(len(p.cache[0].data))
+		p.cache = p.cache[1:]
+	}
+	p.cache = append(p.cache, &cachedPiece{image: im, k: k, data: data})
+	p.cached += int64(len(data))
+	return data, nil
 }

@@ -161,3 +161,36 @@ func TestPageTableChecked(t *testing.T) {
 		t.Errorf("a part missing from the table: %v, want refused", err)
 	}
 }
+
+// PagePieces reads any range of a page image, across pieces, and refuses
+// a range whose piece is damaged without handing out any of it.
+func TestPagePiecesRanges(t *testing.T) {
+	data, pages := makePaged(t)
+	sums := pagedSums(t, data)
+	parts, _ := sums.PageParts(0)
+	bad := bytes.Clone(data)
+	bad[parts["pages-1.img"][3].Offset+4096] ^= 1
+	p := NewPagePieces(bytes.NewReader(bad), int64(len(bad)), parts)
+	for _, r := range []struct{ off, n int64 }{
+		{0, 4096}, {PieceSize - 4096, 3 * 4096}, {2*PieceSize - 8192, PieceSize}, {4096, 4096},
+	} {
+		b := make([]byte, r.n)
+		if err := p.ReadPages("/x/pages-1.img", b, r.off); err != nil {
+			t.Fatalf("read %d at %d: %v", r.n, r.off, err)
+		}
+		if !bytes.Equal(b, pages[r.off:r.off+r.n]) {
+			t.Fatalf("read %d at %d: other bytes than the image's", r.n, r.off)
+		}
+	}
+	b := bytes.Repeat([]byte{0xAA}, 8192)
+	err := p.ReadPages("pages-1.img", b, 3*PieceSize-4096)
+	if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "does not match its checksum") {
+		t.Fatalf("read into the damaged piece: %v, want a checksum mismatch", err)
+	}
+	if err := p.ReadPages("pages-2.img", b, 0); err == nil || !strings.Contains(err.Error(), "no page image pages-2.img") {
+		t.Fatalf("an image the archive lacks: %v", err)
+	}
+	if err := p.ReadPages("pages-1.img", b, int64(len(pages))-4096); err == nil || !strings.Contains(err.Error(), "ends before") {
+		t.Fatalf("a read past the image's end: %v", err)
+	}
+}

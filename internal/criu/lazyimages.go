@@ -47,6 +47,9 @@ type LazyIndex struct {
 type lazyProc struct {
 	src  string    // its pages image
 	runs []lazyRun // by address
+	// eager are its pages in the pages image that are not lazy: the ones
+	// a restore with --lazy-pages reads from the image itself.
+	eager []lazyRun
 }
 
 // lazyRun is nrPages pages at vaddr, at off in the pages image.
@@ -69,6 +72,17 @@ func (x *LazyIndex) Pages() uint64 {
 func (x *LazyIndex) Runs(f func(image string, off, length int64)) {
 	for _, p := range x.procs {
 		for _, r := range p.runs {
+			f(p.src, int64(r.off), int64(r.length()))
+		}
+	}
+}
+
+// Eager calls f with each run of pages that a restore reads from the
+// pages images itself, the pages that are not lazy: its pages image (a
+// path in dir), offset and length in bytes.
+func (x *LazyIndex) Eager(f func(image string, off, length int64)) {
+	for _, p := range x.procs {
+		for _, r := range p.eager {
 			f(p.src, int64(r.off), int64(r.length()))
 		}
 	}
@@ -128,8 +142,11 @@ func indexProcess(dir, pm string) (*lazyProc, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%s: entry at %#x: %w", filepath.Base(pm), e.GetVaddr(), err)
 		}
-		if lazy {
+		switch {
+		case lazy:
 			lp.runs = append(lp.runs, r)
+		case present:
+			lp.eager = append(lp.eager, r)
 		}
 		if present {
 			off += r.length()
@@ -226,19 +243,54 @@ func decodeEntries[T proto.Message](path string, entry T) ([]T, error) {
 	return out, nil
 }
 
-// ServeLazyPages answers a lazy-pages daemon's page requests on conn
-// (the upstream end of RestoreOptions.LazyPages) from the lazy pages of
-// x, until the daemon's side asks to close, which it answers with
-// success. It returns an error at a request it cannot answer (pages
-// that are not lazy pages of x, more than maxRequestPages): the caller
-// then closes conn, which fails the daemon.
-func ServeLazyPages(conn io.ReadWriter, x *LazyIndex) error {
-	srcs := map[string]*os.File{}
-	defer func() {
-		for _, f := range srcs {
-			f.Close()
+// PageSource reads the pages images of a dump: len(p) bytes at off of
+// the image at path (a path in the images directory).
+type PageSource interface {
+	ReadPages(path string, p []byte, off int64) error
+}
+
+// ImageFiles is the PageSource of a dump's own files.
+type ImageFiles struct {
+	files map[string]*os.File
+}
+
+// ReadPages reads from the file at path, kept open until Close.
+func (s *ImageFiles) ReadPages(path string, p []byte, off int64) error {
+	f := s.files[path]
+	if f == nil {
+		var err error
+		if f, err = os.Open(path); err != nil {
+			return err
 		}
-	}()
+		if s.files == nil {
+			s.files = map[string]*os.File{}
+		}
+		s.files[path] = f
+	}
+	if _, err := f.ReadAt(p, off); err != nil {
+		if err == io.EOF {
+			err = fmt.Errorf("%s ends before them", filepath.Base(path))
+		}
+		return err
+	}
+	return nil
+}
+
+// Close closes the files read.
+func (s *ImageFiles) Close() {
+	for _, f := range s.files {
+		f.Close()
+	}
+}
+
+// ServeLazyPages answers a lazy-pages daemon's page requests on conn
+// (the upstream end of RestoreOptions.LazyPages) with the lazy pages of
+// x, read from src, until the daemon's side asks to close, which it
+// answers with success. It returns an error at a request it cannot
+// answer (pages that are not lazy pages of x, more than
+// maxRequestPages, pages src fails to read): the caller then closes
+// conn, which fails the daemon.
+func ServeLazyPages(conn io.ReadWriter, x *LazyIndex, src PageSource) error {
 	req := make([]byte, PageRequestSize)
 	buf := make([]byte, 1<<20)
 	for {
@@ -265,7 +317,7 @@ func ServeLazyPages(conn io.ReadWriter, x *LazyIndex) error {
 		if _, err := conn.Write(req); err != nil {
 			return err
 		}
-		if err := x.send(conn, pid, parts, buf, srcs); err != nil {
+		if err := x.send(conn, pid, parts, buf, src); err != nil {
 			return err
 		}
 	}
@@ -316,24 +368,21 @@ func (x *LazyIndex) locate(pid, vaddr, n uint64) ([]part, error) {
 	return parts, nil
 }
 
-// send writes the parts of process pid's pages image to w, through buf.
-func (x *LazyIndex) send(w io.Writer, pid uint64, parts []part, buf []byte, srcs map[string]*os.File) error {
-	src := x.procs[pid].src
-	f := srcs[src]
-	if f == nil {
-		var err error
-		if f, err = os.Open(src); err != nil {
-			return err
-		}
-		srcs[src] = f
-	}
+// send writes the parts of process pid's pages image to w, read from
+// src through buf.
+func (x *LazyIndex) send(w io.Writer, pid uint64, parts []part, buf []byte, src PageSource) error {
+	image := x.procs[pid].src
 	for _, pt := range parts {
-		k, err := io.CopyBuffer(w, io.NewSectionReader(f, int64(pt.off), int64(pt.length)), buf)
-		if err == nil && uint64(k) != pt.length {
-			err = fmt.Errorf("%s ends before them", filepath.Base(src))
-		}
-		if err != nil {
-			return fmt.Errorf("send pages of process %d: %w", pid, err)
+		for done := uint64(0); done < pt.length; {
+			n := min(uint64(len(buf)), pt.length-done)
+			err := src.ReadPages(image, buf[:n], int64(pt.off+done))
+			if err == nil {
+				_, err = w.Write(buf[:n])
+			}
+			if err != nil {
+				return fmt.Errorf("send pages of process %d: %w", pid, err)
+			}
+			done += n
 		}
 	}
 	return nil

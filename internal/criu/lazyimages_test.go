@@ -102,7 +102,7 @@ func TestLazyIndexOffsets(t *testing.T) {
 		t.Fatal(err)
 	}
 	var got bytes.Buffer
-	if err := x.send(&got, 7, parts, make([]byte, 100), map[string]*os.File{}); err != nil {
+	if err := x.send(&got, 7, parts, make([]byte, 100), &ImageFiles{}); err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(got.Bytes(), image[3*pageSize:6*pageSize]) {
