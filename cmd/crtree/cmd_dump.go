@@ -36,6 +36,9 @@ type cpOptions struct {
 	// LazyPagesFrom is where the far side of a post-copy migration
 	// fetches memory (restore's hidden --lazy-pages-from).
 	LazyPagesFrom string
+	// Lazy is restore --lazy: memory fed from the archive file while
+	// the nodes run.
+	Lazy bool
 }
 
 // maxGhostLimit is the largest --ghost-limit (what CRIU's RPC carries).
@@ -320,10 +323,21 @@ imported (each layer checked against its digest; an image name already
 used here is not taken over: the image is then known by its ID only), or
 one imported before. Otherwise the restore is refused, naming the image.
 An archive that brings an image this state root lacks is unpacked first,
-then restored; a restore from inside a node imports images without names.`,
+then restored; a restore from inside a node imports images without names.
+
+--lazy (an archive file written by crtree 0.1 with format version 4 or
+later, not stdin) restores post-copy: the subtree runs as soon as all but
+its memory is restored, and each node's supervisor then feeds the node's
+memory from the archive while it runs, faulted in on first touch and
+pushed in the background. Each 32 MiB piece of memory is checked against
+the archive's checksums before any page of it is used; a piece found
+damaged kills its node (what ran before had seen verified pages only). A
+node is held (dump, kill, mv, rm refuse it) until its memory has all
+arrived; the archive file is kept open until then.`,
 		Example: `  crtree restore v1.crtree --parent /pool
   crtree restore v1.crtree --name v1clone
   crtree restore --bind /srv/data:/data web.crtree     # its bind at /data, from /srv/data
+  crtree restore --lazy big.crtree                      # runs at once, memory fed from the file
   ssh hostA crtree dump /a -o - | crtree restore - --parent /b`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -347,6 +361,12 @@ then restored; a restore from inside a node imports images without names.`,
 				return err
 			}
 			defer closeIn()
+			if o.Lazy {
+				if args[0] == "-" || o.LazyPagesFrom != "" {
+					return usageError{fmt.Errorf("restore: %w", checkpoint.ErrLazyNeedsFile)}
+				}
+				co.LazyFromFile = true
+			}
 			if o.LazyPagesFrom != "" {
 				if g.scope != nil {
 					return usageError{fmt.Errorf("--lazy-pages-from: not inside a node")}
@@ -374,6 +394,9 @@ then restored; a restore from inside a node imports images without names.`,
 			}
 			if !g.JSON && !o.Quiet {
 				fmt.Fprintln(cmd.OutOrStdout(), g.display(rep.Path))
+				if o.Lazy {
+					fmt.Fprintf(cmd.ErrOrStderr(), "%s runs; its memory is read from %s meanwhile (keep the file until crtree ls no longer shows it %s)\n", g.display(rep.Path), args[0], node.BusyMemory)
+				}
 				return nil
 			}
 			return printReport(cmd.OutOrStdout(), g, o.Quiet, "restored", rep)
@@ -387,6 +410,7 @@ then restored; a restore from inside a node imports images without names.`,
 	f.BoolVar(&o.KeepBinds, "keep-binds", false, "bind the host paths the archive names again (crtree inspect lists them)")
 	f.BoolVar(&o.KeepPorts, "keep-ports", false, "publish the ports the archive's --net bridge nodes published again (by default they are restored unpublished)")
 	f.BoolVarP(&o.Quiet, "quiet", "q", false, "print no progress")
+	f.BoolVar(&o.Lazy, "lazy", false, "post-copy: run the subtree at once and feed its memory from FILE meanwhile, each piece verified before use")
 	f.StringVar(&o.LazyPagesFrom, "lazy-pages-from", "", "post-copy: fetch the memory from the migrating crtree's page relay at this socket (used by crtree migrate --lazy)")
 	f.MarkHidden("lazy-pages-from")
 	addJSONFlag(cmd, g)

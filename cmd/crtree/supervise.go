@@ -9,7 +9,7 @@ import (
 // newSuperviseCmd is the hidden command a node's supervisor runs as.
 func newSuperviseCmd(g *globalOptions) *cobra.Command {
 	var fromImages, logLevel string
-	var tcpEstablished, stream, gate, lazy bool
+	var tcpEstablished, stream, gate, lazy, lazyArchive bool
 	cmd := &cobra.Command{
 		Use:    "__supervise ID",
 		Hidden: true,
@@ -28,6 +28,9 @@ func newSuperviseCmd(g *globalOptions) *cobra.Command {
 				if lazy {
 					from.LazyPages, from.LazyDone = node.OpenLazy()
 				}
+				if lazyArchive {
+					from.Archive = node.OpenArchive()
+				}
 			}
 			return node.Supervise(h, args[0], from)
 		},
@@ -38,6 +41,7 @@ func newSuperviseCmd(g *globalOptions) *cobra.Command {
 	cmd.Flags().BoolVar(&stream, "stream", false, "CRIU reads the images from the restoring command's image server")
 	cmd.Flags().BoolVar(&gate, "gate", false, "hold the restored processes until fd 4 says 'y'")
 	cmd.Flags().BoolVar(&lazy, "lazy-pages", false, "restore without memory, fetched from the page server on fd 5; report the end on fd 6")
+	cmd.Flags().BoolVar(&lazyArchive, "lazy-archive", false, "restore without memory, served from the archive on fd 7 (restore --lazy)")
 	return cmd
 }
 

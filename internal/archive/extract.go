@@ -51,6 +51,22 @@ var ErrExtractImage = errors.New("extract this image")
 // returns only once the trailer's checksums matched; on error, what was
 // written is left for the caller to remove with the destination.
 func Extract(r *Reader, dst Destination, progress func(n int64)) error {
+	return extract(r, dst, progress, false)
+}
+
+// ExtractFiles extracts the nodes' files, which come before any CRIU
+// image, and stops at the first image: a restore that reads the images
+// through the index instead (restore --lazy). r must have been given the
+// trailer (Expect); every member read is checked against it before
+// ExtractFiles returns nil.
+func ExtractFiles(r *Reader, dst Destination, progress func(n int64)) error {
+	if r.expect == nil {
+		return errors.New("ExtractFiles needs the trailer read ahead (Expect)")
+	}
+	return extract(r, dst, progress, true)
+}
+
+func extract(r *Reader, dst Destination, progress func(n int64), filesOnly bool) error {
 	x := &extractor{dst: dst, roots: map[string]*os.Root{}, progress: progress, hashes: r.pool, limit: ExpansionLimit(r.Manifest())}
 	defer x.close()
 	// On failure, the caller's buffers are not hashed any more once
@@ -64,6 +80,12 @@ func Extract(r *Reader, dst Destination, progress func(n int64)) error {
 		}
 		if err != nil {
 			return err
+		}
+		if filesOnly && (isImage(hdr.Name) || IsCarried(hdr.Name)) {
+			if err := x.finish(); err != nil {
+				return err
+			}
+			return r.verifyRead()
 		}
 		if IsCarried(hdr.Name) {
 			if err := x.carried(r.Manifest(), hdr, body); err != nil {

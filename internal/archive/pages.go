@@ -171,6 +171,9 @@ type PagePieces struct {
 	images map[string]*pagedImage
 	cache  []*cachedPiece // most recently used last
 	cached int64
+	// free are the buffers of pieces dropped from the cache, used again:
+	// fresh memory costs a page fault per page.
+	free [][]byte
 }
 
 // pagedImage is one page image: its pieces, and where each starts in it.
@@ -229,6 +232,38 @@ func (p *PagePieces) ReadPages(path string, b []byte, off int64) error {
 	return nil
 }
 
+// Pieces calls f with each piece of the page image named by path's last
+// element that holds part of the length bytes at off: its index, and
+// that part (image offset and length).
+func (p *PagePieces) Pieces(path string, off, length int64, f func(k int, off, length int64)) error {
+	im := p.images[filepath.Base(path)]
+	if im == nil {
+		return fmt.Errorf("the archive has no page image %s", filepath.Base(path))
+	}
+	if off < 0 || length < 0 || off+length > im.size {
+		return fmt.Errorf("%s ends before its pages at %d", filepath.Base(path), off)
+	}
+	for length > 0 {
+		k := sort.Search(len(im.starts), func(i int) bool { return im.starts[i] > off }) - 1
+		n := min(length, im.starts[k]+im.refs[k].Size-off)
+		f(k, off, n)
+		off, length = off+n, length-n
+	}
+	return nil
+}
+
+// ReadPiece reads piece k of the page image named by path's last element
+// into buf (not into the cache), verified, and returns it and where it
+// starts in the image. Safe to call from several goroutines at once.
+func (p *PagePieces) ReadPiece(path string, k int, buf []byte) (data []byte, start int64, err error) {
+	im := p.images[filepath.Base(path)]
+	if im == nil || k < 0 || k >= len(im.refs) {
+		return nil, 0, fmt.Errorf("the archive has no piece %d of page image %s", k, filepath.Base(path))
+	}
+	data, err = ReadPiece(p.ra, p.size, im.refs[k], buf)
+	return data, im.starts[k], err
+}
+
 // piece returns piece k of im, verified, from the cache or the archive.
 func (p *PagePieces) piece(im *pagedImage, k int) ([]byte, error) {
 	for i, c := range p.cache {
@@ -237,15 +272,30 @@ func (p *PagePieces) piece(im *pagedImage, k int) ([]byte, error) {
 			return c.data, nil
 		}
 	}
-	data, err := ReadPiece(p.ra, p.size, im.refs[k], make([]byte, im.refs[k].Size))
+	size := im.refs[k].Size
+	for len(p.cache) > 0 && p.cached+size > cachedBytes {
+		p.cached -= int64(len(p.cache[0].data))
+		if len(p.free) < 4 {
+			p.free = append(p.free, p.cache[0].data)
+		}
+		p.cache = p.cache[1:]
+	}
+	data, err := ReadPiece(p.ra, p.size, im.refs[k], p.buffer(size))
 	if err != nil {
 		return nil, err
-	}
-	for len(p.cache) > 0 && p.cached+int64(len(data)) > cachedBytes {
-		p.cached -= int64(len(p.cache[0].data))
-		p.cache = p.cache[1:]
 	}
 	p.cache = append(p.cache, &cachedPiece{image: im, k: k, data: data})
 	p.cached += int64(len(data))
 	return data, nil
+}
+
+// buffer returns a buffer of size bytes, one freed before if it fits.
+func (p *PagePieces) buffer(size int64) []byte {
+	for i, b := range p.free {
+		if int64(cap(b)) >= size {
+			p.free = append(p.free[:i], p.free[i+1:]...)
+			return b[:size]
+		}
+	}
+	return make([]byte, size)
 }

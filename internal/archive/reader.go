@@ -400,6 +400,22 @@ func (r *Reader) verifyTrailer(hdr *tar.Header) error {
 	return io.EOF
 }
 
+// verifyRead checks every member read before the current one against
+// the trailer read ahead (Expect), once their digests are all in: what a
+// reader that stops before the end has used is then checked.
+func (r *Reader) verifyRead() error {
+	got, err := r.pool.wait()
+	if err != nil {
+		return err
+	}
+	if len(got.Members) != r.pos || r.pos > len(r.expect.Members) {
+		return corrupt("%d members read, %d hashed", r.pos, len(got.Members))
+	}
+	want := *r.expect
+	want.Members = want.Members[:r.pos]
+	return r.compareMembers(&want, got)
+}
+
 // compareMembers checks the members read (got) against the trailer
 // (want): names, types, sizes, header digests and content digests.
 func (r *Reader) compareMembers(want, got *Checksums) error {

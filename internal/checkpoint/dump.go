@@ -73,6 +73,11 @@ type Options struct {
 	// and resumed if the transfer fails (LazyError). Not with
 	// LeaveRunning. For a restore: where each node's memory comes from.
 	Lazy PageServers
+	// LazyFromFile makes a restore from an archive file post-copy
+	// (restore --lazy): it returns once the nodes run, and each node's
+	// supervisor feeds its memory from the archive, every piece verified
+	// before any page of it is used (see lazyfile.go). Not with Lazy.
+	LazyFromFile bool
 }
 
 // PageServers are the channels of a post-copy dump or restore (see

@@ -190,11 +190,7 @@ func Restore(ctx context.Context, h *node.Host, in io.Reader, target RestoreTarg
 		return nil, err
 	}
 	rs.account()
-	hold := "" // post-copy: held until its memory has arrived (MemoryTransfer.Wait)
-	if o.Lazy != nil {
-		hold = node.BusyMigrate
-	}
-	if err := res.CommitHeld(hold); err != nil {
+	if err := rs.commit(); err != nil {
 		return nil, fmt.Errorf("restore: %w", err)
 	}
 	rs.nameImported()
@@ -203,6 +199,19 @@ func Restore(ctx context.Context, h *node.Host, in io.Reader, target RestoreTarg
 		rs.rep.Transfer = &MemoryTransfer{rs: rs, start: start}
 	}
 	return rs.rep, nil
+}
+
+// commit hands the restored nodes over to the tree. Those whose memory
+// is still to arrive stay held: a migration's by this process until
+// MemoryTransfer.Wait, a restore --lazy's each by its own supervisor.
+func (rs *restoring) commit() error {
+	switch {
+	case rs.o.Lazy != nil:
+		return rs.res.CommitHeld(node.BusyMigrate)
+	case rs.o.LazyFromFile:
+		return rs.res.CommitHeldBySupervisors(node.BusyMemory)
+	}
+	return rs.res.Commit()
 }
 
 // abortLazy, after a failed post-copy restore, ends every transfer and
@@ -312,6 +321,9 @@ type restoring struct {
 	// resume, for a post-copy restore, lets every node's processes run
 	// at once.
 	resume *resumeBarrier
+	// archive is the archive file of a restore --lazy, which each
+	// node's supervisor reads its memory from.
+	archive *indexed
 }
 
 // stageDirs makes the staging directory of CRIU's images, each node's
@@ -322,7 +334,7 @@ func (rs *restoring) stageDirs() error {
 	for _, n := range rs.m.Nodes {
 		// CRIU's images are about the size of the memory it dumped;
 		// post-copy, the memory is not among them.
-		if rs.o.Lazy != nil {
+		if rs.o.Lazy != nil || rs.o.LazyFromFile {
 			need += 16 << 20
 		} else {
 			need += n.Memory
@@ -334,7 +346,7 @@ func (rs *restoring) stageDirs() error {
 		return err
 	}
 	rs.stage = stage
-	rs.dst = &destination{h: rs.h, ids: rs.res.IDs, stage: stage}
+	rs.dst = &destination{h: rs.h, ids: rs.res.IDs, stage: stage, inNodes: rs.o.LazyFromFile}
 	for _, n := range rs.m.Nodes {
 		rs.dst.specs = append(rs.dst.specs, n.Spec)
 	}
@@ -347,7 +359,7 @@ func (rs *restoring) stageDirs() error {
 	}
 	for i := range rs.m.Nodes {
 		for _, d := range []string{"criu", "work"} {
-			if err := os.MkdirAll(filepath.Join(stage, strconv.Itoa(i), d), 0o700); err != nil {
+			if err := os.MkdirAll(filepath.Join(rs.dst.Base(i), d), 0o700); err != nil {
 				return err
 			}
 		}
@@ -450,9 +462,13 @@ func (rs *restoring) cleanUp() {
 // Cancelled meanwhile, it fails even if the nodes run (they are removed).
 func (rs *restoring) run(ix *indexed) error {
 	var err error
-	if rs.recv == nil && rs.o.Lazy == nil && (ix != nil || (rs.m.PagesLast && !rs.o.NoStream)) {
+	switch {
+	case rs.o.LazyFromFile:
+		rs.archive = ix
+		err = rs.lazily(ix)
+	case rs.recv == nil && rs.o.Lazy == nil && (ix != nil || (rs.m.PagesLast && !rs.o.NoStream)):
 		err = rs.streamed(ix)
-	} else {
+	default:
 		err = rs.staged()
 	}
 	if err == nil && rs.ctx.Err() != nil {
@@ -483,15 +499,9 @@ func (rs *restoring) staged() error {
 	}
 	rs.rep.Pack = Duration(time.Since(packStart))
 	if rs.o.Lazy != nil {
-		running := make([]bool, len(rs.m.Nodes))
-		for i, n := range rs.m.Nodes {
-			running[i] = n.Running
-		}
-		var err error
-		if rs.resume, err = newResumeBarrier(running); err != nil {
+		if err := rs.startBarrier(); err != nil {
 			return fmt.Errorf("restore: %w", err)
 		}
-		go rs.resume.run(rs.ctx)
 	}
 	criuStart := time.Now()
 	// A failure ends the barrier by itself: each node's restore closes
@@ -502,12 +512,31 @@ func (rs *restoring) staged() error {
 	return err
 }
 
+// startBarrier makes the resume barrier of a post-copy restore: every
+// running node's processes run at once, when all are restored.
+func (rs *restoring) startBarrier() error {
+	running := make([]bool, len(rs.m.Nodes))
+	for i, n := range rs.m.Nodes {
+		running[i] = n.Running
+	}
+	var err error
+	if rs.resume, err = newResumeBarrier(running); err != nil {
+		return err
+	}
+	go rs.resume.run(rs.ctx)
+	return nil
+}
+
 // account completes the report from the verified archive.
 func (rs *restoring) account() {
 	for _, n := range rs.m.Nodes {
 		rs.rep.FileBytes += n.Files
 	}
-	for _, mc := range rs.ar.Checksums().Members {
+	sums := rs.ar.Checksums()
+	if rs.archive != nil {
+		sums = rs.archive.sums // restore --lazy: not read to its end
+	}
+	for _, mc := range sums.Members {
 		if parts := strings.SplitN(mc.Name, "/", 4); len(parts) == 4 && parts[2] == "criu" {
 			if i, err := strconv.Atoi(parts[1]); err == nil && i < len(rs.rep.Nodes) {
 				rs.rep.Nodes[i].Images += mc.Size
@@ -569,6 +598,19 @@ type destination struct {
 	ids   []string
 	specs []archive.Spec
 	stage string
+	// inNodes puts each node's CRIU images in the node's own directory
+	// rather than the staging directory (restore --lazy: the node's
+	// supervisor needs them after the restore has returned).
+	inNodes bool
+}
+
+// Base is where node i's CRIU images (criu/) and CRIU's work directory
+// (work/) are.
+func (d *destination) Base(i int) string {
+	if d.inNodes {
+		return filepath.Join(d.h.Store.NodeDir(d.ids[i]), "memory")
+	}
+	return filepath.Join(d.stage, strconv.Itoa(i))
 }
 
 // FilesDir is where node i's files go: its root, or the upper layer of
@@ -578,7 +620,7 @@ func (d *destination) FilesDir(i int) string {
 }
 
 func (d *destination) ImagesDir(i int) string {
-	return filepath.Join(d.stage, strconv.Itoa(i), "criu")
+	return filepath.Join(d.Base(i), "criu")
 }
 
 // receivingDest is a restore's destination that takes the images the
@@ -698,7 +740,7 @@ func (rs *restoring) restoreOne(i int, gates []*os.File, rep *NodeReport) error 
 		defer rs.resume.started(i)
 	}
 	t0 := time.Now()
-	from := node.FromImages{Dir: filepath.Join(rs.stage, strconv.Itoa(i)), CriuBin: rs.o.CriuBin, CriuLogLevel: rs.o.CriuLogLevel, TCPEstablished: rs.o.TCPEstablished}
+	from := node.FromImages{Dir: rs.dst.Base(i), CriuBin: rs.o.CriuBin, CriuLogLevel: rs.o.CriuLogLevel, TCPEstablished: rs.o.TCPEstablished}
 	if gates != nil {
 		from.Stream, from.Gate = true, gates[i]
 	}
@@ -709,6 +751,9 @@ func (rs *restoring) restoreOne(i int, gates []*os.File, rep *NodeReport) error 
 		if err := rs.lazyNode(i, &from); err != nil {
 			return fmt.Errorf("restore %s: %w", rs.res.Paths[i], err)
 		}
+	}
+	if rs.o.LazyFromFile {
+		from.Archive = rs.archive.f
 	}
 	pid, warning, err := rs.h.StartRestore(rs.res.IDs[i], from)
 	lazyStarted(&from)

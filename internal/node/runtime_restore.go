@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/crtree/crtree/internal/archive"
 	"github.com/crtree/crtree/internal/cgroup"
 	"github.com/crtree/crtree/internal/criu"
 	"github.com/crtree/crtree/internal/hier"
@@ -238,4 +239,42 @@ func (h *Host) mountOverlay(n *hier.Node) (unmount func(), err error) {
 		return nil, fmt.Errorf("mount the node's root (%s): %w", lower, err)
 	}
 	return func() { unix.Unmount(root, unix.MNT_DETACH) }, nil
+}
+
+// servePages starts serving the node's memory from from.Archive (restore
+// --lazy): the lazy pages its images flag, each piece of the archive
+// verified before any page of it goes out. from.LazyPages becomes the
+// daemon's end of the connection; a page that cannot be served (a
+// damaged piece) ends the connection, which fails the daemon, and the
+// node is killed (endLazy) before any process of it sees that page.
+func servePages(from *FromImages) error {
+	data, err := os.ReadFile(filepath.Join(from.Dir, PiecesFile))
+	if err != nil {
+		return fmt.Errorf("lazy restore: %w", err)
+	}
+	var pieces map[string][]archive.PieceRef
+	if err := json.Unmarshal(data, &pieces); err != nil {
+		return fmt.Errorf("lazy restore: %s: %w", PiecesFile, err)
+	}
+	x, err := criu.IndexLazy(filepath.Join(from.Dir, "criu"))
+	if err != nil {
+		return fmt.Errorf("lazy restore: %w", err)
+	}
+	fi, err := from.Archive.Stat()
+	if err != nil {
+		return fmt.Errorf("lazy restore: %w", err)
+	}
+	src := archive.NewPagePieces(from.Archive, fi.Size(), pieces)
+	theirs, ours, err := criu.SocketPair()
+	if err != nil {
+		return fmt.Errorf("lazy restore: %w", err)
+	}
+	go func() {
+		defer theirs.Close()
+		if err := criu.ServeLazyPages(theirs, x, src); err != nil {
+			fmt.Fprintln(os.Stderr, "crtree supervisor: serving the node's memory from the archive:", err)
+		}
+	}()
+	from.LazyPages = ours
+	return nil
 }

@@ -70,7 +70,20 @@ type FromImages struct {
 	// supervisor reports, as one JSON object (LazyResult), how the
 	// transfer ended.
 	LazyDone *os.File
+	// Archive, if set, is the archive file the images came from (restore
+	// --lazy): the supervisor serves the node's memory from it itself,
+	// post-copy, each piece verified before any page of it is served
+	// (the pieces are those Dir/PiecesFile lists, the pages those the
+	// images flag lazy). The restoring command's commit makes the
+	// supervisor hold the node (CommitHeldBySupervisors) until its memory
+	// has all arrived; the supervisor then removes Dir, which must be the
+	// node's own. Not with LazyPages.
+	Archive *os.File
 }
+
+// PiecesFile is where, in FromImages.Dir, a restore --lazy lists the
+// pieces of the node's page images (archive.PageParts, as JSON).
+const PiecesFile = "pieces.json"
 
 // LazyResult is how a supervisor's post-copy transfer ended: Error is ""
 // once every page has arrived; else the node's processes were killed.
@@ -83,6 +96,7 @@ const (
 	gateFD     = 4
 	lazyFD     = 5
 	lazyDoneFD = 6
+	archiveFD  = 7
 )
 
 // OpenLazy returns the page server connection and the pipe for the
@@ -94,6 +108,13 @@ func OpenLazy() (conn, done *os.File) {
 	// pageProxy).
 	unix.SetNonblock(lazyFD, true)
 	return os.NewFile(lazyFD, "lazy-pages"), os.NewFile(lazyDoneFD, "lazy-done")
+}
+
+// OpenArchive returns the archive a supervisor serving its node's memory
+// from it (FromImages.Archive) inherited.
+func OpenArchive() *os.File {
+	unix.CloseOnExec(archiveFD)
+	return os.NewFile(archiveFD, "archive")
 }
 
 // OpenGate returns the gate a restoring supervisor inherited.
@@ -149,6 +170,13 @@ func (h *Host) startSupervisor(id string, from *FromImages) (int, string, error)
 		}
 		cmd.ExtraFiles = append(cmd.ExtraFiles, from.LazyPages, from.LazyDone) // lazyFD, lazyDoneFD
 	}
+	if from != nil && from.Archive != nil {
+		cmd.Args = append(cmd.Args, "--lazy-archive")
+		for len(cmd.ExtraFiles) < archiveFD-3 {
+			cmd.ExtraFiles = append(cmd.ExtraFiles, nil)
+		}
+		cmd.ExtraFiles = append(cmd.ExtraFiles, from.Archive) // archiveFD
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	cmd.Env = h.hostEnv()
 	err = cmd.Start()
@@ -192,6 +220,10 @@ func Supervise(h *Host, id string, from *FromImages) error {
 	moved, err := h.joinNetwork(id)
 	switch {
 	case err != nil:
+	case from != nil && from.Archive != nil:
+		if err = servePages(from); err == nil {
+			pid, lazy, err = h.restoreInit(id, from)
+		}
 	case from != nil:
 		pid, lazy, err = h.restoreInit(id, from)
 	default:
@@ -214,6 +246,12 @@ func Supervise(h *Host, id string, from *FromImages) error {
 		go func() {
 			defer close(lazyEnded)
 			h.endLazy(id, lazy, from.LazyDone, nil)
+			if from.Archive != nil {
+				// Arrived, or the node was killed: either way no page
+				// is served any more.
+				h.releaseCommitted(id)
+				os.RemoveAll(from.Dir)
+			}
 		}()
 	} else {
 		close(lazyEnded)

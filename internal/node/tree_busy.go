@@ -2,6 +2,7 @@ package node
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/crtree/crtree/internal/cgroup"
 	"github.com/crtree/crtree/internal/hier"
@@ -15,6 +16,9 @@ const (
 	// until all its memory has arrived: a dump of it, or a node made in
 	// it, would see memory that is not there yet.
 	BusyMigrate = "migrated"
+	// BusyMemory holds a node that restore --lazy restored, by its
+	// supervisor, until its memory has arrived from the archive.
+	BusyMemory = "restored (its memory is still arriving)"
 )
 
 // BusyError is returned when a command would change a subtree that
@@ -135,6 +139,30 @@ func (h *Host) Release(id string) error {
 		n.Busy = nil
 		return nil
 	})
+}
+
+// releaseCommitted is Release for a supervisor that the restoring
+// command's commit makes the holder (CommitHeldBySupervisors): it waits
+// for that commit first, for as long as the command that owns the node
+// lives, so that the hold is not set after it was to end.
+func (h *Host) releaseCommitted(id string) {
+	for {
+		var owned bool
+		err := h.Store.Update(func(t *hier.Tree) error {
+			n := t.Nodes[id]
+			owned = n != nil && n.OwnerPid != 0 && Alive(n.OwnerPid, n.OwnerStart)
+			self, _ := Self()
+			if owned || n == nil || n.Busy == nil || n.Busy.Pid != self {
+				return hier.ErrUnchanged
+			}
+			n.Busy = nil
+			return nil
+		})
+		if err != nil || !owned {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // Watch returns the status of the node with the given ID, wherever it

@@ -184,6 +184,30 @@ func (r *Reservation) CommitHeld(op string) error {
 	return err
 }
 
+// CommitHeldBySupervisors is Commit, each running node then held for op
+// by its own supervisor until the supervisor calls Release (restore
+// --lazy: until the node's memory has arrived).
+func (r *Reservation) CommitHeldBySupervisors(op string) error {
+	if r.done {
+		return errors.New("reservation already ended")
+	}
+	err := r.h.Store.Update(func(t *hier.Tree) error {
+		for _, id := range r.IDs {
+			n := t.Nodes[id]
+			if n == nil {
+				continue
+			}
+			handOver(n)
+			if n.SupervisorPid != 0 {
+				n.Busy = &hier.Busy{Op: op, Pid: n.SupervisorPid, Start: n.SupervisorStart}
+			}
+		}
+		return nil
+	})
+	r.done = err == nil
+	return err
+}
+
 // Abort kills and removes the reserved nodes (and whatever runs in them).
 // After Commit it does nothing.
 func (r *Reservation) Abort() error {

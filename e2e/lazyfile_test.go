@@ -1,0 +1,142 @@
+package e2e
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/crtree/crtree/internal/archive"
+)
+
+// busy is what ls says holds the node at path on h, "" for nothing.
+func busy(h *host, path string) string {
+	var es []struct {
+		Path string `json:"path"`
+		Busy string `json:"busy"`
+	}
+	if err := json.Unmarshal([]byte(h.must("ls", "-r", "--json")), &es); err != nil {
+		h.t.Fatal(err)
+	}
+	for _, e := range es {
+		if e.Path == path {
+			return e.Busy
+		}
+	}
+	return ""
+}
+
+// crtree restore --lazy FILE: refused from a pipe, saying why; then the
+// subtree runs at once, its 1 GiB hog held (a dump of it refused) while
+// its memory arrives from the file, then checked intact, the counter
+// going on, the hold ended and nothing of the transfer left.
+func TestRestoreLazy(t *testing.T) {
+	h := newHost(t)
+	lazyTree(h, 1024)
+	file := filepath.Join(t.TempDir(), "m.crtree")
+	h.must("dump", "/m", "-o", file)
+
+	if _, err := h.run("restore", "--lazy", "--keep-binds", "-"); err == nil || !strings.Contains(err.Error(), "needs an archive file written by `crtree dump -o FILE` (not a pipe)") {
+		t.Fatalf("restore --lazy from stdin: %v", err)
+	}
+	if len(h.ls()) != 0 {
+		t.Fatalf("left by the refusal: %v", h.ls())
+	}
+
+	start := time.Now()
+	cmd := h.cmd("restore", "--lazy", "--keep-binds", file)
+	out, err := cmd.CombinedOutput()
+	took := time.Since(start)
+	if err != nil || !strings.Contains(string(out), "/m runs; its memory is read from "+file) {
+		t.Fatalf("restore --lazy: %v: %s", err, out)
+	}
+	t.Logf("restore --lazy of 1 GiB returned in %.2fs", took.Seconds())
+	if _, err := h.run("dump", "/m/hog", "-o", filepath.Join(t.TempDir(), "x.crtree")); err == nil || !strings.Contains(err.Error(), "/m/hog is being restored (its memory is still arriving)") {
+		t.Fatalf("a dump while the memory arrives: %v", err)
+	}
+	if !poll(60*time.Second, 50*time.Millisecond, func() bool { return busy(h, "/m/hog") == "" && busy(h, "/m") == "" }) {
+		t.Fatalf("still held a minute later: %q", busy(h, "/m/hog"))
+	}
+	t.Logf("its memory had arrived %.2fs after the restore began", time.Since(start).Seconds())
+	checkLazyTree(t, h, "")
+	for p, e := range h.ls() {
+		if _, err := os.Stat(filepath.Join(h.root, "nodes", e.ID, "memory")); !os.IsNotExist(err) {
+			t.Fatalf("%s: its images are left after its memory arrived: %v", p, err)
+		}
+	}
+	// Released: the subtree dumps again, and restores as usual.
+	again := filepath.Join(t.TempDir(), "again.crtree")
+	h.must("dump", "/m", "-o", again)
+	h.must("restore", "--keep-binds", again)
+	checkLazyTree(t, h, "")
+}
+
+// A damaged piece of memory in the archive, one the restore itself does
+// not read: the node runs, and is killed when the piece is first read,
+// before any process of it gets a page of it; its supervisor says why.
+func TestRestoreLazyDamaged(t *testing.T) {
+	h := newHost(t)
+	h.startHog("/hog", 256)
+	file := filepath.Join(t.TempDir(), "hog.crtree")
+	h.must("dump", "/hog", "-o", file)
+	damageMiddlePiece(t, file)
+
+	h.must("restore", "--lazy", "--keep-binds", file)
+	id := h.ls()["/hog"].ID
+	if !poll(30*time.Second, 50*time.Millisecond, func() bool { return h.ls()["/hog"].State != "running" }) {
+		t.Fatal("the node runs on though a piece of its memory is damaged")
+	}
+	log, _ := os.ReadFile(filepath.Join(h.root, "nodes", id, "supervisor.log"))
+	if !strings.Contains(string(log), "does not match its checksum") {
+		t.Fatalf("the supervisor's log does not say why the node was killed: %s", log)
+	}
+	if e := h.ls()["/hog"]; e.State != "exited" {
+		t.Fatalf("the node after its memory failed: %+v", e)
+	}
+	if b := busy(h, "/hog"); b != "" {
+		t.Fatalf("still held after it was killed: %q", b)
+	}
+}
+
+// damageMiddlePiece flips a byte of the middle piece of the largest page
+// image in the archive file: memory of the hog's heap, which CRIU leaves
+// to its lazy-pages daemon.
+func damageMiddlePiece(t *testing.T, file string) {
+	t.Helper()
+	f, err := os.OpenFile(file, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fi, _ := f.Stat()
+	x, err := archive.ReadIndex(f, fi.Size())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sums, err := archive.ReadTrailer(f, fi.Size(), x)
+	if err != nil {
+		t.Fatal(err)
+	}
+	parts, err := sums.PageParts(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var largest []archive.PieceRef
+	for _, refs := range parts {
+		if len(refs) > len(largest) {
+			largest = refs
+		}
+	}
+	if len(largest) < 8 {
+		t.Fatalf("the hog's page image has %d pieces", len(largest))
+	}
+	at := largest[len(largest)/2].Offset + 4096
+	b := make([]byte, 1)
+	f.ReadAt(b, at)
+	b[0] ^= 1
+	if _, err := f.WriteAt(b, at); err != nil {
+		t.Fatal(err)
+	}
+}
