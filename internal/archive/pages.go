@@ -116,6 +116,51 @@ func ReadPiece(ra io.ReaderAt, size int64, p PieceRef, buf []byte) ([]byte, erro
 	return buf, nil
 }
 
+// ReadPieceRanges reads piece p of an archive file of size bytes through
+// a small buffer, hashing it, and keeps only the given ranges of it
+// (offset and length in the piece, in order, not overlapping): their
+// bytes are returned only if the whole piece matches its digest. It
+// takes far less memory than ReadPiece when little of a piece is needed.
+func ReadPieceRanges(ra io.ReaderAt, size int64, p PieceRef, ranges [][2]int64) ([][]byte, error) {
+	if p.Offset < 0 || p.Offset >= size || p.Size < 0 || p.Size > PieceSize {
+		return nil, corrupt("page piece at %d of %d bytes is outside the archive", p.Offset, p.Size)
+	}
+	out := make([][]byte, len(ranges))
+	for i, r := range ranges {
+		if r[0] < 0 || r[1] < 0 || r[0]+r[1] > p.Size || i > 0 && r[0] < ranges[i-1][0]+ranges[i-1][1] {
+			return nil, fmt.Errorf("range %d of page piece at %d is outside it or out of order", i, p.Offset)
+		}
+		out[i] = make([]byte, 0, r[1])
+	}
+	f := newFrameReader(io.NewSectionReader(ra, p.Offset, size-p.Offset))
+	defer f.Close()
+	h := sha256.New()
+	buf := make([]byte, rawBlockMax)
+	next := 0 // the first range not wholly read
+	for at := int64(0); at < p.Size; {
+		n, err := io.ReadFull(f, buf[:min(int64(len(buf)), p.Size-at)])
+		if err != nil {
+			return nil, corrupt("page piece at %d: %v", p.Offset, readErr(err))
+		}
+		h.Write(buf[:n])
+		for i := next; i < len(ranges) && ranges[i][0] < at+int64(n); i++ {
+			from := max(ranges[i][0], at)
+			to := min(ranges[i][0]+ranges[i][1], at+int64(n))
+			if from < to {
+				out[i] = append(out[i], buf[from-at:to-at]...)
+			}
+			if to == ranges[i][0]+ranges[i][1] {
+				next = i + 1
+			}
+		}
+		at += int64(n)
+	}
+	if hex.EncodeToString(h.Sum(nil)) != p.SHA256 {
+		return nil, corrupt("page piece at %d does not match its checksum", p.Offset)
+	}
+	return out, nil
+}
+
 // pageTable records, while an archive is written, where the pieces of
 // its page image members start.
 type pageTable struct {
@@ -162,13 +207,16 @@ func (w *Writer) pageChunk(n int) error {
 // piece at a time, each checked against its digest before any byte of it
 // is handed out (ReadPiece): what restore --lazy feeds a running node's
 // memory from. It keeps the last pieces read (up to cachedBytes), as the
-// pages of a piece are asked for a few at a time. Safe for concurrent
-// use.
+// pages of a piece are asked for a few at a time, and reads the piece
+// after the one asked for ahead, in the background: the lazy-pages
+// daemon asks for a node's memory in order, one request at a time. Safe
+// for concurrent use.
 type PagePieces struct {
-	mu     sync.Mutex
 	ra     io.ReaderAt
 	size   int64
 	images map[string]*pagedImage
+
+	mu     sync.Mutex
 	cache  []*cachedPiece // most recently used last
 	cached int64
 	// free are the buffers of pieces dropped from the cache, used again:
@@ -183,10 +231,15 @@ type pagedImage struct {
 	size   int64
 }
 
+// cachedPiece is a piece read, or being read until ready is closed.
 type cachedPiece struct {
 	image *pagedImage
 	k     int
+	ready chan struct{}
 	data  []byte
+	err   error
+	// dropped: no longer in the cache, its buffer given to another.
+	dropped bool
 }
 
 // cachedBytes bounds the pieces PagePieces keeps.
@@ -207,89 +260,105 @@ func NewPagePieces(ra io.ReaderAt, size int64, images map[string][]PieceRef) *Pa
 	return p
 }
 
-// ReadPages reads len(b) bytes at off of the page image named by path's
-// last element.
-func (p *PagePieces) ReadPages(path string, b []byte, off int64) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
+// image returns the page image named by path's last element, checking
+// that length bytes at off are in it.
+func (p *PagePieces) image(path string, off, length int64) (*pagedImage, error) {
 	name := filepath.Base(path)
 	im := p.images[name]
 	if im == nil {
-		return fmt.Errorf("the archive has no page image %s", name)
+		return nil, fmt.Errorf("the archive has no page image %s", name)
 	}
-	if off < 0 || off+int64(len(b)) > im.size {
-		return fmt.Errorf("%s ends before its pages at %d", name, off)
+	if off < 0 || length < 0 || off+length > im.size {
+		return nil, fmt.Errorf("%s ends before its pages at %d", name, off)
+	}
+	return im, nil
+}
+
+// pieceAt is the index of the piece of im that holds offset off.
+func (im *pagedImage) pieceAt(off int64) int {
+	return sort.Search(len(im.starts), func(i int) bool { return im.starts[i] > off }) - 1
+}
+
+// ReadPages reads len(b) bytes at off of the page image named by path's
+// last element.
+func (p *PagePieces) ReadPages(path string, b []byte, off int64) error {
+	im, err := p.image(path, off, int64(len(b)))
+	if err != nil {
+		return err
 	}
 	for len(b) > 0 {
-		k := sort.Search(len(im.starts), func(i int) bool { return im.starts[i] > off }) - 1
-		data, err := p.piece(im, k)
-		if err != nil {
-			return fmt.Errorf("%s: %w", name, err)
+		k := im.pieceAt(off)
+		c := p.get(im, k)
+		if k+1 < len(im.refs) {
+			p.get(im, k+1) // ahead
 		}
-		n := copy(b, data[off-im.starts[k]:])
+		<-c.ready
+		p.mu.Lock()
+		if c.err != nil {
+			p.mu.Unlock()
+			return fmt.Errorf("%s: %w", filepath.Base(path), c.err)
+		}
+		if c.dropped {
+			p.mu.Unlock()
+			continue // dropped meanwhile: read again
+		}
+		n := copy(b, c.data[off-im.starts[k]:])
+		p.mu.Unlock()
 		b, off = b[n:], off+int64(n)
 	}
 	return nil
 }
 
-// Pieces calls f with each piece of the page image named by path's last
-// element that holds part of the length bytes at off: its index, and
-// that part (image offset and length).
-func (p *PagePieces) Pieces(path string, off, length int64, f func(k int, off, length int64)) error {
-	im := p.images[filepath.Base(path)]
-	if im == nil {
-		return fmt.Errorf("the archive has no page image %s", filepath.Base(path))
-	}
-	if off < 0 || length < 0 || off+length > im.size {
-		return fmt.Errorf("%s ends before its pages at %d", filepath.Base(path), off)
-	}
-	for length > 0 {
-		k := sort.Search(len(im.starts), func(i int) bool { return im.starts[i] > off }) - 1
-		n := min(length, im.starts[k]+im.refs[k].Size-off)
-		f(k, off, n)
-		off, length = off+n, length-n
-	}
-	return nil
-}
-
-// ReadPiece reads piece k of the page image named by path's last element
-// into buf (not into the cache), verified, and returns it and where it
-// starts in the image. Safe to call from several goroutines at once.
-func (p *PagePieces) ReadPiece(path string, k int, buf []byte) (data []byte, start int64, err error) {
-	im := p.images[filepath.Base(path)]
-	if im == nil || k < 0 || k >= len(im.refs) {
-		return nil, 0, fmt.Errorf("the archive has no piece %d of page image %s", k, filepath.Base(path))
-	}
-	data, err = ReadPiece(p.ra, p.size, im.refs[k], buf)
-	return data, im.starts[k], err
-}
-
-// piece returns piece k of im, verified, from the cache or the archive.
-func (p *PagePieces) piece(im *pagedImage, k int) ([]byte, error) {
+// get returns piece k of im from the cache, or starts reading it.
+func (p *PagePieces) get(im *pagedImage, k int) *cachedPiece {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	for i, c := range p.cache {
 		if c.image == im && c.k == k {
 			p.cache = append(append(p.cache[:i:i], p.cache[i+1:]...), c)
-			return c.data, nil
+			return c
 		}
 	}
 	size := im.refs[k].Size
-	for len(p.cache) > 0 && p.cached+size > cachedBytes {
-		p.cached -= int64(len(p.cache[0].data))
-		if len(p.free) < 4 {
-			p.free = append(p.free, p.cache[0].data)
+	p.makeRoom(size)
+	c := &cachedPiece{image: im, k: k, ready: make(chan struct{})}
+	p.cache = append(p.cache, c)
+	p.cached += size
+	buf := p.buffer(size)
+	go func() {
+		data, err := ReadPiece(p.ra, p.size, im.refs[k], buf)
+		p.mu.Lock()
+		c.data, c.err = data, err
+		p.mu.Unlock()
+		close(c.ready)
+	}()
+	return c
+}
+
+// makeRoom drops the least recently used pieces read until size more
+// bytes fit (pieces still being read stay). The caller holds p.mu.
+func (p *PagePieces) makeRoom(size int64) {
+	kept := p.cache[:0]
+	for i, c := range p.cache {
+		select {
+		case <-c.ready:
+			if p.cached+size > cachedBytes {
+				p.cached -= c.image.refs[c.k].Size
+				c.dropped = true
+				if c.err == nil && len(p.free) < 4 {
+					p.free = append(p.free, c.data)
+				}
+				continue
+			}
+		default:
 		}
-		p.cache = p.cache[1:]
+		kept = append(kept, p.cache[i])
 	}
-	data, err := ReadPiece(p.ra, p.size, im.refs[k], p.buffer(size))
-	if err != nil {
-		return nil, err
-	}
-	p.cache = append(p.cache, &cachedPiece{image: im, k: k, data: data})
-	p.cached += int64(len(data))
-	return data, nil
+	p.cache = kept
 }
 
 // buffer returns a buffer of size bytes, one freed before if it fits.
+// The caller holds p.mu.
 func (p *PagePieces) buffer(size int64) []byte {
 	for i, b := range p.free {
 		if int64(cap(b)) >= size {
@@ -298,4 +367,36 @@ func (p *PagePieces) buffer(size int64) []byte {
 		}
 	}
 	return make([]byte, size)
+}
+
+// Pieces calls f with each piece of the page image named by path's last
+// element that holds part of the length bytes at off: its index, and
+// that part (image offset and length).
+func (p *PagePieces) Pieces(path string, off, length int64, f func(k int, off, length int64)) error {
+	im, err := p.image(path, off, length)
+	if err != nil {
+		return err
+	}
+	for length > 0 {
+		k := im.pieceAt(off)
+		n := min(length, im.starts[k]+im.refs[k].Size-off)
+		f(k, off, n)
+		off, length = off+n, length-n
+	}
+	return nil
+}
+
+// ReadRanges reads piece k of the page image named by path's last element
+// (ReadPieceRanges), keeping the given ranges (image offsets and lengths,
+// in order, in the piece). Safe to call from several goroutines at once.
+func (p *PagePieces) ReadRanges(path string, k int, ranges [][2]int64) ([][]byte, error) {
+	im := p.images[filepath.Base(path)]
+	if im == nil || k < 0 || k >= len(im.refs) {
+		return nil, fmt.Errorf("the archive has no piece %d of page image %s", k, filepath.Base(path))
+	}
+	rel := make([][2]int64, len(ranges))
+	for i, r := range ranges {
+		rel[i] = [2]int64{r[0] - im.starts[k], r[1]}
+	}
+	return ReadPieceRanges(p.ra, p.size, im.refs[k], rel)
 }

@@ -194,3 +194,41 @@ func TestPagePiecesRanges(t *testing.T) {
 		t.Fatalf("a read past the image's end: %v", err)
 	}
 }
+
+// ReadPieceRanges keeps the ranges asked for, across its buffer's
+// boundaries, and gives none of them from a damaged piece.
+func TestReadPieceRanges(t *testing.T) {
+	data, pages := makePaged(t)
+	sums := pagedSums(t, data)
+	parts, _ := sums.PageParts(0)
+	refs := parts["pages-1.img"]
+	ranges := [][2]int64{{0, 4096}, {rawBlockMax - 100, 300}, {3 * rawBlockMax, 2 * rawBlockMax}, {PieceSize - 4096, 4096}}
+	for _, k := range []int{0, 1, 3} { // random, compressible, random
+		size := refs[k].Size
+		var rs [][2]int64
+		for _, r := range ranges {
+			if r[0]+r[1] <= size {
+				rs = append(rs, r)
+			}
+		}
+		got, err := ReadPieceRanges(bytes.NewReader(data), int64(len(data)), refs[k], rs)
+		if err != nil {
+			t.Fatalf("piece %d: %v", k, err)
+		}
+		for i, r := range rs {
+			at := int64(k)*PieceSize + r[0]
+			if !bytes.Equal(got[i], pages[at:at+r[1]]) {
+				t.Fatalf("piece %d, range %v: other bytes than the image's", k, r)
+			}
+		}
+	}
+	bad := bytes.Clone(data)
+	bad[refs[3].Offset+4096] ^= 1
+	got, err := ReadPieceRanges(bytes.NewReader(bad), int64(len(bad)), refs[3], ranges[:1])
+	if got != nil || !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "does not match its checksum") {
+		t.Fatalf("ranges of a damaged piece: %d ranges, %v", len(got), err)
+	}
+	if _, err := ReadPieceRanges(bytes.NewReader(data), int64(len(data)), refs[0], [][2]int64{{4096, 10}, {0, 10}}); err == nil || !strings.Contains(err.Error(), "out of order") {
+		t.Fatalf("ranges out of order: %v", err)
+	}
+}

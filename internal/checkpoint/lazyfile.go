@@ -172,11 +172,10 @@ func copyEager(x *criu.LazyIndex, src *archive.PagePieces, files map[string]*os.
 	errs := make(chan error, runtime.NumCPU())
 	for range runtime.NumCPU() {
 		go func() {
-			var buf []byte
 			var err error
 			for p := range work {
 				if err == nil {
-					buf, err = copyPiece(p, src, files, buf)
+					err = copyPiece(p, src, files)
 				}
 			}
 			errs <- err
@@ -193,24 +192,21 @@ func copyEager(x *criu.LazyIndex, src *archive.PagePieces, files map[string]*os.
 	return errors.Join(all...)
 }
 
-// copyPiece reads piece p (into buf, which it returns for the next) and
-// writes its eager pages to their image file.
-func copyPiece(p *eagerPiece, src *archive.PagePieces, files map[string]*os.File, buf []byte) ([]byte, error) {
-	if cap(buf) < archive.PieceSize {
-		buf = make([]byte, archive.PieceSize)
-	}
-	data, start, err := src.ReadPiece(p.image, p.k, buf[:archive.PieceSize])
+// copyPiece reads piece p, verified, and writes its eager pages to their
+// image file.
+func copyPiece(p *eagerPiece, src *archive.PagePieces, files map[string]*os.File) error {
+	data, err := src.ReadRanges(p.image, p.k, p.runs)
 	if err != nil {
-		return buf, err
+		return err
 	}
 	f := files[p.image]
 	if f == nil {
-		return buf, fmt.Errorf("%s: a page image the archive lacks", filepath.Base(p.image))
+		return fmt.Errorf("%s: a page image the archive lacks", filepath.Base(p.image))
 	}
-	for _, r := range p.runs {
-		if _, err := f.WriteAt(data[r[0]-start:r[0]-start+r[1]], r[0]); err != nil {
-			return buf, err
+	for i, r := range p.runs {
+		if _, err := f.WriteAt(data[i], r[0]); err != nil {
+			return err
 		}
 	}
-	return buf, nil
+	return nil
 }
