@@ -49,7 +49,7 @@ func TestRestoreLazy(t *testing.T) {
 	cmd := h.cmd("restore", "--lazy", "--keep-binds", file)
 	out, err := cmd.CombinedOutput()
 	took := time.Since(start)
-	if err != nil || !strings.Contains(string(out), "/m runs; its memory is read from "+file) {
+	if err != nil || !strings.Contains(string(out), "/m runs; its memory is read from "+file+" meanwhile") {
 		t.Fatalf("restore --lazy: %v: %s", err, out)
 	}
 	t.Logf("restore --lazy of 1 GiB returned in %.2fs", took.Seconds())

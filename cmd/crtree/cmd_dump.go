@@ -395,7 +395,7 @@ arrived; the archive file is kept open until then.`,
 			if !g.JSON && !o.Quiet {
 				fmt.Fprintln(cmd.OutOrStdout(), g.display(rep.Path))
 				if o.Lazy {
-					fmt.Fprintf(cmd.ErrOrStderr(), "%s runs; its memory is read from %s meanwhile (keep the file until crtree ls no longer shows it %s)\n", g.display(rep.Path), args[0], node.BusyMemory)
+					fmt.Fprintf(cmd.ErrOrStderr(), "%s runs; its memory is read from %s meanwhile (ls says \"being restored\" until it has all arrived)\n", g.display(rep.Path), args[0])
 				}
 				return nil
 			}
