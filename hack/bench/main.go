@@ -33,7 +33,8 @@ var (
 	workDir     = flag.String("work", "/var/tmp/crtree-bench", "scratch directory (on disk)")
 	imageMiB    = flag.Int("image-mib", 64, "MiB of incompressible files in the image of the image-node case (-1 to skip it)")
 	migrateMiB  = flag.String("migrate-mib", "256,1024,4096", "sizes of the crtree migrate downtime series, MiB (\"\" to skip it)")
-	migrateReps = flag.Int("migrate-reps", 1, "repetitions of each migration")
+	migrateReps = flag.Int("migrate-reps", 1, "repetitions of each migration, and of each restore --lazy")
+	lazyMiB     = flag.String("lazy-restore-mib", "1024", "sizes of the restore --lazy series, MiB (\"\" to skip it)")
 )
 
 // sample is one measurement.
@@ -102,10 +103,13 @@ func main() {
 	}
 	sizes := parseSizes(*migrateMiB)
 	migrateSeries(sizes)
+	lazySizes := parseSizes(*lazyMiB)
+	lazyRestoreSeries(lazySizes)
 	data, _ := json.MarshalIndent(samples, "", "  ")
 	must(os.WriteFile(*jsonOut, data, 0o644))
 	report()
 	migrateReport(sizes)
+	lazyRestoreReport(lazySizes)
 }
 
 func warm(cond string) {
@@ -458,7 +462,7 @@ func report() {
 }
 
 func cleanup() {
-	for _, p := range []string{"/base", "/ct", "/fr", "/tree", "/many", "/im", "/mg"} {
+	for _, p := range []string{"/base", "/ct", "/fr", "/tree", "/many", "/im", "/mg", "/lr"} {
 		exec.Command(*crtreeBin, "rm", "-r", "-f", p).Run()
 	}
 	exec.Command(*crtreeBin, "image", "rm", benchImage).Run()

@@ -226,7 +226,8 @@ func migrateReport(sizes []int) {
 	fmt.Printf("\n--lazy downtime at %d MiB: %.3fs (target <= 0.5 s at 4 GiB); %.2f x the downtime at %d MiB (target <= 1.5)\n", last, a, a/b, first)
 }
 
-// parseSizes reads -migrate-mib.
+// parseSizes reads a list of sizes in MiB (-migrate-mib,
+// -lazy-restore-mib).
 func parseSizes(s string) []int {
 	var out []int
 	for _, f := range strings.Split(s, ",") {
@@ -235,7 +236,7 @@ func parseSizes(s string) []int {
 		}
 		n, err := strconv.Atoi(f)
 		if err != nil || n <= 0 {
-			fatal("-migrate-mib: %q is not a size in MiB", f)
+			fatal("%q is not a size in MiB", f)
 		}
 		out = append(out, n)
 	}
