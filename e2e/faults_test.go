@@ -63,10 +63,11 @@ func (h *host) must(args ...string) string {
 }
 
 type entry struct {
-	ID    string `json:"id"`
-	Path  string `json:"path"`
-	State string `json:"state"`
-	Pid   int    `json:"pid"`
+	ID         string `json:"id"`
+	Path       string `json:"path"`
+	State      string `json:"state"`
+	Pid        int    `json:"pid"`
+	Supervisor int    `json:"supervisorPid"`
 }
 
 func (h *host) ls() map[string]entry {

@@ -4,7 +4,9 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -29,16 +31,19 @@ func busy(h *host, path string) string {
 }
 
 // crtree restore --lazy FILE: refused from a pipe, saying why; then the
-// subtree runs at once, its 1 GiB hog held (a dump of it refused) while
-// its memory arrives from the file, then checked intact, the counter
-// going on, the hold ended and nothing of the transfer left.
+// subtree runs at once, its 1 GiB hog held (a dump or an exec refused,
+// ls saying so) while its memory arrives from the file, then checked
+// intact, the counter going on, the hold ended and nothing of the
+// transfer left (an exited node had an empty images directory left).
+// A subtree whose memory is arriving can be removed at once.
 func TestRestoreLazy(t *testing.T) {
 	h := newHost(t)
 	lazyTree(h, 1024)
+	h.must("run", "/m/ex", "--", "true")
 	file := filepath.Join(t.TempDir(), "m.crtree")
 	h.must("dump", "/m", "-o", file)
 
-	if _, err := h.run("restore", "--lazy", "--keep-binds", "-"); err == nil || !strings.Contains(err.Error(), "needs an archive file written by `crtree dump -o FILE` (not a pipe)") {
+	if _, err := h.run("restore", "--lazy", "--keep-binds", "-"); err == nil || !strings.Contains(err.Error(), "needs an archive file, not a pipe") {
 		t.Fatalf("restore --lazy from stdin: %v", err)
 	}
 	if len(h.ls()) != 0 {
@@ -53,8 +58,13 @@ func TestRestoreLazy(t *testing.T) {
 		t.Fatalf("restore --lazy: %v: %s", err, out)
 	}
 	t.Logf("restore --lazy of 1 GiB returned in %.2fs", took.Seconds())
-	if _, err := h.run("dump", "/m/hog", "-o", filepath.Join(t.TempDir(), "x.crtree")); err == nil || !strings.Contains(err.Error(), "/m/hog is being restored (its memory is still arriving)") {
-		t.Fatalf("a dump while the memory arrives: %v", err)
+	for _, args := range [][]string{{"dump", "/m/hog", "-o", filepath.Join(t.TempDir(), "x.crtree")}, {"exec", "/m/hog", "--", "true"}} {
+		if _, err := h.run(args...); err == nil || !strings.Contains(err.Error(), "/m/hog is being restored: its memory is still arriving from the archive") {
+			t.Fatalf("%s while the memory arrives: %v", args[0], err)
+		}
+	}
+	if out := h.must("ls", "/m"); !regexp.MustCompile(`(?m)^/m/hog +running \(memory arriving\)`).MatchString(out) {
+		t.Fatalf("ls while the memory arrives: %s", out)
 	}
 	if !poll(60*time.Second, 50*time.Millisecond, func() bool { return busy(h, "/m/hog") == "" && busy(h, "/m") == "" }) {
 		t.Fatalf("still held a minute later: %q", busy(h, "/m/hog"))
@@ -71,6 +81,24 @@ func TestRestoreLazy(t *testing.T) {
 	h.must("dump", "/m", "-o", again)
 	h.must("restore", "--keep-binds", again)
 	checkLazyTree(t, h, "")
+
+	// Removed while its memory arrives: at once, its supervisors gone.
+	h.must("restore", "--lazy", "--keep-binds", "--name", "m2", file)
+	var sups []int
+	for p, e := range h.ls() {
+		if strings.HasPrefix(p, "/m2") && e.Supervisor != 0 {
+			sups = append(sups, e.Supervisor)
+		}
+	}
+	h.must("rm", "-r", "-f", "/m2")
+	if _, ok := h.ls()["/m2"]; ok {
+		t.Fatal("/m2 is still there")
+	}
+	for _, pid := range sups {
+		if !poll(20*time.Second, 50*time.Millisecond, func() bool { return syscall.Kill(pid, 0) != nil }) {
+			t.Fatalf("supervisor %d of a removed node still runs", pid)
+		}
+	}
 }
 
 // A damaged piece of memory in the archive, one the restore itself does

@@ -304,7 +304,8 @@ archive with binds is refused.
 A name that is already taken is refused before anything is created; if the
 restore fails at any point, or Ctrl-C (SIGINT) or SIGTERM stops it, every
 node it created is removed (exit status 1, or 130 or 143 when stopped). No restored
-process runs before the whole archive has been verified. From a file, CRIU
+process runs before the whole archive has been verified (with --lazy: before
+all it uses has been, below). From a file, CRIU
 starts at once and reads the memory pages as they come off the disk; from
 stdin, the archive is unpacked first. CRTREE_NO_STREAM=1 unpacks files
 first too.
@@ -325,15 +326,17 @@ one imported before. Otherwise the restore is refused, naming the image.
 An archive that brings an image this state root lacks is unpacked first,
 then restored; a restore from inside a node imports images without names.
 
---lazy (an archive file written by crtree 0.1 with format version 4 or
-later, not stdin) restores post-copy: the subtree runs as soon as all but
+--lazy (from a file, not stdin; an archive of format version 4, which
+has a page table) restores post-copy: the subtree runs as soon as all but
 its memory is restored, and each node's supervisor then feeds the node's
 memory from the archive while it runs, faulted in on first touch and
 pushed in the background. Each 32 MiB piece of memory is checked against
 the archive's checksums before any page of it is used; a piece found
-damaged kills its node (what ran before had seen verified pages only). A
-node is held (dump, kill, mv, rm refuse it) until its memory has all
-arrived; the archive file is kept open until then.`,
+damaged kills its node (what ran before had seen verified pages only; the
+node's supervisor.log says why). Until its memory has all arrived a node
+shows "(memory arriving)" in ls and may not be dumped, entered (exec),
+renamed or given children; kill and rm end it as usual. The archive file
+is kept open until then.`,
 		Example: `  crtree restore v1.crtree --parent /pool
   crtree restore v1.crtree --name v1clone
   crtree restore --bind /srv/data:/data web.crtree     # its bind at /data, from /srv/data
@@ -362,7 +365,10 @@ arrived; the archive file is kept open until then.`,
 			}
 			defer closeIn()
 			if o.Lazy {
-				if args[0] == "-" || o.LazyPagesFrom != "" {
+				switch {
+				case o.LazyPagesFrom != "":
+					return usageError{fmt.Errorf("restore: --lazy and --lazy-pages-from: the memory comes from one or the other")}
+				case args[0] == "-":
 					return usageError{fmt.Errorf("restore: %w", checkpoint.ErrLazyNeedsFile)}
 				}
 				co.LazyFromFile = true

@@ -85,7 +85,10 @@ func extract(r *Reader, dst Destination, progress func(n int64), filesOnly bool)
 			if err := x.finish(); err != nil {
 				return err
 			}
-			return r.verifyRead()
+			if err := r.verifyRead(); err != nil {
+				return err
+			}
+			return r.onlyImagesLeft()
 		}
 		if IsCarried(hdr.Name) {
 			if err := x.carried(r.Manifest(), hdr, body); err != nil {

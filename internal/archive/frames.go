@@ -35,6 +35,11 @@ type frameReader struct {
 	// frame was one.
 	skipped     []string
 	lastSkipped bool
+	// steps counts the frames and raw blocks begun; past maxSteps (if
+	// not 0) reading fails: a piece read alone (ReadPiece) has a known
+	// bound, and a hostile archive could otherwise make it decode
+	// millions of empty frames.
+	steps, maxSteps int
 }
 
 // maxSkipped is how much of a skippable frame is kept: an index fits.
@@ -77,6 +82,9 @@ func (f *frameReader) Read(p []byte) (int, error) {
 // skipping skippable frames; io.EOF at the clean end of the stream.
 func (f *frameReader) nextFrame() error {
 	for {
+		if err := f.step(); err != nil {
+			return err
+		}
 		var m [4]byte
 		if _, err := io.ReadFull(f.in, m[:]); err != nil {
 			if err == io.EOF {
@@ -131,6 +139,15 @@ func (f *frameReader) nextFrame() error {
 	}
 }
 
+// step counts a frame or block begun, against maxSteps.
+func (f *frameReader) step() error {
+	f.steps++
+	if f.maxSteps > 0 && f.steps > f.maxSteps {
+		return fmt.Errorf("more than %d zstd frames and blocks", f.maxSteps)
+	}
+	return nil
+}
+
 // checkSkipped checks, at the end of the stream, that the skippable
 // frames passed over are exactly the index x at the end (none if x is
 // nil): the index is covered by the trailer that lists it.
@@ -166,6 +183,9 @@ func (f *frameReader) readFrame(p []byte) (int, error) {
 		if f.last {
 			f.inFrame = false
 			return 0, nil
+		}
+		if err := f.step(); err != nil {
+			return 0, err
 		}
 		var b [3]byte
 		if _, err := io.ReadFull(f.in, b[:]); err != nil {

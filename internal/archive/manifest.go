@@ -469,6 +469,12 @@ func checkName(name string) error {
 // isImage reports whether a (valid) member name is a CRIU image.
 func isImage(name string) bool { return strings.Split(name, "/")[2] == "criu" }
 
+// isImageName is isImage for a name that may not have been checked.
+func isImageName(name string) bool {
+	parts := strings.Split(name, "/")
+	return len(parts) == 4 && parts[0] == "nodes" && parts[2] == "criu"
+}
+
 // checkMemberName accepts only nodes/N/files[/rel] and nodes/N/criu/NAME
 // with N < nodes and a clean relative rel.
 func checkMemberName(name string, nodes int) error {

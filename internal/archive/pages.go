@@ -3,10 +3,13 @@ package archive
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
+	"path"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 )
@@ -19,9 +22,12 @@ import (
 // a node's memory from while the node runs.
 
 // checkPages checks the page table's structure against the members it
-// lists: each entry a page image file member, listed once and in order,
-// with one offset per piece, offsets rising through the table and before
-// checksums.json (index.Sums) when the archive has an index.
+// lists: each entry a page image file member (nodes/N/criu/pages-*.img,
+// a clean flat name: restore --lazy makes files of these names without
+// reading the members' own headers) of non-zero size with one digest per
+// piece, listed once and in order, with one offset per piece, offsets
+// rising through the table and before checksums.json (index.Sums) when
+// the archive has an index.
 func checkPages(c *Checksums) error {
 	last, lastOff := -1, int64(0)
 	for _, p := range c.Pages {
@@ -30,11 +36,11 @@ func checkPages(c *Checksums) error {
 		}
 		last = p.Member
 		m := &c.Members[p.Member]
-		if m.Type != "file" || m.Size == 0 || !strings.HasPrefix(m.Name, "nodes/") || !isImage(m.Name) || !IsPageImage(m.Name) {
-			return fmt.Errorf("%s: page table lists member %d (%s), not a page image", SumsName, p.Member, m.Name)
+		if err := pageMemberName(m.Name); m.Type != "file" || err != nil {
+			return fmt.Errorf("%s: page table lists member %d (%q), not a page image", SumsName, p.Member, m.Name)
 		}
-		if len(p.Offsets) != pieces(m.Size) {
-			return fmt.Errorf("%s: page table gives member %d %d offsets for %d pieces", SumsName, p.Member, len(p.Offsets), pieces(m.Size))
+		if m.Size <= 0 || len(m.SHA256) != pieces(m.Size) || len(p.Offsets) != pieces(m.Size) {
+			return fmt.Errorf("%s: page table gives member %d of %d bytes %d offsets and %d digests", SumsName, p.Member, m.Size, len(p.Offsets), len(m.SHA256))
 		}
 		for _, off := range p.Offsets {
 			if off <= lastOff || c.Index != nil && off >= c.Index.Sums {
@@ -42,6 +48,22 @@ func checkPages(c *Checksums) error {
 			}
 			lastOff = off
 		}
+	}
+	return nil
+}
+
+// pageMemberName checks that name is nodes/N/criu/pages-*.img, N a
+// number as the writer writes it, and nothing else.
+func pageMemberName(name string) error {
+	parts := strings.Split(name, "/")
+	if len(parts) != 4 || parts[0] != "nodes" || parts[2] != "criu" || !IsPageImage(parts[3]) {
+		return errors.New("not a page image")
+	}
+	if n, err := strconv.Atoi(parts[1]); err != nil || n < 0 || strconv.Itoa(n) != parts[1] {
+		return errors.New("not a node's")
+	}
+	if name != path.Clean(name) || strings.Contains(parts[3], "\x00") {
+		return errors.New("not a clean name")
 	}
 	return nil
 }
@@ -56,10 +78,9 @@ type PieceRef struct {
 	SHA256 string `json:"sha256"`
 }
 
-// ErrNoPageTable means an archive cannot be read piece by piece: it
-// was written to a pipe (it has no index) or by a crtree before format
-// version 4.
-var ErrNoPageTable = fmt.Errorf("the archive has no page table (it was written to a pipe, or by a crtree before format version 4)")
+// ErrNoPageTable means an archive cannot be read piece by piece: it was
+// written by a crtree before format version 4 (or has no index).
+var ErrNoPageTable = errors.New("the archive has no page table (it was written by a crtree before format version 4)")
 
 // PageParts returns, for each page image of node n, its pieces in
 // order: the image's content is their concatenation.
@@ -103,7 +124,7 @@ func ReadPiece(ra io.ReaderAt, size int64, p PieceRef, buf []byte) ([]byte, erro
 	if p.Offset < 0 || p.Offset >= size || p.Size < 0 || p.Size > PieceSize || int64(len(buf)) < p.Size {
 		return nil, corrupt("page piece at %d of %d bytes is outside the archive", p.Offset, p.Size)
 	}
-	f := newFrameReader(io.NewSectionReader(ra, p.Offset, size-p.Offset))
+	f := pieceReader(ra, size, p)
 	defer f.Close()
 	buf = buf[:p.Size]
 	if _, err := io.ReadFull(f, buf); err != nil {
@@ -114,6 +135,17 @@ func ReadPiece(ra io.ReaderAt, size int64, p PieceRef, buf []byte) ([]byte, erro
 		return nil, corrupt("page piece at %d does not match its checksum", p.Offset)
 	}
 	return buf, nil
+}
+
+// maxPieceSteps bounds the frames and raw blocks a piece is read from:
+// crtree writes a piece as a frame per MiB at most, of 128 KiB blocks.
+const maxPieceSteps = 4 * PieceSize / rawBlockMax
+
+// pieceReader decodes the archive from piece p's offset on.
+func pieceReader(ra io.ReaderAt, size int64, p PieceRef) *frameReader {
+	f := newFrameReader(io.NewSectionReader(ra, p.Offset, size-p.Offset))
+	f.maxSteps = maxPieceSteps
+	return f
 }
 
 // ReadPieceRanges reads piece p of an archive file of size bytes through
@@ -132,7 +164,7 @@ func ReadPieceRanges(ra io.ReaderAt, size int64, p PieceRef, ranges [][2]int64) 
 		}
 		out[i] = make([]byte, 0, r[1])
 	}
-	f := newFrameReader(io.NewSectionReader(ra, p.Offset, size-p.Offset))
+	f := pieceReader(ra, size, p)
 	defer f.Close()
 	h := sha256.New()
 	buf := make([]byte, rawBlockMax)
@@ -398,5 +430,9 @@ func (p *PagePieces) ReadRanges(path string, k int, ranges [][2]int64) ([][]byte
 	for i, r := range ranges {
 		rel[i] = [2]int64{r[0] - im.starts[k], r[1]}
 	}
-	return ReadPieceRanges(p.ra, p.size, im.refs[k], rel)
+	out, err := ReadPieceRanges(p.ra, p.size, im.refs[k], rel)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Base(path), err)
+	}
+	return out, nil
 }

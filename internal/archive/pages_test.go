@@ -127,38 +127,68 @@ func TestPagePieceDamaged(t *testing.T) {
 	}
 }
 
-// The page table is refused where it cannot be: in a version before 4,
-// out of order, or pointing at a member that is not a page image.
+// The page table is refused where it cannot be, each time for its own
+// reason: in a version before 4, out of order, pointing at a member that
+// is not a page image (a name that climbs out of the node included:
+// restore --lazy makes files of these names), or not matching the
+// member's pieces.
 func TestPageTableChecked(t *testing.T) {
 	data, _ := makePaged(t)
 	sums := pagedSums(t, data)
 	if err := versions[3].checkPages(sums); err == nil || !strings.Contains(err.Error(), "format version 3 has a page table") {
 		t.Errorf("page table in version 3: %v, want refused as such", err)
 	}
-	for name, edit := range map[string]func(c *Checksums){
-		"offsets out of order": func(c *Checksums) {
+	for name, c := range map[string]struct {
+		edit func(c *Checksums)
+		want string
+	}{
+		"offsets out of order": {func(c *Checksums) {
 			o := c.Pages[0].Offsets
 			o[0], o[1] = o[1], o[0]
-		},
-		"not a page image": func(c *Checksums) { c.Pages[0].Member = 0 },
-		"a piece missing":  func(c *Checksums) { c.Pages[0].Offsets = c.Pages[0].Offsets[:1] },
-		"past checksums":   func(c *Checksums) { c.Pages[1].Offsets[0] = c.Index.Sums },
+		}, "offset"},
+		"past checksums":     {func(c *Checksums) { c.Pages[1].Offsets[0] = c.Index.Sums }, "out of order or range"},
+		"not a page image":   {func(c *Checksums) { c.Pages[0].Member = 0 }, "not a page image"},
+		"member twice":       {func(c *Checksums) { c.Pages[1].Member = c.Pages[0].Member }, "out of order or range"},
+		"a piece missing":    {func(c *Checksums) { c.Pages[0].Offsets = c.Pages[0].Offsets[:1] }, "1 offsets and 2 digests"},
+		"a digest missing":   {func(c *Checksums) { c.Members[c.Pages[0].Member].SHA256 = c.Members[c.Pages[0].Member].SHA256[:1] }, "1 digests"},
+		"a negative size":    {func(c *Checksums) { c.Members[c.Pages[0].Member].Size = -1 }, "of -1 bytes"},
+		"a short name":       {func(c *Checksums) { c.Members[c.Pages[0].Member].Name = "nodes/pages-1.img" }, "not a page image"},
+		"a name that climbs": {func(c *Checksums) { c.Members[c.Pages[0].Member].Name = "nodes/0/criu/../../../../tmp/pages-9.img" }, "not a page image"},
+		"a node like 00":     {func(c *Checksums) { c.Members[c.Pages[0].Member].Name = "nodes/00/criu/pages-1.img" }, "not a page image"},
 	} {
-		c := *sums
-		c.Pages = nil
-		for _, p := range sums.Pages {
-			c.Pages = append(c.Pages, PageMember{p.Member, append([]int64(nil), p.Offsets...)})
+		cc := *sums
+		cc.Members = append([]MemberChecksum(nil), sums.Members...)
+		for i := range cc.Members {
+			cc.Members[i].SHA256 = append([]string(nil), sums.Members[i].SHA256...)
 		}
-		edit(&c)
-		err := checkPages(&c)
-		if err == nil || !strings.Contains(err.Error(), "page table") {
-			t.Errorf("%s: %v, want the page table refused", name, err)
+		cc.Pages = nil
+		for _, p := range sums.Pages {
+			cc.Pages = append(cc.Pages, PageMember{p.Member, append([]int64(nil), p.Offsets...)})
+		}
+		c.edit(&cc)
+		err := checkPages(&cc)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want refused for %q", name, err, c.want)
 		}
 	}
 	c := *sums
 	c.Pages = sums.Pages[:1]
 	if _, err := c.PageParts(0); err == nil || !strings.Contains(err.Error(), "lacks") {
 		t.Errorf("a part missing from the table: %v, want refused", err)
+	}
+}
+
+// A piece whose offset leads into a run of empty frames is refused after
+// a bounded number of them, not decoded for hours.
+func TestPieceOfEmptyFrames(t *testing.T) {
+	var b bytes.Buffer
+	for range 100000 {
+		b.Write(rawFrameHeader)
+		b.Write([]byte{1, 0, 0}) // the last block, raw, empty
+	}
+	_, err := ReadPiece(bytes.NewReader(b.Bytes()), int64(b.Len()), PieceRef{Offset: 0, Size: 4096, SHA256: "x"}, make([]byte, 4096))
+	if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "zstd frames and blocks") {
+		t.Fatalf("a piece of empty frames: %v, want refused for their number", err)
 	}
 }
 

@@ -416,6 +416,19 @@ func (r *Reader) verifyRead() error {
 	return r.compareMembers(&want, got)
 }
 
+// onlyImagesLeft checks that the trailer read ahead lists nothing but
+// CRIU images and carried images from the current member on: a reader
+// that stops at the first image (ExtractFiles) has then left no node's
+// file behind.
+func (r *Reader) onlyImagesLeft() error {
+	for _, m := range r.expect.Members[min(r.pos, len(r.expect.Members)):] {
+		if !IsCarried(m.Name) && !isImageName(m.Name) {
+			return corrupt("member %q comes after the CRIU images", m.Name)
+		}
+	}
+	return nil
+}
+
 // compareMembers checks the members read (got) against the trailer
 // (want): names, types, sizes, header digests and content digests.
 func (r *Reader) compareMembers(want, got *Checksums) error {

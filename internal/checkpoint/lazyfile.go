@@ -29,7 +29,7 @@ import (
 // the images it carries) is not read at all.
 
 // ErrLazyNeedsFile says why restore --lazy refuses a pipe.
-var ErrLazyNeedsFile = errors.New("--lazy reads the archive out of order, so it needs an archive file written by `crtree dump -o FILE` (not a pipe)")
+var ErrLazyNeedsFile = errors.New("--lazy reads the archive out of order, so it needs an archive file, not a pipe")
 
 // lazily restores the nodes from the archive file ix without their
 // memory: each running node's images go to the node's own directory
@@ -73,11 +73,13 @@ func (rs *restoring) lazily(ix *indexed) error {
 // pageParts returns the pieces of each running node's page images, or
 // why the archive cannot be read piece by piece.
 func (rs *restoring) pageParts(ix *indexed) ([]map[string][]archive.PieceRef, error) {
-	if ix == nil {
+	switch {
+	case ix == nil && rs.o.NoStream:
+		return nil, errors.New("--lazy reads the archive through its index, which CRTREE_NO_STREAM=1 leaves aside")
+	case ix == nil:
 		return nil, ErrLazyNeedsFile
-	}
-	if len(rs.m.Images) > 0 {
-		return nil, errors.New("--lazy does not take the images an archive carries: restore it once without --lazy")
+	case rs.recv != nil:
+		return nil, errors.New("--lazy does not import the images an archive carries, and this state root lacks some: restore it once without --lazy (which imports them), then --lazy works")
 	}
 	out := make([]map[string][]archive.PieceRef, len(rs.m.Nodes))
 	for i, n := range rs.m.Nodes {
@@ -109,6 +111,9 @@ func (rs *restoring) stagePages(i int, ix *indexed, pieces map[string][]archive.
 		}
 	}()
 	for name, refs := range pieces {
+		if !archive.IsPageImage(name) || filepath.Base(name) != name {
+			return fmt.Errorf("page image %q: not a file name", name) // archive.PageParts makes sure
+		}
 		f, err := os.OpenFile(filepath.Join(dir, name), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 		if err != nil {
 			return err
@@ -168,9 +173,12 @@ func copyEager(x *criu.LazyIndex, src *archive.PagePieces, files map[string]*os.
 	if err != nil {
 		return err
 	}
+	// Each worker holds the eager pages of its piece until the piece is
+	// verified: a few at once.
+	workers := min(runtime.NumCPU(), 4)
 	work := make(chan *eagerPiece)
-	errs := make(chan error, runtime.NumCPU())
-	for range runtime.NumCPU() {
+	errs := make(chan error, workers)
+	for range workers {
 		go func() {
 			var err error
 			for p := range work {
@@ -186,7 +194,7 @@ func copyEager(x *criu.LazyIndex, src *archive.PagePieces, files map[string]*os.
 	}
 	close(work)
 	var all []error
-	for range runtime.NumCPU() {
+	for range workers {
 		all = append(all, <-errs)
 	}
 	return errors.Join(all...)

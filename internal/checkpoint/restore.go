@@ -357,7 +357,10 @@ func (rs *restoring) stageDirs() error {
 	if err := rs.h.SaveOp(rs.op); err != nil {
 		return err
 	}
-	for i := range rs.m.Nodes {
+	for i, n := range rs.m.Nodes {
+		if rs.dst.inNodes && !n.Running {
+			continue // no images, and no supervisor to remove them
+		}
 		for _, d := range []string{"criu", "work"} {
 			if err := os.MkdirAll(filepath.Join(rs.dst.Base(i), d), 0o700); err != nil {
 				return err

@@ -271,10 +271,29 @@ func servePages(from *FromImages) error {
 	}
 	go func() {
 		defer theirs.Close()
+		// A panic here would end the supervisor, and with it the copies
+		// of the userfaultfds that keep the processes from reading zeros:
+		// it ends the connection instead, and the node is killed.
+		defer func() {
+			if r := recover(); r != nil {
+				fmt.Fprintf(os.Stderr, "crtree supervisor: serving the node's memory from the archive: panic: %v\n", r)
+			}
+		}()
 		if err := criu.ServeLazyPages(theirs, x, src); err != nil {
 			fmt.Fprintln(os.Stderr, "crtree supervisor: serving the node's memory from the archive:", err)
 		}
 	}()
 	from.LazyPages = ours
 	return nil
+}
+
+// keepFromOOM makes the OOM killer pass this process over, and returns
+// what puts its score back.
+func keepFromOOM() (restore func()) {
+	const adj = "/proc/self/oom_score_adj"
+	old, err := os.ReadFile(adj)
+	if err != nil || os.WriteFile(adj, []byte("-1000"), 0) != nil {
+		return func() {}
+	}
+	return func() { os.WriteFile(adj, old, 0) }
 }

@@ -218,6 +218,12 @@ func Supervise(h *Host, id string, from *FromImages) error {
 	var pid int
 	var lazy *criu.LazyPages
 	moved, err := h.joinNetwork(id)
+	oomBack := func() {}
+	if from != nil && (from.LazyPages != nil || from.Archive != nil) {
+		// Its processes' memory goes with this process until it has all
+		// arrived: the OOM killer must pick another meanwhile.
+		oomBack = keepFromOOM()
+	}
 	switch {
 	case err != nil:
 	case from != nil && from.Archive != nil:
@@ -246,9 +252,11 @@ func Supervise(h *Host, id string, from *FromImages) error {
 		go func() {
 			defer close(lazyEnded)
 			h.endLazy(id, lazy, from.LazyDone, nil)
+			oomBack()
 			if from.Archive != nil {
 				// Arrived, or the node was killed: either way no page
 				// is served any more.
+				from.Archive.Close()
 				h.releaseCommitted(id)
 				os.RemoveAll(from.Dir)
 			}

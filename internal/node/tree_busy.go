@@ -2,6 +2,7 @@ package node
 
 import (
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/crtree/crtree/internal/cgroup"
@@ -17,7 +18,9 @@ const (
 	// it, would see memory that is not there yet.
 	BusyMigrate = "migrated"
 	// BusyMemory holds a node that restore --lazy restored, by its
-	// supervisor, until its memory has arrived from the archive.
+	// supervisor, until its memory has arrived from the archive: a dump
+	// would miss what has not come. It does not keep the node from being
+	// killed or removed (CheckFreeToEnd).
 	BusyMemory = "restored (its memory is still arriving)"
 )
 
@@ -32,6 +35,9 @@ type BusyError struct {
 }
 
 func (e *BusyError) Error() string {
+	if e.Op == BusyMemory {
+		return fmt.Sprintf("%s is being restored: its memory is still arriving from the archive (restore --lazy; its supervisor, process %d, feeds it); try again once it has arrived (crtree ls shows it)", e.Path, e.Pid)
+	}
 	return fmt.Sprintf("%s is being %s (by crtree process %d); try again once it has ended", e.Path, e.Op, e.Pid)
 }
 
@@ -53,8 +59,19 @@ func heldBy(n *hier.Node) (op string, pid int, held bool) {
 // checked. Commands that would create, rename, remove, signal or enter
 // nodes call it, under the tree's lock, before they do.
 func CheckFree(t *hier.Tree, n *hier.Node, subtree bool) error {
+	return checkFree(t, n, subtree, "")
+}
+
+// CheckFreeToEnd is CheckFree for commands that end nodes (kill, rm):
+// a node whose memory is still arriving (BusyMemory) may be ended.
+func CheckFreeToEnd(t *hier.Tree, n *hier.Node, subtree bool) error {
+	return checkFree(t, n, subtree, BusyMemory)
+}
+
+// checkFree is CheckFree, holds for the op allowed aside.
+func checkFree(t *hier.Tree, n *hier.Node, subtree bool, allowed string) error {
 	for m := n; m != nil; m = t.Nodes[m.Parent] {
-		if op, pid, held := heldBy(m); held {
+		if op, pid, held := heldBy(m); held && op != allowed {
 			return &BusyError{Path: t.PathOf(m), Op: op, Pid: pid}
 		}
 	}
@@ -62,7 +79,7 @@ func CheckFree(t *hier.Tree, n *hier.Node, subtree bool) error {
 		return nil
 	}
 	for _, m := range t.Subtree(n) {
-		if op, pid, held := heldBy(m); held {
+		if op, pid, held := heldBy(m); held && op != allowed {
 			return &BusyError{Path: t.PathOf(m), Op: op, Pid: pid}
 		}
 	}
@@ -144,24 +161,29 @@ func (h *Host) Release(id string) error {
 // releaseCommitted is Release for a supervisor that the restoring
 // command's commit makes the holder (CommitHeldBySupervisors): it waits
 // for that commit first, for as long as the command that owns the node
-// lives, so that the hold is not set after it was to end.
+// lives, so that the hold is not set after it was to end; a failure to
+// change the tree is retried (a hold left would keep the node from being
+// dumped for as long as it runs).
 func (h *Host) releaseCommitted(id string) {
-	for {
+	self, start := Self()
+	for wait := 20 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
 		var owned bool
 		err := h.Store.Update(func(t *hier.Tree) error {
 			n := t.Nodes[id]
 			owned = n != nil && n.OwnerPid != 0 && Alive(n.OwnerPid, n.OwnerStart)
-			self, _ := Self()
-			if owned || n == nil || n.Busy == nil || n.Busy.Pid != self {
+			if owned || n == nil || n.Busy == nil || n.Busy.Pid != self || n.Busy.Start != start {
 				return hier.ErrUnchanged
 			}
 			n.Busy = nil
 			return nil
 		})
-		if err != nil || !owned {
+		if err == nil && !owned {
 			return
 		}
-		time.Sleep(20 * time.Millisecond)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "crtree supervisor: ending the hold on the node:", err)
+		}
+		time.Sleep(wait)
 	}
 }
 

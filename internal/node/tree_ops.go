@@ -114,7 +114,7 @@ func (h *Host) Signal(p hier.Path, sig unix.Signal, recursive bool) error {
 		if err != nil {
 			return err
 		}
-		if err := CheckFree(t, n, recursive); err != nil {
+		if err := CheckFreeToEnd(t, n, recursive); err != nil {
 			return fmt.Errorf("kill %s: %w", p, err)
 		}
 		nodes := []*hier.Node{n}
@@ -189,7 +189,7 @@ func (h *Host) Remove(p hier.Path, recursive, force bool) error {
 		if err != nil {
 			return err
 		}
-		if err := CheckFree(t, n, true); err != nil {
+		if err := CheckFreeToEnd(t, n, true); err != nil {
 			return fmt.Errorf("rm %s: %w", p, err)
 		}
 		if !recursive && len(t.Children(n.ID)) > 0 {
@@ -303,6 +303,9 @@ func (h *Host) entry(t *hier.Tree, n *hier.Node, depth int) Entry {
 	}
 	if op, _, held := heldBy(n); held && n.Busy != nil {
 		e.Busy = "being " + op
+		if op == BusyMemory {
+			e.Display += " (memory arriving)"
+		}
 	}
 	if st.State == hier.Exited {
 		code := st.ExitCode
