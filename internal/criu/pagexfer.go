@@ -54,10 +54,6 @@ func SocketPair() (criuEnd, ours *os.File, err error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	for _, fd := range fds {
-		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, 4<<20)
-		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 4<<20)
-	}
 	if err := unix.SetNonblock(fds[0], false); err != nil {
 		unix.Close(fds[0])
 		unix.Close(fds[1])
