@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/crtree/crtree/internal/archive"
+	"github.com/crtree/crtree/internal/node"
 )
 
 // busy is what ls says holds the node at path on h, "" for nothing.
@@ -66,10 +68,27 @@ func TestRestoreLazy(t *testing.T) {
 	if out := h.must("ls", "/m"); !regexp.MustCompile(`(?m)^/m/hog +running \(memory arriving\)`).MatchString(out) {
 		t.Fatalf("ls while the memory arrives: %s", out)
 	}
+	// The supervisor is kept from the OOM killer meanwhile (where it may
+	// lower its score: CAP_SYS_RESOURCE); the restored processes are
+	// not (they inherited its score once).
+	hog := h.ls()["/m/hog"]
+	if adj := oomScoreAdj(t, hog.Pid); adj != "0" {
+		t.Fatalf("the restored hog's oom_score_adj: %s", adj)
+	}
+	wantAdj := "0"
+	if node.HasCapSysResource() {
+		wantAdj = "-1000"
+	}
+	if adj := oomScoreAdj(t, hog.Supervisor); adj != wantAdj {
+		t.Fatalf("its supervisor's oom_score_adj while the memory arrives: %s, want %s", adj, wantAdj)
+	}
 	if !poll(60*time.Second, 50*time.Millisecond, func() bool { return busy(h, "/m/hog") == "" && busy(h, "/m") == "" }) {
 		t.Fatalf("still held a minute later: %q", busy(h, "/m/hog"))
 	}
 	t.Logf("its memory had arrived %.2fs after the restore began", time.Since(start).Seconds())
+	if adj := oomScoreAdj(t, hog.Supervisor); adj != "0" {
+		t.Fatalf("its supervisor's oom_score_adj once the memory arrived: %s", adj)
+	}
 	checkLazyTree(t, h, "")
 	for p, e := range h.ls() {
 		if _, err := os.Stat(filepath.Join(h.root, "nodes", e.ID, "memory")); !os.IsNotExist(err) {
@@ -82,8 +101,13 @@ func TestRestoreLazy(t *testing.T) {
 	h.must("restore", "--keep-binds", again)
 	checkLazyTree(t, h, "")
 
-	// Removed while its memory arrives: at once, its supervisors gone.
+	// Signalled and removed while its memory arrives: at once, its
+	// supervisors gone.
 	h.must("restore", "--lazy", "--keep-binds", "--name", "m2", file)
+	if b := busy(h, "/m2/hog"); b == "" {
+		t.Fatal("/m2/hog's memory had all arrived before the test could remove it")
+	}
+	h.must("kill", "-s", "STOP", "/m2/c")
 	var sups []int
 	for p, e := range h.ls() {
 		if strings.HasPrefix(p, "/m2") && e.Supervisor != 0 {
@@ -167,4 +191,14 @@ func damageMiddlePiece(t *testing.T, file string) {
 	if _, err := f.WriteAt(b, at); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// oomScoreAdj is process pid's oom_score_adj.
+func oomScoreAdj(t *testing.T, pid int) string {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/oom_score_adj", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(data))
 }

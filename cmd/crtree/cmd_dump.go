@@ -326,8 +326,8 @@ one imported before. Otherwise the restore is refused, naming the image.
 An archive that brings an image this state root lacks is unpacked first,
 then restored; a restore from inside a node imports images without names.
 
---lazy (from a file, not stdin; an archive of format version 4, which
-has a page table) restores post-copy: the subtree runs as soon as all but
+--lazy (from a file, not stdin, nor with CRTREE_NO_STREAM=1; an archive
+of format version 4, which has a page table) restores post-copy: the subtree runs as soon as all but
 its memory is restored, and each node's supervisor then feeds the node's
 memory from the archive while it runs, faulted in on first touch and
 pushed in the background. Each 32 MiB piece of memory is checked against
@@ -401,7 +401,7 @@ is kept open until then.`,
 			if !g.JSON && !o.Quiet {
 				fmt.Fprintln(cmd.OutOrStdout(), g.display(rep.Path))
 				if o.Lazy {
-					fmt.Fprintf(cmd.ErrOrStderr(), "%s runs; its memory is read from %s meanwhile (ls says \"being restored\" until it has all arrived)\n", g.display(rep.Path), args[0])
+					fmt.Fprintf(cmd.ErrOrStderr(), "%s runs; its memory is read from %s meanwhile (ls says \"memory arriving\" until it has all arrived)\n", g.display(rep.Path), args[0])
 				}
 				return nil
 			}

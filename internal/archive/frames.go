@@ -128,6 +128,9 @@ func (f *frameReader) nextFrame() error {
 		// Someone else's frame: the general decoder reads exactly it.
 		f.own = false
 		f.sliced = newFrameSlicer(f.in, hdr)
+		if f.maxSteps > 0 {
+			f.sliced.step = f.step
+		}
 		if f.dec == nil {
 			dec, err := zstd.NewReader(nil, decoderOptions()...)
 			if err != nil {
@@ -240,6 +243,8 @@ type frameSlicer struct {
 	last     bool
 	done     bool
 	err      error
+	// step, if set, is called at each block header (frameReader.step).
+	step func() error
 }
 
 const (
@@ -277,6 +282,11 @@ func (s *frameSlicer) Read(p []byte) (int, error) {
 				s.stage = sliceBlockHeader
 			}
 		case sliceBlockHeader:
+			if s.step != nil {
+				if s.err = s.step(); s.err != nil {
+					return 0, s.err
+				}
+			}
 			var b [3]byte
 			if _, err := io.ReadFull(s.in, b[:]); err != nil {
 				s.err = io.ErrUnexpectedEOF

@@ -141,9 +141,13 @@ func ReadPiece(ra io.ReaderAt, size int64, p PieceRef, buf []byte) ([]byte, erro
 // crtree writes a piece as a frame per MiB at most, of 128 KiB blocks.
 const maxPieceSteps = 4 * PieceSize / rawBlockMax
 
-// pieceReader decodes the archive from piece p's offset on.
+// pieceReader decodes the archive from piece p's offset on, reading at
+// most what crtree could have written for it: its bytes, a header for
+// each of its blocks and frames, and the last block, which may go on past
+// the piece.
 func pieceReader(ra io.ReaderAt, size int64, p PieceRef) *frameReader {
-	f := newFrameReader(io.NewSectionReader(ra, p.Offset, size-p.Offset))
+	most := p.Size + maxPieceSteps*18 + 2*rawBlockMax
+	f := newFrameReader(io.NewSectionReader(ra, p.Offset, min(size-p.Offset, most)))
 	f.maxSteps = maxPieceSteps
 	return f
 }
@@ -300,7 +304,7 @@ func (p *PagePieces) image(path string, off, length int64) (*pagedImage, error) 
 	if im == nil {
 		return nil, fmt.Errorf("the archive has no page image %s", name)
 	}
-	if off < 0 || length < 0 || off+length > im.size {
+	if off < 0 || length < 0 || off > im.size || length > im.size-off {
 		return nil, fmt.Errorf("%s ends before its pages at %d", name, off)
 	}
 	return im, nil
@@ -358,11 +362,20 @@ func (p *PagePieces) get(im *pagedImage, k int) *cachedPiece {
 	p.cached += size
 	buf := p.buffer(size)
 	go func() {
-		data, err := ReadPiece(p.ra, p.size, im.refs[k], buf)
-		p.mu.Lock()
-		c.data, c.err = data, err
-		p.mu.Unlock()
-		close(c.ready)
+		var data []byte
+		var err error
+		defer func() {
+			// A panic would end the supervisor, and the copies of the
+			// userfaultfds with it: the read fails instead.
+			if r := recover(); r != nil {
+				err = fmt.Errorf("reading piece %d: panic: %v", k, r)
+			}
+			p.mu.Lock()
+			c.data, c.err = data, err
+			p.mu.Unlock()
+			close(c.ready)
+		}()
+		data, err = ReadPiece(p.ra, p.size, im.refs[k], buf)
 	}()
 	return c
 }
@@ -412,6 +425,9 @@ func (p *PagePieces) Pieces(path string, off, length int64, f func(k int, off, l
 	for length > 0 {
 		k := im.pieceAt(off)
 		n := min(length, im.starts[k]+im.refs[k].Size-off)
+		if n <= 0 {
+			return fmt.Errorf("%s: no piece holds offset %d", filepath.Base(path), off)
+		}
 		f(k, off, n)
 		off, length = off+n, length-n
 	}

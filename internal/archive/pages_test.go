@@ -262,3 +262,27 @@ func TestReadPieceRanges(t *testing.T) {
 		t.Fatalf("ranges out of order: %v", err)
 	}
 }
+
+// The same with another writer's frame: its blocks are counted too, and
+// the bytes read for a piece are bounded.
+func TestPieceOfEmptyBlocks(t *testing.T) {
+	var b bytes.Buffer
+	b.Write([]byte{0x28, 0xb5, 0x2f, 0xfd, 0x04, 7 << 3}) // a frame with a checksum: not crtree's own
+	for range 1000000 {
+		b.Write([]byte{0, 0, 0}) // a raw block, empty, not the last
+	}
+	b.Write([]byte{1, 0, 0})
+	_, err := ReadPiece(bytes.NewReader(b.Bytes()), int64(b.Len()), PieceRef{Offset: 0, Size: 4096, SHA256: "x"}, make([]byte, 4096))
+	if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "zstd frames and blocks") {
+		t.Fatalf("a piece of empty blocks: %v, want refused for their number", err)
+	}
+}
+
+// A range whose end would overflow is refused, not looped over.
+func TestPagePiecesOverflow(t *testing.T) {
+	p := NewPagePieces(bytes.NewReader(nil), 0, map[string][]PieceRef{"pages-1.img": {{Offset: 1, Size: 4096, SHA256: "x"}}})
+	err := p.Pieces("pages-1.img", 1<<63-1<<48+4096, 1<<48, func(int, int64, int64) { t.Fatal("a piece for an impossible range") })
+	if err == nil || !strings.Contains(err.Error(), "ends before") {
+		t.Fatalf("an overflowing range: %v", err)
+	}
+}

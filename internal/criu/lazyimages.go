@@ -149,7 +149,9 @@ func indexProcess(dir, pm string) (*lazyProc, error) {
 			lp.eager = append(lp.eager, r)
 		}
 		if present {
-			off += r.length()
+			if off += r.length(); off > maxImageSize {
+				return nil, fmt.Errorf("%s: its pages would be %d bytes into the pages image", filepath.Base(pm), off)
+			}
 		}
 	}
 	sort.Slice(lp.runs, func(i, j int) bool { return lp.runs[i].vaddr < lp.runs[j].vaddr })
@@ -160,6 +162,10 @@ func indexProcess(dir, pm string) (*lazyProc, error) {
 	}
 	return lp, nil
 }
+
+// maxImageSize bounds where a pagemap may say a process's pages are in
+// its pages image (no machine has that much memory to dump).
+const maxImageSize = 1 << 50
 
 // pagemapRun reads one pagemap entry, whose pages, if present, are at
 // off in the pages image: its run, whether its pages are in the pages

@@ -143,3 +143,18 @@ func TestLazyIndexRefuses(t *testing.T) {
 		}
 	}
 }
+
+// A pagemap whose pages would lie beyond any pages image (offsets that
+// would overflow, where the restore reads the eager pages) is refused.
+func TestLazyIndexRefusesHugeOffsets(t *testing.T) {
+	dir := t.TempDir()
+	pm := filepath.Join(dir, "pagemap-1.img")
+	var entries []*pagemap.PagemapEntry
+	for i := uint64(0); i < 40000; i++ {
+		entries = append(entries, entry(t, (i<<36)*pageSize, 1<<36-1, proto.Uint32(pagePresent)))
+	}
+	writePagemap(t, pm, entries...)
+	if _, err := indexProcess(dir, pm); err == nil || !strings.Contains(err.Error(), "bytes into the pages image") {
+		t.Fatalf("a pagemap of 40000 runs of 2^36 pages: %v, want refused", err)
+	}
+}

@@ -218,12 +218,6 @@ func Supervise(h *Host, id string, from *FromImages) error {
 	var pid int
 	var lazy *criu.LazyPages
 	moved, err := h.joinNetwork(id)
-	oomBack := func() {}
-	if from != nil && (from.LazyPages != nil || from.Archive != nil) {
-		// Its processes' memory goes with this process until it has all
-		// arrived: the OOM killer must pick another meanwhile.
-		oomBack = keepFromOOM()
-	}
 	switch {
 	case err != nil:
 	case from != nil && from.Archive != nil:
@@ -249,6 +243,10 @@ func Supervise(h *Host, id string, from *FromImages) error {
 	}
 	lazyEnded := make(chan struct{})
 	if lazy != nil {
+		// Its processes' memory goes with this process until it has all
+		// arrived: the OOM killer must pick another meanwhile. (Set once
+		// CRIU is done: what it starts would inherit the score.)
+		oomBack := keepFromOOM()
 		go func() {
 			defer close(lazyEnded)
 			h.endLazy(id, lazy, from.LazyDone, nil)
