@@ -60,14 +60,7 @@ func (rs *restoring) lazily(ix *indexed) error {
 		}
 	}
 	rs.rep.Pack = Duration(time.Since(packStart))
-	if err := rs.startBarrier(); err != nil {
-		return fmt.Errorf("restore: %w", err)
-	}
-	criuStart := time.Now()
-	reports, err := rs.restoreNodes(nil)
-	rs.rep.Criu = Duration(time.Since(criuStart))
-	rs.rep.Nodes = reports
-	return err
+	return rs.restoreFromImages(true)
 }
 
 // pageParts returns the pieces of each running node's page images, or

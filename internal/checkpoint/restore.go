@@ -501,7 +501,13 @@ func (rs *restoring) staged() error {
 		}
 	}
 	rs.rep.Pack = Duration(time.Since(packStart))
-	if rs.o.Lazy != nil {
+	return rs.restoreFromImages(rs.o.Lazy != nil)
+}
+
+// restoreFromImages restores every running node from its images in
+// files; post-copy, all at one instant (the resume barrier).
+func (rs *restoring) restoreFromImages(postCopy bool) error {
+	if postCopy {
 		if err := rs.startBarrier(); err != nil {
 			return fmt.Errorf("restore: %w", err)
 		}

@@ -241,30 +241,9 @@ func Supervise(h *Host, id string, from *FromImages) error {
 		report(readyMsg{Error: err.Error()})
 		return err
 	}
-	lazyEnded := make(chan struct{})
-	if lazy != nil {
-		// Its processes' memory goes with this process until it has all
-		// arrived: the OOM killer must pick another meanwhile. (Set once
-		// CRIU is done: what it starts would inherit the score.)
-		oomBack := keepFromOOM()
-		go func() {
-			defer close(lazyEnded)
-			h.endLazy(id, lazy, from.LazyDone, nil)
-			oomBack()
-			if from.Archive != nil {
-				// Arrived, or the node was killed: either way no page
-				// is served any more.
-				from.Archive.Close()
-				h.releaseCommitted(id)
-				os.RemoveAll(from.Dir)
-			}
-		}()
-	} else {
-		close(lazyEnded)
-	}
 	// An init that ends while its memory arrives does not end the
 	// transfer (the daemon sees it go): its result is still reported.
-	defer func() { <-lazyEnded }()
+	defer h.followLazy(id, lazy, from)()
 	stop, err := h.serveAPI(id)
 	if err != nil {
 		// The node runs; only crtree inside it will not work.
@@ -275,6 +254,33 @@ func Supervise(h *Host, id string, from *FromImages) error {
 	go h.watchFreeze(id)
 	report(readyMsg{Pid: pid, Warning: boundToOld(pid, moved)})
 	return h.reap(id, pid)
+}
+
+// followLazy, for a node restored post-copy (lazy not nil), waits in
+// the background until its memory has arrived or failed to, and returns
+// what waits for that end.
+func (h *Host) followLazy(id string, lazy *criu.LazyPages, from *FromImages) (wait func()) {
+	if lazy == nil {
+		return func() {}
+	}
+	ended := make(chan struct{})
+	// Its processes' memory goes with this process until it has all
+	// arrived: the OOM killer must pick another meanwhile. (Set once
+	// CRIU is done: what it starts would inherit the score.)
+	oomBack := keepFromOOM()
+	go func() {
+		defer close(ended)
+		h.endLazy(id, lazy, from.LazyDone, nil)
+		oomBack()
+		if from.Archive != nil {
+			// Arrived, or the node was killed: either way no page is
+			// served any more.
+			from.Archive.Close()
+			h.releaseCommitted(id)
+			os.RemoveAll(from.Dir)
+		}
+	}()
+	return func() { <-ended }
 }
 
 // startInit starts the init stage in new namespaces, inside the node's
