@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/crtree/crtree/internal/archive"
+	"github.com/crtree/crtree/internal/cgroup"
 	"github.com/crtree/crtree/internal/node"
 )
 
@@ -201,4 +202,62 @@ func oomScoreAdj(t *testing.T, pid int) string {
 		t.Fatal(err)
 	}
 	return strings.TrimSpace(string(data))
+}
+
+// The supervisor of a node whose memory is arriving is killed: the
+// node's processes are killed with it (by the keeper of its
+// userfaultfds), instead of running on with zeros where their memory had
+// not come; the keeper ends too.
+func TestRestoreLazySupervisorKilled(t *testing.T) {
+	h := newHost(t)
+	h.startHog("/hog", 1024)
+	file := filepath.Join(t.TempDir(), "hog.crtree")
+	h.must("dump", "/hog", "-o", file)
+	h.must("restore", "--lazy", "--keep-binds", file)
+	e := h.ls()["/hog"]
+	if busy(h, "/hog") == "" {
+		t.Fatal("/hog's memory had all arrived before the test could kill its supervisor")
+	}
+	if err := syscall.Kill(e.Supervisor, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	// Made to read all its memory: with zeros where it had not come, it
+	// says check=BAD or crashes (its Go runtime's own memory is lazy too).
+	h.run("kill", "-s", "USR1", "/hog")
+	if !poll(20*time.Second, 50*time.Millisecond, func() bool { return gone(e.Pid) }) {
+		logs, _ := h.run("logs", "/hog")
+		t.Fatalf("the hog runs on after its supervisor was killed while its memory arrived: %s", logs)
+	}
+	logs, _ := h.run("logs", "/hog")
+	if strings.Contains(logs, "check=") || strings.Contains(logs, "SIG") || strings.Contains(logs, "fatal") {
+		t.Fatalf("the hog ran on zeros after its supervisor was killed: %s", logs)
+	}
+	root := filepath.Base(cgroup.BaseFor("/", h.root))
+	if !poll(10*time.Second, 50*time.Millisecond, func() bool { return len(keepers(root)) == 0 }) {
+		t.Fatalf("keepers left: %v", keepers(root))
+	}
+}
+
+// gone reports whether process pid has ended (or is a zombie).
+func gone(pid int) bool {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	_, rest, _ := strings.Cut(string(data), ") ")
+	return strings.HasPrefix(rest, "Z")
+}
+
+// keepers are the PIDs of the keepers of userfaultfds of the state root
+// whose cgroup base is named root.
+func keepers(root string) []string {
+	var out []string
+	dirs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, d := range dirs {
+		data, _ := os.ReadFile(d)
+		if args := string(data); strings.Contains(args, "__keep-uffds") && strings.Contains(args, root) {
+			out = append(out, filepath.Base(filepath.Dir(d)))
+		}
+	}
+	return out
 }

@@ -1,8 +1,13 @@
 package main
 
 import (
+	"os"
+	"time"
+
 	"github.com/spf13/cobra"
 
+	"github.com/crtree/crtree/internal/cgroup"
+	"github.com/crtree/crtree/internal/criu"
 	"github.com/crtree/crtree/internal/node"
 )
 
@@ -59,4 +64,22 @@ func newRmStageCmd(g *globalOptions) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&base, "stage-base", "", "the Host.StageBase of the command that staged")
 	return cmd
+}
+
+// newKeepUffdsCmd is the hidden command that keeps the userfaultfds of a
+// post-copy restore for its supervisor (criu.Keep): if the supervisor
+// dies before their memory has arrived, it kills the node's processes in
+// the cgroup CGROUP first.
+func newKeepUffdsCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:    "__keep-uffds CGROUP",
+		Hidden: true,
+		Args:   exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			conn := os.NewFile(3, "keeper")
+			return criu.Keep(conn, func() error {
+				return cgroup.Group(args[0]).KillWait(10 * time.Second)
+			})
+		},
+	}
 }

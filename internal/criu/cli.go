@@ -101,6 +101,7 @@ func startLazyRestore(bin, images, work string, o *RestoreOptions) (*LazyPages, 
 	if err != nil {
 		return nil, err
 	}
+	lazy.keeper, o.LazyKeeper = o.LazyKeeper, nil
 	before := o.BeforeResume
 	o.BeforeResume = func(criuPid int) error {
 		if err := lazy.hold(); err != nil {

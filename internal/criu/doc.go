@@ -26,6 +26,9 @@
 // page server on a socket; a restore with LazyPages runs CRIU's
 // lazy-pages daemon behind a pageProxy (pagexfer.go) that fetches it
 // from there. IndexLazy and ServeLazyPages (lazyimages.go) serve the
-// lazy pages of a plain dump's images instead, for a post-copy restore
-// from images.
+// lazy pages of a plain dump's images instead (read through a
+// PageSource: the image files, or an archive's pieces), for a post-copy
+// restore from images. A keeper process (keeper.go, Keep) holds copies of
+// the restore's userfaultfds with its LazyPages, and kills the restored
+// processes if their holder dies before their memory has arrived.
 package criu

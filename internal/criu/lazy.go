@@ -53,6 +53,8 @@ type LazyPages struct {
 
 	mu    sync.Mutex
 	uffds []*os.File
+	// keeper, if set, gets a copy of each set of uffds (keeper.go).
+	keeper *os.File
 }
 
 // holdEvery is how often LazyPages takes copies of the daemon's
@@ -143,10 +145,15 @@ func (l *LazyPages) hold() error {
 		held = append(held, os.NewFile(uintptr(fd), "userfaultfd"))
 	}
 	l.mu.Lock()
-	old := l.uffds
+	defer l.mu.Unlock()
+	if l.keeper != nil {
+		if err := sendKept(l.keeper, held); err != nil {
+			closeAll(held)
+			return fmt.Errorf("criu lazy-pages: %w", err)
+		}
+	}
+	closeAll(l.uffds)
 	l.uffds = held
-	l.mu.Unlock()
-	closeAll(old)
 	return nil
 }
 
@@ -203,6 +210,10 @@ func (l *LazyPages) Release() {
 	defer l.mu.Unlock()
 	closeAll(l.uffds)
 	l.uffds = nil
+	if l.keeper != nil {
+		releaseKept(l.keeper)
+		l.keeper = nil
+	}
 }
 
 func closeAll(fs []*os.File) {

@@ -126,6 +126,12 @@ type RestoreOptions struct {
 	// fetches through it while they run. Not with Stream: the daemon
 	// reads the images from ImagesDir.
 	LazyPages *os.File
+	// LazyKeeper, with LazyPages, is the holder's end of a KeeperPair
+	// whose other end a keeper process (Keep) serves: the restore hands
+	// it every copy of the userfaultfds it holds, so that the processes
+	// are killed rather than read zeros if the restoring process dies
+	// before their memory has arrived. RestoreLazy closes it.
+	LazyKeeper *os.File
 }
 
 // Error is a failed CRIU operation, with the lines of CRIU's log that say

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/crtree/crtree/internal/archive"
@@ -86,6 +88,9 @@ func (h *Host) restoreInit(id string, from *FromImages) (int, *criu.LazyPages, e
 		LazyPages: from.LazyPages,
 	}
 	if from.LazyPages != nil {
+		if o.LazyKeeper, err = h.startKeeper(id, leaf); err != nil {
+			return 0, nil, err
+		}
 		return criu.RestoreLazy(from.CriuBin, o)
 	}
 	pid, err := criu.Restore(from.CriuBin, o)
@@ -296,4 +301,33 @@ func keepFromOOM() (restore func()) {
 		return func() {}
 	}
 	return func() { os.WriteFile(adj, old, 0) }
+}
+
+// startKeeper starts the keeper of a post-copy restore's userfaultfds
+// (criu.Keep): a process of its own session, which outlives this one if
+// it is killed, and then kills the node's processes (those of leaf)
+// before their memory's guard goes. It returns the end the restore
+// hands the copies to; closing it without a release is what kills them.
+func (h *Host) startKeeper(id string, leaf cgroup.Group) (*os.File, error) {
+	holder, keeper, err := criu.KeeperPair()
+	if err != nil {
+		return nil, err
+	}
+	defer keeper.Close()
+	logf, err := os.OpenFile(filepath.Join(h.Store.NodeDir(id), "supervisor.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		holder.Close()
+		return nil, err
+	}
+	defer logf.Close()
+	cmd := exec.Command(SelfExe, "__keep-uffds", leaf.Path())
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.ExtraFiles = []*os.File{keeper}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		holder.Close()
+		return nil, fmt.Errorf("start the keeper of the userfaultfds: %w", err)
+	}
+	go cmd.Wait()
+	return holder, nil
 }
