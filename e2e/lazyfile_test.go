@@ -87,6 +87,9 @@ func TestRestoreLazy(t *testing.T) {
 		t.Fatalf("still held a minute later: %q", busy(h, "/m/hog"))
 	}
 	t.Logf("its memory had arrived %.2fs after the restore began", time.Since(start).Seconds())
+	if root := filepath.Base(cgroup.BaseFor("/", h.root)); !poll(10*time.Second, 50*time.Millisecond, func() bool { return len(keepers(root)) == 0 }) {
+		t.Fatalf("keepers left once the memory arrived: %v", keepers(root))
+	}
 	if adj := oomScoreAdj(t, hog.Supervisor); adj != "0" {
 		t.Fatalf("its supervisor's oom_score_adj once the memory arrived: %s", adj)
 	}
@@ -218,6 +221,10 @@ func TestRestoreLazySupervisorKilled(t *testing.T) {
 	if busy(h, "/hog") == "" {
 		t.Fatal("/hog's memory had all arrived before the test could kill its supervisor")
 	}
+	root := filepath.Base(cgroup.BaseFor("/", h.root))
+	if len(keepers(root)) != 1 {
+		t.Fatalf("keepers before the supervisor is killed: %v", keepers(root))
+	}
 	if err := syscall.Kill(e.Supervisor, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -232,9 +239,12 @@ func TestRestoreLazySupervisorKilled(t *testing.T) {
 	if strings.Contains(logs, "check=") || strings.Contains(logs, "SIG") || strings.Contains(logs, "fatal") {
 		t.Fatalf("the hog ran on zeros after its supervisor was killed: %s", logs)
 	}
-	root := filepath.Base(cgroup.BaseFor("/", h.root))
 	if !poll(10*time.Second, 50*time.Millisecond, func() bool { return len(keepers(root)) == 0 }) {
 		t.Fatalf("keepers left: %v", keepers(root))
+	}
+	log, _ := os.ReadFile(filepath.Join(h.root, "nodes", e.ID, "supervisor.log"))
+	if !strings.Contains(string(log), "the holder of the userfaultfds went away: the processes they guard were killed") {
+		t.Fatalf("the keeper did not say it killed the node: %s", log)
 	}
 }
 

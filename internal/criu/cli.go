@@ -25,6 +25,15 @@ import (
 // o.BeforeResume; with o.LazyPages, its lazy-pages daemon too, which
 // outlives it.
 func restoreCLI(bin string, o RestoreOptions) (pid int, lazy *LazyPages, err error) {
+	if k := o.LazyKeeper; k != nil {
+		// Until the daemon takes it over, no process was restored:
+		// nothing for the keeper to kill.
+		defer func() {
+			if o.LazyKeeper != nil {
+				releaseKept(k)
+			}
+		}()
+	}
 	images, work, err := absDirs(o.ImagesDir, o.WorkDir)
 	if err != nil {
 		return 0, nil, fmt.Errorf("criu restore: %w", err)
@@ -44,7 +53,10 @@ func restoreCLI(bin string, o RestoreOptions) (pid int, lazy *LazyPages, err err
 		}
 		defer func() {
 			if err != nil {
+				// The processes may have run: the keeper kills them
+				// before its copies go.
 				daemon.Kill()
+				daemon.abandonKeeper()
 				daemon.Release()
 			}
 		}()

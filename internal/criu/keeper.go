@@ -1,9 +1,9 @@
 package criu
 
 import (
-	"errors"
 	"fmt"
 	"os"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -51,7 +51,7 @@ func sendKept(conn *os.File, held []*os.File) error {
 		if len(fds) > 0 {
 			oob = unix.UnixRights(fds...)
 		}
-		if err := unix.Sendmsg(int(conn.Fd()), []byte{op}, oob, nil, 0); err != nil {
+		if err := unix.Sendmsg(int(conn.Fd()), []byte{op}, oob, nil, unix.MSG_NOSIGNAL); err != nil {
 			return fmt.Errorf("hand the userfaultfds to the keeper: %w", err)
 		}
 		op = keepAdd
@@ -62,14 +62,15 @@ func sendKept(conn *os.File, held []*os.File) error {
 // releaseKept tells the keeper on conn to let its copies go, and closes
 // conn.
 func releaseKept(conn *os.File) {
-	unix.Sendmsg(int(conn.Fd()), []byte{keepRelease}, nil, nil, 0)
+	unix.Sendmsg(int(conn.Fd()), []byte{keepRelease}, nil, nil, unix.MSG_NOSIGNAL)
 	conn.Close()
 }
 
 // Keep is a keeper: it holds the copies of userfaultfds it receives on
 // conn until told to release them (it returns nil then). If conn ends
-// first (their holder died), it calls kill, which must end every process
-// the copies guard, and lets them go only then.
+// first (their holder died), or brings what it cannot take whole, it
+// calls kill, which must end every process the copies guard, until kill
+// succeeds, and lets them go only then.
 func Keep(conn *os.File, kill func() error) error {
 	var kept []int
 	defer func() {
@@ -80,31 +81,53 @@ func Keep(conn *os.File, kill func() error) error {
 	buf := make([]byte, 1)
 	oob := make([]byte, unix.CmsgSpace(4*keepBatch))
 	for {
-		n, oobn, _, _, err := unix.Recvmsg(int(conn.Fd()), buf, oob, unix.MSG_CMSG_CLOEXEC)
+		n, oobn, flags, _, err := unix.Recvmsg(int(conn.Fd()), buf, oob, unix.MSG_CMSG_CLOEXEC)
 		if err == unix.EINTR {
 			continue
 		}
-		if err != nil || n == 0 {
-			if kerr := kill(); kerr != nil {
-				return fmt.Errorf("the holder of the userfaultfds went away, and killing the processes they guard failed: %w", kerr)
-			}
-			return errors.New("the holder of the userfaultfds went away: the processes they guard were killed")
+		var fds []int
+		if err == nil && n == 1 {
+			fds, err = receivedFds(oob[:oobn])
 		}
-		fds, err := receivedFds(oob[:oobn])
-		if err != nil {
-			return err
+		switch {
+		case err != nil || n == 0:
+			return killAll(kill, "the holder of the userfaultfds went away")
+		case flags&unix.MSG_CTRUNC != 0:
+			closeFds(fds)
+			return killAll(kill, "copies of userfaultfds came cut short")
 		}
 		switch buf[0] {
 		case keepRelease:
+			closeFds(fds)
 			return nil
 		case keepReplace:
-			for _, fd := range kept {
-				unix.Close(fd)
-			}
+			closeFds(kept)
 			kept = fds
 		case keepAdd:
 			kept = append(kept, fds...)
+		default:
+			closeFds(fds)
 		}
+	}
+}
+
+// killAll calls kill until it succeeds (the copies stay held meanwhile:
+// the processes stay blocked rather than read zeros), and says why.
+func killAll(kill func() error, why string) error {
+	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
+		err := kill()
+		if err == nil {
+			return fmt.Errorf("%s: the processes they guard were killed", why)
+		}
+		fmt.Fprintf(os.Stderr, "crtree keeper: %s, and killing the processes they guard failed (again in %v): %v\n", why, wait, err)
+		time.Sleep(wait)
+	}
+}
+
+// closeFds closes the descriptors fds.
+func closeFds(fds []int) {
+	for _, fd := range fds {
+		unix.Close(fd)
 	}
 }
 

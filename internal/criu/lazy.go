@@ -27,7 +27,8 @@ import (
 // (PS_IOV_FORCE_CLOSE), and resumes them if the transfer fails.
 
 // LazyPages is the lazy-pages daemon of a restore: it runs until every
-// page has arrived, or the transfer failed. Its page server connection
+// page has arrived, or the transfer failed. (It also hands each set of
+// copies of the userfaultfds described below to a keeper, keeper.go.) Its page server connection
 // goes through a pageProxy, which has the last word on whether the
 // transfer succeeded.
 //
@@ -55,6 +56,8 @@ type LazyPages struct {
 	uffds []*os.File
 	// keeper, if set, gets a copy of each set of uffds (keeper.go).
 	keeper *os.File
+	// released: Release has run; hold takes no more copies.
+	released bool
 }
 
 // holdEvery is how often LazyPages takes copies of the daemon's
@@ -146,10 +149,16 @@ func (l *LazyPages) hold() error {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.released {
+		closeAll(held)
+		return nil
+	}
 	if l.keeper != nil {
 		if err := sendKept(l.keeper, held); err != nil {
-			closeAll(held)
-			return fmt.Errorf("criu lazy-pages: %w", err)
+			// The keeper is gone: this process's own copies still guard.
+			fmt.Fprintln(os.Stderr, "crtree: the keeper of the userfaultfds:", err)
+			l.keeper.Close()
+			l.keeper = nil
 		}
 	}
 	closeAll(l.uffds)
@@ -210,8 +219,21 @@ func (l *LazyPages) Release() {
 	defer l.mu.Unlock()
 	closeAll(l.uffds)
 	l.uffds = nil
+	l.released = true
 	if l.keeper != nil {
 		releaseKept(l.keeper)
+		l.keeper = nil
+	}
+}
+
+// abandonKeeper closes the connection to the keeper without a release:
+// the keeper kills the processes, then lets its copies go. For a restore
+// that failed once its processes may have run.
+func (l *LazyPages) abandonKeeper() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.keeper != nil {
+		l.keeper.Close()
 		l.keeper = nil
 	}
 }

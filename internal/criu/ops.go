@@ -130,7 +130,8 @@ type RestoreOptions struct {
 	// whose other end a keeper process (Keep) serves: the restore hands
 	// it every copy of the userfaultfds it holds, so that the processes
 	// are killed rather than read zeros if the restoring process dies
-	// before their memory has arrived. RestoreLazy closes it.
+	// before their memory has arrived. RestoreLazy takes it over, and
+	// releases it if it fails before any process was restored.
 	LazyKeeper *os.File
 }
 
