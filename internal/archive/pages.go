@@ -121,7 +121,7 @@ func (c *Checksums) PageParts(n int) (map[string][]PieceRef, error) {
 // are returned only if they match. A mismatch, or a frame that does not
 // decode, is an ErrCorrupt error.
 func ReadPiece(ra io.ReaderAt, size int64, p PieceRef, buf []byte) ([]byte, error) {
-	if p.Offset < 0 || p.Offset >= size || p.Size < 0 || p.Size > PieceSize || int64(len(buf)) < p.Size {
+	if err := p.inside(size); err != nil || int64(len(buf)) < p.Size {
 		return nil, corrupt("page piece at %d of %d bytes is outside the archive", p.Offset, p.Size)
 	}
 	f := pieceReader(ra, size, p)
@@ -135,6 +135,14 @@ func ReadPiece(ra io.ReaderAt, size int64, p PieceRef, buf []byte) ([]byte, erro
 		return nil, corrupt("page piece at %d does not match its checksum", p.Offset)
 	}
 	return buf, nil
+}
+
+// inside checks that p can be a piece of an archive of size bytes.
+func (p PieceRef) inside(size int64) error {
+	if p.Offset < 0 || p.Offset >= size || p.Size < 0 || p.Size > PieceSize {
+		return corrupt("page piece at %d of %d bytes is outside the archive", p.Offset, p.Size)
+	}
+	return nil
 }
 
 // maxPieceSteps bounds the frames and raw blocks a piece is read from:
@@ -158,8 +166,8 @@ func pieceReader(ra io.ReaderAt, size int64, p PieceRef) *frameReader {
 // bytes are returned only if the whole piece matches its digest. It
 // takes far less memory than ReadPiece when little of a piece is needed.
 func ReadPieceRanges(ra io.ReaderAt, size int64, p PieceRef, ranges [][2]int64) ([][]byte, error) {
-	if p.Offset < 0 || p.Offset >= size || p.Size < 0 || p.Size > PieceSize {
-		return nil, corrupt("page piece at %d of %d bytes is outside the archive", p.Offset, p.Size)
+	if err := p.inside(size); err != nil {
+		return nil, err
 	}
 	out := make([][]byte, len(ranges))
 	for i, r := range ranges {
@@ -211,7 +219,7 @@ type pageTable struct {
 // pieces of a page image's content will each start a frame.
 func (w *Writer) startPageMember(name string) {
 	w.pages.member = -1
-	if strings.HasPrefix(name, "nodes/") && isImage(name) && IsPageImage(name) {
+	if pageMemberName(name) == nil {
 		w.pages.member, w.pages.done = len(w.headers)-1, 0
 	}
 }

@@ -7,48 +7,71 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
 )
 
-// makePaged builds an indexed archive whose page image holds random,
+// makePaged returns an indexed archive whose page image holds random,
 // compressible and zero pieces (each kind of frame the writer makes), in
-// two parts, the first written from a file and the second from memory.
+// two parts, the first written from a file and the second from memory;
+// and the image. Built once for all the tests (112 MiB): they must not
+// change what it returns.
 func makePaged(t *testing.T) (archive []byte, pages []byte) {
 	t.Helper()
+	paged.Do(func() { paged.archive, paged.pages, paged.err = buildPaged() })
+	if paged.err != nil {
+		t.Fatal(paged.err)
+	}
+	return paged.archive, paged.pages
+}
+
+var paged struct {
+	sync.Once
+	archive, pages []byte
+	err            error
+}
+
+func buildPaged() (archive []byte, pages []byte, err error) {
 	pages = make([]byte, 3*PieceSize+PieceSize/2)
 	rand.New(rand.NewSource(3)).Read(pages[:PieceSize])
 	copy(pages[PieceSize:2*PieceSize], bytes.Repeat([]byte("compressible page content "), 2*PieceSize/26))
 	rand.New(rand.NewSource(4)).Read(pages[3*PieceSize:])
-	src := t.TempDir()
-	must := func(err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
+	src, err := os.MkdirTemp("", "paged-")
+	if err != nil {
+		return nil, nil, err
+	}
+	defer os.RemoveAll(src)
+	// Each step only if all before it went well.
+	do := func(step func() error) {
+		if err == nil {
+			err = step()
 		}
 	}
-	must(os.WriteFile(filepath.Join(src, "pages-1.img"), pages, 0o600))
-	must(os.WriteFile(filepath.Join(src, "core-1.img"), []byte("core"), 0o600))
+	do(func() error { return os.WriteFile(filepath.Join(src, "pages-1.img"), pages, 0o600) })
+	do(func() error { return os.WriteFile(filepath.Join(src, "core-1.img"), []byte("core"), 0o600) })
 	m := &Manifest{Format: FormatName, Version: FormatVersion,
 		Nodes: []Node{{Name: "top", Parent: -1, Running: true, Memory: int64(len(pages)), Spec: Spec{Cmd: []string{"sleep", "1"}}}}}
 	var buf bytes.Buffer
-	w, err := NewWriter(&buf, zstd.SpeedFastest)
-	must(err)
-	must(w.WriteManifest(m))
+	var w *Writer
+	do(func() (err error) { w, err = NewWriter(&buf, zstd.SpeedFastest); return err })
 	name := ImagesPrefix(0) + "/pages-1.img"
-	must(w.WritePart(name, filepath.Join(src, "pages-1.img"), 0, 2*PieceSize))
-	must(w.MarkMeta())
-	ie, err := ScanFlat(ImagesPrefix(0), src)
-	must(err)
-	for _, e := range ie {
-		if !IsPageImage(e.Name) {
-			must(w.WriteEntries([]Entry{e}))
+	do(func() error { return w.WriteManifest(m) })
+	do(func() error { return w.WritePart(name, filepath.Join(src, "pages-1.img"), 0, 2*PieceSize) })
+	do(func() error { return w.MarkMeta() })
+	do(func() error { // the other images
+		ie, err := ScanFlat(ImagesPrefix(0), src)
+		for _, e := range ie {
+			if err == nil && !IsPageImage(e.Name) {
+				err = w.WriteEntries([]Entry{e})
+			}
 		}
-	}
-	must(w.WritePartBytes(name, pages[2*PieceSize:], func() {}))
-	must(w.Close())
-	return buf.Bytes(), pages
+		return err
+	})
+	do(func() error { return w.WritePartBytes(name, pages[2*PieceSize:], func() {}) })
+	do(func() error { return w.Close() })
+	return buf.Bytes(), pages, err
 }
 
 // pagedSums reads the trailer of an archive through its index.

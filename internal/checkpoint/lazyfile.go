@@ -12,6 +12,8 @@ import (
 	"github.com/crtree/crtree/internal/archive"
 	"github.com/crtree/crtree/internal/criu"
 	"github.com/crtree/crtree/internal/node"
+
+	"golang.org/x/sync/errgroup"
 )
 
 // A post-copy restore from an archive file (Options.LazyFromFile,
@@ -143,21 +145,26 @@ type eagerPiece struct {
 }
 
 // copyEager writes the pages of x that are not lazy into the page image
-// files, reading each piece that holds any of them once, verified, the
-// pieces on every core at once.
+// files, reading each piece that holds any of them once, verified, a few
+// pieces at once (each read holds its piece's eager pages until the
+// piece is verified).
 func copyEager(x *criu.LazyIndex, src *archive.PagePieces, files map[string]*os.File) error {
+	type key struct {
+		image string
+		k     int
+	}
 	var list []*eagerPiece
-	at := map[[2]any]*eagerPiece{}
+	at := map[key]*eagerPiece{}
 	var err error
 	x.Eager(func(image string, off, length int64) {
 		if err != nil {
 			return
 		}
 		err = src.Pieces(image, off, length, func(k int, off, length int64) {
-			p := at[[2]any{image, k}]
+			p := at[key{image, k}]
 			if p == nil {
 				p = &eagerPiece{image: image, k: k}
-				at[[2]any{image, k}] = p
+				at[key{image, k}] = p
 				list = append(list, p)
 			}
 			p.runs = append(p.runs, [2]int64{off, length})
@@ -166,31 +173,12 @@ func copyEager(x *criu.LazyIndex, src *archive.PagePieces, files map[string]*os.
 	if err != nil {
 		return err
 	}
-	// Each worker holds the eager pages of its piece until the piece is
-	// verified: a few at once.
-	workers := min(runtime.NumCPU(), 4)
-	work := make(chan *eagerPiece)
-	errs := make(chan error, workers)
-	for range workers {
-		go func() {
-			var err error
-			for p := range work {
-				if err == nil {
-					err = copyPiece(p, src, files)
-				}
-			}
-			errs <- err
-		}()
-	}
+	var g errgroup.Group
+	g.SetLimit(min(runtime.NumCPU(), 4))
 	for _, p := range list {
-		work <- p
+		g.Go(func() error { return copyPiece(p, src, files) })
 	}
-	close(work)
-	var all []error
-	for range workers {
-		all = append(all, <-errs)
-	}
-	return errors.Join(all...)
+	return g.Wait()
 }
 
 // copyPiece reads piece p, verified, and writes its eager pages to their

@@ -314,7 +314,7 @@ func (h *Host) startKeeper(id string, leaf cgroup.Group) (*os.File, error) {
 		return nil, err
 	}
 	defer keeper.Close()
-	logf, err := os.OpenFile(filepath.Join(h.Store.NodeDir(id), "supervisor.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	logf, err := h.supervisorLog(id)
 	if err != nil {
 		holder.Close()
 		return nil, err

@@ -137,7 +137,7 @@ func (h *Host) startSupervisor(id string, from *FromImages) (int, string, error)
 		return 0, "", err
 	}
 	defer readyR.Close()
-	logf, err := os.OpenFile(filepath.Join(h.Store.NodeDir(id), "supervisor.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	logf, err := h.supervisorLog(id)
 	if err != nil {
 		readyW.Close()
 		return 0, "", err
@@ -195,6 +195,12 @@ func (h *Host) startSupervisor(id string, from *FromImages) (int, string, error)
 		return 0, "", errors.New(msg.Error)
 	}
 	return msg.Pid, msg.Warning, nil
+}
+
+// supervisorLog opens node id's supervisor.log for appending: where its
+// supervisor, and the keeper of a post-copy restore, write.
+func (h *Host) supervisorLog(id string) (*os.File, error) {
+	return os.OpenFile(filepath.Join(h.Store.NodeDir(id), "supervisor.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 }
 
 func lastLine(file string) string {

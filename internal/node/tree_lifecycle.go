@@ -165,6 +165,29 @@ func (r *Reservation) Commit() error { return r.CommitHeld("") }
 // (BusyMigrate, say; "" holds nothing) until Release: the nodes are
 // complete, but no other command may act on them yet.
 func (r *Reservation) CommitHeld(op string) error {
+	return r.commit(func(t *hier.Tree) {
+		if n := t.Nodes[r.IDs[0]]; n != nil && op != "" {
+			Hold(n, op)
+		}
+	})
+}
+
+// CommitHeldBySupervisors is Commit, each running node then held for op
+// by its own supervisor until the supervisor calls Release (restore
+// --lazy: until the node's memory has arrived).
+func (r *Reservation) CommitHeldBySupervisors(op string) error {
+	return r.commit(func(t *hier.Tree) {
+		for _, id := range r.IDs {
+			if n := t.Nodes[id]; n != nil && n.SupervisorPid != 0 {
+				n.Busy = &hier.Busy{Op: op, Pid: n.SupervisorPid, Start: n.SupervisorStart}
+			}
+		}
+	})
+}
+
+// commit hands the nodes over (handOver), then sets the holds hold says,
+// in one change of the tree.
+func (r *Reservation) commit(hold func(t *hier.Tree)) error {
 	if r.done {
 		return errors.New("reservation already ended")
 	}
@@ -174,36 +197,10 @@ func (r *Reservation) CommitHeld(op string) error {
 				handOver(n)
 			}
 		}
-		if n := t.Nodes[r.IDs[0]]; n != nil && op != "" {
-			Hold(n, op)
-		}
+		hold(t)
 		return nil
 	})
 	// A failed hand-over leaves the nodes to Abort.
-	r.done = err == nil
-	return err
-}
-
-// CommitHeldBySupervisors is Commit, each running node then held for op
-// by its own supervisor until the supervisor calls Release (restore
-// --lazy: until the node's memory has arrived).
-func (r *Reservation) CommitHeldBySupervisors(op string) error {
-	if r.done {
-		return errors.New("reservation already ended")
-	}
-	err := r.h.Store.Update(func(t *hier.Tree) error {
-		for _, id := range r.IDs {
-			n := t.Nodes[id]
-			if n == nil {
-				continue
-			}
-			handOver(n)
-			if n.SupervisorPid != 0 {
-				n.Busy = &hier.Busy{Op: op, Pid: n.SupervisorPid, Start: n.SupervisorStart}
-			}
-		}
-		return nil
-	})
 	r.done = err == nil
 	return err
 }
