@@ -49,8 +49,25 @@ func TestRestoreLazy(t *testing.T) {
 	if _, err := h.run("restore", "--lazy", "--keep-binds", "-"); err == nil || !strings.Contains(err.Error(), "needs an archive file, not a pipe") {
 		t.Fatalf("restore --lazy from stdin: %v", err)
 	}
+	for _, c := range []struct {
+		args []string
+		env  string
+		want string
+	}{
+		{[]string{"--lazy-pages-from", "/nope", file}, "", "--lazy and --lazy-pages-from: the memory comes from one or the other"},
+		{[]string{file}, "CRTREE_NO_STREAM=1", "which CRTREE_NO_STREAM=1 leaves aside"},
+		{[]string{filepath.Join("..", "testdata", "archives", "good-running.crtree")}, "", "the archive has no page table (it was written by a crtree before format version 4); restore it without --lazy"},
+	} {
+		cmd := h.cmd(append([]string{"restore", "--lazy", "--keep-binds"}, c.args...)...)
+		if c.env != "" {
+			cmd.Env = append(cmd.Env, c.env)
+		}
+		if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), c.want) {
+			t.Fatalf("restore --lazy %v (%s): %v: %s", c.args, c.env, err, out)
+		}
+	}
 	if len(h.ls()) != 0 {
-		t.Fatalf("left by the refusal: %v", h.ls())
+		t.Fatalf("left by the refusals: %v", h.ls())
 	}
 
 	start := time.Now()
