@@ -112,7 +112,8 @@ wrongly; crtree exec exits with the status of the command it ran.`,
 		newRunCmd(g), newLsCmd(g), newTreeCmd(g), newPsCmd(g), newExecCmd(g),
 		newLogsCmd(g), newKillCmd(g), newRmCmd(g), newMvCmd(g), newCheckCmd(g),
 		newDumpCmd(g), newRestoreCmd(g), newMigrateCmd(g), newInspectCmd(g), newGCCmd(g),
-		newImageCmd(g), newSuperviseCmd(g), newRmStageCmd(g), newKeepUffdsCmd(),
+		newImageCmd(g), newMountCmd(g), newUmountCmd(g),
+		newSuperviseCmd(g), newRmStageCmd(g), newKeepUffdsCmd(), newServeTreeCmd(g),
 	)
 	return cmd
 }

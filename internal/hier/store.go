@@ -106,7 +106,15 @@ func (s *Store) load() (*Tree, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read tree: %w", err)
 	}
+	return s.parse(data)
+}
+
+// parse reads the content of the tree file; nil is the empty tree.
+func (s *Store) parse(data []byte) (*Tree, error) {
 	t := newTree()
+	if data == nil {
+		return t, nil
+	}
 	if err := json.Unmarshal(data, t); err != nil {
 		return nil, fmt.Errorf("read tree %s: %w", s.treeFile(), err)
 	}

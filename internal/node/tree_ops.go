@@ -291,6 +291,10 @@ func (h *Host) List(p hier.Path, recursive bool) ([]Entry, error) {
 	return out, err
 }
 
+// Describe returns node n of tree t as ls shows it: its real state, its
+// processes' count and memory (Depth 0).
+func (h *Host) Describe(t *hier.Tree, n *hier.Node) Entry { return h.entry(t, n, 0) }
+
 func (h *Host) entry(t *hier.Tree, n *hier.Node, depth int) Entry {
 	st := StatusOf(n)
 	e := Entry{ID: n.ID, Path: t.PathOf(n).String(), Name: n.Name, State: string(st.State), Display: st.String(), Created: n.Created, Depth: depth, Image: n.Spec.ImageName,

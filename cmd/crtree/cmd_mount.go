@@ -1,0 +1,172 @@
+package main
+
+import (
+	"fmt"
+	"log"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/crtree/crtree/internal/node"
+	"github.com/crtree/crtree/internal/treefs"
+)
+
+// treeLogName is the log of the tree's servers, in the state root's logs.
+const treeLogName = "tree-mounts.log"
+
+func newMountCmd(g *globalOptions) *cobra.Command {
+	return &cobra.Command{
+		Use:   "mount DIR",
+		Short: "Mount the tree as a file system on DIR (ls, find, cat, mv, rm -rf, cp, tar)",
+		Long: `Mount the tree of nodes on the directory DIR, served by a crtree process in the
+background, and return once it is mounted. crtree umount DIR (or umount(8))
+unmounts it, and the server then ends.
+
+Each node is a directory; its children are subdirectories. In each node:
+
+  .state .pid .procs .hostname .memory   read-only facts, made when opened
+                                         (their size is 0 until then)
+  .checkpoint   reading it streams a dump --leave-running of the node's
+                subtree: cp DIR/a/.checkpoint a.crtree is crtree dump
+                --leave-running /a -o a.crtree. Only reading it dumps:
+                stat, ls -l and find do not. tar reads it too.
+
+What the usual tools do:
+
+  ls, find       list nodes (nothing is cached: what crtree ls shows)
+  mv A B         crtree mv, within a parent (another parent: refused, EPERM)
+  rm -rf A       kills and removes A's whole subtree (crtree rm -r -f);
+                 rmdir A does the same; unlinking a node's files does nothing
+  cp X.crtree A/ restores the archive under A (crtree restore --parent A),
+                 names preserved; close(2) returns once it is restored, or
+                 fails with EIO if the restore failed, having made nothing.
+                 The written file does not stay.
+  mkdir          refused (EPERM): a node needs a command (crtree run)
+
+Errors are errno values: ENOENT, EEXIST, EBUSY (a subtree another crtree
+command holds, such as a dump), EPERM, EIO; the reason of each refusal and
+failure goes to the state root's logs/` + treeLogName + `.
+
+Every operation goes through the same tree, locks and checks as the crtree
+commands. A dump read from .checkpoint is spooled in the state root's tmp
+directory (an unnamed file, gone once closed), so that tar can see its size.`,
+		Example: `  crtree mount /run/crtree/tree
+  ls /run/crtree/tree/vserver1
+  cat /run/crtree/tree/vserver1/.state
+  cp /run/crtree/tree/vserver1/.checkpoint v1.crtree
+  cp v1.crtree /run/crtree/tree/pool/
+  rm -rf /run/crtree/tree/vserver1
+  crtree umount /run/crtree/tree`,
+		Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if g.scope != nil {
+				return fmt.Errorf("mount: not inside a node yet")
+			}
+			dir, err := treefs.MountPoint(args[0])
+			if err != nil {
+				return err
+			}
+			h, err := g.host()
+			if err != nil {
+				return err
+			}
+			logFile, err := openTreeLog(h)
+			if err != nil {
+				return err
+			}
+			defer logFile.Close()
+			server := exec.Command(node.SelfExe, "--root", h.Store.Root, "__serve-tree", dir)
+			server.Args[0] = "crtree"
+			server.Env = serverEnv(g, h.Store.Root)
+			server.Stdout, server.Stderr = logFile, logFile
+			return treefs.Start(server)
+		},
+	}
+}
+
+// openTreeLog opens the log of the tree's servers for appending.
+func openTreeLog(h *node.Host) (*os.File, error) {
+	if err := os.MkdirAll(h.LogDir(), 0o700); err != nil {
+		return nil, err
+	}
+	return os.OpenFile(filepath.Join(h.LogDir(), treeLogName), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+}
+
+// serverEnv is the environment of a tree's server and of the crtree
+// commands it runs: the caller's, with the state root and CRIU chosen.
+func serverEnv(g *globalOptions, root string) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		if k != "CRTREE_ROOT" && k != "CRTREE_CRIU" && k != node.EnvScope && k != node.EnvScopeCwd {
+			env = append(env, kv)
+		}
+	}
+	env = append(env, "CRTREE_ROOT="+root)
+	if g.Criu != "" {
+		env = append(env, "CRTREE_CRIU="+g.Criu)
+	}
+	return env
+}
+
+func newUmountCmd(g *globalOptions) *cobra.Command {
+	return &cobra.Command{
+		Use:   "umount DIR",
+		Short: "Unmount the tree mounted on DIR (crtree mount)",
+		Long: `Unmount the tree that crtree mount mounted on DIR; its server then ends. A
+tree with a file or directory still open in it (a copy going on, a shell's
+working directory) is refused; umount -l DIR detaches it at once, and its
+server ends when the last one is closed.`,
+		Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if g.scope != nil {
+				return fmt.Errorf("umount: not inside a node yet")
+			}
+			return treefs.Unmount(args[0])
+		},
+	}
+}
+
+// newServeTreeCmd is the hidden command that serves a mounted tree.
+func newServeTreeCmd(g *globalOptions) *cobra.Command {
+	return &cobra.Command{
+		Use:    "__serve-tree DIR",
+		Hidden: true,
+		Args:   exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			h, err := g.host()
+			if err != nil {
+				treefs.Ready(err)
+				return err
+			}
+			logger := log.New(os.Stderr, fmt.Sprintf("crtree tree %s [%d]: ", args[0], os.Getpid()), log.LstdFlags)
+			srv, err := treefs.Mount(args[0], treefs.Options{Host: h, Exe: node.SelfExe, Env: os.Environ(), Log: logger})
+			if err != nil {
+				err = fmt.Errorf("mount on %s: %w", args[0], err)
+				treefs.Ready(err)
+				return err
+			}
+			// Unmounted by umount; SIGTERM and SIGINT unmount it too.
+			sigs := make(chan os.Signal, 1)
+			signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+			signal.Ignore(syscall.SIGHUP)
+			go func() {
+				for range sigs {
+					if err := srv.Unmount(); err != nil {
+						logger.Printf("unmount: %v", err)
+					}
+				}
+			}()
+			logger.Printf("mounted")
+			treefs.Ready(nil)
+			srv.Wait()
+			logger.Printf("unmounted")
+			return nil
+		},
+	}
+}

@@ -1,0 +1,346 @@
+package treefs
+
+import (
+	"context"
+	"errors"
+	"hash/fnv"
+	"log"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/crtree/crtree/internal/hier"
+	"github.com/crtree/crtree/internal/node"
+)
+
+// Options say which tree a file system shows and how it runs crtree.
+type Options struct {
+	Host *node.Host
+	// Scope is the ID of the node the file system shows as its root; ""
+	// shows the whole tree.
+	Scope string
+	// Exe is the crtree binary that dumps and restores run, with Env as
+	// their environment (CRTREE_ROOT, CRTREE_CRIU, PATH; the scope is
+	// added here).
+	Exe string
+	Env []string
+	// Log gets what a caller cannot see through an errno: why a restore
+	// or dump failed, why a change was refused.
+	Log *log.Logger
+}
+
+// FS is one mounted view of the tree.
+type FS struct {
+	opts  Options
+	snaps *hier.Snapshots
+	jobs  *jobs
+}
+
+// dirNode is a node's directory, or the root of the file system (id "" on
+// the host: the root of the tree). It is known by the node's ID, so that
+// it stays the same directory when the node is renamed.
+type dirNode struct {
+	fs.Inode
+	fsys *FS
+	id   string
+}
+
+var (
+	_ fs.NodeLookuper  = (*dirNode)(nil)
+	_ fs.NodeReaddirer = (*dirNode)(nil)
+	_ fs.NodeGetattrer = (*dirNode)(nil)
+	_ fs.NodeMkdirer   = (*dirNode)(nil)
+	_ fs.NodeRmdirer   = (*dirNode)(nil)
+	_ fs.NodeUnlinker  = (*dirNode)(nil)
+	_ fs.NodeRenamer   = (*dirNode)(nil)
+	_ fs.NodeCreater   = (*dirNode)(nil)
+	_ fs.NodeSetattrer = (*dirNode)(nil)
+)
+
+// checkpointName is the file whose content is a dump of the node's subtree.
+const checkpointName = ".checkpoint"
+
+// ino gives every node, and every file of a node, an inode number of its
+// own that stays the same while the node lives.
+func ino(parts ...string) uint64 {
+	h := fnv.New64a()
+	for _, p := range parts {
+		h.Write([]byte(p))
+		h.Write([]byte{0})
+	}
+	// 1 is the root's.
+	return h.Sum64() | 2
+}
+
+// resolve returns the tree now and the node d is (nil for the root of the
+// whole tree); ENOENT once the node is gone.
+func (d *dirNode) resolve() (*hier.Tree, *hier.Node, syscall.Errno) {
+	t, err := d.fsys.snaps.Get()
+	if err != nil {
+		d.fsys.logf("read tree: %v", err)
+		return nil, nil, syscall.EIO
+	}
+	if d.id == "" {
+		return t, nil, 0
+	}
+	n := t.Nodes[d.id]
+	if n == nil {
+		return nil, nil, syscall.ENOENT
+	}
+	return t, n, 0
+}
+
+// isNode says whether d is a node (the root of a scoped file system is;
+// the root of the whole tree is not).
+func (d *dirNode) isNode() bool { return d.id != "" }
+
+// isScopeRoot says whether d is the node a scoped file system shows as its
+// root: a file system scoped to a node cannot dump or remove that node,
+// as its own crtree commands cannot.
+func (d *dirNode) isScopeRoot() bool { return d.fsys.opts.Scope != "" && d.id == d.fsys.opts.Scope }
+
+// path returns n's path as the crtree commands this file system runs name
+// it: its full path on the host, below the scope's node inside one.
+func (f *FS) path(t *hier.Tree, n *hier.Node) hier.Path {
+	p := t.PathOf(n)
+	if f.opts.Scope == "" {
+		return p
+	}
+	if s := t.Nodes[f.opts.Scope]; s != nil {
+		return p[len(t.PathOf(s)):]
+	}
+	return p
+}
+
+func (d *dirNode) child(ctx context.Context, n *hier.Node) *fs.Inode {
+	return d.NewInode(ctx, &dirNode{fsys: d.fsys, id: n.ID}, fs.StableAttr{Mode: fuse.S_IFDIR, Ino: ino(n.ID)})
+}
+
+// Lookup finds a child node, one of the node's files, or an archive being
+// written here.
+func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	t, n, errno := d.resolve()
+	if errno != 0 {
+		return nil, errno
+	}
+	if d.isNode() {
+		if f := d.file(name); f != nil {
+			f.fill(&out.Attr, nil)
+			return d.NewInode(ctx, f, fs.StableAttr{Mode: fuse.S_IFREG, Ino: ino(d.id, name)}), 0
+		}
+	}
+	if u := d.fsys.jobs.upload(d.id, name); u != nil {
+		u.fill(&out.Attr)
+		return d.NewInode(ctx, u, fs.StableAttr{Mode: fuse.S_IFREG, Ino: u.ino}), 0
+	}
+	c := t.Child(d.id, name)
+	if c == nil {
+		return nil, syscall.ENOENT
+	}
+	fillDir(&out.Attr, c)
+	_ = n
+	return d.child(ctx, c), 0
+}
+
+// file returns the read-only file name of node d, nil if it has none.
+func (d *dirNode) file(name string) *infoFile {
+	if name == checkpointName {
+		if d.isScopeRoot() {
+			return nil
+		}
+		return &infoFile{fsys: d.fsys, id: d.id, name: name}
+	}
+	if _, ok := infoFiles[name]; ok {
+		return &infoFile{fsys: d.fsys, id: d.id, name: name}
+	}
+	return nil
+}
+
+// Readdir lists the node's files, then its children by name.
+func (d *dirNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
+	t, _, errno := d.resolve()
+	if errno != 0 {
+		return nil, errno
+	}
+	var list []fuse.DirEntry
+	if d.isNode() {
+		for _, name := range infoFileNames {
+			list = append(list, fuse.DirEntry{Name: name, Mode: fuse.S_IFREG, Ino: ino(d.id, name)})
+		}
+		if !d.isScopeRoot() {
+			list = append(list, fuse.DirEntry{Name: checkpointName, Mode: fuse.S_IFREG, Ino: ino(d.id, checkpointName)})
+		}
+	}
+	for _, c := range t.Children(d.id) {
+		list = append(list, fuse.DirEntry{Name: c.Name, Mode: fuse.S_IFDIR, Ino: ino(c.ID)})
+	}
+	return fs.NewListDirStream(list), 0
+}
+
+// Getattr reports a directory owned by root, dated when the node was
+// created.
+func (d *dirNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	_, n, errno := d.resolve()
+	if errno != 0 {
+		return errno
+	}
+	fillDir(&out.Attr, n)
+	return 0
+}
+
+// Setattr of a directory changes nothing and is refused.
+func (d *dirNode) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	return syscall.EPERM
+}
+
+func fillDir(a *fuse.Attr, n *hier.Node) {
+	a.Mode = fuse.S_IFDIR | 0o755
+	a.Nlink = 2
+	if n != nil {
+		setTimes(a, n.Created)
+	}
+}
+
+func setTimes(a *fuse.Attr, t time.Time) {
+	a.SetTimes(&t, &t, &t)
+}
+
+// Mkdir is refused: a node needs a command.
+func (d *dirNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	d.fsys.logf("mkdir %s: refused: a node needs a command to run (crtree run PATH -- COMMAND)", name)
+	return nil, syscall.EPERM
+}
+
+// Rmdir kills and removes the child node name with its whole subtree, as
+// crtree rm -r -f does.
+func (d *dirNode) Rmdir(ctx context.Context, name string) syscall.Errno {
+	t, _, errno := d.resolve()
+	if errno != 0 {
+		return errno
+	}
+	if d.file(name) != nil {
+		return syscall.ENOTDIR
+	}
+	c := t.Child(d.id, name)
+	if c == nil {
+		return syscall.ENOENT
+	}
+	p := t.PathOf(c)
+	if err := d.fsys.opts.Host.Remove(p, true, true); err != nil {
+		return d.fsys.errno("rmdir "+p.String(), err)
+	}
+	return 0
+}
+
+// Unlink of a node's own files succeeds and changes nothing (so that rm
+// -rf goes on to the directory); of an archive being written, it stops
+// that restore.
+func (d *dirNode) Unlink(ctx context.Context, name string) syscall.Errno {
+	t, _, errno := d.resolve()
+	if errno != 0 {
+		return errno
+	}
+	if d.isNode() && d.file(name) != nil {
+		return 0
+	}
+	if u := d.fsys.jobs.upload(d.id, name); u != nil {
+		u.cancel("its file was removed")
+		return 0
+	}
+	if t.Child(d.id, name) != nil {
+		return syscall.EISDIR
+	}
+	return syscall.ENOENT
+}
+
+// Rename renames a child node within its parent (crtree mv); moving a node
+// to another parent is refused, as crtree mv refuses it.
+func (d *dirNode) Rename(ctx context.Context, name string, newParent fs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+	if flags&fs.RENAME_EXCHANGE != 0 {
+		return syscall.EINVAL
+	}
+	t, _, errno := d.resolve()
+	if errno != 0 {
+		return errno
+	}
+	c := t.Child(d.id, name)
+	if c == nil {
+		if d.file(name) != nil || d.fsys.jobs.upload(d.id, name) != nil {
+			return syscall.EPERM
+		}
+		return syscall.ENOENT
+	}
+	to, ok := newParent.(*dirNode)
+	if !ok {
+		return syscall.ENOTDIR
+	}
+	from := t.PathOf(c)
+	if to.id != d.id {
+		d.fsys.logf("mv %s: refused: a node moves within its parent only (crtree mv)", from)
+		return syscall.EPERM
+	}
+	if err := hier.ValidateName(newName); err != nil || strings.HasPrefix(newName, ".") {
+		d.fsys.logf("mv %s %s: refused: not a node name", from, newName)
+		return syscall.EINVAL
+	}
+	if err := d.fsys.opts.Host.Rename(from, from.Parent().Join(newName)); err != nil {
+		return d.fsys.errno("mv "+from.String(), err)
+	}
+	return 0
+}
+
+// Create starts a restore under this node (or the root) of the archive
+// about to be written to name.
+func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
+	t, n, errno := d.resolve()
+	if errno != 0 {
+		return nil, nil, 0, errno
+	}
+	if strings.HasPrefix(name, ".") || (d.isNode() && d.file(name) != nil) {
+		return nil, nil, 0, syscall.EPERM
+	}
+	if t.Child(d.id, name) != nil || d.fsys.jobs.upload(d.id, name) != nil {
+		return nil, nil, 0, syscall.EEXIST
+	}
+	parent := hier.Path{}
+	if n != nil {
+		parent = d.fsys.path(t, n)
+	}
+	u, err := d.fsys.startRestore(d.id, name, parent)
+	if err != nil {
+		return nil, nil, 0, d.fsys.errno("restore under "+parent.String(), err)
+	}
+	u.fill(&out.Attr)
+	return d.NewInode(ctx, u, fs.StableAttr{Mode: fuse.S_IFREG, Ino: u.ino}), u, fuse.FOPEN_DIRECT_IO, 0
+}
+
+// errno maps what a crtree operation returned to what coreutils print:
+// ENOENT, EEXIST, EBUSY for a subtree another command holds or a node that
+// runs, EINVAL for a bad name, EIO for the rest (logged, with the reason).
+func (f *FS) errno(what string, err error) syscall.Errno {
+	var busy *node.BusyError
+	var e syscall.Errno
+	switch {
+	case errors.As(err, &e):
+		f.logf("%s: %v", what, err)
+		return e
+	case errors.Is(err, hier.ErrNotFound):
+		return syscall.ENOENT
+	case errors.Is(err, hier.ErrExists):
+		return syscall.EEXIST
+	case errors.As(err, &busy), errors.Is(err, node.ErrRunning):
+		f.logf("%s: %v", what, err)
+		return syscall.EBUSY
+	}
+	f.logf("%s: %v", what, err)
+	return syscall.EIO
+}
+
+func (f *FS) logf(format string, args ...any) {
+	if f.opts.Log != nil {
+		f.opts.Log.Printf(format, args...)
+	}
+}

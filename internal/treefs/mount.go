@@ -1,0 +1,59 @@
+package treefs
+
+import (
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/crtree/crtree/internal/hier"
+)
+
+// FSType is the type the kernel shows for crtree's mounts (mountinfo,
+// df -T): "fuse." followed by the subtype.
+const FSType = "fuse.crtree"
+
+// Server is a mounted tree.
+type Server struct {
+	fuse *fuse.Server
+	fsys *FS
+}
+
+// Mount mounts the tree on dir and serves it in the background.
+func Mount(dir string, opts Options) (*Server, error) {
+	f := &FS{opts: opts, snaps: hier.NewSnapshots(opts.Host.Store), jobs: newJobs()}
+	root := &dirNode{fsys: f, id: opts.Scope}
+	// Nothing is cached by the kernel: other crtree commands change the
+	// tree at any time, and a lookup costs a read of the tree file only
+	// when it changed (hier.Snapshots).
+	var zero time.Duration
+	fo := &fs.Options{
+		EntryTimeout:    &zero,
+		AttrTimeout:     &zero,
+		NegativeTimeout: &zero,
+		MountOptions: fuse.MountOptions{
+			FsName:        "crtree",
+			Name:          "crtree",
+			AllowOther:    true,
+			DirectMount:   true,
+			DisableXAttrs: true,
+			MaxWrite:      1 << 20,
+			Options:       []string{"default_permissions"},
+		},
+	}
+	srv, err := fs.Mount(dir, root, fo)
+	if err != nil {
+		return nil, err
+	}
+	return &Server{fuse: srv, fsys: f}, nil
+}
+
+// Wait waits until the file system is unmounted (and every file on it
+// closed), then stops the dumps and restores its files had started.
+func (s *Server) Wait() {
+	s.fuse.Wait()
+	s.fsys.jobs.stopAll()
+}
+
+// Unmount unmounts the file system; Wait then returns.
+func (s *Server) Unmount() error { return s.fuse.Unmount() }
