@@ -64,23 +64,27 @@ directory (an unnamed file, gone once closed), so that tar can see its size.`,
   crtree umount /run/crtree/tree`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if g.scope != nil {
-				return fmt.Errorf("mount: not inside a node yet")
-			}
-			dir, err := treefs.MountPoint(args[0])
-			if err != nil {
-				return err
-			}
 			h, err := g.host()
 			if err != nil {
 				return err
+			}
+			serverArgs := []string{"--root", h.Store.Root, "__serve-tree"}
+			if g.scope != nil {
+				// The node's own view, attached inside it by the server.
+				serverArgs = append(serverArgs, "--scope", g.scope.id, "--cwd", g.scope.cwd, args[0])
+			} else {
+				dir, err := treefs.MountPoint(args[0])
+				if err != nil {
+					return err
+				}
+				serverArgs = append(serverArgs, dir)
 			}
 			logFile, err := openTreeLog(h)
 			if err != nil {
 				return err
 			}
 			defer logFile.Close()
-			server := exec.Command(node.SelfExe, "--root", h.Store.Root, "__serve-tree", dir)
+			server := exec.Command(node.SelfExe, serverArgs...)
 			server.Args[0] = "crtree"
 			server.Env = serverEnv(g, h.Store.Root)
 			server.Stdout, server.Stderr = logFile, logFile
@@ -124,49 +128,108 @@ working directory) is refused; umount -l DIR detaches it at once, and its
 server ends when the last one is closed.`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if g.scope != nil {
-				return fmt.Errorf("umount: not inside a node yet")
+			if g.scope == nil {
+				return treefs.Unmount(args[0])
 			}
-			return treefs.Unmount(args[0])
+			dir := treefs.InNodePath(g.scope.cwd, args[0])
+			mounted, err := treefs.MountedIn(g.scope.initPid, dir)
+			if err != nil {
+				return err
+			}
+			if !mounted {
+				return fmt.Errorf("umount %s: no crtree tree is mounted there", args[0])
+			}
+			h, err := g.host()
+			if err != nil {
+				return err
+			}
+			helper, err := h.EnterMounts(g.scope.id, treefs.AttachArg, "--umount", dir)
+			if err != nil {
+				return fmt.Errorf("umount %s: %w", args[0], err)
+			}
+			return treefs.RunHelper(helper)
 		},
 	}
 }
 
 // newServeTreeCmd is the hidden command that serves a mounted tree.
+// With --scope it serves node ID's own view, attached in the node on DIR
+// (as the node names it from --cwd).
 func newServeTreeCmd(g *globalOptions) *cobra.Command {
-	return &cobra.Command{
+	var scope, cwd string
+	cmd := &cobra.Command{
 		Use:    "__serve-tree DIR",
 		Hidden: true,
 		Args:   exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			h, err := g.host()
+			srv, logger, err := serveTree(g, scope, cwd, args[0])
+			treefs.Ready(err)
 			if err != nil {
-				treefs.Ready(err)
 				return err
 			}
-			logger := log.New(os.Stderr, fmt.Sprintf("crtree tree %s [%d]: ", args[0], os.Getpid()), log.LstdFlags)
-			srv, err := treefs.Mount(args[0], treefs.Options{Host: h, Exe: node.SelfExe, Env: os.Environ(), Log: logger})
-			if err != nil {
-				err = fmt.Errorf("mount on %s: %w", args[0], err)
-				treefs.Ready(err)
-				return err
-			}
-			// Unmounted by umount; SIGTERM and SIGINT unmount it too.
+			// Unmounted by umount; SIGTERM and SIGINT unmount it too (a
+			// node's view: ends it, the node then sees a dead mount).
 			sigs := make(chan os.Signal, 1)
 			signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 			signal.Ignore(syscall.SIGHUP)
 			go func() {
 				for range sigs {
+					if scope != "" {
+						srv.Stop()
+						logger.Printf("stopped")
+						os.Exit(0)
+					}
 					if err := srv.Unmount(); err != nil {
 						logger.Printf("unmount: %v", err)
 					}
 				}
 			}()
-			logger.Printf("mounted")
-			treefs.Ready(nil)
 			srv.Wait()
 			logger.Printf("unmounted")
 			return nil
 		},
 	}
+	cmd.Flags().StringVar(&scope, "scope", "", "serve this node's own view, attached inside it")
+	cmd.Flags().StringVar(&cwd, "cwd", "/", "the directory, inside the node, that DIR is relative to")
+	return cmd
+}
+
+// serveTree mounts the tree on dir (with scope: the node's view, in the
+// node) and returns its server and log.
+func serveTree(g *globalOptions, scope, cwd, dir string) (*treefs.Server, *log.Logger, error) {
+	h, err := g.host()
+	if err != nil {
+		return nil, nil, err
+	}
+	where := dir
+	if scope != "" {
+		where = "node " + scope + ": " + treefs.InNodePath(cwd, dir)
+	}
+	logger := log.New(os.Stderr, fmt.Sprintf("crtree tree %s [%d]: ", where, os.Getpid()), log.LstdFlags)
+	opts := treefs.Options{Host: h, Scope: scope, Exe: node.SelfExe, Env: os.Environ(), Log: logger}
+	if scope == "" {
+		srv, err := treefs.Mount(dir, opts)
+		if err != nil {
+			return nil, nil, fmt.Errorf("mount on %s: %w", dir, err)
+		}
+		logger.Printf("mounted")
+		return srv, logger, nil
+	}
+	helper, err := h.EnterMounts(scope, treefs.AttachArg, "--cwd="+cwd, dir)
+	if err != nil {
+		return nil, nil, fmt.Errorf("mount on %s: %w", dir, err)
+	}
+	srv, detached, err := treefs.MountDetached(h.TmpDir(), opts)
+	if err != nil {
+		return nil, nil, fmt.Errorf("mount on %s: %w", dir, err)
+	}
+	err = treefs.RunHelper(helper, detached)
+	// Once attached, the node's mount holds the file system; if not, it
+	// ends here, and so does the server.
+	detached.Close()
+	if err != nil {
+		return nil, nil, err
+	}
+	logger.Printf("mounted")
+	return srv, logger, nil
 }

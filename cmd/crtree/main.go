@@ -13,6 +13,7 @@ import (
 	"github.com/crtree/crtree/internal/api"
 
 	"github.com/crtree/crtree/internal/node"
+	"github.com/crtree/crtree/internal/treefs"
 )
 
 func init() {
@@ -57,6 +58,10 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == node.SetsidArg {
 		node.SetsidMain(os.Args[2:], os.Environ())
 		return
+	}
+	// And the helper that attaches a node's view of the tree inside it.
+	if len(os.Args) > 1 && os.Args[1] == treefs.AttachArg {
+		os.Exit(treefs.AttachMain(os.Args[2:]))
 	}
 	// Inside a node, crtree asks the node's supervisor to do the work.
 	if inNodeClient() {

@@ -30,7 +30,8 @@ const (
 var Commands = map[string]bool{
 	"run": true, "ls": true, "tree": true, "ps": true, "exec": true, "logs": true,
 	"kill": true, "rm": true, "mv": true, "dump": true, "restore": true,
-	"inspect": true, "check": true, "help": true, "--help": true, "-h": true,
+	"inspect": true, "check": true, "mount": true, "umount": true,
+	"help": true, "--help": true, "-h": true,
 }
 
 // Request is what the in-node crtree sends: its arguments (without the

@@ -221,6 +221,7 @@ func dumpOne(h *node.Host, op *node.Op, m *dumpNode, o Options, stream bool, run
 		WorkDir:        filepath.Join(m.dir, "work"),
 		FreezeCgroup:   m.group.Leaf().Path(),
 		ExternalMounts: m.mounts,
+		SkipMounts:     m.trees,
 		TCPEstablished: o.TCPEstablished,
 		OwnNetwork:     m.n.Spec.OwnNet(),
 		ExternalNetns:  netns,

@@ -25,6 +25,7 @@ import (
 	"github.com/crtree/crtree/internal/hier"
 	"github.com/crtree/crtree/internal/image"
 	"github.com/crtree/crtree/internal/node"
+	"github.com/crtree/crtree/internal/treefs"
 )
 
 // Version is crtree's version, recorded in archives.
@@ -138,6 +139,7 @@ type dumpNode struct {
 	dir    string               // staging directory of this node
 	memory int64                // resident memory of its processes, what CRIU will write
 	mounts []criu.ExternalMount // its external mounts, for CRIU and the manifest
+	trees  []string             // crtree tree mounts in it, which CRIU leaves out
 	report NodeReport
 }
 
@@ -262,6 +264,11 @@ func (d *dumping) prepare() error {
 	for _, m := range d.nodes {
 		if m.mounts, err = d.h.ExternalMountsFor(&m.n); err != nil {
 			return fmt.Errorf("dump %s: %w", m.path, err)
+		}
+		if m.n.State == hier.Running {
+			if m.trees, err = treefs.MountsIn(m.n.Pid); err != nil {
+				return fmt.Errorf("dump %s: %w", m.path, err)
+			}
 		}
 	}
 	return nil

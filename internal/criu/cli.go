@@ -249,6 +249,9 @@ func dumpArgs(o DumpOptions, images, work string) []string {
 	for _, m := range o.ExternalMounts {
 		args = append(args, "--external", "mnt["+m.Mountpoint+"]:"+m.Key)
 	}
+	for _, m := range o.SkipMounts {
+		args = append(args, "--skip-mnt", m)
+	}
 	if o.ExternalNetns != 0 {
 		args = append(args, "--external", externalNetns(o.ExternalNetns))
 	}

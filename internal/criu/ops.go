@@ -37,6 +37,10 @@ type DumpOptions struct {
 	// ExternalMounts are the node's external mounts, each recorded under
 	// its Key (HostPath is not used).
 	ExternalMounts []ExternalMount
+	// SkipMounts are mount points CRIU leaves out of the images: the
+	// restored node has an empty directory there (crtree's own tree
+	// mounts, which a restore does not bring back).
+	SkipMounts []string
 	// TCPEstablished lets CRIU dump established TCP connections.
 	TCPEstablished bool
 	// OwnNetwork says that the tree has a network namespace of its own,
@@ -290,6 +294,7 @@ func dumpOpts(o DumpOptions, img, wd *os.File) *rpc.CriuOpts {
 	for _, m := range o.ExternalMounts {
 		opts.ExtMnt = append(opts.ExtMnt, &rpc.ExtMountMap{Key: proto.String(m.Mountpoint), Val: proto.String(m.Key)})
 	}
+	opts.SkipMnt = o.SkipMounts
 	if o.ExternalNetns != 0 {
 		opts.External = append(opts.External, externalNetns(o.ExternalNetns))
 	}

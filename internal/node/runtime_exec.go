@@ -287,3 +287,34 @@ func execCommandLine(cmd string) string {
 	}
 	return cmd
 }
+
+// EnterMounts returns the command that runs the crtree binary bound in the
+// running node id with args, in the node's mount namespace and root only
+// (through nsenter, as ExecCommand): a helper that changes the node's
+// mounts, such as attaching its view of the tree. It is not one of the
+// node's processes.
+func (h *Host) EnterMounts(id string, args ...string) (*exec.Cmd, error) {
+	var pid int
+	err := h.Store.View(func(t *hier.Tree) error {
+		n := t.Nodes[id]
+		if n == nil {
+			return hier.ErrNotFound
+		}
+		if StatusOf(n).State != hier.Running {
+			return fmt.Errorf("%s: %w", t.PathOf(n), ErrNotRunning)
+		}
+		pid = n.Pid
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	nsenter, err := exec.LookPath("nsenter")
+	if err != nil {
+		return nil, fmt.Errorf("nsenter (util-linux) is needed to enter a node: %w", err)
+	}
+	argv := append([]string{"--target", fmt.Sprint(pid), "--mount", "--root", "--", api.MountPoint + "/" + api.BinaryName}, args...)
+	cmd := exec.Command(nsenter, argv...)
+	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
+	return cmd, nil
+}

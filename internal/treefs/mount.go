@@ -57,3 +57,7 @@ func (s *Server) Wait() {
 
 // Unmount unmounts the file system; Wait then returns.
 func (s *Server) Unmount() error { return s.fuse.Unmount() }
+
+// Stop stops the dumps and restores the file system's files started,
+// before the server ends without unmounting (a node's view).
+func (s *Server) Stop() { s.fsys.jobs.stopAll() }
