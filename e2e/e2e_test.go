@@ -78,6 +78,8 @@ func TestScripts(t *testing.T) {
 			"locked":       cmdLocked,
 			"waitcrtree":   cmdWaitcrtree,
 			"waitunstaged": cmdWaitunstaged,
+			"serversgone":  cmdServersgone,
+			"nodecgroup":   cmdNodecgroup,
 		},
 	})
 }
@@ -100,8 +102,10 @@ func setup(env *testscript.Env) error {
 		}
 	}
 	env.Defer(func() {
+		unmountTrees(env.T(), env.WorkDir)
 		teardown(env.T(), root)
 		teardown(env.T(), root2)
+		endTreeServers(env.T(), root)
 		liftLocks(env.T(), env.WorkDir)
 	})
 	return nil

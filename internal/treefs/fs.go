@@ -122,7 +122,7 @@ func (d *dirNode) child(ctx context.Context, n *hier.Node) *fs.Inode {
 // Lookup finds a child node, one of the node's files, or an archive being
 // written here.
 func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
-	t, n, errno := d.resolve()
+	t, _, errno := d.resolve()
 	if errno != 0 {
 		return nil, errno
 	}
@@ -136,13 +136,27 @@ func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 		u.fill(&out.Attr)
 		return d.NewInode(ctx, u, fs.StableAttr{Mode: fuse.S_IFREG, Ino: u.ino}), 0
 	}
-	c := t.Child(d.id, name)
+	c := visibleChild(t, d.id, name)
 	if c == nil {
 		return nil, syscall.ENOENT
 	}
 	fillDir(&out.Attr, c)
-	_ = n
 	return d.child(ctx, c), 0
+}
+
+// visible says whether n is shown: not while the command that creates it
+// (run, restore) may still abort, so that no half-made node is seen. An
+// incomplete node (its command died) is shown, for rm -rf to remove.
+func visible(n *hier.Node) bool {
+	return n.OwnerPid == 0 || !node.Alive(n.OwnerPid, n.OwnerStart)
+}
+
+// visibleChild returns the child name of node id if it is shown.
+func visibleChild(t *hier.Tree, id, name string) *hier.Node {
+	if c := t.Child(id, name); c != nil && visible(c) {
+		return c
+	}
+	return nil
 }
 
 // file returns the read-only file name of node d, nil if it has none.
@@ -175,6 +189,9 @@ func (d *dirNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
 		}
 	}
 	for _, c := range t.Children(d.id) {
+		if !visible(c) {
+			continue
+		}
 		list = append(list, fuse.DirEntry{Name: c.Name, Mode: fuse.S_IFDIR, Ino: ino(c.ID)})
 	}
 	return fs.NewListDirStream(list), 0
@@ -224,7 +241,7 @@ func (d *dirNode) Rmdir(ctx context.Context, name string) syscall.Errno {
 	if d.file(name) != nil {
 		return syscall.ENOTDIR
 	}
-	c := t.Child(d.id, name)
+	c := visibleChild(t, d.id, name)
 	if c == nil {
 		return syscall.ENOENT
 	}
@@ -266,7 +283,7 @@ func (d *dirNode) Rename(ctx context.Context, name string, newParent fs.InodeEmb
 	if errno != 0 {
 		return errno
 	}
-	c := t.Child(d.id, name)
+	c := visibleChild(t, d.id, name)
 	if c == nil {
 		if d.file(name) != nil || d.fsys.jobs.upload(d.id, name) != nil {
 			return syscall.EPERM

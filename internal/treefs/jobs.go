@@ -148,6 +148,7 @@ func (f *FS) startDump(t *hier.Tree, n *hier.Node) (*dumpFile, syscall.Errno) {
 		spool.Close()
 		return nil, f.errno("dump "+p.String(), err)
 	}
+	f.logf("read %s/%s: dump started", p, checkpointName)
 	go d.collect(r)
 	d.mu.Lock()
 	for d.written == 0 && !d.done {
