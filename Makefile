@@ -9,11 +9,12 @@ export PATH := $(PATH):/usr/local/go/bin:/usr/local/sbin
 
 all: build
 
-## deps: make a working CRIU >= 4.2 available, and the CNI plugins for
-## --net bridge (idempotent)
+## deps: make a working CRIU >= 4.2 available, the CNI plugins for
+## --net bridge and FUSE for crtree mount (idempotent)
 deps:
 	@hack/install-criu.sh
 	@hack/install-net.sh
+	@hack/install-fuse.sh
 
 ## build: build bin/crtree (static: it runs inside nodes, whose image may
 ## have no C library)
