@@ -371,6 +371,7 @@ func lsBench() {
 		run(*crtreeBin, "tree")
 		record(fmt.Sprintf("tree on %d nodes", *lsN), "-", rep, time.Since(t1), 0, 0)
 	}
+	treeBench()
 	t2 := time.Now()
 	run(*crtreeBin, "kill", "-r", "-s", "KILL", "/many")
 	record(fmt.Sprintf("kill -r of %d nodes", *lsN), "-", 1, time.Since(t2), 0, 0)
@@ -457,11 +458,22 @@ func report() {
 		b, _, _ := median(fmt.Sprintf("tree on %d nodes", *lsN), "")
 		c, _, _ := median(fmt.Sprintf("kill -r of %d nodes", *lsN), "")
 		fmt.Printf("ls -r on %d nodes: %.3fs; tree: %.3fs; kill -r -s KILL: %.3fs\n", *lsN, a, b, c)
+		d, _, _ := median(fmt.Sprintf("ls -R of the mounted tree, %d nodes", *lsN), "")
+		e, _, _ := median(fmt.Sprintf("ls of its directory, %d nodes", *lsN), "")
+		f, _, _ := median(fmt.Sprintf("find -type d in it, %d nodes", *lsN), "")
+		var hwm int64
+		for _, s := range samples {
+			if s.Name == fmt.Sprintf("tree server peak RSS, %d nodes", *lsN) {
+				hwm = s.MaxRSSKiB
+			}
+		}
+		fmt.Printf("mounted tree (crtree mount), %d nodes: ls -R %.3fs (%.2fx ls -r), ls of their directory %.3fs, find -type d %.3fs; server peak RSS %d MiB\n", *lsN, d, d/a, e, f, hwm/1024)
 	}
 	fmt.Printf("every measurement: %s\n", *jsonOut)
 }
 
 func cleanup() {
+	unmountTree()
 	for _, p := range []string{"/base", "/ct", "/fr", "/tree", "/many", "/im", "/mg", "/lr"} {
 		exec.Command(*crtreeBin, "rm", "-r", "-f", p).Run()
 	}

@@ -32,13 +32,14 @@ func Mount(dir string, opts Options) (*Server, error) {
 		AttrTimeout:     &zero,
 		NegativeTimeout: &zero,
 		MountOptions: fuse.MountOptions{
-			FsName:        "crtree",
-			Name:          "crtree",
-			AllowOther:    true,
-			DirectMount:   true,
-			DisableXAttrs: true,
-			MaxWrite:      1 << 20,
-			Options:       []string{"default_permissions"},
+			FsName:             "crtree",
+			Name:               "crtree",
+			AllowOther:         true,
+			DirectMount:        true,
+			DisableXAttrs:      true,
+			DisableReadDirPlus: true,
+			MaxWrite:           1 << 20,
+			Options:            []string{"default_permissions"},
 		},
 	}
 	srv, err := fs.Mount(dir, root, fo)
