@@ -278,7 +278,7 @@ func TestTreeUnmountDuringCopy(t *testing.T) {
 
 	// A copy into the tree cut short.
 	dir = h.mountTree()
-	w := exec.Command("sh", "-c", `exec 3>"$1"; head -c 100000 "$2" >&3; echo written; sleep 1e5`, "sh", filepath.Join(dir, "pool", "half.crtree"), out)
+	w := exec.Command("sh", "-c", `exec 3>"$1"; head -c 100000 "$2" >&3; echo written; exec sleep 1e5`, "sh", filepath.Join(dir, "pool", "half.crtree"), out)
 	stdout, _ := w.StdoutPipe()
 	if err := w.Start(); err != nil {
 		t.Fatal(err)

@@ -326,7 +326,7 @@ func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode ui
 	if n != nil {
 		parent = d.fsys.path(t, n)
 	}
-	u, err := d.fsys.startRestore(d.id, name, parent)
+	u, err := d.fsys.startRestore(d.id, name, parent, callerProcess(ctx))
 	if err != nil {
 		return nil, nil, 0, d.fsys.errno("restore under "+parent.String(), err)
 	}

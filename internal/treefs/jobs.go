@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -282,20 +283,24 @@ func (j *jobs) removeDump(d *dumpFile) {
 }
 
 // upload is an archive being written into a node's directory: what is
-// written goes to a crtree restore reading its stdin; closing the file
-// waits for the restore, and fails with EIO if it failed. The file
-// disappears then.
+// written goes to a crtree restore reading its stdin. The archive ends
+// when the process that created the file closes a descriptor of it after
+// something was written (a shell's redirection closes one before; a child
+// that inherited one is another process), or when its last descriptor is
+// closed: close then waits for the restore, and fails with EIO if it
+// failed. The file disappears then.
 type upload struct {
 	fs.Inode
-	fsys   *FS
-	key    string
-	ino    uint64
-	what   string
-	cmd    *exec.Cmd
-	stdin  *os.File
-	stderr tail
-	ended  chan struct{}
-	err    error // how the restore ended, once ended is closed
+	fsys    *FS
+	key     string
+	ino     uint64
+	what    string
+	creator int // the process (thread group) that created the file, 0 if unknown
+	cmd     *exec.Cmd
+	stdin   *os.File
+	stderr  tail
+	ended   chan struct{}
+	err     error // how the restore ended, once ended is closed
 
 	mu       sync.Mutex
 	offset   int64
@@ -313,13 +318,13 @@ var (
 )
 
 // startRestore starts crtree restore - --parent parent for the archive
-// about to be written as name in directory dirID.
-func (f *FS) startRestore(dirID, name string, parent hier.Path) (*upload, error) {
+// about to be written as name in directory dirID by the process creator.
+func (f *FS) startRestore(dirID, name string, parent hier.Path, creator int) (*upload, error) {
 	r, w, err := os.Pipe()
 	if err != nil {
 		return nil, err
 	}
-	u := &upload{fsys: f, key: dirID + "/" + name, what: name + " under " + parent.String(), stdin: w, ended: make(chan struct{})}
+	u := &upload{fsys: f, key: dirID + "/" + name, what: name + " under " + parent.String(), creator: creator, stdin: w, ended: make(chan struct{})}
 	u.cmd = f.command("restore", "--quiet", "--parent", parent.String(), "-")
 	u.cmd.Stdin, u.cmd.Stderr = r, &u.stderr
 	if err := f.jobs.addUpload(u); err != nil {
@@ -421,10 +426,22 @@ func (u *upload) Write(ctx context.Context, f fs.FileHandle, data []byte, off in
 	return uint32(n), 0
 }
 
-// Flush is close(2): it ends the archive and waits for the restore. A
-// restore that failed makes close fail with EIO (the log says why); it has
-// left nothing.
+// Flush is close(2) of one descriptor of the file. The creator's ends the
+// archive and waits for the restore: a restore that failed makes close
+// fail with EIO (the log says why); it has left nothing.
 func (u *upload) Flush(ctx context.Context, f fs.FileHandle) syscall.Errno {
+	u.mu.Lock()
+	ends := u.offset > 0 && (u.creator == 0 || callerProcess(ctx) == u.creator)
+	result := u.result
+	u.mu.Unlock()
+	if !ends {
+		return result
+	}
+	return u.finish()
+}
+
+// finish ends the archive, waits for the restore and returns its result.
+func (u *upload) finish() syscall.Errno {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.finished {
@@ -441,10 +458,39 @@ func (u *upload) Flush(ctx context.Context, f fs.FileHandle) syscall.Errno {
 	return u.result
 }
 
-// Release stops a restore whose file was never closed normally.
+// Release is the file's last close: it ends the archive if its creator
+// did not (it gave its descriptor away), which nobody can be told about
+// but the log.
 func (u *upload) Release(ctx context.Context, f fs.FileHandle) syscall.Errno {
-	u.cancel("its file was released before it was closed")
+	u.finish()
 	return 0
+}
+
+// callerProcess returns the process (thread group) of the thread whose
+// request ctx is: FUSE names threads.
+func callerProcess(ctx context.Context) int {
+	c, ok := fuse.FromContext(ctx)
+	if !ok {
+		return 0
+	}
+	return processOf(int(c.Pid))
+}
+
+// processOf returns the thread group of thread tid, tid itself if /proc
+// does not say.
+func processOf(tid int) int {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", tid))
+	if err != nil {
+		return tid
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(l, "Tgid:"); ok {
+			if pid, err := strconv.Atoi(strings.TrimSpace(v)); err == nil {
+				return pid
+			}
+		}
+	}
+	return tid
 }
 
 // cancel stops the restore if it still runs (crtree restore removes what
