@@ -324,6 +324,11 @@ func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode ui
 	}
 	parent := hier.Path{}
 	if n != nil {
+		// Refused at once if the parent is held (being dumped, say):
+		// the restore would refuse it.
+		if err := node.CheckFree(t, n, false); err != nil {
+			return nil, nil, 0, d.fsys.errno("restore "+name+" under "+t.PathOf(n).String(), err)
+		}
 		parent = d.fsys.path(t, n)
 	}
 	u, err := d.fsys.startRestore(d.id, name, parent, callerProcess(ctx))
