@@ -143,10 +143,11 @@ server ends when the last one is closed.`,
 			if err != nil {
 				return err
 			}
-			helper, err := h.EnterMounts(g.scope.id, treefs.AttachArg, "--umount", dir)
+			helper, done, err := h.HelperCommand(g.scope.id, treefs.AttachArg, "--umount", dir)
 			if err != nil {
 				return fmt.Errorf("umount %s: %w", args[0], err)
 			}
+			defer done()
 			return treefs.RunHelper(helper)
 		},
 	}
@@ -215,10 +216,11 @@ func serveTree(g *globalOptions, scope, cwd, dir string) (*treefs.Server, *log.L
 		logger.Printf("mounted")
 		return srv, logger, nil
 	}
-	helper, err := h.EnterMounts(scope, treefs.AttachArg, "--cwd="+cwd, dir)
+	helper, done, err := h.HelperCommand(scope, treefs.AttachArg, "--cwd="+cwd, dir)
 	if err != nil {
 		return nil, nil, fmt.Errorf("mount on %s: %w", dir, err)
 	}
+	defer done()
 	srv, detached, err := treefs.MountDetached(h.TmpDir(), opts)
 	if err != nil {
 		return nil, nil, fmt.Errorf("mount on %s: %w", dir, err)

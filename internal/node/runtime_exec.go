@@ -79,10 +79,7 @@ func (h *Host) ExecCommand(p hier.Path, argv []string, o ExecOptions) (*exec.Cmd
 	if cwd == "" {
 		cwd = "/"
 	}
-	args := []string{"--target", fmt.Sprint(n.Pid), "--mount", "--uts", "--ipc", "--pid", "--root"}
-	if n.Spec.OwnNet() {
-		args = append(args, "--net")
-	}
+	args := enterArgs(n)
 	// The command's session must be one of the node's (CRIU dumps no
 	// process whose session leader is outside the node's PID namespace),
 	// so the crtree binary bound in the node starts it (SetsidMain). It
@@ -288,33 +285,51 @@ func execCommandLine(cmd string) string {
 	return cmd
 }
 
-// EnterMounts returns the command that runs the crtree binary bound in the
-// running node id with args, in the node's mount namespace and root only
-// (through nsenter, as ExecCommand): a helper that changes the node's
-// mounts, such as attaching its view of the tree. It is not one of the
-// node's processes.
-func (h *Host) EnterMounts(id string, args ...string) (*exec.Cmd, error) {
-	var pid int
+// HelperCommand returns the command that runs the crtree binary bound in
+// the running node id with args, as one of the node's processes: in all its
+// namespaces and its root (through nsenter, as ExecCommand) and its
+// cgroup. It is a helper that changes the node's mounts (attaching its
+// view of the tree): whatever runs there is the node's, confined as the
+// node is, since the binary bound in the node is the node's to replace.
+// The caller runs cmd, then calls the returned cleanup.
+func (h *Host) HelperCommand(id string, args ...string) (*exec.Cmd, func(), error) {
+	var n hier.Node
+	var leaf cgroup.Group
 	err := h.Store.View(func(t *hier.Tree) error {
-		n := t.Nodes[id]
-		if n == nil {
+		m := t.Nodes[id]
+		if m == nil {
 			return hier.ErrNotFound
 		}
-		if StatusOf(n).State != hier.Running {
-			return fmt.Errorf("%s: %w", t.PathOf(n), ErrNotRunning)
+		if StatusOf(m).State != hier.Running {
+			return fmt.Errorf("%s: %w", t.PathOf(m), ErrNotRunning)
 		}
-		pid = n.Pid
+		n, leaf = *m, h.Group(t, m).Leaf()
 		return nil
 	})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	nsenter, err := exec.LookPath("nsenter")
 	if err != nil {
-		return nil, fmt.Errorf("nsenter (util-linux) is needed to enter a node: %w", err)
+		return nil, nil, fmt.Errorf("nsenter (util-linux) is needed to enter a node: %w", err)
 	}
-	argv := append([]string{"--target", fmt.Sprint(pid), "--mount", "--root", "--", api.MountPoint + "/" + api.BinaryName}, args...)
-	cmd := exec.Command(nsenter, argv...)
+	argv := append(enterArgs(&n), "--", api.MountPoint+"/"+api.BinaryName)
+	cg, err := leaf.Open()
+	if err != nil {
+		return nil, nil, fmt.Errorf("open cgroup: %w", err)
+	}
+	cmd := exec.Command(nsenter, append(argv, args...)...)
 	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
-	return cmd, nil
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
+	return cmd, func() { cg.Close() }, nil
+}
+
+// enterArgs are nsenter's arguments that enter every namespace of node n
+// and its root.
+func enterArgs(n *hier.Node) []string {
+	args := []string{"--target", fmt.Sprint(n.Pid), "--mount", "--uts", "--ipc", "--pid", "--root"}
+	if n.Spec.OwnNet() {
+		args = append(args, "--net")
+	}
+	return args
 }

@@ -18,10 +18,12 @@ import (
 // the host, by a server scoped to the node, like everything the node's
 // crtree does. The server mounts it on a directory of its own, takes a
 // detached copy of that mount (open_tree) and lets go of the directory;
-// a helper that enters the node's mount namespace (node.Host.Enter, the
-// crtree binary bound in the node run as AttachArg) then attaches the copy
-// on the directory the node named. The mount lives as long as the node's
-// mount namespace, or until unmounted; its server ends with it.
+// a helper that is one of the node's processes (node.Host.HelperCommand:
+// the crtree binary bound in the node, run as AttachArg in the node's
+// namespaces and cgroup) then attaches the copy on the directory the node
+// named. The helper is the node's: it can do nothing the node could not.
+// The mount lives as long as the node's mount namespace, or until
+// unmounted; its server ends with it.
 
 // AttachArg is the hidden command of the crtree binary bound in a node that
 // attaches a tree mount (fd 3) on a directory of the node, or with
@@ -64,7 +66,7 @@ func RunHelper(helper *exec.Cmd, files ...*os.File) error {
 	helper.Stdout, helper.Stderr = io.Discard, &stderr
 	if err := helper.Run(); err != nil {
 		if msg := strings.TrimSpace(stderr.String()); msg != "" {
-			return errors.New(msg)
+			return errors.New(strings.TrimPrefix(msg, "crtree: "))
 		}
 		return fmt.Errorf("%s: %w", AttachArg, err)
 	}
