@@ -64,6 +64,9 @@ directory (an unnamed file, gone once closed), so that tar can see its size.`,
   crtree umount /run/crtree/tree`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := g.needRootInNode("mount"); err != nil {
+				return err
+			}
 			h, err := g.host()
 			if err != nil {
 				return err
@@ -131,6 +134,9 @@ server ends when the last one is closed.`,
 			if g.scope == nil {
 				return treefs.Unmount(args[0])
 			}
+			if err := g.needRootInNode("umount"); err != nil {
+				return err
+			}
 			dir := treefs.InNodePath(g.scope.cwd, args[0])
 			mounted, err := treefs.MountedIn(g.scope.initPid, dir)
 			if err != nil {
@@ -163,6 +169,8 @@ func newServeTreeCmd(g *globalOptions) *cobra.Command {
 		Hidden: true,
 		Args:   exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			// A daemon: it must not keep its caller's directory busy.
+			os.Chdir("/")
 			srv, logger, err := serveTree(g, scope, cwd, args[0])
 			treefs.Ready(err)
 			if err != nil {
@@ -234,4 +242,13 @@ func serveTree(g *globalOptions, scope, cwd, dir string) (*treefs.Server, *log.L
 	}
 	logger.Printf("mounted")
 	return srv, logger, nil
+}
+
+// needRootInNode refuses what changes a node's mounts to a caller that is
+// not root inside it, as mount(8) would.
+func (g *globalOptions) needRootInNode(what string) error {
+	if g.scope != nil && g.scope.uid != 0 {
+		return fmt.Errorf("%s: only root inside the node may change its mounts", what)
+	}
+	return nil
 }

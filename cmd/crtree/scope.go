@@ -28,6 +28,8 @@ type scope struct {
 	path    hier.Path
 	cwd     string
 	initPid int
+	// uid is the caller's user ID, -1 if unknown.
+	uid int
 }
 
 // loadScope reads the scope from the environment the supervisor set, and
@@ -46,7 +48,10 @@ func (g *globalOptions) loadScope(cmd *cobra.Command) error {
 	if err != nil {
 		return err
 	}
-	s := &scope{id: id, cwd: os.Getenv(node.EnvScopeCwd)}
+	s := &scope{id: id, cwd: os.Getenv(node.EnvScopeCwd), uid: -1}
+	if uid, err := strconv.Atoi(os.Getenv(node.EnvScopeUid)); err == nil {
+		s.uid = uid
+	}
 	err = h.Store.View(func(t *hier.Tree) error {
 		n := t.Nodes[id]
 		if n == nil {

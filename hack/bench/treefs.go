@@ -43,7 +43,7 @@ func treeBench() {
 		run("ls", "-RA", dir)
 	}
 	rss, hwm := procMemory(pid)
-	fmt.Fprintf(os.Stderr, "  tree server after %d listings of %d nodes: RSS %d MiB, peak %d MiB\n", 3**reps+20, *lsN, rss>>10, hwm>>10)
+	fmt.Fprintf(os.Stderr, "  tree server after %d listings of %d nodes: RSS %d MiB, peak %d MiB\n", 3*(*reps)+20, *lsN, rss>>10, hwm>>10)
 	samples = append(samples, sample{fmt.Sprintf("tree server peak RSS, %d nodes", *lsN), "-", 1, 0, 0, hwm})
 }
 

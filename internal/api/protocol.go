@@ -39,7 +39,10 @@ var Commands = map[string]bool{
 type Request struct {
 	Args []string `json:"args"`
 	Cwd  string   `json:"cwd"`
-	Term string   `json:"term,omitempty"`
+	// Uid is the caller's user ID, from the socket (SO_PEERCRED), never
+	// from the message; -1 if the kernel did not say.
+	Uid  int    `json:"-"`
+	Term string `json:"term,omitempty"`
 }
 
 // Response is the supervisor's answer: the command's exit status, or why

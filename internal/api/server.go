@@ -157,6 +157,7 @@ func (s *Server) serveConn(c *net.UnixConn) {
 		reply(c, Response{Exit: 1, Error: err.Error()})
 		return
 	}
+	req.Uid = peerUid(c)
 	defer func() {
 		for _, f := range stdio {
 			f.Close()
@@ -244,4 +245,20 @@ func parseRights(oob []byte) ([]int, error) {
 		return nil, errors.New("no descriptors")
 	}
 	return fds, nil
+}
+
+// peerUid returns the user ID of the process at the other end of c, -1
+// if the kernel does not say.
+func peerUid(c *net.UnixConn) int {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return -1
+	}
+	uid := -1
+	raw.Control(func(fd uintptr) {
+		if cred, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED); err == nil {
+			uid = int(cred.Uid)
+		}
+	})
+	return uid
 }

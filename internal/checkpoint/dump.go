@@ -25,7 +25,6 @@ import (
 	"github.com/crtree/crtree/internal/hier"
 	"github.com/crtree/crtree/internal/image"
 	"github.com/crtree/crtree/internal/node"
-	"github.com/crtree/crtree/internal/treefs"
 )
 
 // Version is crtree's version, recorded in archives.
@@ -266,7 +265,7 @@ func (d *dumping) prepare() error {
 			return fmt.Errorf("dump %s: %w", m.path, err)
 		}
 		if m.n.State == hier.Running {
-			if m.trees, err = treefs.MountsIn(m.n.Pid); err != nil {
+			if m.trees, err = node.TreeMountsIn(m.n.Pid); err != nil {
 				return fmt.Errorf("dump %s: %w", m.path, err)
 			}
 		}

@@ -16,8 +16,8 @@ import (
 // file and renames it over the old one (WriteFileAtomic), never changing
 // a file in place. Snapshots keeps the file it parsed open, so that its
 // inode number cannot be given to a newer file: a tree file with the same
-// inode number is the same version, and one stat tells. No lock is taken:
-// a reader sees one whole version.
+// inode number is the same version, and one stat tells. The state root's
+// lock is not taken: a reader sees one whole version.
 type Snapshots struct {
 	store *Store
 	mu    sync.Mutex

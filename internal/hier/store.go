@@ -109,12 +109,9 @@ func (s *Store) load() (*Tree, error) {
 	return s.parse(data)
 }
 
-// parse reads the content of the tree file; nil is the empty tree.
+// parse reads the content of the tree file.
 func (s *Store) parse(data []byte) (*Tree, error) {
 	t := newTree()
-	if data == nil {
-		return t, nil
-	}
 	if err := json.Unmarshal(data, t); err != nil {
 		return nil, fmt.Errorf("read tree %s: %w", s.treeFile(), err)
 	}

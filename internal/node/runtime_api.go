@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -18,6 +19,9 @@ import (
 const (
 	EnvScope    = "CRTREE_SCOPE"
 	EnvScopeCwd = "CRTREE_SCOPE_CWD"
+	// EnvScopeUid is the caller's user ID (inside the node, which has no
+	// user namespace of its own: the host's), -1 if unknown.
+	EnvScopeUid = "CRTREE_SCOPE_UID"
 )
 
 // APIDir returns the host directory bound at /run/crtree in node id: it
@@ -47,6 +51,7 @@ func (h *Host) runScoped(id string, req *api.Request, stdio [3]*os.File, done <-
 		"CRTREE_ROOT=" + h.Store.Root,
 		EnvScope + "=" + id,
 		EnvScopeCwd + "=" + req.Cwd,
+		EnvScopeUid + "=" + strconv.Itoa(req.Uid),
 	}
 	if v := lookupEnv(h.Env, "CRTREE_CRIU"); v != "" {
 		cmd.Env = append(cmd.Env, "CRTREE_CRIU="+v)

@@ -303,6 +303,10 @@ func (h *Host) HelperCommand(id string, args ...string) (*exec.Cmd, func(), erro
 		if StatusOf(m).State != hier.Running {
 			return fmt.Errorf("%s: %w", t.PathOf(m), ErrNotRunning)
 		}
+		// Not under a dump: it would meet a mount it did not plan for.
+		if err := CheckFree(t, m, false); err != nil {
+			return err
+		}
 		n, leaf = *m, h.Group(t, m).Leaf()
 		return nil
 	})

@@ -189,21 +189,39 @@ func (h *Host) Remove(p hier.Path, recursive, force bool) error {
 		if err != nil {
 			return err
 		}
-		if err := CheckFreeToEnd(t, n, true); err != nil {
-			return fmt.Errorf("rm %s: %w", p, err)
+		return h.removeLocked(t, n, recursive, force)
+	})
+}
+
+// RemoveID is Remove of the node with ID id, wherever it is by then (the
+// tree's file system looked it up by ID: a node renamed meanwhile is
+// still the one removed, and a node that took its name is not).
+func (h *Host) RemoveID(id string, recursive, force bool) error {
+	return h.Store.Update(func(t *hier.Tree) error {
+		n := t.Nodes[id]
+		if n == nil {
+			return hier.ErrNotFound
 		}
-		if !recursive && len(t.Children(n.ID)) > 0 {
-			return fmt.Errorf("rm %s: node has children (use -r)", p)
-		}
-		if !force {
-			for _, m := range t.Subtree(n) {
-				if StatusOf(m).State == hier.Running {
-					return fmt.Errorf("rm %s: %w (stop it first or use -f)", t.PathOf(m), ErrRunning)
-				}
+		return h.removeLocked(t, n, recursive, force)
+	})
+}
+
+func (h *Host) removeLocked(t *hier.Tree, n *hier.Node, recursive, force bool) error {
+	p := t.PathOf(n)
+	if err := CheckFreeToEnd(t, n, true); err != nil {
+		return fmt.Errorf("rm %s: %w", p, err)
+	}
+	if !recursive && len(t.Children(n.ID)) > 0 {
+		return fmt.Errorf("rm %s: node has children (use -r)", p)
+	}
+	if !force {
+		for _, m := range t.Subtree(n) {
+			if StatusOf(m).State == hier.Running {
+				return fmt.Errorf("rm %s: %w (stop it first or use -f)", t.PathOf(m), ErrRunning)
 			}
 		}
-		return h.destroyLocked(t, n)
-	})
+	}
+	return h.destroyLocked(t, n)
 }
 
 // Rename renames the node at from to to, which must be in the same parent.
@@ -217,18 +235,35 @@ func (h *Host) Rename(from, to hier.Path) error {
 		if len(to) == 0 {
 			return fmt.Errorf("mv: / cannot be a node's new name")
 		}
-		if err := CheckFree(t, n, true); err != nil {
-			return fmt.Errorf("mv %s: %w", from, err)
-		}
 		if to.Parent().String() != from.Parent().String() {
 			return fmt.Errorf("mv %s %s: moving to another parent is not supported yet (rename within %s)", from, to, from.Parent())
 		}
-		if t.Child(n.Parent, to.Base()) != nil {
-			return fmt.Errorf("mv: %s: %w", to, hier.ErrExists)
-		}
-		n.Name = to.Base()
-		return nil
+		return renameLocked(t, n, to.Base())
 	})
+}
+
+// RenameID renames the node with ID id to name, within its parent: Rename
+// for the tree's file system, which knows nodes by ID (see RemoveID).
+func (h *Host) RenameID(id, name string) error {
+	return h.Store.Update(func(t *hier.Tree) error {
+		n := t.Nodes[id]
+		if n == nil {
+			return hier.ErrNotFound
+		}
+		return renameLocked(t, n, name)
+	})
+}
+
+func renameLocked(t *hier.Tree, n *hier.Node, name string) error {
+	from := t.PathOf(n)
+	if err := CheckFree(t, n, true); err != nil {
+		return fmt.Errorf("mv %s: %w", from, err)
+	}
+	if t.Child(n.Parent, name) != nil {
+		return fmt.Errorf("mv: %s: %w", from.Parent().Join(name), hier.ErrExists)
+	}
+	n.Name = name
+	return nil
 }
 
 // Entry is one node as listed by ls.

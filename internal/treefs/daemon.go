@@ -49,10 +49,12 @@ func Start(server *exec.Cmd) error {
 // Ready tells the command that started this server (Start) that the tree
 // is mounted, or with a non-nil err why not.
 func Ready(err error) {
-	f := os.NewFile(readyFd, "ready")
-	if f == nil {
+	// Only the pipe Start gave: run by hand, fd 3 may be anything.
+	var st unix.Stat_t
+	if unix.Fstat(readyFd, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFIFO {
 		return
 	}
+	f := os.NewFile(readyFd, "ready")
 	if err != nil {
 		fmt.Fprint(f, err.Error())
 	} else {

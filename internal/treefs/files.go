@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fs"
@@ -42,13 +43,45 @@ var infoFiles = map[string]func(t *hier.Tree, n *hier.Node, e node.Entry, pids [
 	},
 }
 
+// errorsName is the root's file of the last refusals and failures, each
+// with why (an errno says little): a process in a node cannot read the
+// host's log.
+const errorsName = ".errors"
+
+// recent keeps the last lines logged, for .errors.
+type recent struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+// recentMax bounds what .errors holds.
+const recentMax = 100
+
+func (r *recent) add(line string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.lines = append(r.lines, line)
+	if len(r.lines) > recentMax {
+		r.lines = append([]string(nil), r.lines[len(r.lines)-recentMax:]...)
+	}
+}
+
+func (r *recent) text() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.lines) == 0 {
+		return ""
+	}
+	return strings.Join(r.lines, "\n") + "\n"
+}
+
 // infoFileNames lists infoFiles in the order directories show them.
 var infoFileNames = []string{".hostname", ".memory", ".pid", ".procs", ".state"}
 
-// infoFile is one of a node's read-only files, or its .checkpoint. Their
-// size is 0 until opened: stat, ls -l and find make nothing. An open
-// handle knows its content's size (fstat on it, as tar does, reports it;
-// for .checkpoint once the dump is complete).
+// infoFile is one of a node's read-only files, or its .checkpoint, or the
+// root's .errors. Their size is 0 until opened: stat, ls -l and find make
+// nothing. While the file is open, stat reports its content's size (for
+// .checkpoint, what the dump has written so far).
 type infoFile struct {
 	fs.Inode
 	fsys *FS
@@ -64,6 +97,9 @@ var (
 )
 
 func (f *infoFile) fill(a *fuse.Attr, h fs.FileHandle) syscall.Errno {
+	// World-readable in its mode, whatever Open allows: tar opens an
+	// empty file it cannot be sure to read, and an open .checkpoint
+	// dumps.
 	a.Mode = fuse.S_IFREG | 0o444
 	a.Nlink = 1
 	t, err := f.fsys.snaps.Get()
@@ -103,6 +139,14 @@ func (f *infoFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC) != 0 {
 		return nil, 0, syscall.EPERM
 	}
+	if (f.name == checkpointName || f.name == errorsName) && !byRoot(ctx) {
+		// A node's memory, and why others' operations failed, are
+		// root's only.
+		return nil, 0, syscall.EACCES
+	}
+	if f.name == errorsName {
+		return &content{data: []byte(f.fsys.recent.text())}, fuse.FOPEN_DIRECT_IO, 0
+	}
 	t, err := f.fsys.snaps.Get()
 	if err != nil {
 		return nil, 0, syscall.EIO
@@ -112,7 +156,7 @@ func (f *infoFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 		return nil, 0, syscall.ENOENT
 	}
 	if f.name == checkpointName {
-		d, errno := f.fsys.startDump(t, n)
+		d, errno := f.fsys.startDump(ctx, t, n)
 		if errno != 0 {
 			return nil, 0, errno
 		}
@@ -150,4 +194,10 @@ func (c *content) read(dest []byte, off int64) (fuse.ReadResult, syscall.Errno) 
 	}
 	end := min(off+int64(len(dest)), int64(len(c.data)))
 	return fuse.ReadResultData(c.data[off:end]), 0
+}
+
+// byRoot says whether the request ctx is is root's.
+func byRoot(ctx context.Context) bool {
+	c, ok := fuse.FromContext(ctx)
+	return ok && c.Uid == 0
 }

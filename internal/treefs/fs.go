@@ -3,8 +3,10 @@ package treefs
 import (
 	"context"
 	"errors"
+	"fmt"
 	"hash/fnv"
 	"log"
+	"regexp"
 	"strings"
 	"syscall"
 	"time"
@@ -34,9 +36,10 @@ type Options struct {
 
 // FS is one mounted view of the tree.
 type FS struct {
-	opts  Options
-	snaps *hier.Snapshots
-	jobs  *jobs
+	opts   Options
+	snaps  *hier.Snapshots
+	jobs   *jobs
+	recent recent
 }
 
 // dirNode is a node's directory, or the root of the file system (id "" on
@@ -103,7 +106,9 @@ func (d *dirNode) isNode() bool { return d.id != "" }
 func (d *dirNode) isScopeRoot() bool { return d.fsys.opts.Scope != "" && d.id == d.fsys.opts.Scope }
 
 // path returns n's path as the crtree commands this file system runs name
-// it: its full path on the host, below the scope's node inside one.
+// it: its full path on the host, below the scope's node inside one (/
+// once the scope's node is gone: its commands then fail, finding no
+// node, rather than name a path outside it).
 func (f *FS) path(t *hier.Tree, n *hier.Node) hier.Path {
 	p := t.PathOf(n)
 	if f.opts.Scope == "" {
@@ -112,7 +117,7 @@ func (f *FS) path(t *hier.Tree, n *hier.Node) hier.Path {
 	if s := t.Nodes[f.opts.Scope]; s != nil {
 		return p[len(t.PathOf(s)):]
 	}
-	return p
+	return hier.Path{}
 }
 
 func (d *dirNode) child(ctx context.Context, n *hier.Node) *fs.Inode {
@@ -126,11 +131,9 @@ func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 	if errno != 0 {
 		return nil, errno
 	}
-	if d.isNode() {
-		if f := d.file(name); f != nil {
-			f.fill(&out.Attr, nil)
-			return d.NewInode(ctx, f, fs.StableAttr{Mode: fuse.S_IFREG, Ino: ino(d.id, name)}), 0
-		}
+	if f := d.file(name); f != nil {
+		f.fill(&out.Attr, nil)
+		return d.NewInode(ctx, f, fs.StableAttr{Mode: fuse.S_IFREG, Ino: ino(d.id, name)}), 0
 	}
 	if u := d.fsys.jobs.upload(d.id, name); u != nil {
 		u.fill(&out.Attr)
@@ -159,8 +162,18 @@ func visibleChild(t *hier.Tree, id, name string) *hier.Node {
 	return nil
 }
 
-// file returns the read-only file name of node d, nil if it has none.
+// file returns the read-only file name of directory d, nil if it has
+// none: a node's facts and .checkpoint, and the root's .errors.
 func (d *dirNode) file(name string) *infoFile {
+	if name == errorsName {
+		if d.id != d.fsys.opts.Scope {
+			return nil
+		}
+		return &infoFile{fsys: d.fsys, id: d.id, name: name}
+	}
+	if !d.isNode() {
+		return nil
+	}
 	if name == checkpointName {
 		if d.isScopeRoot() {
 			return nil
@@ -180,6 +193,9 @@ func (d *dirNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
 		return nil, errno
 	}
 	var list []fuse.DirEntry
+	if d.id == d.fsys.opts.Scope {
+		list = append(list, fuse.DirEntry{Name: errorsName, Mode: fuse.S_IFREG, Ino: ino(d.id, errorsName)})
+	}
 	if d.isNode() {
 		for _, name := range infoFileNames {
 			list = append(list, fuse.DirEntry{Name: name, Mode: fuse.S_IFREG, Ino: ino(d.id, name)})
@@ -227,7 +243,9 @@ func setTimes(a *fuse.Attr, t time.Time) {
 
 // Mkdir is refused: a node needs a command.
 func (d *dirNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
-	d.fsys.logf("mkdir %s: refused: a node needs a command to run (crtree run PATH -- COMMAND)", name)
+	if t, n, errno := d.resolve(); errno == 0 {
+		d.fsys.logf("mkdir %s: refused: a node needs a command to run (crtree run PATH -- COMMAND)", d.fsys.show(t, n, name))
+	}
 	return nil, syscall.EPERM
 }
 
@@ -246,7 +264,7 @@ func (d *dirNode) Rmdir(ctx context.Context, name string) syscall.Errno {
 		return syscall.ENOENT
 	}
 	p := t.PathOf(c)
-	if err := d.fsys.opts.Host.Remove(p, true, true); err != nil {
+	if err := d.fsys.opts.Host.RemoveID(c.ID, true, true); err != nil {
 		return d.fsys.errno("rmdir "+p.String(), err)
 	}
 	return 0
@@ -260,7 +278,7 @@ func (d *dirNode) Unlink(ctx context.Context, name string) syscall.Errno {
 	if errno != 0 {
 		return errno
 	}
-	if d.isNode() && d.file(name) != nil {
+	if d.file(name) != nil {
 		return 0
 	}
 	if u := d.fsys.jobs.upload(d.id, name); u != nil {
@@ -296,14 +314,14 @@ func (d *dirNode) Rename(ctx context.Context, name string, newParent fs.InodeEmb
 	}
 	from := t.PathOf(c)
 	if to.id != d.id {
-		d.fsys.logf("mv %s: refused: a node moves within its parent only (crtree mv)", from)
+		d.fsys.logf("mv %s: refused: a node moves within its parent only (crtree mv)", d.fsys.show(t, c, ""))
 		return syscall.EPERM
 	}
 	if err := hier.ValidateName(newName); err != nil || strings.HasPrefix(newName, ".") {
-		d.fsys.logf("mv %s %s: refused: not a node name", from, newName)
+		d.fsys.logf("mv %s %q: refused: not a node name (letters, digits, . _ - and no leading .)", d.fsys.show(t, c, ""), newName)
 		return syscall.EINVAL
 	}
-	if err := d.fsys.opts.Host.Rename(from, from.Parent().Join(newName)); err != nil {
+	if err := d.fsys.opts.Host.RenameID(c.ID, newName); err != nil {
 		return d.fsys.errno("mv "+from.String(), err)
 	}
 	return 0
@@ -316,10 +334,11 @@ func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode ui
 	if errno != 0 {
 		return nil, nil, 0, errno
 	}
-	if strings.HasPrefix(name, ".") || (d.isNode() && d.file(name) != nil) {
+	if strings.HasPrefix(name, ".") {
 		return nil, nil, 0, syscall.EPERM
 	}
-	if t.Child(d.id, name) != nil || d.fsys.jobs.upload(d.id, name) != nil {
+	top := restoredName(name)
+	if t.Child(d.id, name) != nil || (top != "" && t.Child(d.id, top) != nil) || d.fsys.jobs.upload(d.id, name) != nil {
 		return nil, nil, 0, syscall.EEXIST
 	}
 	parent := hier.Path{}
@@ -331,12 +350,23 @@ func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode ui
 		}
 		parent = d.fsys.path(t, n)
 	}
-	u, err := d.fsys.startRestore(d.id, name, parent, callerProcess(ctx))
+	u, err := d.fsys.startRestore(d.id, name, parent, top, callerProcess(ctx))
 	if err != nil {
 		return nil, nil, 0, d.fsys.errno("restore under "+parent.String(), err)
 	}
 	u.fill(&out.Attr)
 	return d.NewInode(ctx, u, fs.StableAttr{Mode: fuse.S_IFREG, Ino: u.ino}), u, fuse.FOPEN_DIRECT_IO, 0
+}
+
+// restoredName is the name an archive written as name gives its top node:
+// name itself, unless it ends in .crtree (cp ARCHIVE DIR/ names it so),
+// which keeps the archived name (""). A name that is no node name keeps
+// the archived one too.
+func restoredName(name string) string {
+	if strings.HasSuffix(name, ".crtree") || hier.ValidateName(name) != nil {
+		return ""
+	}
+	return name
 }
 
 // errno maps what a crtree operation returned to what coreutils print:
@@ -361,8 +391,40 @@ func (f *FS) errno(what string, err error) syscall.Errno {
 	return syscall.EIO
 }
 
+// logf records why something was refused or failed: in the server's log,
+// and in the root's .errors, with the node's own paths in a scoped view.
 func (f *FS) logf(format string, args ...any) {
+	msg := f.scrub(fmt.Sprintf(format, args...))
 	if f.opts.Log != nil {
-		f.opts.Log.Printf(format, args...)
+		f.opts.Log.Print(msg)
 	}
+	f.recent.add(time.Now().Format("2006-01-02 15:04:05 ") + msg)
+}
+
+// show returns how the file system's user names n (the root: nil), or
+// name in it.
+func (f *FS) show(t *hier.Tree, n *hier.Node, name string) string {
+	p := hier.Path{}
+	if n != nil {
+		p = f.path(t, n)
+	}
+	if name != "" {
+		p = p.Join(name)
+	}
+	return p.String()
+}
+
+// scrub rewrites the scope's full path in msg as / (errors of node.Host
+// name full paths), as the node's own crtree commands do.
+func (f *FS) scrub(msg string) string {
+	if f.opts.Scope == "" {
+		return msg
+	}
+	t, err := f.snaps.Get()
+	if err != nil || t.Nodes[f.opts.Scope] == nil {
+		return msg
+	}
+	full := t.PathOf(t.Nodes[f.opts.Scope]).String()
+	re := regexp.MustCompile(regexp.QuoteMeta(full) + `(/|\b)`)
+	return re.ReplaceAllString(msg, "/")
 }

@@ -10,8 +10,9 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
+
+	"github.com/crtree/crtree/internal/node"
 )
 
 // A node's own view of the tree (crtree mount inside a node) is served on
@@ -156,25 +157,6 @@ func unmountHere(dir string) error {
 	return nil
 }
 
-// MountsIn returns the mount points of crtree trees in the mount namespace
-// of process pid, as that namespace names them: a dump leaves them out.
-func MountsIn(pid int) ([]string, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/mountinfo", pid))
-	if err != nil {
-		return nil, fmt.Errorf("read the node's mounts: %w", err)
-	}
-	defer f.Close()
-	ms, err := mountinfo.GetMountsFromReader(f, mountinfo.FSTypeFilter(FSType))
-	if err != nil {
-		return nil, fmt.Errorf("read the node's mounts: %w", err)
-	}
-	var out []string
-	for _, m := range ms {
-		out = append(out, m.Mountpoint)
-	}
-	return out, nil
-}
-
 // InNodePath is the absolute path, inside a node, of dir as a process
 // there whose working directory is cwd names it (not resolving symlinks).
 func InNodePath(cwd, dir string) string {
@@ -187,7 +169,7 @@ func InNodePath(cwd, dir string) string {
 // MountedIn says whether a crtree tree is mounted on dir (InNodePath) in
 // the mount namespace of process pid.
 func MountedIn(pid int, dir string) (bool, error) {
-	ms, err := MountsIn(pid)
+	ms, err := node.TreeMountsIn(pid)
 	if err != nil {
 		return false, err
 	}

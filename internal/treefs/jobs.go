@@ -6,12 +6,10 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 
-	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/crtree/crtree/internal/hier"
@@ -104,6 +102,7 @@ func (t *tail) String() string {
 type dumpFile struct {
 	fsys    *FS
 	what    string
+	id      string // the node whose subtree is dumped
 	cmd     *exec.Cmd
 	spool   *os.File
 	stderr  tail
@@ -115,11 +114,16 @@ type dumpFile struct {
 }
 
 // startDump starts the dump of n's subtree; it returns once the archive
-// has begun, or with the dump's failure.
-func (f *FS) startDump(t *hier.Tree, n *hier.Node) (*dumpFile, syscall.Errno) {
+// has begun, or with the dump's failure; interrupted (ctx), it stops it.
+func (f *FS) startDump(ctx context.Context, t *hier.Tree, n *hier.Node) (*dumpFile, syscall.Errno) {
 	p := t.PathOf(n)
 	if err := node.CheckFree(t, n, true); err != nil {
 		return nil, f.errno("read "+p.String()+"/"+checkpointName, err)
+	}
+	if other := f.jobs.dumping(t, n); other != "" {
+		// Another reader's dump holds the subtree, or will in a moment.
+		f.logf("read %s/%s: %s is being dumped (a reader of its %s); try again once it has ended", p, checkpointName, other, checkpointName)
+		return nil, syscall.EBUSY
 	}
 	spool, err := os.CreateTemp(f.opts.Host.TmpDir(), "tree-dump-*")
 	if err != nil {
@@ -131,15 +135,18 @@ func (f *FS) startDump(t *hier.Tree, n *hier.Node) (*dumpFile, syscall.Errno) {
 		spool.Close()
 		return nil, f.errno("dump "+p.String(), err)
 	}
-	d := &dumpFile{fsys: f, what: p.String(), spool: spool}
+	d := &dumpFile{fsys: f, what: p.String(), id: n.ID, spool: spool}
 	d.cond = sync.NewCond(&d.mu)
 	d.cmd = f.command("dump", "--leave-running", "--quiet", f.path(t, n).String(), "-o", "-")
 	d.cmd.Stdout, d.cmd.Stderr = w, &d.stderr
-	if !f.jobs.addDump(d) {
+	if errno := f.jobs.addDump(t, d); errno != 0 {
 		r.Close()
 		w.Close()
 		spool.Close()
-		return nil, syscall.ENODEV
+		if errno == syscall.EBUSY {
+			f.logf("read %s/%s: %s is being dumped (a reader of its %s); try again once it has ended", p, checkpointName, p, checkpointName)
+		}
+		return nil, errno
 	}
 	err = d.cmd.Start()
 	w.Close()
@@ -152,11 +159,13 @@ func (f *FS) startDump(t *hier.Tree, n *hier.Node) (*dumpFile, syscall.Errno) {
 	f.logf("read %s/%s: dump started", p, checkpointName)
 	go d.collect(r)
 	d.mu.Lock()
-	for d.written == 0 && !d.done {
-		d.cond.Wait()
-	}
+	interrupted := d.wait(ctx, func() bool { return d.written > 0 || d.done }) != nil
 	failed := d.done && d.err != nil
 	d.mu.Unlock()
+	if interrupted {
+		d.release()
+		return nil, syscall.EINTR
+	}
 	if failed {
 		d.release()
 		f.logf("dump %s: %v", d.what, d.err)
@@ -188,6 +197,9 @@ func (d *dumpFile) collect(r *os.File) {
 	}
 	d.done = true
 	d.cond.Broadcast()
+	if d.err == nil && d.fsys.opts.Log != nil {
+		d.fsys.opts.Log.Printf("read %s/%s: dump done, %d bytes", d.fsys.scrub(d.what), checkpointName, d.written)
+	}
 }
 
 type writerFunc func(p []byte) (int, error)
@@ -234,11 +246,18 @@ func (d *dumpFile) read(ctx context.Context, dest []byte, off int64) (fuse.ReadR
 	return fuse.ReadResultData(dest[:n]), 0
 }
 
-// size waits for the dump to complete and returns the archive's size.
+// ended says whether the dump has ended.
+func (d *dumpFile) ended() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.done
+}
+
+// size returns the size of the archive so far (all of it once the dump
+// is done); it does not wait: stat must not hang on a dump.
 func (d *dumpFile) size() (int64, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.wait(context.Background(), func() bool { return d.done })
 	return d.written, d.err
 }
 
@@ -266,250 +285,59 @@ func (d *dumpFile) Release(ctx context.Context) syscall.Errno {
 	return 0
 }
 
-func (j *jobs) addDump(d *dumpFile) bool {
+// addDump records d, unless a dump this file system runs overlaps it.
+func (j *jobs) addDump(t *hier.Tree, d *dumpFile) syscall.Errno {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if j.closed {
-		return false
+		return syscall.ENODEV
+	}
+	if j.overlapping(t, t.Nodes[d.id]) != nil {
+		return syscall.EBUSY
 	}
 	j.dumps[d] = true
-	return true
+	return 0
+}
+
+// dumping returns the path of the node whose dump by this file system
+// overlaps a dump of n's subtree (n, an ancestor or a descendant), "" if
+// none.
+func (j *jobs) dumping(t *hier.Tree, n *hier.Node) string {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if m := j.overlapping(t, n); m != nil {
+		return t.PathOf(m).String()
+	}
+	return ""
+}
+
+// overlapping is dumping with j.mu held. A dump that has ended (its
+// archive still read from the spool) overlaps nothing.
+func (j *jobs) overlapping(t *hier.Tree, n *hier.Node) *hier.Node {
+	for d := range j.dumps {
+		m := t.Nodes[d.id]
+		if m == nil || d.ended() {
+			continue
+		}
+		if m.ID == n.ID || isAncestor(t, m, n) || isAncestor(t, n, m) {
+			return m
+		}
+	}
+	return nil
+}
+
+// isAncestor says whether a is an ancestor of n.
+func isAncestor(t *hier.Tree, a, n *hier.Node) bool {
+	for _, id := range t.Ancestors(n) {
+		if id == a.ID {
+			return true
+		}
+	}
+	return false
 }
 
 func (j *jobs) removeDump(d *dumpFile) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	delete(j.dumps, d)
-}
-
-// upload is an archive being written into a node's directory: what is
-// written goes to a crtree restore reading its stdin. The archive ends
-// when the process that created the file closes a descriptor of it after
-// something was written (a shell's redirection closes one before; a child
-// that inherited one is another process), or when its last descriptor is
-// closed: close then waits for the restore, and fails with EIO if it
-// failed. The file disappears then.
-type upload struct {
-	fs.Inode
-	fsys    *FS
-	key     string
-	ino     uint64
-	what    string
-	creator int // the process (thread group) that created the file, 0 if unknown
-	cmd     *exec.Cmd
-	stdin   *os.File
-	stderr  tail
-	ended   chan struct{}
-	err     error // how the restore ended, once ended is closed
-
-	mu       sync.Mutex
-	offset   int64
-	finished bool
-	result   syscall.Errno
-}
-
-var (
-	_ fs.NodeWriter    = (*upload)(nil)
-	_ fs.NodeFlusher   = (*upload)(nil)
-	_ fs.NodeReleaser  = (*upload)(nil)
-	_ fs.NodeGetattrer = (*upload)(nil)
-	_ fs.NodeSetattrer = (*upload)(nil)
-	_ fs.NodeOpener    = (*upload)(nil)
-)
-
-// startRestore starts crtree restore - --parent parent for the archive
-// about to be written as name in directory dirID by the process creator.
-func (f *FS) startRestore(dirID, name string, parent hier.Path, creator int) (*upload, error) {
-	r, w, err := os.Pipe()
-	if err != nil {
-		return nil, err
-	}
-	u := &upload{fsys: f, key: dirID + "/" + name, what: name + " under " + parent.String(), creator: creator, stdin: w, ended: make(chan struct{})}
-	u.cmd = f.command("restore", "--quiet", "--parent", parent.String(), "-")
-	u.cmd.Stdin, u.cmd.Stderr = r, &u.stderr
-	if err := f.jobs.addUpload(u); err != nil {
-		r.Close()
-		w.Close()
-		return nil, err
-	}
-	err = u.cmd.Start()
-	r.Close()
-	if err != nil {
-		w.Close()
-		f.jobs.removeUpload(u)
-		return nil, err
-	}
-	go func() {
-		werr := u.cmd.Wait()
-		if werr != nil {
-			u.err = fmt.Errorf("%v: %s", werr, u.stderr.String())
-		}
-		close(u.ended)
-	}()
-	return u, nil
-}
-
-func (j *jobs) addUpload(u *upload) error {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	if j.closed {
-		return syscall.ENODEV
-	}
-	if j.uploads[u.key] != nil {
-		return syscall.EEXIST
-	}
-	j.next++
-	u.ino = ino("upload", fmt.Sprint(j.next))
-	j.uploads[u.key] = u
-	return nil
-}
-
-func (j *jobs) removeUpload(u *upload) {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	if j.uploads[u.key] == u {
-		delete(j.uploads, u.key)
-	}
-}
-
-func (u *upload) fill(a *fuse.Attr) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	a.Mode = fuse.S_IFREG | 0o644
-	a.Nlink = 1
-	a.Size = uint64(u.offset)
-}
-
-// Open is refused: the file is being written by the one who created it.
-func (u *upload) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
-	return nil, 0, syscall.EBUSY
-}
-
-func (u *upload) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	u.fill(&out.Attr)
-	return 0
-}
-
-// Setattr allows what cp and tar do to a new file (a size it already has,
-// modes, times) and changes nothing.
-func (u *upload) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	if size, ok := in.GetSize(); ok {
-		u.mu.Lock()
-		same := int64(size) == u.offset
-		u.mu.Unlock()
-		if !same {
-			return syscall.EPERM
-		}
-	}
-	u.fill(&out.Attr)
-	return 0
-}
-
-// Write passes the archive on to the restore, in order: an archive is
-// read as a stream.
-func (u *upload) Write(ctx context.Context, f fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	if u.finished {
-		return 0, syscall.EBADF
-	}
-	if off != u.offset {
-		u.fsys.logf("restore %s: written out of order (at %d, expected %d): an archive is written from start to end", u.what, off, u.offset)
-		return 0, syscall.EINVAL
-	}
-	n, err := u.stdin.Write(data)
-	u.offset += int64(n)
-	if err != nil {
-		// The restore has ended early: close reports why.
-		return uint32(n), syscall.EIO
-	}
-	return uint32(n), 0
-}
-
-// Flush is close(2) of one descriptor of the file. The creator's ends the
-// archive and waits for the restore: a restore that failed makes close
-// fail with EIO (the log says why); it has left nothing.
-func (u *upload) Flush(ctx context.Context, f fs.FileHandle) syscall.Errno {
-	u.mu.Lock()
-	ends := u.offset > 0 && (u.creator == 0 || callerProcess(ctx) == u.creator)
-	result := u.result
-	u.mu.Unlock()
-	if !ends {
-		return result
-	}
-	return u.finish()
-}
-
-// finish ends the archive, waits for the restore and returns its result.
-func (u *upload) finish() syscall.Errno {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	if u.finished {
-		return u.result
-	}
-	u.finished = true
-	u.stdin.Close()
-	<-u.ended
-	u.fsys.jobs.removeUpload(u)
-	if u.err != nil {
-		u.fsys.logf("restore %s: %v", u.what, u.err)
-		u.result = syscall.EIO
-	}
-	return u.result
-}
-
-// Release is the file's last close: it ends the archive if its creator
-// did not (it gave its descriptor away), which nobody can be told about
-// but the log.
-func (u *upload) Release(ctx context.Context, f fs.FileHandle) syscall.Errno {
-	u.finish()
-	return 0
-}
-
-// callerProcess returns the process (thread group) of the thread whose
-// request ctx is: FUSE names threads.
-func callerProcess(ctx context.Context) int {
-	c, ok := fuse.FromContext(ctx)
-	if !ok {
-		return 0
-	}
-	return processOf(int(c.Pid))
-}
-
-// processOf returns the thread group of thread tid, tid itself if /proc
-// does not say.
-func processOf(tid int) int {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", tid))
-	if err != nil {
-		return tid
-	}
-	for _, l := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(l, "Tgid:"); ok {
-			if pid, err := strconv.Atoi(strings.TrimSpace(v)); err == nil {
-				return pid
-			}
-		}
-	}
-	return tid
-}
-
-// cancel stops the restore if it still runs (crtree restore removes what
-// it made on SIGTERM) and waits for it.
-func (u *upload) cancel(why string) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	if u.finished {
-		return
-	}
-	u.finished = true
-	u.result = syscall.EIO
-	select {
-	case <-u.ended:
-	default:
-		u.fsys.logf("restore %s: stopped: %s", u.what, why)
-		u.cmd.Process.Signal(syscall.SIGTERM)
-	}
-	u.stdin.Close()
-	<-u.ended
-	u.fsys.jobs.removeUpload(u)
 }

@@ -7,11 +7,12 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/crtree/crtree/internal/hier"
+	"github.com/crtree/crtree/internal/node"
 )
 
 // FSType is the type the kernel shows for crtree's mounts (mountinfo,
-// df -T): "fuse." followed by the subtype.
-const FSType = "fuse.crtree"
+// df -T): "fuse." followed by the subtype (Name below).
+const FSType = node.TreeFSType
 
 // Server is a mounted tree.
 type Server struct {
