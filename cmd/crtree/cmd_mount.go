@@ -31,10 +31,12 @@ Each node is a directory; its children are subdirectories. In each node:
 
   .state .pid .procs .hostname .memory   read-only facts, made when opened
                                          (their size is 0 until then)
-  .checkpoint   reading it streams a dump --leave-running of the node's
-                subtree: cp DIR/a/.checkpoint a.crtree is crtree dump
-                --leave-running /a -o a.crtree. Only reading it dumps:
-                stat, ls -l and find do not. tar reads it too.
+  .checkpoint   opening it starts a dump --leave-running of the node's
+                subtree, which reads stream (root only): cp DIR/a/.checkpoint
+                a.crtree is crtree dump --leave-running /a -o a.crtree.
+                stat, ls -l, find and tar do not open it.
+
+and in the root, .errors: why the last operations were refused or failed.
 
 What the usual tools do:
 
@@ -43,18 +45,23 @@ What the usual tools do:
   rm -rf A       kills and removes A's whole subtree (crtree rm -r -f);
                  rmdir A does the same; unlinking a node's files does nothing
   cp X.crtree A/ restores the archive under A (crtree restore --parent A),
-                 names preserved; close(2) returns once it is restored, or
-                 fails with EIO if the restore failed, having made nothing.
-                 The written file does not stay.
+                 names preserved (cp X.crtree A/NAME: its top node is NAME);
+                 close(2) returns once it is restored, or fails with EIO if
+                 the restore failed, having made nothing. The written file
+                 does not stay. Root only.
   mkdir          refused (EPERM): a node needs a command (crtree run)
 
 Errors are errno values: ENOENT, EEXIST, EBUSY (a subtree another crtree
-command holds, such as a dump), EPERM, EIO; the reason of each refusal and
-failure goes to the state root's logs/` + treeLogName + `.
+command holds, such as a dump), EPERM, EACCES, EINVAL (not a node name),
+EIO; the reason of each refusal and failure is in the root's .errors and
+the state root's logs/` + treeLogName + `.
 
 Every operation goes through the same tree, locks and checks as the crtree
 commands. A dump read from .checkpoint is spooled in the state root's tmp
-directory (an unnamed file, gone once closed), so that tar can see its size.`,
+directory (an unnamed file, gone once closed).
+
+Inside a node (root there), crtree mount DIR mounts the node's own view on
+an empty directory: its subtree, with itself as the root.`,
 		Example: `  crtree mount /run/crtree/tree
   ls /run/crtree/tree/vserver1
   cat /run/crtree/tree/vserver1/.state
