@@ -48,30 +48,12 @@ func (h *Host) StartExec(p hier.Path, c *exec.Cmd) error {
 // signals reach crtree only, which passes them on (SignalExec).
 func (h *Host) ExecCommand(p hier.Path, argv []string, o ExecOptions) (*exec.Cmd, func(), error) {
 	extraEnv, cwd, tty := o.Env, o.Cwd, o.TTY
-	var n *hier.Node
-	var leaf cgroup.Group
-	err := h.Store.View(func(t *hier.Tree) error {
-		m, err := lookupNode(t, p)
-		if err != nil {
-			return err
-		}
-		if StatusOf(m).State != hier.Running {
-			return fmt.Errorf("exec %s: %w", p, ErrNotRunning)
-		}
-		if err := CheckFree(t, m, false); err != nil {
-			return fmt.Errorf("exec %s: %w", p, err)
-		}
-		c := *m
-		n = &c
-		leaf = h.Group(t, m).Leaf()
-		return nil
-	})
-	if err != nil {
-		return nil, nil, err
+	n, leaf, nsenter, err := h.enterTarget(func(t *hier.Tree) (*hier.Node, error) { return lookupNode(t, p) })
+	if errors.Is(err, hier.ErrNotFound) {
+		return nil, nil, err // it names the path already
 	}
-	nsenter, err := exec.LookPath("nsenter")
 	if err != nil {
-		return nil, nil, fmt.Errorf("exec: nsenter (util-linux) is needed to enter a node: %w", err)
+		return nil, nil, fmt.Errorf("exec %s: %w", p, err)
 	}
 	if cwd == "" {
 		cwd = n.Spec.Cwd
@@ -293,31 +275,18 @@ func execCommandLine(cmd string) string {
 // node is, since the binary bound in the node is the node's to replace.
 // The caller runs cmd, then calls the returned cleanup.
 func (h *Host) HelperCommand(id string, args ...string) (*exec.Cmd, func(), error) {
-	var n hier.Node
-	var leaf cgroup.Group
-	err := h.Store.View(func(t *hier.Tree) error {
-		m := t.Nodes[id]
-		if m == nil {
-			return hier.ErrNotFound
+	// Not under a dump either (enterTarget): it would meet a mount it did
+	// not plan for.
+	n, leaf, nsenter, err := h.enterTarget(func(t *hier.Tree) (*hier.Node, error) {
+		if m := t.Nodes[id]; m != nil {
+			return m, nil
 		}
-		if StatusOf(m).State != hier.Running {
-			return fmt.Errorf("%s: %w", t.PathOf(m), ErrNotRunning)
-		}
-		// Not under a dump: it would meet a mount it did not plan for.
-		if err := CheckFree(t, m, false); err != nil {
-			return err
-		}
-		n, leaf = *m, h.Group(t, m).Leaf()
-		return nil
+		return nil, hier.ErrNotFound
 	})
 	if err != nil {
 		return nil, nil, err
 	}
-	nsenter, err := exec.LookPath("nsenter")
-	if err != nil {
-		return nil, nil, fmt.Errorf("nsenter (util-linux) is needed to enter a node: %w", err)
-	}
-	argv := append(enterArgs(&n), "--", api.MountPoint+"/"+api.BinaryName)
+	argv := append(enterArgs(n), "--", api.MountPoint+"/"+api.BinaryName)
 	cg, err := leaf.Open()
 	if err != nil {
 		return nil, nil, fmt.Errorf("open cgroup: %w", err)
@@ -326,6 +295,36 @@ func (h *Host) HelperCommand(id string, args ...string) (*exec.Cmd, func(), erro
 	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
 	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
 	return cmd, func() { cg.Close() }, nil
+}
+
+// enterTarget returns a copy of the node find finds, its processes'
+// cgroup and nsenter's path, refusing a node that does not run or that
+// another command holds (being dumped, say).
+func (h *Host) enterTarget(find func(t *hier.Tree) (*hier.Node, error)) (*hier.Node, cgroup.Group, string, error) {
+	var n hier.Node
+	var leaf cgroup.Group
+	err := h.Store.View(func(t *hier.Tree) error {
+		m, err := find(t)
+		if err != nil {
+			return err
+		}
+		if StatusOf(m).State != hier.Running {
+			return ErrNotRunning
+		}
+		if err := CheckFree(t, m, false); err != nil {
+			return err
+		}
+		n, leaf = *m, h.Group(t, m).Leaf()
+		return nil
+	})
+	if err != nil {
+		return nil, "", "", err
+	}
+	nsenter, err := exec.LookPath("nsenter")
+	if err != nil {
+		return nil, "", "", fmt.Errorf("nsenter (util-linux) is needed to enter a node: %w", err)
+	}
+	return &n, leaf, nsenter, nil
 }
 
 // enterArgs are nsenter's arguments that enter every namespace of node n
