@@ -19,6 +19,9 @@ import (
 // treeLogName is the log of the tree's servers, in the state root's logs.
 const treeLogName = "tree-mounts.log"
 
+// maxViewsPerNode bounds how many times a node may mount its own view.
+const maxViewsPerNode = 4
+
 func newMountCmd(g *globalOptions) *cobra.Command {
 	return &cobra.Command{
 		Use:   "mount DIR",
@@ -80,7 +83,13 @@ an empty directory: its subtree, with itself as the root.`,
 			}
 			serverArgs := []string{"--root", h.Store.Root, "__serve-tree"}
 			if g.scope != nil {
-				// The node's own view, attached inside it by the server.
+				// The node's own view, attached inside it by the server
+				// (a host process each: a node has a few at most).
+				if ms, err := node.TreeMountsIn(g.scope.initPid); err != nil {
+					return err
+				} else if len(ms) >= maxViewsPerNode {
+					return fmt.Errorf("mount: this node has its view of the tree mounted %d times already (%s); crtree umount one first", len(ms), strings.Join(ms, ", "))
+				}
 				serverArgs = append(serverArgs, "--scope", g.scope.id, "--cwd", g.scope.cwd, args[0])
 			} else {
 				dir, err := treefs.MountPoint(args[0])

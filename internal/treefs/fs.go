@@ -192,7 +192,7 @@ func (d *dirNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
 	if errno != 0 {
 		return nil, errno
 	}
-	var list []fuse.DirEntry
+	list := []fuse.DirEntry{{Name: ".", Mode: fuse.S_IFDIR}, {Name: "..", Mode: fuse.S_IFDIR}}
 	if d.id == d.fsys.opts.Scope {
 		list = append(list, fuse.DirEntry{Name: errorsName, Mode: fuse.S_IFREG, Ino: ino(d.id, errorsName)})
 	}
