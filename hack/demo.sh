@@ -3,6 +3,7 @@
 # root. It builds a tree, enters a node, renames one, dumps the tree into
 # one archive, restores it under another parent and as a clone, migrates
 # it to a second state root (another "host"), shows the counters going on,
+# mounts the tree as a file system and uses it with cp, rm -rf and find,
 # and cleans up everything it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,7 @@ work=$(mktemp -d /tmp/crtree-demo.XXXXXX)
 export CRTREE_ROOT=$work/hostA
 hostB=$work/hostB
 cleanup() {
+	umount -l "$work/tree" 2>/dev/null || true
 	for r in "$CRTREE_ROOT" "$hostB"; do
 		for top in $(CRTREE_ROOT=$r "$crtree" ls --json 2>/dev/null | sed -n 's/^ *"path": "\(\/[^/"]*\)",$/\1/p'); do
 			CRTREE_ROOT=$r "$crtree" rm -r -f "$top" || true
@@ -59,6 +61,16 @@ step on_hostB tree
 sleep 1.5
 step on_hostB logs /vserver1/calculate_pi | tail -n 3
 
-step "$crtree" kill -r -s KILL /vserver1-clone
+echo; echo "The tree as a file system:"
+mkdir "$work/tree"
+step "$crtree" mount "$work/tree"
+step ls "$work/tree" "$work/tree/pool"
+step cat "$work/tree/vserver1-clone/calculate_pi/.state"
+step cp "$work/tree/vserver1-clone/.checkpoint" "$work/clone.crtree"
+step cp "$work/clone.crtree" "$work/tree/pool/clone2"
+step rm -rf "$work/tree/vserver1-clone"
+step find "$work/tree" -type d
+step "$crtree" umount "$work/tree"
+
 step "$crtree" ls -r
 echo; echo "demo: done; cleaning up"
