@@ -290,8 +290,50 @@ func TestTreeUnmountDuringCopy(t *testing.T) {
 		t.Fatalf("/hog after the copy: %+v, held %q", st, busy(h, "/hog"))
 	}
 
-	// A copy into the tree cut short.
 	dir = h.mountTree()
+	// A copy into the tree (of a node without binds, 48 MiB in its
+	// /dev/shm): while its close waits for the restore, the file can be
+	// looked at (stat returns while cp is still in close).
+	h.must("run", "/big", "--", "sh", "-c", "head -c 50000000 /dev/urandom > /dev/shm/x && echo ready && exec sleep 1e5")
+	if !poll(30*time.Second, 50*time.Millisecond, func() bool {
+		o, _ := h.run("logs", "/big")
+		return strings.Contains(o, "ready")
+	}) {
+		t.Fatal("/big never got ready")
+	}
+	big := filepath.Join(t.TempDir(), "big.crtree")
+	h.must("dump", "/big", "-o", big)
+	dst := filepath.Join(dir, "pool", "big.crtree")
+	cpIn := exec.Command("cp", big, dst)
+	if err := cpIn.Start(); err != nil {
+		t.Fatal(err)
+	}
+	cpDone := make(chan error, 1)
+	go func() { cpDone <- cpIn.Wait() }()
+	fi, err := os.Stat(big)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !poll(60*time.Second, 20*time.Millisecond, func() bool {
+		st, err := os.Stat(dst)
+		return err == nil && st.Size() == fi.Size()
+	}) {
+		t.Fatal("the archive being copied in never reached its size")
+	}
+	select {
+	case err := <-cpDone:
+		t.Fatalf("cp ended (%v) before a stat of its file after the last write: the restore was too quick to check this", err)
+	default:
+	}
+	if err := <-cpDone; err != nil {
+		t.Fatalf("cp of the archive into the tree: %v", err)
+	}
+	if st := h.ls()["/pool/big"]; st.State != "running" {
+		t.Fatalf("restored by cp: %+v", st)
+	}
+	h.must("rm", "-r", "-f", "/pool/big")
+
+	// A copy into the tree cut short.
 	w := exec.Command("sh", "-c", `exec 3>"$1"; head -c 100000 "$2" >&3; echo written; exec sleep 1e5`, "sh", filepath.Join(dir, "pool", "half.crtree"), out)
 	stdout, _ := w.StdoutPipe()
 	if err := w.Start(); err != nil {
