@@ -14,6 +14,7 @@ import (
 	"github.com/crtree/crtree/internal/criu"
 	"github.com/crtree/crtree/internal/network"
 	"github.com/crtree/crtree/internal/node"
+	"github.com/crtree/crtree/internal/treefs"
 )
 
 func newCheckCmd(g *globalOptions) *cobra.Command {
@@ -129,6 +130,7 @@ func runChecks(w io.Writer, g *globalOptions) bool {
 	line(node.HasCapSysResource(), false, "CAP_SYS_RESOURCE (CRIU needs it to dump nodes that run as another user, run --user)")
 	plugins, err := network.Plugins(nil)
 	line(err == nil, false, "CNI plugins (for run --net bridge): %s", okOr(err, plugins))
+	line(treefs.Available() == nil, false, "FUSE (for crtree mount): %s", okOr(treefs.Available(), "/dev/fuse"))
 	return good
 }
 

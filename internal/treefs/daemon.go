@@ -139,3 +139,16 @@ func unwrapPath(err error) error {
 	}
 	return err
 }
+
+// Available says whether this machine can mount the tree: the kernel's
+// FUSE device is there (the fuse module loaded).
+func Available() error {
+	var st unix.Stat_t
+	if err := unix.Stat("/dev/fuse", &st); err != nil {
+		return fmt.Errorf("/dev/fuse: %w (load the fuse module: modprobe fuse)", err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFCHR {
+		return errors.New("/dev/fuse is not the FUSE device")
+	}
+	return nil
+}
