@@ -317,8 +317,8 @@ func (d *dirNode) Rename(ctx context.Context, name string, newParent fs.InodeEmb
 		d.fsys.logf("mv %s: refused: a node moves within its parent only (crtree mv)", d.fsys.show(t, c, ""))
 		return syscall.EPERM
 	}
-	if err := hier.ValidateName(newName); err != nil || strings.HasPrefix(newName, ".") {
-		d.fsys.logf("mv %s %q: refused: not a node name (letters, digits, . _ - and no leading .)", d.fsys.show(t, c, ""), newName)
+	if err := hier.ValidateName(newName); err != nil {
+		d.fsys.logf("mv %s: refused: %v", d.fsys.show(t, c, ""), err)
 		return syscall.EINVAL
 	}
 	if err := d.fsys.opts.Host.RenameID(c.ID, newName); err != nil {
