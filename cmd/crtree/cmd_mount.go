@@ -25,7 +25,7 @@ const maxViewsPerNode = 4
 func newMountCmd(g *globalOptions) *cobra.Command {
 	return &cobra.Command{
 		Use:   "mount DIR",
-		Short: "Mount the tree as a file system on DIR (ls, find, cat, mv, rm -rf, cp, tar)",
+		Short: "Mount the tree as a file system on DIR (ls, find, cat, mv, rm -rf, cp)",
 		Long: `Mount the tree of nodes on the directory DIR, served by a crtree process in the
 background, and return once it is mounted. crtree umount DIR (or umount(8))
 unmounts it, and the server then ends.
@@ -144,7 +144,8 @@ func newUmountCmd(g *globalOptions) *cobra.Command {
 		Long: `Unmount the tree that crtree mount mounted on DIR; its server then ends. A
 tree with a file or directory still open in it (a copy going on, a shell's
 working directory) is refused; umount -l DIR detaches it at once, and its
-server ends when the last one is closed.`,
+server ends when the last one is closed. Inside a node, it unmounts the
+node's own view (root in the node only).`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if g.scope == nil {
