@@ -1,10 +1,12 @@
 package treefs
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 
 	"github.com/crtree/crtree/internal/hier"
 	"github.com/crtree/crtree/internal/node"
@@ -46,6 +48,14 @@ func Mount(dir string, opts Options) (*Server, error) {
 	srv, err := fs.Mount(dir, root, fo)
 	if err != nil {
 		return nil, err
+	}
+	// No descriptor of the server reaches what it runs (its crtree
+	// commands, a node's helper) but what it passes on purpose: not the
+	// FUSE device (whoever holds it can answer the kernel's requests in
+	// the server's place), nor what the server inherited.
+	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
+		srv.Unmount()
+		return nil, fmt.Errorf("close-on-exec: %w", err)
 	}
 	return &Server{fuse: srv, fsys: f}, nil
 }
