@@ -186,7 +186,8 @@ func (d *dirNode) file(name string) *infoFile {
 	return nil
 }
 
-// Readdir lists the node's files, then its children by name.
+// Readdir lists the node's files, the archives being written into it, then
+// its children by name.
 func (d *dirNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
 	t, _, errno := d.resolve()
 	if errno != 0 {
@@ -203,6 +204,9 @@ func (d *dirNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
 		if !d.isScopeRoot() {
 			list = append(list, fuse.DirEntry{Name: checkpointName, Mode: fuse.S_IFREG, Ino: ino(d.id, checkpointName)})
 		}
+	}
+	for _, u := range d.fsys.jobs.uploadsIn(d.id) {
+		list = append(list, fuse.DirEntry{Name: u.name, Mode: fuse.S_IFREG, Ino: u.ino})
 	}
 	for _, c := range t.Children(d.id) {
 		if !visible(c) {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -30,7 +31,8 @@ import (
 type upload struct {
 	fs.Inode
 	fsys    *FS
-	key     string
+	key     string // directory ID + "/" + name
+	name    string
 	ino     uint64
 	what    string
 	creator int // the process (thread group) that created the file, 0 if unknown
@@ -66,7 +68,7 @@ func (f *FS) startRestore(dirID, name string, parent hier.Path, top string, crea
 	if err != nil {
 		return nil, err
 	}
-	u := &upload{fsys: f, key: dirID + "/" + name, what: name + " under " + parent.String(), creator: creator,
+	u := &upload{fsys: f, key: dirID + "/" + name, name: name, what: name + " under " + parent.String(), creator: creator,
 		stdin: w, ended: make(chan struct{}), reported: make(chan struct{})}
 	args := []string{"restore", "--quiet", "--parent", parent.String()}
 	if top != "" {
@@ -109,6 +111,21 @@ func (j *jobs) addUpload(u *upload) error {
 	u.ino = ino("upload", fmt.Sprint(j.next))
 	j.uploads[u.key] = u
 	return nil
+}
+
+// uploadsIn returns the archives being written in directory dirID, by
+// name.
+func (j *jobs) uploadsIn(dirID string) []*upload {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	var out []*upload
+	for _, u := range j.uploads {
+		if u.key == dirID+"/"+u.name {
+			out = append(out, u)
+		}
+	}
+	sort.Slice(out, func(a, b int) bool { return out[a].name < out[b].name })
+	return out
 }
 
 func (j *jobs) removeUpload(u *upload) {
