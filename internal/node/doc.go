@@ -14,10 +14,10 @@
 //	               runtime_init.go), its supervisor outside the node
 //	               (runtime_supervisor.go), restoring it from CRIU images
 //	               (runtime_restore.go), entering it and running helpers
-//	               in it (runtime_exec.go), the
-//	               API it serves inside (runtime_api.go), the crtree binary
-//	               and external mounts it is given (runtime_binary.go), its
-//	               processes read from /proc (runtime_proc.go)
+//	               in it (runtime_exec.go), the API it serves inside
+//	               (runtime_api.go), the crtree binary and external mounts
+//	               it is given (runtime_binary.go), its processes read
+//	               from /proc (runtime_proc.go)
 //	recover*.go    undoing what a crtree command killed mid-way left
 //	               (markers, staging directories) and gc
 //	treemounts.go  the views of the tree (crtree mount, internal/treefs)
