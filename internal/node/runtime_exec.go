@@ -30,6 +30,11 @@ func (h *Host) StartExec(p hier.Path, c *exec.Cmd) error {
 		if err := CheckFree(t, n, false); err != nil {
 			return fmt.Errorf("exec %s: %w", p, err)
 		}
+		// Only c's stdio and ExtraFiles go into the node, not what the
+		// caller's shell left open without close-on-exec.
+		if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
+			return fmt.Errorf("exec %s: close-on-exec: %w", p, err)
+		}
 		return c.Start()
 	})
 }
