@@ -103,10 +103,11 @@ func (f *infoFile) fill(a *fuse.Attr, h fs.FileHandle) syscall.Errno {
 	a.Mode = fuse.S_IFREG | 0o444
 	a.Nlink = 1
 	t, err := f.fsys.snaps.Get()
-	if err == nil {
-		if n := t.Nodes[f.id]; n != nil {
-			setTimes(a, n.Created)
-		}
+	if err != nil {
+		return syscall.EIO
+	}
+	if n := t.Nodes[f.id]; n != nil {
+		setTimes(a, n.Created)
 	}
 	switch h := h.(type) {
 	case *content:
@@ -123,9 +124,6 @@ func (f *infoFile) fill(a *fuse.Attr, h fs.FileHandle) syscall.Errno {
 
 // Getattr reports size 0, or with an open handle its content's size.
 func (f *infoFile) Getattr(ctx context.Context, h fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	if _, err := f.fsys.snaps.Get(); err != nil {
-		return syscall.EIO
-	}
 	return f.fill(&out.Attr, h)
 }
 

@@ -120,11 +120,6 @@ func (f *FS) startDump(ctx context.Context, t *hier.Tree, n *hier.Node) (*dumpFi
 	if err := node.CheckFree(t, n, true); err != nil {
 		return nil, f.errno("read "+p.String()+"/"+checkpointName, err)
 	}
-	if other := f.jobs.dumping(t, n); other != "" {
-		// Another reader's dump holds the subtree, or will in a moment.
-		f.logf("read %s/%s: %s is being dumped (a reader of its %s); try again once it has ended", p, checkpointName, other, checkpointName)
-		return nil, syscall.EBUSY
-	}
 	spool, err := os.CreateTemp(f.opts.Host.TmpDir(), "tree-dump-*")
 	if err != nil {
 		return nil, f.errno("dump "+p.String(), err)
@@ -139,12 +134,13 @@ func (f *FS) startDump(ctx context.Context, t *hier.Tree, n *hier.Node) (*dumpFi
 	d.cond = sync.NewCond(&d.mu)
 	d.cmd = f.command("dump", "--leave-running", "--quiet", f.path(t, n).String(), "-o", "-")
 	d.cmd.Stdout, d.cmd.Stderr = w, &d.stderr
-	if errno := f.jobs.addDump(t, d); errno != 0 {
+	if other, errno := f.jobs.addDump(t, d); errno != 0 {
 		r.Close()
 		w.Close()
 		spool.Close()
 		if errno == syscall.EBUSY {
-			f.logf("read %s/%s: %s is being dumped (a reader of its %s); try again once it has ended", p, checkpointName, p, checkpointName)
+			// Another reader's dump holds the subtree, or will in a moment.
+			f.logf("read %s/%s: %s is being dumped (a reader of its %s); try again once it has ended", p, checkpointName, other, checkpointName)
 		}
 		return nil, errno
 	}
@@ -285,34 +281,25 @@ func (d *dumpFile) Release(ctx context.Context) syscall.Errno {
 	return 0
 }
 
-// addDump records d, unless a dump this file system runs overlaps it.
-func (j *jobs) addDump(t *hier.Tree, d *dumpFile) syscall.Errno {
+// addDump records d, unless a dump this file system runs overlaps it: it
+// then returns EBUSY and the path of that dump's node.
+func (j *jobs) addDump(t *hier.Tree, d *dumpFile) (string, syscall.Errno) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if j.closed {
-		return syscall.ENODEV
+		return "", syscall.ENODEV
 	}
-	if j.overlapping(t, t.Nodes[d.id]) != nil {
-		return syscall.EBUSY
+	if m := j.overlapping(t, t.Nodes[d.id]); m != nil {
+		return t.PathOf(m).String(), syscall.EBUSY
 	}
 	j.dumps[d] = true
-	return 0
+	return "", 0
 }
 
-// dumping returns the path of the node whose dump by this file system
-// overlaps a dump of n's subtree (n, an ancestor or a descendant), "" if
-// none.
-func (j *jobs) dumping(t *hier.Tree, n *hier.Node) string {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	if m := j.overlapping(t, n); m != nil {
-		return t.PathOf(m).String()
-	}
-	return ""
-}
-
-// overlapping is dumping with j.mu held. A dump that has ended (its
-// archive still read from the spool) overlaps nothing.
+// overlapping returns the node of a dump of this file system that
+// overlaps a dump of n's subtree (n, an ancestor or a descendant), nil if
+// none; j.mu is held. A dump that has ended (its archive still read from
+// the spool) overlaps nothing.
 func (j *jobs) overlapping(t *hier.Tree, n *hier.Node) *hier.Node {
 	for d := range j.dumps {
 		m := t.Nodes[d.id]
